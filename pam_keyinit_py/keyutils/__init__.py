@@ -1,0 +1,64 @@
+"""Layer 0: the kernel key management facility through libkeyutils (cffi, API mode).
+
+``from pam_keyinit_py import keyutils`` gives the raw calls (named after
+libkeyutils without the ``keyctl_`` prefix), the ``KEY_*`` constants, the
+errno exception classes and per-thread credential switching.  The object
+model (``keyutils.model``) and the /proc readers (``keyutils.proc``) are
+imported on demand so that the PAM hook's import stays small.
+"""
+
+from .calls import (
+    add_key,
+    assume_authority,
+    capabilities,
+    chown,
+    clear,
+    describe,
+    get_keyring_id,
+    get_persistent,
+    get_security,
+    instantiate,
+    invalidate,
+    join_session_keyring,
+    keyring_ids,
+    link,
+    move,
+    negate,
+    read,
+    reject,
+    request_key,
+    restrict_keyring,
+    revoke,
+    search,
+    session_to_parent,
+    set_reqkey_keyring,
+    set_timeout,
+    setperm,
+    unlink,
+    update,
+    version,
+)
+from .constants import *  # noqa: F403
+from .creds import (
+    thread_credentials,
+    thread_setgroups,
+    thread_setregid,
+    thread_setresgid,
+    thread_setresuid,
+    thread_setreuid,
+)
+from .errors import (
+    KeyBusyError,
+    KeyExistsError,
+    KeyExpiredError,
+    KeyInvalidArgumentError,
+    KeyNotSupportedError,
+    KeyPermissionError,
+    KeyRejectedError,
+    KeyRevokedError,
+    KeyutilsError,
+    KeyWrongTypeError,
+    NoKeyError,
+    QuotaExceededError,
+    error_for,
+)

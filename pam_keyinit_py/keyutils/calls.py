@@ -1,0 +1,215 @@
+"""Layer 0: one Python function per libkeyutils call, ints and bytes in and out.
+
+Each function is named after the libkeyutils call it wraps, without the
+``keyctl_`` prefix, and raises an errno-specific :class:`KeyutilsError` when
+the kernel refuses.  Strings are accepted where bytes are expected and are
+encoded as UTF-8.
+"""
+
+from __future__ import annotations
+
+from ._keyutils import ffi as _ffi
+from ._keyutils import lib as _lib
+from .errors import error_for
+
+_NULL = _ffi.NULL
+# Payload buffers are overwritten by the kernel; skip cffi's zero fill.
+_alloc = _ffi.new_allocator(should_clear_after_alloc=False)
+_READ_GUESS = 512
+
+
+
+def _b(value: bytes | str | None) -> object:
+    if value is None:
+        return _NULL
+    if isinstance(value, str):
+        return value.encode()
+    return value
+
+
+def _check(ret: int, operation: str) -> int:
+    if ret < 0:
+        raise error_for(_ffi.errno, operation)
+    return ret
+
+
+def add_key(
+    type: bytes | str, description: bytes | str, payload: bytes | str | None, ringid: int
+) -> int:
+    """add_key(2): create or update a key of ``type`` in keyring ``ringid``; return its id."""
+    data = _b(payload)
+    size = 0 if data is _NULL else len(data)  # type: ignore[arg-type]
+    ret = _lib.add_key(_b(type), _b(description), data, size, ringid)
+    if ret < 0:
+        raise error_for(_ffi.errno, "add_key")
+    return ret
+
+
+def request_key(
+    type: bytes | str, description: bytes | str, callout_info: bytes | str | None = None,
+    destringid: int = 0,
+) -> int:
+    """request_key(2): find a key, calling /sbin/request-key with ``callout_info`` if absent."""
+    ret = _lib.request_key(_b(type), _b(description), _b(callout_info), destringid)
+    if ret < 0:
+        raise error_for(_ffi.errno, "request_key")
+    return ret
+
+
+def get_keyring_id(key_id: int, create: bool = False) -> int:
+    """KEYCTL_GET_KEYRING_ID: resolve a special id (``KEY_SPEC_*``) to a serial."""
+    return _check(_lib.keyctl_get_keyring_ID(key_id, int(create)), "keyctl_get_keyring_ID")
+
+
+def join_session_keyring(name: bytes | str | None = None) -> int:
+    """KEYCTL_JOIN_SESSION_KEYRING: join (or create) ``name``; None gives a new anonymous ``_ses``."""
+    ret = _lib.keyctl_join_session_keyring(_b(name))
+    return _check(ret, "keyctl_join_session_keyring")
+
+
+def update(key_id: int, payload: bytes | str) -> None:
+    """KEYCTL_UPDATE: replace a key's payload."""
+    data = _b(payload)
+    _check(_lib.keyctl_update(key_id, data, len(data)), "keyctl_update")  # type: ignore[arg-type]
+
+
+def revoke(key_id: int) -> None:
+    """KEYCTL_REVOKE: revoke a key; later access fails with EKEYREVOKED."""
+    _check(_lib.keyctl_revoke(key_id), "keyctl_revoke")
+
+
+def chown(key_id: int, uid: int, gid: int) -> None:
+    """KEYCTL_CHOWN: change owner and group (-1 leaves one unchanged)."""
+    _check(_lib.keyctl_chown(key_id, uid & 0xFFFFFFFF, gid & 0xFFFFFFFF), "keyctl_chown")
+
+
+def setperm(key_id: int, perm: int) -> None:
+    """KEYCTL_SETPERM: set the possessor/user/group/other permission mask."""
+    _check(_lib.keyctl_setperm(key_id, perm), "keyctl_setperm")
+
+
+def _fetch(call, key_id: int, operation: str) -> bytes:
+    buf = _alloc("char[]", _READ_GUESS)
+    ret = call(key_id, buf, _READ_GUESS)
+    while True:
+        if ret < 0:
+            raise error_for(_ffi.errno, operation)
+        if ret <= len(buf):
+            return _ffi.buffer(buf, ret)[:]
+        # The payload is larger than the buffer: retry with the size the kernel gave.
+        buf = _alloc("char[]", ret)
+        ret = call(key_id, buf, ret)
+
+
+def describe(key_id: int) -> bytes:
+    """KEYCTL_DESCRIBE: ``type;uid;gid;perm;description`` (no trailing NUL)."""
+    return _fetch(_lib.keyctl_describe, key_id, "keyctl_describe_alloc").rstrip(b"\0")
+
+
+def read(key_id: int) -> bytes:
+    """KEYCTL_READ: a key's payload, or a keyring's list of 32-bit serials."""
+    return _fetch(_lib.keyctl_read, key_id, "keyctl_read_alloc")
+
+
+def get_security(key_id: int) -> bytes:
+    """KEYCTL_GET_SECURITY: the key's LSM label (empty without an LSM)."""
+    return _fetch(_lib.keyctl_get_security, key_id, "keyctl_get_security_alloc").rstrip(b"\0")
+
+
+def clear(ringid: int) -> None:
+    """KEYCTL_CLEAR: unlink every key from a keyring."""
+    _check(_lib.keyctl_clear(ringid), "keyctl_clear")
+
+
+def link(key_id: int, ringid: int) -> None:
+    """KEYCTL_LINK: link a key into a keyring."""
+    _check(_lib.keyctl_link(key_id, ringid), "keyctl_link")
+
+
+def unlink(key_id: int, ringid: int) -> None:
+    """KEYCTL_UNLINK: remove a key's link from a keyring."""
+    _check(_lib.keyctl_unlink(key_id, ringid), "keyctl_unlink")
+
+
+def search(ringid: int, type: bytes | str, description: bytes | str, destringid: int = 0) -> int:
+    """KEYCTL_SEARCH: search a keyring tree; link the hit into ``destringid`` if non-zero."""
+    ret = _lib.keyctl_search(ringid, _b(type), _b(description), destringid)
+    return _check(ret, "keyctl_search")
+
+
+def set_timeout(key_id: int, timeout: int) -> None:
+    """KEYCTL_SET_TIMEOUT: expire the key ``timeout`` seconds from now (0 clears)."""
+    _check(_lib.keyctl_set_timeout(key_id, timeout), "keyctl_set_timeout")
+
+
+def invalidate(key_id: int) -> None:
+    """KEYCTL_INVALIDATE: mark a key invalid; the garbage collector removes it."""
+    _check(_lib.keyctl_invalidate(key_id), "keyctl_invalidate")
+
+
+def get_persistent(uid: int, destringid: int) -> int:
+    """KEYCTL_GET_PERSISTENT: link ``uid``'s persistent keyring into ``destringid``.
+
+    ``uid`` -1 means the caller's.  Each call resets the keyring's expiry timer.
+    """
+    ret = _lib.keyctl_get_persistent(uid & 0xFFFFFFFF, destringid)
+    return _check(ret, "keyctl_get_persistent")
+
+
+def session_to_parent() -> None:
+    """KEYCTL_SESSION_TO_PARENT: give the parent process this session keyring."""
+    _check(_lib.keyctl_session_to_parent(), "keyctl_session_to_parent")
+
+
+def set_reqkey_keyring(reqkey_defl: int) -> int:
+    """KEYCTL_SET_REQKEY_KEYRING: set the default request_key destination; return the old one."""
+    return _check(_lib.keyctl_set_reqkey_keyring(reqkey_defl), "keyctl_set_reqkey_keyring")
+
+
+def move(key_id: int, from_ringid: int, to_ringid: int, flags: int = 0) -> None:
+    """KEYCTL_MOVE: move a link between keyrings (``KEYCTL_MOVE_EXCL`` refuses to displace)."""
+    _check(_lib.keyctl_move(key_id, from_ringid, to_ringid, flags), "keyctl_move")
+
+
+def capabilities() -> bytes:
+    """KEYCTL_CAPABILITIES: the kernel's capability bytes (``KEYCTL_CAPS0_*``, ``KEYCTL_CAPS1_*``)."""
+    buf = _ffi.new("unsigned char[]", 256)
+    ret = _check(_lib.keyctl_capabilities(buf, 256), "keyctl_capabilities")
+    return _ffi.buffer(buf, min(ret, 256))[:]
+
+
+def instantiate(key_id: int, payload: bytes | str | None, ringid: int = 0) -> None:
+    """KEYCTL_INSTANTIATE: complete a key under construction (needs its authority)."""
+    data = _b(payload)
+    size = 0 if data is _NULL else len(data)  # type: ignore[arg-type]
+    _check(_lib.keyctl_instantiate(key_id, data, size, ringid), "keyctl_instantiate")
+
+
+def negate(key_id: int, timeout: int, ringid: int = 0) -> None:
+    """KEYCTL_NEGATE: negatively instantiate a key for ``timeout`` seconds."""
+    _check(_lib.keyctl_negate(key_id, timeout, ringid), "keyctl_negate")
+
+
+def reject(key_id: int, timeout: int, error: int, ringid: int = 0) -> None:
+    """KEYCTL_REJECT: negatively instantiate a key, returning ``error`` to requesters."""
+    _check(_lib.keyctl_reject(key_id, timeout, error, ringid), "keyctl_reject")
+
+
+def assume_authority(key_id: int) -> None:
+    """KEYCTL_ASSUME_AUTHORITY: take the authority to instantiate ``key_id`` (0 drops it)."""
+    _check(_lib.keyctl_assume_authority(key_id), "keyctl_assume_authority")
+
+
+def restrict_keyring(ringid: int, type: bytes | str | None, restriction: bytes | str | None) -> None:
+    """KEYCTL_RESTRICT_KEYRING: restrict which keys may be linked into a keyring."""
+    ret = _lib.keyctl_restrict_keyring(ringid, _b(type), _b(restriction))
+    _check(ret, "keyctl_restrict_keyring")
+
+
+def keyring_ids(ringid: int) -> list[int]:
+    """KEYCTL_READ on a keyring, decoded into its member serials."""
+    raw = read(ringid)
+    return list(memoryview(raw).cast("i")) if raw else []
+
+
+version: str = _ffi.string(_lib.keyutils_version_string).decode()

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# make setup: Debian packages, a venv on /usr/bin/python3 (the interpreter that
+# pam_python.so embeds), and the package with its cffi extension, editable.
+# Idempotent, and quick when everything is already in place.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(
+  # layer 0 and the keyctl anchor
+  keyutils libkeyutils-dev
+  # the build: cffi extension on the system interpreter
+  gcc make python3-dev python3-venv libffi-dev pkg-config
+  # PAM hosts: pam_python, pamtester, pam_wrapper, a real sshd + client
+  libpam-python pamtester libpam-wrapper openssh-server openssh-client sshpass
+  # Kerberos: a real MIT KDC on loopback, the client tools, pykrb5's headers
+  krb5-kdc krb5-admin-server krb5-user libkrb5-dev
+  # process tools used by the tests
+  procps passwd
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${db:Status-Status}\n' "$p" 2>/dev/null | grep -qx installed || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -qq
+  # No daemons from these packages: the project starts its own KDC and sshd on loopback.
+  policy=/usr/sbin/policy-rc.d
+  created_policy=
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null && $SUDO chmod 755 "$policy"
+    created_policy=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  [ -n "$created_policy" ] && $SUDO rm -f "$policy"
+fi
+
+VENV=.venv
+if [ ! -x "$VENV/bin/python" ] || [ "$(readlink -f "$VENV/bin/python")" != "$(readlink -f /usr/bin/python3)" ]; then
+  echo "setup: creating $VENV with /usr/bin/python3"
+  rm -rf "$VENV"
+  /usr/bin/python3 -m venv "$VENV"
+fi
+
+stamp=$VENV/.installed
+ext=$(ls pam_keyinit_py/keyutils/_keyutils*.so 2>/dev/null | head -1 || true)
+if [ ! -f "$stamp" ] || [ -z "$ext" ] || [ -n "$(find pyproject.toml setup.py pam_keyinit_py/keyutils/_build.py -newer "$stamp" 2>/dev/null)" ]; then
+  echo "setup: installing pam-keyinit-py (editable, with test extras) into $VENV"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel cffi
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+  touch "$stamp"
+fi

@@ -1,0 +1,5 @@
+"""Only here because cffi's ``cffi_modules`` is a setup() keyword."""
+
+from setuptools import setup
+
+setup(cffi_modules=["pam_keyinit_py/keyutils/_build.py:ffibuilder"])
