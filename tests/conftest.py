@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+# Fixture modules, one per real component: the KDC realm and the PAM hosts.
+pytest_plugins = ["tests.fixtures_krb5", "tests.fixtures_pam"]
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
 IN_CI = os.environ.get("CI") == "true"

@@ -1,0 +1,34 @@
+"""Run every benchmark in bench/ (``make bench``), each printing ours beside its anchor.
+
+A benchmark is a module ``bench/bench_*.py`` with a ``main() -> None``.
+``make bench ONLY=keyutils`` runs the ones whose name contains the word.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> int:
+    only = os.environ.get("ONLY", "")
+    sys.path.insert(0, str(HERE.parent))
+    for path in sorted(HERE.glob("bench_*.py")):
+        if only and only not in path.stem:
+            continue
+        print(f"== {path.stem}", flush=True)
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        module.main()
+        print(flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""pytest fixtures around the throwaway MIT realm (krb5/ bootstrap)."""
