@@ -1,0 +1,266 @@
+"""``keyinit doctor``: check every link from login to a usable ticket, and name the fix.
+
+Each check returns a :class:`Check`; a failed one carries the command or file
+that mends it.  The links, in the order a login crosses them: kernel keyrings
+and persistent keyrings, key quotas, the shim and pam_python, the PAM lines of
+the sshd and login stacks, ``default_ccache_name``, the service socket, the KDC,
+and finally — as a given user, with the uid switched and a clean environment,
+the way rpc.gssd and cifs.upcall look — the ticket in the default ccache.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from .keyutils import proc
+
+PAM_DIR = Path("/etc/pam.d")
+SHIM = Path("/lib/security/pam_keyinit_py.py")
+PAM_PYTHON = (Path("/lib/x86_64-linux-gnu/security/pam_python.so"), Path("/lib/security/pam_python.so"))
+DEFAULT_SOCKET = "/run/keyinit/ticketd.sock"
+# A TGT with an AD PAC is several KiB; a user with a few service tickets needs tens of KiB.
+MIN_MAXBYTES = 100_000
+MIN_MAXKEYS = 1000
+# com_err codes (krb5.h) that mean "no KDC could be asked".
+KRB5_KDC_UNREACH = -1765328228
+KRB5_REALM_CANT_RESOLVE = -1765328164
+KRB5_REALM_UNKNOWN = -1765328230
+
+
+@dataclass(frozen=True)
+class Check:
+    """One link of the chain: whether it holds, what was seen, and how to fix it."""
+
+    name: str
+    ok: bool
+    detail: str = ""
+    fix: str = ""
+
+
+def check_keyrings() -> Check:
+    """KEYCTL_CAPABILITIES and KEYCTL_GET_PERSISTENT: keyrings and persistent keyrings work."""
+    from . import keyutils
+
+    name = "kernel keyrings and persistent keyrings"
+    try:
+        caps = keyutils.capabilities()
+    except OSError as exc:
+        return Check(name, False, f"keyctl_capabilities: {exc.strerror}",
+                     "boot a kernel with CONFIG_KEYS=y (and CONFIG_PERSISTENT_KEYRINGS=y)")
+    if not caps or not caps[0] & keyutils.KEYCTL_CAPS0_PERSISTENT_KEYRINGS:
+        return Check(name, False, "the kernel lacks persistent keyrings",
+                     "boot a kernel with CONFIG_PERSISTENT_KEYRINGS=y")
+    try:
+        ring = keyutils.get_persistent(-1, keyutils.KEY_SPEC_PROCESS_KEYRING)
+    except OSError as exc:
+        return Check(name, False, f"keyctl_get_persistent: {exc.strerror}",
+                     "check seccomp/container policy: the keyctl syscall must be allowed")
+    return Check(name, True, f"persistent keyring {ring} reachable")
+
+
+def check_quotas() -> Check:
+    """kernel.keys.maxkeys/maxbytes against the size of real-world tickets."""
+    q = proc.read_quotas()
+    detail = f"maxkeys={q.maxkeys} maxbytes={q.maxbytes} (persistent expiry {q.persistent_keyring_expiry}s)"
+    if q.maxbytes < MIN_MAXBYTES or q.maxkeys < MIN_MAXKEYS:
+        return Check("key quotas", False, detail + f": below {MIN_MAXKEYS} keys / {MIN_MAXBYTES} bytes,"
+                     " large AD tickets fail with EDQUOT",
+                     "install etc/sysctl.d/60-keyinit-keys.conf into /etc/sysctl.d/ and run sysctl --system")
+    return Check("key quotas", True, detail)
+
+
+def check_shim(shim: Path = SHIM) -> Check:
+    """The pam_python.so module and the /lib/security shim are in place."""
+    if not any(p.exists() for p in PAM_PYTHON):
+        return Check("pam_python and shim", False, "pam_python.so not found", "apt-get install libpam-python")
+    if not shim.exists():
+        return Check("pam_python and shim", False, f"{shim} missing", "make install")
+    return Check("pam_python and shim", True, str(shim))
+
+
+def _stack_lines(service: str, pam_dir: Path, seen: set[str] | None = None) -> list[list[str]]:
+    """The lines of a PAM service file with @include/include/substack expanded."""
+    seen = seen if seen is not None else set()
+    if service in seen:
+        return []
+    seen.add(service)
+    path = pam_dir / service
+    if not path.exists():
+        return []
+    out: list[list[str]] = []
+    for raw in path.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        words = line.split()
+        if words[0] == "@include":
+            out += _stack_lines(words[1], pam_dir, seen)
+        elif len(words) >= 3 and words[1] in ("include", "substack"):
+            out += [w for w in _stack_lines(words[2], pam_dir, seen) if w[0].lstrip("-") == words[0]]
+        else:
+            out.append(words)
+    return out
+
+
+def _has_hook(lines: list[list[str]], kind: str, want: str | None = None) -> bool:
+    for words in lines:
+        if words[0].lstrip("-") != kind:
+            continue
+        # "session optional pam_python.so pam_keyinit_py.py ..." or with [..] controls
+        rest = " ".join(words[1:])
+        rest = re.sub(r"^\[[^\]]*\]\s*", "", rest)
+        parts = rest.split()
+        if len(parts) >= 3 and parts[1].endswith("pam_python.so") and parts[2].endswith("pam_keyinit_py.py"):
+            if want is None or want in parts[3:]:
+                return True
+    return False
+
+
+def check_pam(service: str, pam_dir: Path = PAM_DIR) -> Check:
+    """The service's PAM stack runs the hook in auth (ticket) and session (tickets)."""
+    name = f"PAM stack '{service}'"
+    lines = _stack_lines(service, pam_dir)
+    if not lines:
+        return Check(name, False, f"{pam_dir / service} not found", f"create {pam_dir / service}")
+    missing = []
+    if not _has_hook(lines, "session", "tickets"):
+        missing.append("session optional pam_python.so pam_keyinit_py.py force revoke tickets")
+    if not _has_hook(lines, "auth"):
+        missing.append("auth optional pam_python.so pam_keyinit_py.py use_first_pass")
+    if missing:
+        return Check(name, False, "missing: " + "; ".join(missing),
+                     "pam-auth-update --enable keyinit (profile etc/pam-configs/keyinit), "
+                     "or add the lines from etc/pam.d/" + service + ".example")
+    return Check(name, True, "auth and session lines present")
+
+
+def check_default_ccache() -> Check:
+    """krb5_cc_default_name in this process's profile resolves to the persistent keyring."""
+    import krb5
+
+    ctx = krb5.init_context()
+    name = krb5.cc_default_name(ctx).decode()
+    expected = f"KEYRING:persistent:{os.getuid()}"
+    if name != expected:
+        return Check("default_ccache_name", False, f"default ccache is {name}",
+                     "install etc/krb5.conf.d/keyinit-ccache.conf (default_ccache_name = "
+                     "KEYRING:persistent:%{uid}) and make krb5.conf include /etc/krb5.conf.d/")
+    return Check("default_ccache_name", True, name)
+
+
+def check_service(sock_path: str = DEFAULT_SOCKET) -> Check:
+    """Connect to keyinit-ticketd's socket and ask for its status."""
+    name = "keyinit-ticketd"
+    try:
+        from . import protocol
+    except ImportError:
+        protocol = None  # type: ignore[assignment]
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(1.0)
+    try:
+        s.connect(sock_path)
+    except OSError as exc:
+        return Check(name, False, f"{sock_path}: {exc.strerror}",
+                     "systemctl enable --now keyinit-ticketd.service (after make install)")
+    finally:
+        s.close()
+    if protocol is not None and hasattr(protocol, "request"):
+        try:
+            reply = protocol.request(sock_path, {"op": "status"}, timeout=1.0)
+        except Exception as exc:  # noqa: BLE001 - report any failure of the link
+            return Check(name, False, f"status request failed: {exc}",
+                         "journalctl -u keyinit-ticketd; systemctl restart keyinit-ticketd")
+        return Check(name, True, f"{sock_path} answers ({reply.get('version', 'ok')})")
+    return Check(name, True, f"{sock_path} accepts connections")
+
+
+def check_kdc() -> Check:
+    """An AS-REQ for a probe principal reaches a KDC of the default realm."""
+    import krb5
+
+    ctx = krb5.init_context()
+    try:
+        realm = krb5.get_default_realm(ctx).decode()
+    except krb5.Krb5Error as exc:
+        return Check("KDC reachable", False, f"no default realm: {exc}",
+                     "set default_realm in /etc/krb5.conf [libdefaults]")
+    probe = krb5.parse_name_flags(ctx, f"keyinit-doctor-probe@{realm}".encode())
+    opt = krb5.get_init_creds_opt_alloc(ctx)
+    try:
+        krb5.get_init_creds_password(ctx, probe, opt, password=b"x")
+    except krb5.Krb5Error as exc:
+        text = str(exc)
+        if getattr(exc, "err_code", 0) in (KRB5_KDC_UNREACH, KRB5_REALM_CANT_RESOLVE, KRB5_REALM_UNKNOWN):
+            return Check("KDC reachable", False, f"{realm}: {text}",
+                         f"check [realms] {realm} kdc= in krb5.conf and that port 88 is open")
+        return Check("KDC reachable", True, f"{realm} answers ({text})")
+    return Check("KDC reachable", True, realm)
+
+
+def check_user_ccache(user: str) -> Check:
+    """As ``user`` (setresuid, no KRB5CCNAME, clean environment) find a TGT in the default ccache.
+
+    This is how rpc.gssd and cifs.upcall look for a user's credentials.
+    """
+    name = f"ticket of '{user}' as rpc.gssd sees it"
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return Check(name, False, "no such user", "give an existing user with --user")
+    keep = {k: v for k, v in os.environ.items() if k == "KRB5_CONFIG"}
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: become the user with a clean environment
+        code = 1
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setresgid(pw.pw_gid, pw.pw_gid, pw.pw_gid)
+            os.setresuid(pw.pw_uid, pw.pw_uid, pw.pw_uid)
+            os.environ.clear()
+            os.environ.update(keep)
+            import krb5
+
+            ctx = krb5.init_context()
+            cc = krb5.cc_default(ctx)
+            princ = krb5.cc_get_principal(ctx, cc)
+            msg = f"ok {krb5.cc_default_name(ctx).decode()} {princ.name.decode()}"
+            code = 0
+        except BaseException as exc:  # noqa: BLE001 - report anything to the parent
+            msg = f"fail {exc}"
+        os.write(w, msg.encode()[:4000])
+        os._exit(code)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 4096):
+        data += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    text = data.decode(errors="replace")
+    if text.startswith("ok "):
+        return Check(name, True, text[3:])
+    return Check(name, False, text[5:] or "no answer",
+                 f"log in as {user} (or run: keyinit renew) and check default_ccache_name")
+
+
+def run_checks(user: str | None = None, services: tuple[str, ...] = ("sshd", "login"),
+               sock_path: str = DEFAULT_SOCKET, pam_dir: Path = PAM_DIR) -> list[Check]:
+    """All checks in login order; a check that crashes is reported as failed, not raised."""
+    steps = [check_keyrings, check_quotas, check_shim]
+    steps += [lambda s=s: check_pam(s, pam_dir) for s in services]
+    steps += [check_default_ccache, lambda: check_service(sock_path), check_kdc]
+    if user:
+        steps.append(lambda: check_user_ccache(user))
+    results = []
+    for step in steps:
+        try:
+            results.append(step())
+        except Exception as exc:  # noqa: BLE001 - a broken link is a failed check
+            label = (step.__doc__ or getattr(step, "__name__", "check")).split(":")[0].strip()
+            results.append(Check(label, False, f"{type(exc).__name__}: {exc}"))
+    return results
