@@ -1,1 +1,89 @@
-"""pytest fixtures around the throwaway MIT realm (krb5/ bootstrap)."""
+"""pytest fixtures around the throwaway MIT realm (krb5/ bootstrap via pam_keyinit_py.lab.realm).
+
+``realm``: one realm per test session with short, renewable tickets (60 s life, 10 min renew).
+``kdc_user``: a fresh local user ("pkk" prefix) with a principal of the same name and a random
+password, whose persistent-keyring caches are removed after the test.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from pam_keyinit_py.lab.realm import Realm, available
+from tests.conftest import TestUser, delete_user, make_user, require, require_root
+
+#: Short default life so renewals happen inside a test; renewable for long enough.
+REALM_MAXLIFE = "60s"
+REALM_MAXRENEW = "10m"
+
+
+@pytest.fixture(scope="session")
+def realm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Realm]:
+    """A running MIT KDC on 127.0.0.1 for the whole test session (missing krb5kdc fails in CI)."""
+    require(available(), "MIT KDC tools (krb5kdc, kdb5_util, kadmin.local) not installed")
+    r = Realm.start(tmp_path_factory.mktemp("realm"), "PKK.TEST", maxlife=REALM_MAXLIFE,
+                    maxrenew=REALM_MAXRENEW)
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+@dataclass
+class KdcUser:
+    """A local user with a principal in the test realm (password kept only in test memory)."""
+
+    user: TestUser
+    principal: str
+    password: str
+
+    @property
+    def uid(self) -> int:
+        return self.user.uid
+
+    @property
+    def gid(self) -> int:
+        return self.user.gid
+
+    @property
+    def name(self) -> str:
+        return self.user.name
+
+
+def add_user_principal(realm: Realm, user: TestUser, *, maxlife: str | int | None = None,
+                       maxrenew: str | int | None = None) -> KdcUser:
+    """Create ``user.name@REALM`` with a random password; return it with the password."""
+    password = secrets.token_urlsafe(12)
+    principal = realm.add_principal(user.name, password, maxlife=maxlife, maxrenew=maxrenew)
+    return KdcUser(user, principal, password)
+
+
+def clear_persistent_caches(uid: int) -> None:
+    """Remove every ccache in ``uid``'s persistent keyring (KEYCTL_GET_PERSISTENT + CLEAR)."""
+    from pam_keyinit_py import keyutils
+
+    try:
+        ring = keyutils.get_persistent(uid, keyutils.KEY_SPEC_THREAD_KEYRING)
+    except OSError:
+        return
+    try:
+        keyutils.clear(ring)
+    except OSError:
+        pass
+
+
+@pytest.fixture
+def kdc_user(realm: Realm) -> Iterator[KdcUser]:
+    """A fresh "pkk" user with a principal (default realm lifetimes); caches cleaned afterwards."""
+    require_root()
+    user = make_user("pkk")
+    try:
+        ku = add_user_principal(realm, user)
+        yield ku
+    finally:
+        clear_persistent_caches(user.uid)
+        delete_user(user)

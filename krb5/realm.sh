@@ -1,0 +1,251 @@
+#!/bin/bash
+# krb5/realm.sh: the one bootstrap of a throwaway MIT Kerberos realm on loopback.
+#
+# Used by `make demo`, the test suite (tests/fixtures_krb5.py via pam_keyinit_py.lab.realm) and
+# vagrant/ provisioning, so it is plain bash plus the MIT tools (krb5-kdc, krb5-admin-server).
+#
+#   realm.sh start DIR [-r REALM] [-l MAXLIFE] [-R MAXRENEW]
+#       Create the realm database in DIR if it is not there yet (kdb5_util create -s), write
+#       DIR/kdc.conf and DIR/krb5.conf from the templates beside this script, and start krb5kdc
+#       on a free 127.0.0.1 port.  A second `start` on an existing DIR restarts the KDC on the
+#       same port with the same database ("KDC back").  Prints the env lines (see `env`).
+#   realm.sh stop DIR               Stop krb5kdc (the database stays: "KDC down").
+#   realm.sh destroy DIR            Stop and remove everything realm.sh wrote in DIR.
+#   realm.sh addprinc DIR NAME [-maxlife D] [-maxrenewlife D] [-randkey | -pw-stdin]
+#       Add (or, if it exists, modify) a principal.  With -pw-stdin the password is the first
+#       line of stdin; it goes to kadmin.local on its stdin, never on any command line.
+#       Without either option the key is random.
+#   realm.sh ktadd DIR KEYTAB PRINC...   Write the principals' current keys to KEYTAB (-norandkey).
+#   realm.sh env DIR                Print `export KRB5_CONFIG=... KRB5_KDC_PROFILE=...` lines.
+#   realm.sh status DIR             Print realm, port and pid; exit 0 if the KDC runs, 3 if not.
+#
+# Durations use kadmin syntax: 30s, 10m, 1h, "1 day".
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PROG="realm.sh"
+
+die() { echo "$PROG: $*" >&2; exit 1; }
+usage() { sed -n '4,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+
+need() {
+    local tool
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] ||
+            die "$tool not found (apt-get install krb5-kdc krb5-admin-server krb5-user)"
+    done
+}
+
+sbin() { if command -v "$1" >/dev/null 2>&1; then command -v "$1"; else echo "/usr/sbin/$1"; fi; }
+
+# A TCP port that is free on 127.0.0.1 for both TCP and UDP (the KDC listens on both).
+# The kernel picks it (bind to port 0), so parallel realms never collide on a fixed number.
+free_port() {
+    /usr/bin/python3 - <<'PY'
+import socket
+for _ in range(50):
+    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    t.bind(("127.0.0.1", 0))
+    port = t.getsockname()[1]
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        u.bind(("127.0.0.1", port))
+    except OSError:
+        t.close()
+        continue
+    u.close()
+    t.close()
+    print(port)
+    break
+PY
+}
+
+load() {
+    DIR="$(cd "$1" 2>/dev/null && pwd)" || die "$1: no such directory"
+    [ -f "$DIR/realm.env" ] || die "$DIR: no realm here (run: $PROG start $DIR)"
+    # shellcheck disable=SC1091
+    . "$DIR/realm.env"
+    export KRB5_CONFIG="$DIR/krb5.conf" KRB5_KDC_PROFILE="$DIR/kdc.conf"
+}
+
+print_env() {
+    printf 'export KRB5_CONFIG=%q\n' "$DIR/krb5.conf"
+    printf 'export KRB5_KDC_PROFILE=%q\n' "$DIR/kdc.conf"
+    printf 'export REALM=%q\n' "$REALM"
+    printf 'export KDC_PORT=%q\n' "$PORT"
+}
+
+render() { # template output
+    sed -e "s|@REALM@|$REALM|g" -e "s|@DIR@|$DIR|g" -e "s|@PORT@|$PORT|g" \
+        -e "s|@KADMIN_PORT@|$KADMIN_PORT|g" -e "s|@KPASSWD_PORT@|$KPASSWD_PORT|g" \
+        -e "s|@MAXLIFE@|$MAXLIFE|g" -e "s|@MAXRENEW@|$MAXRENEW|g" "$1" >"$2.tmp"
+    mv -f "$2.tmp" "$2"
+}
+
+kdc_pid() {
+    local pid
+    [ -f "$DIR/krb5kdc.pid" ] || return 1
+    pid="$(cat "$DIR/krb5kdc.pid" 2>/dev/null)" || return 1
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+    # Only our krb5kdc, never a recycled pid.
+    grep -q krb5kdc "/proc/$pid/comm" 2>/dev/null || return 1
+    echo "$pid"
+}
+
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
+
+kadmin() { "$(sbin kadmin.local)" -r "$REALM" "$@"; }
+
+cmd_start() {
+    local dir="" realm="PKK.TEST" maxlife="10m" maxrenew="1h"
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            -r) realm="$2"; shift 2 ;;
+            -l) maxlife="$2"; shift 2 ;;
+            -R) maxrenew="$2"; shift 2 ;;
+            -*) die "start: unknown option $1" ;;
+            *) [ -z "$dir" ] || die "start: one DIR only"; dir="$1"; shift ;;
+        esac
+    done
+    [ -n "$dir" ] || usage
+    need krb5kdc kdb5_util kadmin.local
+    mkdir -p "$dir"
+    DIR="$(cd "$dir" && pwd)"
+    if [ ! -f "$DIR/realm.env" ]; then
+        REALM="$realm" MAXLIFE="$maxlife" MAXRENEW="$maxrenew"
+        PORT="$(free_port)" KADMIN_PORT="$(free_port)" KPASSWD_PORT="$(free_port)"
+        [ -n "$PORT" ] || die "no free port on 127.0.0.1"
+        render "$HERE/kdc.conf.in" "$DIR/kdc.conf"
+        render "$HERE/krb5.conf.in" "$DIR/krb5.conf"
+        echo "*/admin@$REALM *" >"$DIR/kadm5.acl"
+        export KRB5_CONFIG="$DIR/krb5.conf" KRB5_KDC_PROFILE="$DIR/kdc.conf"
+        # The master password of a throwaway database: random, fed on stdin, stashed, forgotten.
+        local master
+        master="$(head -c 24 /dev/urandom | base64)"
+        printf '%s\n%s\n' "$master" "$master" |
+            "$(sbin kdb5_util)" -r "$REALM" create -s >"$DIR/kdb5_util.log" 2>&1 ||
+            die "kdb5_util create failed: $(tail -n 3 "$DIR/kdb5_util.log")"
+        unset master
+        { printf 'REALM=%q\nPORT=%q\nKADMIN_PORT=%q\nKPASSWD_PORT=%q\n' \
+              "$REALM" "$PORT" "$KADMIN_PORT" "$KPASSWD_PORT"
+          printf 'MAXLIFE=%q\nMAXRENEW=%q\n' "$MAXLIFE" "$MAXRENEW"; } >"$DIR/realm.env"
+    else
+        load "$DIR"
+    fi
+    if kdc_pid >/dev/null; then print_env; return 0; fi
+    local try
+    for try in 1 2 3 4 5 6 7 8 9 10; do
+        rm -f "$DIR/krb5kdc.pid"
+        "$(sbin krb5kdc)" -r "$REALM" -P "$DIR/krb5kdc.pid" >>"$DIR/krb5kdc.out" 2>&1 || true
+        local i
+        for i in $(seq 1 100); do
+            if kdc_pid >/dev/null && listening; then print_env; return 0; fi
+            if [ -f "$DIR/krb5kdc.pid" ] && ! kdc_pid >/dev/null; then break; fi
+            sleep 0.02
+        done
+        # Someone took our port between runs (restart after "KDC down"): wait and retry.
+        if pid="$(kdc_pid)"; then kill "$pid" 2>/dev/null || true; fi
+        sleep 0.2
+    done
+    die "krb5kdc did not start on 127.0.0.1:$PORT; see $DIR/kdc.log and $DIR/krb5kdc.out"
+}
+
+cmd_stop() {
+    [ $# -eq 1 ] || usage
+    load "$1"
+    local pid i
+    pid="$(kdc_pid)" || { rm -f "$DIR/krb5kdc.pid"; return 0; }
+    kill "$pid"
+    for i in $(seq 1 250); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.02
+    done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+    rm -f "$DIR/krb5kdc.pid"
+}
+
+cmd_destroy() {
+    [ $# -eq 1 ] || usage
+    [ -f "$1/realm.env" ] || return 0
+    cmd_stop "$1"
+    load "$1"
+    rm -f "$DIR"/principal* "$DIR/stash" "$DIR/kdc.conf" "$DIR/krb5.conf" "$DIR/kadm5.acl" \
+        "$DIR"/*.log "$DIR/krb5kdc.out" "$DIR/realm.env"
+    rmdir "$DIR" 2>/dev/null || true
+}
+
+cmd_addprinc() {
+    [ $# -ge 2 ] || usage
+    load "$1"
+    local name="$2" opts=() key="-randkey" pw=""
+    shift 2
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            -maxlife|-maxrenewlife) opts+=("$1" "\"$2\""); shift 2 ;;
+            -randkey) key="-randkey"; shift ;;
+            -pw-stdin) key="-pw"; IFS= read -r pw || [ -n "$pw" ] || die "addprinc: no password on stdin"
+                       shift ;;
+            *) die "addprinc: unknown option $1" ;;
+        esac
+    done
+    case "$name" in *[[:space:]\"]*) die "addprinc: bad principal name" ;; esac
+    case "$pw" in *\"*|*$'\n'*) die "addprinc: the password may not contain a double quote" ;; esac
+    local out
+    # kadmin.local reads its requests from stdin: the password never reaches argv or environ.
+    if [ "$key" = "-pw" ]; then
+        out="$(printf 'addprinc %s -pw "%s" %s\n' "${opts[*]:-}" "$pw" "$name" | kadmin 2>&1)" || true
+    else
+        out="$(printf 'addprinc %s -randkey %s\n' "${opts[*]:-}" "$name" | kadmin 2>&1)" || true
+    fi
+    pw=""
+    if grep -q 'already exists' <<<"$out"; then
+        # Idempotent: bring the existing principal to the requested state.
+        if [ "${#opts[@]}" -gt 0 ]; then
+            printf 'modprinc %s %s\n' "${opts[*]}" "$name" | kadmin >/dev/null 2>&1
+        fi
+    elif ! grep -q 'created' <<<"$out"; then
+        die "addprinc $name failed: $(grep -v '^kadmin.local:' <<<"$out" | grep -iv 'password' | tail -n 2)"
+    fi
+}
+
+cmd_ktadd() {
+    [ $# -ge 3 ] || usage
+    load "$1"
+    local keytab="$2" p
+    shift 2
+    for p in "$@"; do
+        kadmin -q "ktadd -k $keytab -norandkey $p" >/dev/null 2>"$DIR/ktadd.err" ||
+            die "ktadd $p failed: $(cat "$DIR/ktadd.err")"
+        grep -qi 'error\|not found\|no such' "$DIR/ktadd.err" && die "ktadd $p: $(cat "$DIR/ktadd.err")"
+    done
+    rm -f "$DIR/ktadd.err"
+}
+
+cmd_env() { [ $# -eq 1 ] || usage; load "$1"; print_env; }
+
+cmd_status() {
+    [ $# -eq 1 ] || usage
+    load "$1"
+    local pid
+    if pid="$(kdc_pid)"; then
+        echo "realm $REALM kdc 127.0.0.1:$PORT pid $pid"
+    else
+        echo "realm $REALM kdc 127.0.0.1:$PORT stopped"
+        return 3
+    fi
+}
+
+[ $# -ge 1 ] || usage
+cmd="$1"
+shift
+case "$cmd" in
+    start) cmd_start "$@" ;;
+    stop) cmd_stop "$@" ;;
+    destroy) cmd_destroy "$@" ;;
+    addprinc) cmd_addprinc "$@" ;;
+    ktadd) cmd_ktadd "$@" ;;
+    env) cmd_env "$@" ;;
+    status) cmd_status "$@" ;;
+    -h|--help|help) usage ;;
+    *) echo "$PROG: unknown command $cmd" >&2; usage ;;
+esac

@@ -1,0 +1,170 @@
+"""A throwaway MIT Kerberos realm on loopback, driven through the one bootstrap ``krb5/realm.sh``.
+
+The tests, ``make demo`` and the benchmarks use :class:`Realm`; vagrant provisioning calls the
+shell script directly.  The script creates the database (kdb5_util), runs krb5kdc on a free
+127.0.0.1 port and adds principals with kadmin.local; this class only runs it and remembers
+where things are.  Passwords go to the script on stdin, never on a command line.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+#: krb5/realm.sh in a source checkout (the package is installed editable).
+REALM_SH = Path(__file__).resolve().parents[2] / "krb5" / "realm.sh"
+
+
+class RealmError(RuntimeError):
+    """realm.sh failed; the message is its stderr (which never holds a password)."""
+
+
+def available() -> bool:
+    """True when the MIT KDC tools the bootstrap needs are installed."""
+    return REALM_SH.exists() and all(
+        shutil.which(tool) or os.access(f"/usr/sbin/{tool}", os.X_OK)
+        for tool in ("krb5kdc", "kdb5_util", "kadmin.local")
+    )
+
+
+class Realm:
+    """A running (or stopped) throwaway realm whose files live in :attr:`dir`.
+
+    ``Realm.start(dir)`` creates the database on first use and starts the KDC; ``stop_kdc()`` and
+    ``start_kdc()`` take only the KDC down and up again (same port, same database); ``stop()``
+    removes everything.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], *, owns_dir: bool = False) -> None:
+        self.dir = Path(directory).resolve()
+        self._owns_dir = owns_dir
+        self.realm = ""
+        self.kdc_port = 0
+        self.maxlife = ""
+        self.maxrenew = ""
+
+    # -- running the script ------------------------------------------------------------------
+    def _run(self, *args: str, stdin: str | None = None) -> str:
+        proc = subprocess.run(
+            ["/bin/bash", str(REALM_SH), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin", "LANG": "C"},
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise RealmError(f"realm.sh {args[0]}: {proc.stderr.strip() or proc.stdout.strip()}")
+        return proc.stdout
+
+    def _load(self) -> None:
+        values: dict[str, str] = {}
+        for line in (self.dir / "realm.env").read_text().splitlines():
+            name, _, value = line.partition("=")
+            values[name] = value.strip("'\"")
+        self.realm = values["REALM"]
+        self.kdc_port = int(values["PORT"])
+        self.maxlife = values.get("MAXLIFE", "")
+        self.maxrenew = values.get("MAXRENEW", "")
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @classmethod
+    def start(
+        cls,
+        directory: str | os.PathLike[str] | None = None,
+        realm: str = "PKK.TEST",
+        *,
+        maxlife: str = "10m",
+        maxrenew: str = "1h",
+    ) -> Realm:
+        """Create (if needed) and start a realm in ``directory`` (a new temp dir when None).
+
+        ``maxlife``/``maxrenew`` are the realm caps, which also bound the krbtgt principal,
+        in kadmin duration syntax ("60s", "10m").
+        """
+        owns = directory is None
+        if directory is None:
+            directory = tempfile.mkdtemp(prefix="pkk-realm-")
+        self = cls(directory, owns_dir=owns)
+        self._run("start", str(self.dir), "-r", realm, "-l", maxlife, "-R", maxrenew)
+        self._load()
+        return self
+
+    def start_kdc(self) -> None:
+        """Start krb5kdc again on the same port with the same database ("KDC back")."""
+        self._run("start", str(self.dir))
+
+    def stop_kdc(self) -> None:
+        """Stop krb5kdc but keep the database ("KDC down")."""
+        self._run("stop", str(self.dir))
+
+    def running(self) -> bool:
+        """True when our krb5kdc process is alive."""
+        return subprocess.run(
+            ["/bin/bash", str(REALM_SH), "status", str(self.dir)], capture_output=True, check=False
+        ).returncode == 0
+
+    def stop(self) -> None:
+        """Stop the KDC and remove the database and config files."""
+        self._run("destroy", str(self.dir))
+        if self._owns_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Realm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- principals and keytabs --------------------------------------------------------------
+    def principal(self, name: str) -> str:
+        """``name@REALM`` unless ``name`` already names a realm."""
+        return name if "@" in name else f"{name}@{self.realm}"
+
+    def add_principal(
+        self,
+        name: str,
+        password: str | None = None,
+        maxlife: str | int | None = None,
+        maxrenew: str | int | None = None,
+    ) -> str:
+        """kadmin addprinc (or modprinc if it exists); random key when ``password`` is None.
+
+        ``maxlife``/``maxrenew`` are kadmin durations or seconds.  Returns the full principal.
+        """
+        args = ["addprinc", str(self.dir), name]
+        if maxlife is not None:
+            args += ["-maxlife", f"{maxlife}s" if isinstance(maxlife, int) else maxlife]
+        if maxrenew is not None:
+            args += ["-maxrenewlife", f"{maxrenew}s" if isinstance(maxrenew, int) else maxrenew]
+        if password is None:
+            self._run(*args, "-randkey")
+        else:
+            self._run(*args, "-pw-stdin", stdin=password + "\n")
+        return self.principal(name)
+
+    def keytab(self, principals: list[str] | str, path: str | os.PathLike[str]) -> Path:
+        """kadmin ktadd -norandkey: write the principals' keys into the keytab at ``path``."""
+        if isinstance(principals, str):
+            principals = [principals]
+        self._run("ktadd", str(self.dir), str(path), *principals)
+        return Path(path)
+
+    # -- where things are --------------------------------------------------------------------
+    @property
+    def krb5_conf(self) -> Path:
+        """The generated krb5.conf (default_realm, KDC on loopback, KEYRING:persistent default)."""
+        return self.dir / "krb5.conf"
+
+    @property
+    def kdc_conf(self) -> Path:
+        """The generated kdc.conf."""
+        return self.dir / "kdc.conf"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for krb5 programs and libraries that should use this realm."""
+        return {"KRB5_CONFIG": str(self.krb5_conf), "KRB5_KDC_PROFILE": str(self.kdc_conf)}
