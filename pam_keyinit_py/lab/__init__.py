@@ -1,1 +1,1 @@
-"""Lab helpers for tests, the demo and benchmarks: a throwaway realm, PAM hosts, a private sshd."""
+"""Real PAM hosts for tests, benchmarks and the demo: pam_wrapper + pamtester, and a private sshd."""
