@@ -1,1 +1,1 @@
-"""Real PAM hosts for tests, benchmarks and the demo: pam_wrapper + pamtester, and a private sshd."""
+"""Lab helpers for tests, the demo and benchmarks: a throwaway realm, PAM hosts, a private sshd."""
