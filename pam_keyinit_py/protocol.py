@@ -1,0 +1,212 @@
+"""The one definition of the messages between the PAM hook, the ticket service and ``keyinit``.
+
+Transport: a Unix stream socket (``/run/keyinit/ticketd.sock`` by default).
+Framing: each message is a 4-byte big-endian length followed by that many
+bytes of UTF-8 JSON holding one object.  Every message carries ``"v": 1``.
+
+Requests carry ``"op"``; replies carry ``"ok"`` and, on failure, a machine
+``"code"`` (one of :data:`ERROR_CODES`) and a human ``"error"``.  The server
+identifies the caller with SO_PEERCRED, never with a field of the message:
+
+========  ======  ===============================================================
+op        who     fields
+========  ======  ===============================================================
+auth      root    user, uid, gid, password, [principal] -> principal, ccache
+open      root    user, uid, gid                        -> sid, sessions
+close     root    uid, [sid]                            -> sessions, cleared
+status    anyone                                        -> service, sessions, tickets
+tickets   anyone  [uid] (root only)                     -> tickets
+renew     anyone  [uid] (root only)                     -> tickets, errors
+destroy   anyone  ccache (own caches unless root)       -> destroyed
+========  ======  ===============================================================
+
+This module is imported by the PAM hook inside sshd, so it uses only the
+standard library and costs little to import.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import time
+from typing import Any
+
+VERSION = 1
+#: Largest message either side accepts (a password plus a few names fit many times over).
+MAX_MESSAGE = 64 * 1024
+DEFAULT_SOCKET = "/run/keyinit/ticketd.sock"
+
+_HEADER = struct.Struct(">I")
+
+# Reply codes, shared by the service (which sets them) and the hook (which maps them to PAM codes).
+OK = "ok"
+BAD_PASSWORD = "bad_password"
+UNKNOWN_PRINCIPAL = "unknown_principal"
+KDC_UNREACHABLE = "kdc_unreachable"
+NOT_RENEWABLE = "not_renewable"
+QUOTA = "quota_exceeded"
+DENIED = "denied"
+BAD_REQUEST = "bad_request"
+TOO_LARGE = "too_large"
+NOT_FOUND = "not_found"
+UNAVAILABLE = "service_unavailable"  # set by clients only: the service did not answer
+INTERNAL = "internal_error"
+ERROR_CODES = frozenset(
+    {BAD_PASSWORD, UNKNOWN_PRINCIPAL, KDC_UNREACHABLE, NOT_RENEWABLE, QUOTA, DENIED, BAD_REQUEST,
+     TOO_LARGE, NOT_FOUND, UNAVAILABLE, INTERNAL}
+)
+
+#: Operations only uid 0 may send: they create tickets and sessions for other users.
+ROOT_OPS = frozenset({"auth", "open", "close"})
+
+# Request schema: op -> {field: (type, required)}.  Unknown fields are refused so a typo never
+# silently changes meaning.
+_ID = (int, True)
+_OPT_ID = (int, False)
+_STR = (str, True)
+SCHEMA: dict[str, dict[str, tuple[type, bool]]] = {
+    "auth": {"user": _STR, "uid": _ID, "gid": _ID, "password": _STR, "principal": (str, False)},
+    "open": {"user": _STR, "uid": _ID, "gid": _ID},
+    "close": {"uid": _ID, "sid": _OPT_ID},
+    "status": {},
+    "tickets": {"uid": _OPT_ID},
+    "renew": {"uid": _OPT_ID},
+    "destroy": {"ccache": _STR},
+}
+_MAX_STR = 4096
+
+
+class ProtocolError(Exception):
+    """A message broke the framing, size limit or schema; ``code`` is the reply code to send."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """Frame one message: length prefix + compact JSON (``v`` is added if missing)."""
+    if "v" not in message:
+        message = {"v": VERSION, **message}
+    body = json.dumps(message, separators=(",", ":")).encode()
+    if len(body) > MAX_MESSAGE:
+        raise ProtocolError(TOO_LARGE, f"message of {len(body)} bytes exceeds {MAX_MESSAGE}")
+    return _HEADER.pack(len(body)) + body
+
+
+def decode(body: bytes) -> dict[str, Any]:
+    """Parse one frame body into a dict with a supported ``v``; no schema check."""
+    try:
+        message = json.loads(body.decode())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(BAD_REQUEST, f"not JSON: {exc.__class__.__name__}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(BAD_REQUEST, "message is not a JSON object")
+    if message.get("v") != VERSION:
+        raise ProtocolError(BAD_REQUEST, f"unsupported protocol version {message.get('v')!r}")
+    return message
+
+
+def validate_request(message: dict[str, Any]) -> dict[str, Any]:
+    """Check a request against :data:`SCHEMA`; return it or raise ProtocolError(BAD_REQUEST)."""
+    op = message.get("op")
+    if not isinstance(op, str) or op not in SCHEMA:
+        raise ProtocolError(BAD_REQUEST, f"unknown op {op!r}")
+    fields = SCHEMA[op]
+    for key in message:
+        if key not in ("v", "op") and key not in fields:
+            raise ProtocolError(BAD_REQUEST, f"{op}: unknown field {key!r}")
+    for key, (kind, required) in fields.items():
+        if key not in message or message[key] is None:
+            if required:
+                raise ProtocolError(BAD_REQUEST, f"{op}: missing field {key!r}")
+            continue
+        value = message[key]
+        # bool is an int subclass; a uid of `true` is a malformed message, not uid 1.
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ProtocolError(BAD_REQUEST, f"{op}: field {key!r} must be {kind.__name__}")
+        if kind is int and not 0 <= value < 2**32 - 1:
+            raise ProtocolError(BAD_REQUEST, f"{op}: field {key!r} out of range")
+        if kind is str and (len(value) > _MAX_STR or "\0" in value):
+            raise ProtocolError(BAD_REQUEST, f"{op}: field {key!r} too long or holds NUL")
+    return message
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    chunks = bytearray()
+    while len(chunks) < n:
+        chunk = sock.recv(n - len(chunks))
+        if not chunk:
+            if chunks:
+                raise ProtocolError(BAD_REQUEST, "connection closed mid-message")
+            raise EOFError
+        chunks += chunk
+    return bytes(chunks)
+
+
+def recv_message(sock: socket.socket) -> dict[str, Any]:
+    """Read one framed message; EOFError at a clean end of stream, ProtocolError on bad input.
+
+    The length is checked before any body is read, so an oversized frame costs
+    the reader nothing.
+    """
+    (length,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size))
+    if length > MAX_MESSAGE:
+        raise ProtocolError(TOO_LARGE, f"message of {length} bytes exceeds {MAX_MESSAGE}")
+    return decode(_recv_exact(sock, length))
+
+
+def send_message(sock: socket.socket, message: dict[str, Any]) -> None:
+    """Write one framed message."""
+    sock.sendall(encode(message))
+
+
+def reply_ok(**fields: Any) -> dict[str, Any]:
+    """A success reply."""
+    return {"v": VERSION, "ok": True, **fields}
+
+
+def reply_error(code: str, error: str) -> dict[str, Any]:
+    """A failure reply with a machine code and a human message (never a secret)."""
+    return {"v": VERSION, "ok": False, "code": code, "error": error}
+
+
+def request(
+    message: dict[str, Any],
+    path: str = DEFAULT_SOCKET,
+    *,
+    connect_timeout: float = 1.0,
+    timeout: float = 10.0,
+) -> dict[str, Any]:
+    """Send one request to the service and return its reply.
+
+    Never raises for a missing or silent service: that becomes a reply with
+    code :data:`UNAVAILABLE`, so a PAM hook can map it to a return code.
+    ``connect_timeout`` bounds connect(); ``timeout`` bounds the whole
+    exchange after it.
+    """
+    validate_request({"v": VERSION, **message})
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(connect_timeout)
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            return reply_error(UNAVAILABLE, f"cannot connect to {path}: {exc.strerror or exc}")
+        deadline = time.monotonic() + timeout
+        try:
+            sock.settimeout(timeout)
+            send_message(sock, message)
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            reply = recv_message(sock)
+        except (OSError, EOFError) as exc:
+            what = "timed out" if isinstance(exc, TimeoutError) else "closed the connection"
+            return reply_error(UNAVAILABLE, f"service at {path} {what}")
+        except ProtocolError as exc:
+            return reply_error(exc.code, f"bad reply from service: {exc}")
+        if not isinstance(reply.get("ok"), bool):
+            return reply_error(BAD_REQUEST, "bad reply from service: no 'ok'")
+        return reply
+    finally:
+        sock.close()

@@ -1,0 +1,153 @@
+"""Configuration of ``keyinit-ticketd``: one TOML file (tomllib), default ``/etc/keyinit/ticketd.toml``.
+
+Every key is optional; the defaults below are documented in ``etc/keyinit/ticketd.toml``.
+The Kerberos library configuration is not here: the service honours ``KRB5_CONFIG``
+like any krb5 program (libkrb5 reads it when the context is made).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..protocol import DEFAULT_SOCKET
+
+DEFAULT_CONFIG = "/etc/keyinit/ticketd.toml"
+CLEAR_POLICIES = ("own", "all", "none")
+
+
+class ConfigError(Exception):
+    """The configuration file is missing a required part or holds a bad value."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeytabEntry:
+    """One ``[[keytab]]`` table: keep ``principal``'s TGT fresh from ``keytab`` in ``ccache`` as ``uid``."""
+
+    principal: str
+    keytab: str
+    uid: int
+    gid: int
+    ccache: str
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The service's settings (times in seconds)."""
+
+    socket: str = DEFAULT_SOCKET
+    state_file: str = "/run/keyinit/ticketd.state"
+    #: Ticket lifetime and renewable lifetime requested at login (0: the KDC's/krb5.conf default).
+    lifetime: int = 0
+    renew_lifetime: int = 7 * 24 * 3600
+    forwardable: bool = True
+    #: Renew when this fraction of a ticket's lifetime has passed.
+    renew_fraction: float = 0.5
+    clear_on_logout: str = "own"
+    #: Destroy the TGT of an authentication that no session follows within this time.
+    pending_auth_timeout: float = 120.0
+    #: Re-scan each logged-in user's persistent collection for caches they made with kinit.
+    adopt_scan_interval: float = 300.0
+    #: keyctl_get_persistent for each tracked uid this often (the kernel expires them after 3 days).
+    persistent_touch_interval: float = 86400.0
+    #: Retry a renewal the KDC did not answer after this long, doubling up to retry_max.
+    retry_min: float = 1.0
+    retry_max: float = 60.0
+    #: Bound on one password exchange with the KDC at login.
+    kdc_timeout: float = 2.0
+    log_level: str = "INFO"
+    keytabs: tuple[KeytabEntry, ...] = field(default_factory=tuple)
+
+
+_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "socket": str,
+    "state_file": str,
+    "lifetime": int,
+    "renew_lifetime": int,
+    "forwardable": bool,
+    "renew_fraction": (int, float),
+    "clear_on_logout": str,
+    "pending_auth_timeout": (int, float),
+    "adopt_scan_interval": (int, float),
+    "persistent_touch_interval": (int, float),
+    "retry_min": (int, float),
+    "retry_max": (int, float),
+    "kdc_timeout": (int, float),
+    "log_level": str,
+}
+
+
+def _keytab_entry(index: int, table: object) -> KeytabEntry:
+    if not isinstance(table, dict):
+        raise ConfigError(f"keytab[{index}]: must be a table")
+    missing = [k for k in ("principal", "keytab", "uid") if k not in table]
+    if missing:
+        raise ConfigError(f"keytab[{index}]: missing {', '.join(missing)}")
+    unknown = set(table) - {"principal", "keytab", "uid", "gid", "ccache"}
+    if unknown:
+        raise ConfigError(f"keytab[{index}]: unknown key(s) {', '.join(sorted(unknown))}")
+    uid = table["uid"]
+    if not isinstance(uid, int) or isinstance(uid, bool) or uid < 0:
+        raise ConfigError(f"keytab[{index}]: uid must be a non-negative integer")
+    gid = table.get("gid")
+    if gid is None:
+        import pwd
+
+        try:
+            gid = pwd.getpwuid(uid).pw_gid
+        except KeyError:
+            gid = uid
+    ccache = table.get("ccache", f"KEYRING:persistent:{uid}")
+    for key in ("principal", "keytab"):
+        if not isinstance(table[key], str) or not table[key]:
+            raise ConfigError(f"keytab[{index}]: {key} must be a non-empty string")
+    return KeytabEntry(table["principal"], table["keytab"], uid, int(gid), str(ccache))
+
+
+def parse(data: dict[str, object]) -> Config:
+    """Build a Config from a parsed TOML document; ConfigError names the bad key."""
+    values: dict[str, object] = {}
+    for key, value in data.items():
+        if key == "keytab":
+            continue
+        if key not in _FIELDS:
+            raise ConfigError(f"unknown key {key!r}")
+        kind = _FIELDS[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            raise ConfigError(f"{key}: wrong type {type(value).__name__}")
+        values[key] = value
+    keytabs = data.get("keytab", [])
+    if not isinstance(keytabs, list):
+        raise ConfigError("keytab: use [[keytab]] tables")
+    values["keytabs"] = tuple(_keytab_entry(i, t) for i, t in enumerate(keytabs))
+    config = Config(**values)  # type: ignore[arg-type]
+    if config.clear_on_logout not in CLEAR_POLICIES:
+        raise ConfigError(f"clear_on_logout must be one of {', '.join(CLEAR_POLICIES)}")
+    if not 0.05 <= config.renew_fraction <= 0.95:
+        raise ConfigError("renew_fraction must be between 0.05 and 0.95")
+    if config.retry_min <= 0 or config.retry_max < config.retry_min:
+        raise ConfigError("need 0 < retry_min <= retry_max")
+    for key in ("pending_auth_timeout", "adopt_scan_interval", "persistent_touch_interval", "kdc_timeout"):
+        if getattr(config, key) <= 0:
+            raise ConfigError(f"{key} must be positive")
+    return config
+
+
+def load(path: str | None = None) -> Config:
+    """Read the TOML file; a missing default file means all defaults, a missing explicit one is an error."""
+    explicit = path is not None
+    file = Path(path or DEFAULT_CONFIG)
+    try:
+        with file.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"{file}: no such file") from None
+        return Config()
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: {exc}") from None
+    try:
+        return parse(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{file}: {exc}") from None

@@ -1,0 +1,599 @@
+"""The ticket service's logic: logins, sessions, tracked ccaches, renewal, clearing, recovery.
+
+Every Kerberos operation goes through ``tickets.ccache`` (pykrb5, run with the
+user's uid and gid so the keys are owned by and charged to the user).  This module
+decides *when*: the TGT of a password login is acquired at ``auth``, kept as a
+pending login until ``open`` (sshd may authenticate in another process than the one
+that opens the session), renewed by the scheduler at a fraction of its lifetime
+while any session of the uid is open, and destroyed at the uid's last ``close``
+according to ``clear_on_logout``.
+
+State changes are written to the state file before the reply leaves, so a ``kill -9``
+loses nothing that a client was told had happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import protocol as P
+from . import state as statefile
+from .config import Config
+from .scheduler import Scheduler, backoff, renew_due
+from .sessions import Reaper, Session, SessionTable
+
+log = logging.getLogger("keyinit-ticketd")
+
+LOGIN, ADOPTED, KEYTAB = "login", "adopted", "keytab"
+
+
+@dataclass(slots=True)
+class Tracked:
+    """A ccache the service keeps fresh."""
+
+    ccache: str
+    uid: int
+    gid: int
+    principal: str
+    origin: str  # LOGIN (acquired at a login), ADOPTED (the user's own kinit), KEYTAB ([[keytab]])
+    starttime: float = 0.0
+    endtime: float = 0.0
+    renew_till: float = 0.0
+    renewable: bool = False
+    attempts: int = 0  # consecutive renewals the KDC did not answer
+    warned: bool = False  # the "cannot renew further" line was logged
+    keytab: int = -1  # index into config.keytabs for KEYTAB entries
+    renewed: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ccache": self.ccache, "uid": self.uid, "gid": self.gid, "principal": self.principal,
+                "origin": self.origin, "starttime": self.starttime, "endtime": self.endtime,
+                "renew_till": self.renew_till, "renewable": self.renewable, "renewed": self.renewed}
+
+
+@dataclass(slots=True)
+class Pending:
+    """Caches acquired at ``auth`` for a uid that no session has claimed yet."""
+
+    gid: int
+    deadline: float
+    ccaches: set[str] = field(default_factory=set)
+
+
+def _ccache_api():  # imported late: the daemon starts and answers before libkrb5 is loaded
+    from . import ccache
+
+    return ccache
+
+
+def _errors():
+    from . import errors
+
+    return errors
+
+
+class Service:
+    """All state of the ticket service, guarded by one lock; krb5 calls run outside it."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.lock = threading.RLock()
+        self.sessions = SessionTable()
+        self.tickets: dict[str, Tracked] = {}
+        self.pending: dict[int, Pending] = {}
+        self.scheduler = Scheduler()
+        self.reaper: Reaper | None = None
+        self.started = time.time()
+        self.renewals = 0
+        self.renew_failures = 0
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Restore the saved state, start the reaper and the scheduler, and the keytab entries."""
+        self.reaper = Reaper(self._reaped)
+        self.restore()
+        for index, _entry in enumerate(self.config.keytabs):
+            self.scheduler.schedule(("keytab", index), time.time(), lambda i=index: self._keytab_job(i))
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        self.scheduler.stop()
+        with self.lock:
+            self.save()
+
+    def save(self) -> None:
+        """Write sessions, pending logins and tracked caches atomically (caller holds the lock)."""
+        data = {
+            "sessions": [s.to_json() for s in self.sessions.by_sid.values()],
+            "tickets": [t.to_json() for t in self.tickets.values() if t.origin != KEYTAB],
+            "pending": [{"uid": u, "gid": p.gid, "deadline": p.deadline, "ccaches": sorted(p.ccaches)}
+                        for u, p in self.pending.items()],
+        }
+        try:
+            statefile.save(self.config.state_file, data)
+        except OSError as exc:
+            log.error("cannot write state file %s: %s", self.config.state_file, exc.strerror)
+
+    def restore(self) -> None:
+        """Rebuild from the state file: live sessions are tracked again, dead ones reaped."""
+        data = statefile.load(self.config.state_file)
+        if not data:
+            return
+        assert self.reaper is not None
+        had_sessions: set[int] = set()
+        with self.lock:
+            for raw in data.get("tickets", []):
+                try:
+                    t = Tracked(raw["ccache"], int(raw["uid"]), int(raw["gid"]), raw["principal"],
+                                raw["origin"], float(raw["starttime"]), float(raw["endtime"]),
+                                float(raw["renew_till"]), bool(raw["renewable"]))
+                except (KeyError, TypeError, ValueError):
+                    continue
+                self.tickets[t.ccache] = t
+            for raw in data.get("pending", []):
+                try:
+                    p = Pending(int(raw["gid"]), float(raw["deadline"]), set(raw["ccaches"]))
+                    self.pending[int(raw["uid"])] = p
+                except (KeyError, TypeError, ValueError):
+                    continue
+            live = 0
+            for raw in data.get("sessions", []):
+                try:
+                    uid, pid, pid_start = int(raw["uid"]), int(raw["pid"]), int(raw["pid_start"])
+                    had_sessions.add(uid)
+                    session = self.sessions.add(uid, int(raw["gid"]), str(raw["user"]), pid, pid_start,
+                                                float(raw["opened"]), sid=int(raw["sid"]))
+                except (KeyError, TypeError, ValueError):
+                    continue
+                if not self.reaper.watch(session.sid, pid, pid_start):
+                    log.info("session %d of uid %d: process %d died while the service was down; reaped",
+                             session.sid, uid, pid)
+                    self.sessions.remove(session.sid)
+                else:
+                    live += 1
+            log.info("restored %d session(s), %d ticket(s), %d pending login(s) from %s", live,
+                     len(self.tickets), len(self.pending), self.config.state_file)
+        # Outside the lock: these talk to the kernel / KDC.
+        for uid, p in list(self.pending.items()):
+            self.scheduler.schedule(("pending", uid), p.deadline, lambda u=uid: self._pending_expired(u))
+        for uid in had_sessions:
+            if self.sessions.count(uid) == 0:
+                self._last_close(uid)
+        for uid in self.sessions.uids():
+            self._refresh_uid(uid)
+        for t in list(self.tickets.values()):
+            if t.ccache in self.tickets:
+                self._schedule_renewal(t)
+        with self.lock:
+            self.save()
+
+    # ---------------------------------------------------------------- requests
+
+    def auth(self, user: str, uid: int, gid: int, password: str, principal: str | None) -> dict[str, Any]:
+        """Acquire a TGT for ``principal`` (default user@default_realm) into KEYRING:persistent:<uid>."""
+        ccache = _ccache_api()
+        errors = _errors()
+        if not principal:
+            principal = f"{user}@{default_realm()}"
+        cfg = self.config
+        try:
+            info = ccache.acquire_password(
+                principal, password, uid, gid,
+                **_supported(ccache.acquire_password, lifetime=cfg.lifetime or None,
+                             renew_lifetime=cfg.renew_lifetime or None, forwardable=cfg.forwardable,
+                             timeout=cfg.kdc_timeout),
+            )
+        except errors.BadPassword:
+            log.info("auth %s (uid %d): wrong password", principal, uid)
+            return P.reply_error(P.BAD_PASSWORD, "wrong password")
+        except errors.UnknownPrincipal:
+            log.info("auth %s (uid %d): unknown principal", principal, uid)
+            return P.reply_error(P.UNKNOWN_PRINCIPAL, f"principal {principal} unknown to the KDC")
+        except errors.KdcUnreachable as exc:
+            log.warning("auth %s (uid %d): no KDC answered: %s", principal, uid, exc)
+            return P.reply_error(P.KDC_UNREACHABLE, "no KDC answered")
+        except errors.QuotaExceeded as exc:
+            log.error("auth %s (uid %d): key quota exceeded, no ticket stored: %s", principal, uid, exc)
+            return P.reply_error(P.QUOTA, "key quota of the user exceeded")
+        finally:
+            del password  # the only reference the service held
+        with self.lock:
+            t = self._track(info, gid, LOGIN)
+            p = self.pending.get(uid)
+            if p is None:
+                p = self.pending[uid] = Pending(gid, 0.0)
+            p.deadline = time.time() + cfg.pending_auth_timeout
+            p.ccaches.add(t.ccache)
+            self.save()
+        self.scheduler.schedule(("pending", uid), p.deadline, lambda: self._pending_expired(uid))
+        self._schedule_renewal(t)
+        log.info("auth %s (uid %d): TGT in %s until %s", principal, uid, t.ccache, _fmt(t.endtime))
+        return P.reply_ok(principal=principal, ccache=t.ccache, endtime=t.endtime)
+
+    def open(self, user: str, uid: int, gid: int, pid: int) -> dict[str, Any]:
+        """Register a session opened by process ``pid`` (SO_PEERCRED of the caller)."""
+        pid_start = statefile.process_start_time(pid) or 0
+        with self.lock:
+            first = self.sessions.count(uid) == 0
+            session = self.sessions.add(uid, gid, user, pid, pid_start, time.time())
+            p = self.pending.pop(uid, None)
+            self.save()
+        if p is not None:
+            self.scheduler.cancel(("pending", uid))
+        assert self.reaper is not None
+        if not self.reaper.watch(session.sid, pid, pid_start):
+            log.warning("session %d of uid %d: opener %d already gone", session.sid, uid, pid)
+        if first:
+            self._refresh_uid(uid)
+        log.info("open session %d for %s (uid %d, pid %d): %d open", session.sid, user, uid, pid,
+                 self.sessions.count(uid))
+        return P.reply_ok(sid=session.sid, sessions=self.sessions.count(uid))
+
+    def close(self, uid: int, sid: int | None, pid: int) -> dict[str, Any]:
+        """Unregister a session; at the uid's last one, clear its caches per clear_on_logout."""
+        with self.lock:
+            session = self.sessions.find(uid, pid, sid)
+            if session is None:
+                return P.reply_error(P.NOT_FOUND, f"no open session of uid {uid} for this caller")
+        cleared = self._end_session(session, "closed")
+        return P.reply_ok(sessions=self.sessions.count(uid), cleared=cleared)
+
+    def status(self, peer_uid: int) -> dict[str, Any]:
+        with self.lock:
+            mine = [s.to_json() for s in self.sessions.by_sid.values() if peer_uid in (0, s.uid)]
+            tickets = [t.to_json() for t in self.tickets.values() if peer_uid in (0, t.uid)]
+            service = {"pid": os.getpid(), "started": self.started, "sessions": len(self.sessions),
+                       "tickets": len(self.tickets), "users": len(self.sessions.by_uid),
+                       "renewals": self.renewals, "renew_failures": self.renew_failures,
+                       "timers": len(self.scheduler), "clear_on_logout": self.config.clear_on_logout}
+        if peer_uid != 0:
+            mine = [{k: v for k, v in s.items() if k != "pid_start"} for s in mine]
+        return P.reply_ok(service=service, sessions=mine, tickets=tickets)
+
+    def list_tickets(self, uid: int | None) -> dict[str, Any]:
+        with self.lock:
+            rows = [t.to_json() for t in self.tickets.values() if uid is None or t.uid == uid]
+        return P.reply_ok(tickets=rows)
+
+    def renew_now(self, uid: int | None) -> dict[str, Any]:
+        """Renew the uid's (or, for root without uid, every) tracked ticket now."""
+        if uid is not None and self.sessions.count(uid):
+            self._scan(uid, reschedule=False)
+        with self.lock:
+            targets = [t.ccache for t in self.tickets.values() if uid is None or t.uid == uid]
+        errors: list[dict[str, str]] = []
+        for name in targets:
+            err = self._renew(name)
+            if err:
+                errors.append({"ccache": name, "error": err})
+        with self.lock:
+            rows = [t.to_json() for t in self.tickets.values() if uid is None or t.uid == uid]
+        return P.reply_ok(tickets=rows, errors=errors)
+
+    def destroy(self, name: str, peer_uid: int) -> dict[str, Any]:
+        """Destroy a ccache: its owner (or root) only."""
+        with self.lock:
+            t = self.tickets.get(name)
+        owner = t.uid if t else _ccache_uid(name)
+        if owner is None:
+            return P.reply_error(P.NOT_FOUND, f"{name}: not a tracked cache nor a KEYRING:persistent one")
+        if peer_uid not in (0, owner):
+            log.warning("uid %d tried to destroy %s of uid %d: refused", peer_uid, name, owner)
+            return P.reply_error(P.DENIED, f"{name} belongs to uid {owner}")
+        gid = t.gid if t else _gid_of(owner)
+        self._untrack(name)
+        try:
+            _ccache_api().destroy(name, owner, gid)
+        except Exception as exc:
+            return P.reply_error(P.NOT_FOUND, f"{name}: {exc}")
+        log.info("destroyed %s (uid %d) at the request of uid %d", name, owner, peer_uid)
+        return P.reply_ok(destroyed=name)
+
+    # ---------------------------------------------------------------- internals
+
+    def _track(self, info: Any, gid: int, origin: str, keytab: int = -1) -> Tracked:
+        """Record (or refresh) a ccache from a TicketInfo (caller holds the lock)."""
+        t = self.tickets.get(info.ccache)
+        if t is None:
+            t = Tracked(info.ccache, info.uid, gid, str(info.principal), origin, keytab=keytab)
+            self.tickets[info.ccache] = t
+        elif origin == LOGIN and t.origin == ADOPTED:
+            t.origin = LOGIN  # the service wrote this cache now: it is the service's to clear
+        _update(t, info)
+        return t
+
+    def _untrack(self, name: str) -> None:
+        with self.lock:
+            t = self.tickets.pop(name, None)
+            for p in self.pending.values():
+                p.ccaches.discard(name)
+            if t is not None:
+                self.save()
+        self.scheduler.cancel(("renew", name))
+
+    def _schedule_renewal(self, t: Tracked) -> None:
+        """Put the ticket's next renewal on the heap, or log once why there is none."""
+        now = time.time()
+        if t.origin == KEYTAB:
+            return  # keytab entries re-acquire on their own timer
+        if not t.renewable:
+            if not t.warned:
+                t.warned = True
+                log.warning("%s (%s, uid %d) is not renewable; it expires at %s", t.ccache, t.principal,
+                            t.uid, _fmt(t.endtime))
+            return
+        if t.renew_till <= t.endtime + 1 or t.renew_till <= now:
+            if not t.warned:
+                t.warned = True
+                log.warning("%s (%s, uid %d) reached its renew_till %s; it expires at %s", t.ccache,
+                            t.principal, t.uid, _fmt(t.renew_till), _fmt(t.endtime))
+            return
+        due = renew_due(t.starttime, t.endtime, self.config.renew_fraction, now)
+        name = t.ccache
+        self.scheduler.schedule(("renew", name), due, lambda: self._renew(name))
+
+    def _renew(self, name: str) -> str | None:
+        """Renew one ccache with ccache.renew (no empty-cache window); None on success, else why not."""
+        with self.lock:
+            t = self.tickets.get(name)
+            if t is None:
+                return "not tracked"
+        if t.origin == KEYTAB:
+            self._keytab_job(t.keytab)
+            return None
+        errors = _errors()
+        try:
+            info = _ccache_api().renew(name, t.uid, t.gid)
+        except errors.KdcUnreachable:
+            t.attempts += 1
+            self.renew_failures += 1
+            delay = backoff(t.attempts, self.config.retry_min, self.config.retry_max, t.endtime)
+            log.warning("renewing %s (uid %d): no KDC answered (attempt %d); retry in %.1fs, ticket ends %s",
+                        name, t.uid, t.attempts, delay, _fmt(t.endtime))
+            self.scheduler.schedule(("renew", name), time.time() + delay, lambda: self._renew(name))
+            return "no KDC answered"
+        except errors.NotRenewable as exc:
+            t.renewable = False
+            self._schedule_renewal(t)  # logs once
+            return f"not renewable: {exc}"
+        except errors.QuotaExceeded as exc:
+            self.renew_failures += 1
+            log.error("renewing %s (uid %d): key quota exceeded; old ticket kept: %s", name, t.uid, exc)
+            delay = backoff(t.attempts + 1, self.config.retry_min, self.config.retry_max, t.endtime)
+            self.scheduler.schedule(("renew", name), time.time() + delay, lambda: self._renew(name))
+            return "key quota exceeded"
+        except Exception as exc:
+            # The cache is gone (the user ran kdestroy) or unreadable: stop tracking it.
+            self.renew_failures += 1
+            log.warning("renewing %s (uid %d) failed: %s; no longer tracked", name, t.uid, exc)
+            self._untrack(name)
+            return str(exc)
+        with self.lock:
+            if info.ccache != name:
+                # The renewal switched the collection to a new cache: follow it.
+                self.tickets.pop(name, None)
+                t.ccache = info.ccache
+                self.tickets[info.ccache] = t
+                for p in self.pending.values():
+                    if name in p.ccaches:
+                        p.ccaches.discard(name)
+                        p.ccaches.add(info.ccache)
+            _update(t, info)
+            t.attempts = 0
+            t.renewed += 1
+            self.renewals += 1
+            self.save()
+        if info.ccache != name:
+            self.scheduler.cancel(("renew", name))
+        log.info("renewed %s (uid %d) until %s", t.ccache, t.uid, _fmt(t.endtime))
+        self._schedule_renewal(t)
+        return None
+
+    def _pending_expired(self, uid: int) -> None:
+        """An auth no session followed in time: destroy its caches unless the uid is logged in."""
+        with self.lock:
+            p = self.pending.get(uid)
+            if p is None or p.deadline > time.time() + 0.001:
+                return
+            del self.pending[uid]
+            keep = self.sessions.count(uid) > 0
+            names = [n for n in p.ccaches if n in self.tickets]
+            self.save()
+        if keep:
+            return
+        for name in names:
+            log.info("auth of uid %d not followed by a session within %.0fs: destroying %s", uid,
+                     self.config.pending_auth_timeout, name)
+            self._destroy_quietly(name, uid, p.gid)
+
+    def _reaped(self, sid: int) -> None:
+        with self.lock:
+            session = self.sessions.by_sid.get(sid)
+        if session is not None:
+            self._end_session(session, f"reaped (process {session.pid} exited without close_session)")
+
+    def _end_session(self, session: Session, why: str) -> list[str]:
+        with self.lock:
+            if self.sessions.remove(session.sid) is None:
+                return []
+            left = self.sessions.count(session.uid)
+            self.save()
+        if self.reaper is not None:
+            self.reaper.unwatch(session.sid)
+        log.info("session %d of %s (uid %d) %s: %d left", session.sid, session.user, session.uid, why, left)
+        if left:
+            return []
+        return self._last_close(session.uid)
+
+    def _last_close(self, uid: int) -> list[str]:
+        """The uid's last session ended: clear per clear_on_logout and stop renewing its tickets."""
+        policy = self.config.clear_on_logout
+        with self.lock:
+            pending = self.pending.get(uid)
+            held = pending.ccaches if pending else set()
+            mine = [t for t in self.tickets.values() if t.uid == uid and t.origin != KEYTAB
+                    and t.ccache not in held]
+            for t in mine:
+                self.tickets.pop(t.ccache, None)
+            self.save()
+        for key in (("scan", uid), ("touch", uid)):
+            self.scheduler.cancel(key)
+        names: list[str] = []
+        if policy == "own":
+            names = [t.ccache for t in mine if t.origin == LOGIN]
+        elif policy == "all":
+            names = [t.ccache for t in mine]
+            try:
+                names += [i.ccache for i in _ccache_api().list_caches(uid) if i.ccache not in names
+                          and i.ccache not in held]
+            except Exception as exc:
+                log.warning("listing caches of uid %d: %s", uid, exc)
+        for t in mine:
+            self.scheduler.cancel(("renew", t.ccache))
+        gid = mine[0].gid if mine else _gid_of(uid)
+        for name in names:
+            self._destroy_quietly(name, uid, gid)
+        log.info("last session of uid %d closed: cleared %d cache(s) (clear_on_logout=%s)", uid, len(names),
+                 policy)
+        return names
+
+    def _destroy_quietly(self, name: str, uid: int, gid: int) -> None:
+        self._untrack(name)
+        try:
+            _ccache_api().destroy(name, uid, gid)
+        except Exception as exc:
+            log.warning("destroying %s (uid %d): %s", name, uid, exc)
+
+    def _refresh_uid(self, uid: int) -> None:
+        """On a uid's first session: touch its persistent keyring and adopt its own caches."""
+        self._touch(uid)
+        self._scan(uid)
+
+    def _touch(self, uid: int) -> None:
+        """keyctl_get_persistent(uid): resets the kernel's 3-day expiry of the persistent keyring."""
+        from .. import keyutils
+
+        try:
+            ring = keyutils.get_persistent(uid, keyutils.KEY_SPEC_THREAD_KEYRING)
+            keyutils.unlink(ring, keyutils.KEY_SPEC_THREAD_KEYRING)
+        except OSError as exc:
+            log.warning("get_persistent(%d): %s", uid, exc)
+        interval = self.config.persistent_touch_interval
+        if self.sessions.count(uid) or any(k.uid == uid for k in self.config.keytabs):
+            self.scheduler.schedule(("touch", uid), time.time() + interval, lambda: self._touch(uid))
+
+    def _scan(self, uid: int, reschedule: bool = True) -> None:
+        """Adopt caches the user made in their persistent collection (their own kinit) while logged in."""
+        if not self.sessions.count(uid):
+            return
+        try:
+            infos = _ccache_api().list_caches(uid)
+        except Exception as exc:
+            log.warning("listing caches of uid %d: %s", uid, exc)
+            infos = []
+        adopted: list[Tracked] = []
+        with self.lock:
+            gid = next((s.gid for s in self.sessions.by_sid.values() if s.uid == uid), _gid_of(uid))
+            for info in infos:
+                if info.ccache not in self.tickets:
+                    t = self._track(info, gid, ADOPTED)
+                    adopted.append(t)
+            if adopted:
+                self.save()
+        for t in adopted:
+            log.info("adopted %s (%s) of uid %d: renewed while the user is logged in", t.ccache,
+                     t.principal, uid)
+            self._schedule_renewal(t)
+        if reschedule:
+            self.scheduler.schedule(("scan", uid), time.time() + self.config.adopt_scan_interval,
+                                    lambda: self._scan(uid))
+
+    def _keytab_job(self, index: int) -> None:
+        """Re-acquire a [[keytab]] principal's TGT (as k5start -f), then schedule the next run."""
+        entry = self.config.keytabs[index]
+        errors = _errors()
+        key = ("keytab", index)
+        try:
+            info = _ccache_api().acquire_keytab(entry.principal, entry.keytab, entry.uid, entry.gid,
+                                                **_supported(_ccache_api().acquire_keytab,
+                                                             ccache=entry.ccache))
+        except errors.KdcUnreachable:
+            delay = self.config.retry_min
+            log.warning("keytab %s: no KDC answered; retry in %.0fs", entry.principal, delay)
+            self.scheduler.schedule(key, time.time() + delay, lambda: self._keytab_job(index))
+            return
+        except Exception as exc:
+            log.error("keytab %s from %s: %s; retry in %.0fs", entry.principal, entry.keytab, exc,
+                      self.config.retry_max)
+            self.scheduler.schedule(key, time.time() + self.config.retry_max, lambda: self._keytab_job(index))
+            return
+        with self.lock:
+            t = self._track(info, entry.gid, KEYTAB, keytab=index)
+            t.renewed += 1
+        due = renew_due(t.starttime, t.endtime, self.config.renew_fraction)
+        self.scheduler.schedule(key, due, lambda: self._keytab_job(index))
+        if self.scheduler.due(("touch", entry.uid)) is None:
+            self._touch(entry.uid)
+        log.info("keytab %s: TGT in %s until %s", entry.principal, t.ccache, _fmt(t.endtime))
+
+
+# -------------------------------------------------------------------- helpers
+
+def _update(t: Tracked, info: Any) -> None:
+    t.principal = str(info.principal)
+    t.starttime = float(info.starttime or 0)
+    t.endtime = float(info.endtime or 0)
+    t.renew_till = float(info.renew_till or 0)
+    t.renewable = bool(info.renewable)
+    t.warned = False
+
+
+def _supported(func: Any, **kwargs: Any) -> dict[str, Any]:
+    """The keyword arguments ``func`` accepts (ccache's optional knobs), without None values."""
+    import inspect
+
+    params = inspect.signature(func).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return {k: v for k, v in kwargs.items() if v is not None}
+    return {k: v for k, v in kwargs.items() if k in params and v is not None}
+
+
+_REALM: list[str] = []
+
+
+def default_realm() -> str:
+    """krb5_get_default_realm() of the service's context (KRB5_CONFIG honoured)."""
+    if not _REALM:
+        import krb5
+
+        ctx = krb5.init_context()
+        realm = krb5.get_default_realm(ctx)
+        _REALM.append(realm.decode() if isinstance(realm, bytes) else str(realm))
+    return _REALM[0]
+
+
+def _ccache_uid(name: str) -> int | None:
+    """The uid in a ``KEYRING:persistent:<uid>[:...]`` name, else None."""
+    parts = name.split(":")
+    if len(parts) >= 3 and parts[0] == "KEYRING" and parts[1] == "persistent" and parts[2].isdigit():
+        return int(parts[2])
+    return None
+
+
+def _gid_of(uid: int) -> int:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return uid
+
+
+def _fmt(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"

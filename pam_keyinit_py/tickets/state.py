@@ -1,0 +1,62 @@
+"""The service's small state file: open sessions, pending logins and tracked ccaches.
+
+Written atomically (write a temporary file in the same directory, fsync, rename(2))
+after every change that a ``kill -9`` must not lose, so a restarted service picks up
+exactly where the dead one stopped.  It holds no secret: names, ids and times only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+FORMAT = 1
+
+
+def save(path: str, data: dict[str, Any]) -> None:
+    """Replace ``path`` with ``data`` as JSON in one rename(2); mode 0600, owned by root."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    body = json.dumps({"format": FORMAT, **data}, separators=(",", ":")).encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, body)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, target)
+
+
+def load(path: str) -> dict[str, Any]:
+    """The saved state, or an empty one when there is no file or it is unreadable."""
+    try:
+        with open(path, "rb") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        return {}
+    return data
+
+
+def process_start_time(pid: int) -> int | None:
+    """The start time of ``pid`` in clock ticks since boot (/proc/<pid>/stat field 22), or None.
+
+    Together with the pid it names one process across pid reuse.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
