@@ -1,0 +1,168 @@
+"""secret-tool's item model on the kernel keyring: attributes, a label and a text secret.
+
+An item is one possessor-only ``user`` key in the ``keyinit:secrets`` keyring
+(:mod:`.store`):
+
+- its **description** is the attribute set as canonical JSON (keys sorted, no
+  spaces), so one attribute set names exactly one key and an exact look-up is a
+  single KEYCTL_SEARCH;
+- its **payload** is JSON ``{"label", "secret", "created", "modified"}``.
+
+Semantics follow libsecret's secret-tool:
+
+- attributes match by exact string equality; a query matches every item whose
+  attributes include all the queried pairs (the item may have more);
+- storing the same attribute set again replaces the secret and label (add_key
+  updates the key in place) and keeps ``created``;
+- ``clear`` removes every matching item.
+
+When several items match, the ones whose attribute set equals the query come
+first, then the most recently modified.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+from .store import KeyStore, StoreError
+
+__all__ = ["Item", "SecretStore", "StoreError"]
+
+
+def encode_attributes(attributes: dict[str, str]) -> str:
+    """The key description for an attribute set: canonical, compact JSON (no NUL byte possible)."""
+    return json.dumps(attributes, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def decode_attributes(description: str) -> dict[str, str] | None:
+    """The attribute set of a key description, or None if it is not one of ours."""
+    try:
+        value = json.loads(description)
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        return None
+    return value
+
+
+@dataclass
+class Item:
+    """One stored item; ``secret`` is loaded with it (reading it is one KEYCTL_READ)."""
+
+    key: int
+    attributes: dict[str, str]
+    label: str = ""
+    secret: str = field(default="", repr=False)  # never shown by repr(), so never in a traceback
+    created: int = 0
+    modified: int = 0
+
+
+def _unpack(key: int, attributes: dict[str, str], payload: bytes | None) -> Item | None:
+    if payload is None:
+        return None
+    try:
+        data = json.loads(payload.decode())
+        return Item(
+            key, attributes, str(data["label"]), str(data["secret"]),
+            int(data.get("created", 0)), int(data.get("modified", 0)),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None  # not written by us: skip rather than guess
+
+
+class SecretStore:
+    """Items in the ``keyinit:secrets`` keyring of one location (see :mod:`.store`)."""
+
+    def __init__(self, location: str | None = None) -> None:
+        self.keys = KeyStore(location)
+
+    @property
+    def location(self) -> str:
+        """persistent, user or session."""
+        return self.keys.location
+
+    @staticmethod
+    def _check(attributes: dict[str, str]) -> None:
+        if not attributes:
+            raise StoreError("must specify attribute and value pairs")
+
+    def store(
+        self, attributes: dict[str, str], label: str, secret: str,
+        replace: dict[str, str] | None = None,
+    ) -> Item:
+        """Store (or replace) the item with exactly ``attributes``.
+
+        ``replace``, if given, is a query: every *other* item matching it is
+        removed after the new one is in place (a ``keyring`` backend or Docker
+        helper keeps one secret per service/user or server, whatever extra
+        attributes an older item had).
+        """
+        self._check(attributes)
+        description = encode_attributes(attributes)
+        now = int(time.time())
+        created = now
+        old = self.keys.find(description)
+        if old is not None:
+            previous = _unpack(old, attributes, self.keys.read(old))
+            if previous is not None and previous.created:
+                created = previous.created
+        payload = json.dumps(
+            {"label": label, "secret": secret, "created": created, "modified": now},
+            ensure_ascii=False, separators=(",", ":"),
+        ).encode()
+        key = self.keys.put(description, payload)
+        if replace is not None:
+            for item in self.search(replace, load=False):
+                if item.key != key:
+                    self.keys.remove(item.key)
+        return Item(key, dict(attributes), label, secret, created, now)
+
+    def search(self, query: dict[str, str], load: bool = True) -> list[Item]:
+        """Every item whose attributes include all of ``query``, best match first."""
+        matches: list[Item] = []
+        for key, description in self.keys.entries():
+            attributes = decode_attributes(description)
+            if attributes is None or any(attributes.get(k) != v for k, v in query.items()):
+                continue
+            if not load:
+                matches.append(Item(key, attributes))
+                continue
+            item = _unpack(key, attributes, self.keys.read(key))
+            if item is not None:
+                matches.append(item)
+        matches.sort(key=lambda i: (i.attributes != query, -i.modified, encode_attributes(i.attributes)))
+        return matches
+
+    def lookup_item(self, query: dict[str, str], likely: dict[str, str] | None = None) -> Item | None:
+        """The best item matching ``query``, or None.
+
+        Fast path: an item whose attribute set is exactly ``likely`` (default:
+        the query itself; it must match the query) is one KEYCTL_SEARCH away;
+        otherwise every item is described and matched.
+        """
+        self._check(query)
+        guess = query if likely is None else likely
+        exact = self.keys.find(encode_attributes(guess))
+        if exact is not None:
+            item = _unpack(exact, dict(guess), self.keys.read(exact))
+            if item is not None:
+                return item
+        found = self.search(query)
+        return found[0] if found else None
+
+    def lookup(self, query: dict[str, str], likely: dict[str, str] | None = None) -> str | None:
+        """The secret of the best item matching ``query``, or None."""
+        item = self.lookup_item(query, likely)
+        return None if item is None else item.secret
+
+    def clear(self, query: dict[str, str]) -> int:
+        """Remove every item matching ``query`` (KEYCTL_INVALIDATE); return how many."""
+        self._check(query)
+        items = self.search(query, load=False)
+        for item in items:
+            self.keys.remove(item.key)
+        return len(items)
