@@ -1,0 +1,198 @@
+"""A private OpenSSH server on a free loopback port, with a private config and a private PAM stack.
+
+The real /usr/sbin/sshd runs in the foreground (``-D -e``) from a temporary
+directory holding its config, host key and log.  Its PAM service (``sshd``,
+sshd's __progname) is read from pam_wrapper's private service directory:
+sshd is started with ``LD_PRELOAD=libpam_wrapper.so``, so /etc/pam.d and the
+system sshd on port 22 are never touched.  sshd rebuilds the user's
+environment from scratch, so the preload does not leak into sessions.
+
+sshd splits PAM differently per method (measured on Debian 12, OpenSSH 9.2):
+with ``PasswordAuthentication`` every PAM call runs in the monitor; with
+``KbdInteractiveAuthentication`` authenticate/acct_mgmt run in a separate
+child.  :meth:`Sshd.start` takes ``mode`` to pick one; :meth:`Sshd.login`
+drives the matching client method through sshpass, feeding the password on a
+pipe (``sshpass -d``), never in argv or the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from .pamwrap import PamWrapper
+
+SSHD = "/usr/sbin/sshd"
+PASSWORD = "password"
+KBDINT = "keyboard-interactive"
+MODES = (PASSWORD, KBDINT)
+
+
+def available() -> str | None:
+    """None when sshd, ssh, sshpass and ssh-keygen are present, else what is missing."""
+    for tool in (SSHD, "ssh", "sshpass", "ssh-keygen"):
+        if not shutil.which(tool):
+            return f"{tool} is not installed"
+    return None
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago (bind to 0, read, close)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Sshd:
+    """One private sshd.  ``start(pam_stack_lines, mode=...)``, ``login(...)``, ``stop()``.
+
+    ``pam_stack_lines`` is the full ``sshd`` PAM service (auth, account,
+    session, password lines); ``PamWrapper.hook_line()`` builds the hook's.
+    """
+
+    def __init__(self, pamwrap: PamWrapper | None = None) -> None:
+        self._own_pamwrap = pamwrap is None
+        self.pamwrap = pamwrap or PamWrapper()
+        self.dir = Path(tempfile.mkdtemp(prefix="pkp-sshd-"))
+        self.port = 0
+        self.mode = PASSWORD
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.dir / "sshd.log"
+        self.host_key = self.dir / "ssh_host_ed25519_key"
+
+    # -- server -----------------------------------------------------------
+    def _config(self, mode: str, extra: list[str]) -> Path:
+        password = "yes" if mode == PASSWORD else "no"
+        kbdint = "yes" if mode == KBDINT else "no"
+        lines = [
+            f"Port {self.port}",
+            "ListenAddress 127.0.0.1",
+            f"HostKey {self.host_key}",
+            f"PidFile {self.dir / 'sshd.pid'}",
+            "UsePAM yes",
+            f"PasswordAuthentication {password}",
+            f"KbdInteractiveAuthentication {kbdint}",
+            "PubkeyAuthentication no",
+            "GSSAPIAuthentication no",
+            "HostbasedAuthentication no",
+            "AuthorizedKeysFile none",
+            "PermitRootLogin no",
+            "PermitEmptyPasswords no",
+            "UseDNS no",
+            "PrintMotd no",
+            "PrintLastLog no",
+            "StrictModes no",
+            "LoginGraceTime 30",
+            "MaxStartups 20:50:40",
+            "LogLevel VERBOSE",
+            *extra,
+        ]
+        path = self.dir / "sshd_config"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def start(self, pam_stack_lines: list[str], mode: str = PASSWORD, extra_config: list[str] | None = None,
+              timeout: float = 20) -> Sshd:
+        """Write the ``sshd`` PAM service and config, start sshd -D, wait until it listens."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        if self.proc is not None:
+            self.stop()
+        self.mode = mode
+        self.pamwrap.service("sshd", pam_stack_lines)
+        if not self.host_key.exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.host_key)],
+                           check=True, capture_output=True)
+        # sshd refuses to start without its privilege-separation chroot directory.
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        last_error = ""
+        for _attempt in range(3):  # another engineer may grab the port between probe and bind
+            self.port = free_port()
+            config = self._config(mode, extra_config or [])
+            check = subprocess.run([SSHD, "-t", "-f", str(config)], capture_output=True, text=True)
+            if check.returncode != 0:
+                raise RuntimeError(f"sshd -t rejected the config: {check.stderr.strip()}")
+            log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+            try:
+                self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], env=self.pamwrap.env(),
+                                             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            finally:
+                log.close()
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    break
+                if f"listening on 127.0.0.1 port {self.port}" in self.log():
+                    return self
+                time.sleep(0.05)
+            last_error = self.log()[-2000:]
+            self.stop()
+        raise RuntimeError(f"private sshd did not start:\n{last_error}")
+
+    def log(self) -> str:
+        """sshd's own log (-e: everything it would send to syslog)."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        """Stop this sshd (SIGTERM to its listener; sessions already closed by the client)."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+    def close(self) -> None:
+        """stop() and remove the temporary directories."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        if self._own_pamwrap:
+            self.pamwrap.close()
+
+    def __enter__(self) -> Sshd:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- client -----------------------------------------------------------
+    def ssh_argv(self, user: str, command: str, mode: str | None = None) -> list[str]:
+        """The ssh client command line (without sshpass) for a password login to this server."""
+        method = mode or self.mode
+        return [
+            "ssh", "-F", "/dev/null", "-T",
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", f"PreferredAuthentications={method}", "-o", "PubkeyAuthentication=no",
+            "-o", "GSSAPIAuthentication=no", "-o", "NumberOfPasswordPrompts=1",
+            "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR",
+            "-p", str(self.port), f"{user}@127.0.0.1", command,
+        ]
+
+    def login(self, user: str, password: str, command: str, mode: str | None = None,
+              timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Log in as ``user`` with ``password`` and run ``command``; the password travels on a pipe."""
+        read_fd, write_fd = os.pipe()
+        try:
+            os.write(write_fd, password.encode() + b"\n")
+        finally:
+            os.close(write_fd)
+        try:
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.dir), "LANG": "C"}
+            return subprocess.run(
+                ["sshpass", "-d", str(read_fd), *self.ssh_argv(user, command, mode)],
+                pass_fds=(read_fd,), env=env, capture_output=True, text=True, timeout=timeout,
+                stdin=subprocess.DEVNULL, check=False,
+            )
+        finally:
+            os.close(read_fd)
