@@ -1,0 +1,620 @@
+"""Credential-cache operations the ticket service performs with the user's credentials (pykrb5).
+
+API (names are stable; the service, CLI and tests import them):
+
+- ``acquire_password(principal, password, uid, gid, *, lifetime, renew_lifetime, forwardable,
+  renewable, timeout, krb5_config, context) -> TicketInfo``:
+  krb5_get_init_creds_password, then the TGT goes into a NEW cache of the user's
+  ``KEYRING:persistent:<uid>`` collection, which is made primary (krb5_cc_switch); the previous
+  primary is destroyed after the switch if this service created it.
+- ``acquire_keytab(principal, keytab, uid, gid, ccache=None, ...) -> TicketInfo``:
+  krb5_get_init_creds_keytab into ``ccache`` (default the persistent collection), as ``k5start -f``.
+- ``renew(ccache_name, uid, gid, *, timeout, ...) -> TicketInfo``: krb5_get_renewed_creds, written
+  into a new cache that replaces the old one (switch primary first, destroy the old one after a
+  short grace), so a reader never finds the collection empty.  ``TicketInfo.ccache`` is the NEW name.
+- ``list_caches(uid) -> list[TicketInfo]``: every cache of the persistent collection.
+- ``destroy(ccache_name, uid, gid)``: krb5_cc_destroy.
+- ``is_service_cache(name)``: True for caches this service created (their subsidiary name starts
+  with :data:`SERVICE_PREFIX`; the mark survives a restart of the service).
+- ``flush_deferred()``: destroy now the old caches still waiting for their grace period.
+
+Every ccache operation runs with the thread's real and effective uid/gid switched to the user
+(``keyutils.thread_credentials(uid, gid, effective=True)``: raw per-thread setresuid), so the
+keys are owned by and charged to the user, never root.  KDC exchanges for new tickets run as
+the caller (root can read keytabs).  The password is held as bytes only until the TGT exists and
+never appears in a log line or an exception message.  ``timeout`` bounds a KDC exchange: MIT
+krb5 1.20 has no kdc_timeout setting, so the exchange runs in a helper thread and the caller
+gets :class:`~.errors.KdcUnreachable` when it takes longer (its late result is discarded).
+"""
+
+from __future__ import annotations
+
+import atexit
+import heapq
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import krb5
+
+from .. import keyutils
+from . import errors
+from .errors import KdcUnreachable, TicketError, from_krb5
+
+#: Subsidiary-name prefix of caches this service creates ("KEYRING:persistent:1000:keyinit_3f2a…").
+SERVICE_PREFIX = "keyinit_"
+#: Prefix of the replacement of a cache the user made with their own kinit, renewed by us.
+ADOPTED_PREFIX = "keyinit-adopted_"
+#: Seconds an old cache stays after the switch, for readers that resolved the old primary name.
+DEFAULT_GRACE = 2.0
+_CONF_REALM = "X-CACHECONF:"
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class TicketInfo:
+    """One credential cache and its TGT (times are seconds since the epoch, 0 when unknown)."""
+
+    uid: int
+    ccache: str
+    principal: str
+    server: str
+    starttime: int
+    endtime: int
+    renew_till: int
+    renewable: bool
+    primary: bool = False
+    service: bool = False  # created by this service (see is_service_cache)
+
+
+# ------------------------------------------------------------------ contexts and credentials
+
+_local = threading.local()
+_env_lock = threading.Lock()
+
+
+def _context(krb5_config: str | None = None) -> krb5.Context:
+    """A krb5 context for this thread (contexts are not thread-safe), one per profile path.
+
+    krb5_init_context reads KRB5_CONFIG from the environment; pykrb5 has no
+    krb5_init_context_profile, so a specific profile is selected by setting it around the call.
+    """
+    cache: dict[str | None, krb5.Context] | None = getattr(_local, "contexts", None)
+    if cache is None:
+        cache = _local.contexts = {}
+    ctx = cache.get(krb5_config)
+    if ctx is None:
+        if krb5_config is None:
+            ctx = krb5.init_context()
+        else:
+            with _env_lock:
+                old = os.environ.get("KRB5_CONFIG")
+                os.environ["KRB5_CONFIG"] = krb5_config
+                try:
+                    ctx = krb5.init_context()
+                finally:
+                    if old is None:
+                        del os.environ["KRB5_CONFIG"]
+                    else:
+                        os.environ["KRB5_CONFIG"] = old
+        cache[krb5_config] = ctx
+    return ctx
+
+
+def _root_process_keyring() -> None:
+    """Make sure this thread's process keyring exists and belongs to the caller (root).
+
+    MIT's cc_keyring links KEYRING:persistent:<uid> into the process keyring
+    (keyctl_get_persistent(uid, KEY_SPEC_PROCESS_KEYRING)).  Created lazily under a user's
+    credentials, that keyring would be owned by and charged to the first user served.
+    """
+    if getattr(_local, "proc_ring", False):
+        return
+    if os.geteuid() == 0:
+        keyutils.get_keyring_id(keyutils.KEY_SPEC_PROCESS_KEYRING, True)
+    _local.proc_ring = True
+
+
+class _as_user:  # noqa: N801 - used like a function
+    """Per-thread switch to the user's real+effective uid/gid (no-op when already that user)."""
+
+    def __init__(self, uid: int, gid: int) -> None:
+        self.uid, self.gid = uid, gid
+        self._creds: keyutils.thread_credentials | None = None
+
+    def __enter__(self) -> None:
+        _root_process_keyring()
+        if os.geteuid() == self.uid and os.getegid() == self.gid:
+            return
+        self._creds = keyutils.thread_credentials(self.uid, self.gid, effective=True)
+        self._creds.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._creds is not None:
+            self._creds.__exit__(*exc)
+
+
+def _bounded(func: Callable[[], _T], timeout: float | None, what: str) -> _T:
+    """Run a KDC exchange, giving up after ``timeout`` seconds (None: wait as long as libkrb5 does).
+
+    The helper thread cannot be cancelled; when it finishes late its result is dropped.
+    """
+    if timeout is None:
+        return func()
+    box: dict[str, object] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["result"] = func()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="krb5-kdc", daemon=True).start()
+    if not done.wait(timeout):
+        raise KdcUnreachable(f"{what}: no KDC answered within {timeout:g} s", errors.KRB5_KDC_UNREACH)
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["result"]  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------ names
+
+def collection_name(uid: int) -> str:
+    """The user's persistent collection: ``KEYRING:persistent:<uid>``."""
+    return f"KEYRING:persistent:{int(uid)}"
+
+
+def _full_name(cc: krb5.CCache) -> str:
+    return f"{(cc.cache_type or b'FILE').decode()}:{(cc.name or b'').decode()}"
+
+
+def _subsidiary(name: str) -> str:
+    """``keyinit_ab12`` of ``KEYRING:persistent:1000:keyinit_ab12`` ('' for a collection name)."""
+    parts = name.split(":")
+    return parts[3] if len(parts) >= 4 and parts[0] == "KEYRING" else ""
+
+
+def is_service_cache(name: str) -> bool:
+    """True when this service created the cache (its subsidiary name carries SERVICE_PREFIX)."""
+    return _subsidiary(name).startswith(SERVICE_PREFIX)
+
+
+def _new_name(collection: str, prefix: str) -> str:
+    return f"{collection}:{prefix}{secrets.token_hex(5)}"
+
+
+def _collection_of(name: str) -> str:
+    parts = name.split(":")
+    if parts[0] == "KEYRING" and len(parts) >= 3:
+        return ":".join(parts[:3])
+    return name
+
+
+# ------------------------------------------------------------------ reading caches
+
+def _is_config(creds: krb5.Creds) -> bool:
+    return creds.server.realm == _CONF_REALM.encode()
+
+
+def _tgt_info(ctx: krb5.Context, cc: krb5.CCache, uid: int, primary: bool = False) -> TicketInfo:
+    """Principal and TGT times of an open cache (krb5_cc_get_principal, krb5_cc_next_cred)."""
+    name = _full_name(cc)
+    try:
+        princ = krb5.cc_get_principal(ctx, cc)
+    except krb5.Krb5Error as exc:
+        raise from_krb5(exc, f"reading {name}") from None
+    client = str(princ)
+    chosen: krb5.Creds | None = None
+    for creds in cc:
+        if _is_config(creds):
+            continue
+        server = creds.server
+        if server.components and server.components[0] == b"krbtgt":
+            chosen = creds
+            break
+        if chosen is None:
+            chosen = creds
+    if chosen is None:
+        return TicketInfo(uid, name, client, "", 0, 0, 0, False, primary, is_service_cache(name))
+    t = chosen.times
+    renewable = bool(chosen.ticket_flags & krb5.TicketFlags.renewable)
+    return TicketInfo(uid, name, client, str(chosen.server), t.starttime or t.authtime, t.endtime,
+                      t.renew_till if renewable else 0, renewable, primary, is_service_cache(name))
+
+
+def _primary_name(ctx: krb5.Context, collection: str) -> str:
+    """The cache a reader of the collection name gets (krb_ccache:primary)."""
+    return _full_name(krb5.cc_resolve(ctx, collection.encode()))
+
+
+# ------------------------------------------------------------------ deferred destruction
+
+class _Reaper:
+    """Destroys replaced caches after a grace period, from one background thread.
+
+    A reader such as klist resolves the primary name and then reads that cache; destroying the
+    old cache at the instant of the switch could pull it from under such a reader.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, str, int, int, str | None]] = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, name: str, uid: int, gid: int, krb5_config: str | None, delay: float) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (time.monotonic() + delay, name, uid, gid, krb5_config))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="ccache-reaper", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap:
+                    if not self._cond.wait(30.0):
+                        self._thread = None
+                        return
+                due = self._heap[0][0]
+                now = time.monotonic()
+                if due > now:
+                    self._cond.wait(due - now)
+                    continue
+                _, name, uid, gid, conf = heapq.heappop(self._heap)
+            _destroy_quiet(name, uid, gid, conf)
+
+    def flush(self, uid: int | None = None) -> int:
+        """Destroy pending caches now (of ``uid`` only, when given); return how many."""
+        with self._cond:
+            mine = [e for e in self._heap if uid is None or e[2] == uid]
+            self._heap = [e for e in self._heap if e not in mine]
+            heapq.heapify(self._heap)
+        for _, name, u, g, conf in mine:
+            _destroy_quiet(name, u, g, conf)
+        return len(mine)
+
+    def pending(self, uid: int) -> set[str]:
+        with self._cond:
+            return {e[1] for e in self._heap if e[2] == uid}
+
+
+_reaper = _Reaper()
+
+
+def flush_deferred(uid: int | None = None) -> int:
+    """Destroy now the replaced caches still in their grace period; return how many."""
+    return _reaper.flush(uid)
+
+
+atexit.register(flush_deferred)
+
+
+def _destroy_quiet(name: str, uid: int, gid: int, krb5_config: str | None) -> None:
+    try:
+        destroy(name, uid, gid, krb5_config=krb5_config)
+    except TicketError:
+        pass
+
+
+# ------------------------------------------------------------------ writing caches
+
+def _write_new(ctx: krb5.Context, target: str, princ: krb5.Principal, creds: krb5.Creds,
+               prefix: str) -> krb5.CCache:
+    """Write ``creds`` into a new cache beside ``target``; caller runs as the user.
+
+    KEYRING: a new subsidiary of the collection (krb5_cc_resolve of a fresh name, then
+    krb5_cc_initialize creates the keyring).  FILE: a fresh file that the caller renames.
+    On failure the half-written cache is destroyed.
+    """
+    if target.startswith("KEYRING:"):
+        name = _new_name(_collection_of(target), prefix)
+    elif target.startswith(("FILE:", "/")):
+        path = target.removeprefix("FILE:")
+        name = f"FILE:{path}.new.{secrets.token_hex(4)}"
+    else:
+        raise TicketError(f"{target}: only KEYRING and FILE caches are supported")
+    cc = krb5.cc_resolve(ctx, name.encode())
+    try:
+        krb5.cc_initialize(ctx, cc, princ)
+        krb5.cc_store_cred(ctx, cc, creds)
+    except krb5.Krb5Error as exc:
+        try:
+            krb5.cc_destroy(ctx, cc)
+        except krb5.Krb5Error:
+            pass
+        raise from_krb5(exc, f"storing the ticket of {princ} in {name}") from None
+    return cc
+
+
+def _install(ctx: krb5.Context, target: str, princ: krb5.Principal, creds: krb5.Creds, uid: int,
+             gid: int, *, prefix: str, make_primary: bool, replace: str | None,
+             krb5_config: str | None, grace: float) -> TicketInfo:
+    """Store ``creds`` as the new cache for ``target`` with no moment where readers find none.
+
+    Order: write the new cache completely, switch primary to it (one atomic add_key of
+    krb_ccache:primary), and only then retire ``replace`` (deferred by ``grace`` seconds).
+    """
+    with _as_user(uid, gid):
+        try:
+            cc = _write_new(ctx, target, princ, creds, prefix)
+        except errors.QuotaExceeded:
+            # Old caches waiting for their grace period still hold quota: free them and retry once.
+            if not _reaper.pending(uid):
+                raise
+            _reaper.flush(uid)
+            cc = _write_new(ctx, target, princ, creds, prefix)
+        new_name = _full_name(cc)
+        try:
+            if new_name.startswith("FILE:"):
+                final = target if target.startswith("FILE:") else f"FILE:{target}"
+                os.rename(new_name.removeprefix("FILE:"), final.removeprefix("FILE:"))
+                cc = krb5.cc_resolve(ctx, final.encode())
+                return _tgt_info(ctx, cc, uid)
+            if make_primary:
+                krb5.cc_switch(ctx, cc)
+            info = _tgt_info(ctx, cc, uid, primary=make_primary)
+        except BaseException:
+            try:
+                krb5.cc_destroy(ctx, cc)
+            except krb5.Krb5Error:
+                pass
+            raise
+    if replace and replace != new_name:
+        if grace > 0:
+            _reaper.add(replace, uid, gid, krb5_config, grace)
+        else:
+            _destroy_quiet(replace, uid, gid, krb5_config)
+    return info
+
+
+def _gic_options(ctx: krb5.Context, lifetime: int | None, renew_lifetime: int | None,
+                 forwardable: bool | None, renewable: bool) -> krb5.GetInitCredsOpt:
+    opt = krb5.get_init_creds_opt_alloc(ctx)
+    if lifetime:
+        krb5.get_init_creds_opt_set_tkt_life(opt, int(lifetime))
+    if renewable and renew_lifetime:
+        krb5.get_init_creds_opt_set_renew_life(opt, int(renew_lifetime))
+    elif not renewable:
+        krb5.get_init_creds_opt_set_renew_life(opt, 0)
+    if forwardable is not None:
+        krb5.get_init_creds_opt_set_forwardable(opt, bool(forwardable))
+    return opt
+
+
+def _old_primary(ctx: krb5.Context, collection: str, uid: int, gid: int) -> str | None:
+    """The current primary cache of the collection if this service made it (to retire it)."""
+    with _as_user(uid, gid):
+        try:
+            cc = krb5.cc_resolve(ctx, collection.encode())
+            krb5.cc_get_principal(ctx, cc)
+        except krb5.Krb5Error:
+            return None
+        name = _full_name(cc)
+    return name if is_service_cache(name) else None
+
+
+# ------------------------------------------------------------------ the API
+
+def acquire_password(
+    principal: str,
+    password: str | bytes | bytearray,
+    uid: int,
+    gid: int,
+    *,
+    lifetime: int | None = None,
+    renew_lifetime: int | None = None,
+    forwardable: bool | None = True,
+    renewable: bool = True,
+    timeout: float | None = 2.0,
+    krb5_config: str | None = None,
+    context: krb5.Context | None = None,
+    grace: float = DEFAULT_GRACE,
+) -> TicketInfo:
+    """krb5_get_init_creds_password, then store the TGT as the user's new primary persistent cache.
+
+    The previous primary cache is destroyed after the switch only if this service created it
+    (a cache the user made with kinit is left alone).  Raises BadPassword, UnknownPrincipal,
+    KdcUnreachable (also after ``timeout`` seconds), PasswordExpired, QuotaExceeded.
+    """
+    # One holder for the secret, emptied in ``finally``: no other reference outlives the exchange.
+    secret = [password.encode() if isinstance(password, str) else bytes(password)]
+    del password
+    what = f"initial ticket for {principal}"
+    try:
+        def exchange() -> tuple[krb5.Principal, krb5.Creds]:
+            c = context if (context is not None and timeout is None) else _context(krb5_config)
+            princ = krb5.parse_name_flags(c, principal.encode())
+            opt = _gic_options(c, lifetime, renew_lifetime, forwardable, renewable)
+            try:
+                return princ, krb5.get_init_creds_password(c, princ, opt, secret[0])
+            except krb5.Krb5Error as exc:
+                raise from_krb5(exc, what) from None
+
+        princ, creds = _bounded(exchange, timeout, what)
+    finally:
+        secret.clear()  # drop the password as soon as the TGT exists (or cannot)
+    ctx = context or _context(krb5_config)
+    collection = collection_name(uid)
+    old = _old_primary(ctx, collection, uid, gid)
+    return _install(ctx, collection, princ, creds, uid, gid, prefix=SERVICE_PREFIX, make_primary=True,
+                    replace=old, krb5_config=krb5_config, grace=grace)
+
+
+def acquire_keytab(
+    principal: str,
+    keytab: str,
+    uid: int,
+    gid: int,
+    ccache: str | None = None,
+    *,
+    lifetime: int | None = None,
+    renew_lifetime: int | None = None,
+    forwardable: bool | None = None,
+    renewable: bool = True,
+    timeout: float | None = 2.0,
+    krb5_config: str | None = None,
+    context: krb5.Context | None = None,
+    grace: float = DEFAULT_GRACE,
+) -> TicketInfo:
+    """krb5_get_init_creds_keytab (read as the caller), stored as ``uid`` in ``ccache``, like k5start -f.
+
+    ``ccache`` defaults to ``KEYRING:persistent:<uid>``.  For a KEYRING collection the TGT goes
+    into a new primary cache and the previous service-made primary is retired; a named KEYRING
+    subsidiary is replaced by a new one; a FILE cache is written beside and renamed over.
+    """
+    target = ccache or collection_name(uid)
+    what = f"initial ticket for {principal} from keytab {keytab}"
+
+    def exchange() -> tuple[krb5.Principal, krb5.Creds]:
+        c = context if (context is not None and timeout is None) else _context(krb5_config)
+        princ = krb5.parse_name_flags(c, principal.encode())
+        opt = _gic_options(c, lifetime, renew_lifetime, forwardable, renewable)
+        try:
+            kt = krb5.kt_resolve(c, keytab.encode())
+            return princ, krb5.get_init_creds_keytab(c, princ, opt, kt)
+        except krb5.Krb5Error as exc:
+            raise from_krb5(exc, what) from None
+
+    princ, creds = _bounded(exchange, timeout, what)
+    ctx = context or _context(krb5_config)
+    if target.startswith("KEYRING:"):
+        if _subsidiary(target):
+            replace: str | None = target
+            with _as_user(uid, gid):
+                make_primary = _primary_name(ctx, _collection_of(target)) == target
+        else:
+            replace = _old_primary(ctx, target, uid, gid)
+            make_primary = True
+    else:
+        replace, make_primary = None, False
+    return _install(ctx, target, princ, creds, uid, gid, prefix=SERVICE_PREFIX, make_primary=make_primary,
+                    replace=replace, krb5_config=krb5_config, grace=grace)
+
+
+def renew(
+    ccache_name: str,
+    uid: int,
+    gid: int,
+    *,
+    timeout: float | None = None,
+    krb5_config: str | None = None,
+    context: krb5.Context | None = None,
+    grace: float = DEFAULT_GRACE,
+) -> TicketInfo:
+    """krb5_get_renewed_creds for the cache's principal, with no empty-cache window.
+
+    The renewed TGT is written into a new cache of the same collection; if the old one was the
+    primary, the new one becomes primary; the old one is destroyed ``grace`` seconds later.
+    The returned ``TicketInfo.ccache`` is the new name.  A cache the user made with kinit is
+    replaced by one named ``ADOPTED_PREFIX…`` (so is_service_cache() stays False for it).
+    Raises CacheNotFound, NotRenewable/TicketExpired, KdcUnreachable, QuotaExceeded.
+    """
+    what = f"renewing {ccache_name}"
+
+    def exchange() -> tuple[krb5.Principal, krb5.Creds, bool]:
+        c = context if (context is not None and timeout is None) else _context(krb5_config)
+        with _as_user(uid, gid):
+            try:
+                cc = krb5.cc_resolve(c, ccache_name.encode())
+                princ = krb5.cc_get_principal(c, cc)
+                primary = (ccache_name.startswith("KEYRING:")
+                           and _primary_name(c, _collection_of(ccache_name)) == ccache_name)
+                return princ, krb5.get_renewed_creds(c, princ, cc), primary
+            except krb5.Krb5Error as exc:
+                raise from_krb5(exc, what) from None
+
+    princ, creds, primary = _bounded(exchange, timeout, what)
+    ctx = context or _context(krb5_config)
+    if not ccache_name.startswith("KEYRING:"):
+        return _install(ctx, ccache_name, princ, creds, uid, gid, prefix="", make_primary=False,
+                        replace=None, krb5_config=krb5_config, grace=grace)
+    prefix = SERVICE_PREFIX if is_service_cache(ccache_name) else ADOPTED_PREFIX
+    return _install(ctx, ccache_name, princ, creds, uid, gid, prefix=prefix, make_primary=primary,
+                    replace=ccache_name, krb5_config=krb5_config, grace=grace)
+
+
+def list_caches(uid: int, gid: int | None = None, *, krb5_config: str | None = None,
+                context: krb5.Context | None = None) -> list[TicketInfo]:
+    """Every cache in ``KEYRING:persistent:<uid>`` with its principal and TGT times.
+
+    Iterates the collection (krb5_cccol_cursor over the KEYRING type, with the context's default
+    name set to the collection) as the user.  Caches waiting for deferred destruction and empty
+    ones (no principal) are left out.
+    """
+    ctx = context or _context(krb5_config)
+    collection = collection_name(uid)
+    if gid is None:
+        gid = _gid_of(uid)
+    out: list[TicketInfo] = []
+    retiring = _reaper.pending(uid)
+    with _as_user(uid, gid):
+        krb5.cc_set_default_name(ctx, collection.encode())
+        try:
+            primary = _primary_name(ctx, collection)
+            for cc in krb5.cccol_iter(ctx):
+                if cc.cache_type != b"KEYRING":
+                    continue
+                name = _full_name(cc)
+                if _collection_of(name) != collection or name in retiring:
+                    continue
+                try:
+                    out.append(_tgt_info(ctx, cc, uid, primary=(name == primary)))
+                except TicketError:
+                    continue
+        except krb5.Krb5Error as exc:
+            raise from_krb5(exc, f"listing {collection}") from None
+        finally:
+            krb5.cc_set_default_name(ctx, None)
+    return out
+
+
+def info(ccache_name: str, uid: int, gid: int | None = None, *, krb5_config: str | None = None,
+         context: krb5.Context | None = None) -> TicketInfo:
+    """Principal and TGT times of one cache, read as the user."""
+    ctx = context or _context(krb5_config)
+    if gid is None:
+        gid = _gid_of(uid)
+    with _as_user(uid, gid):
+        try:
+            cc = krb5.cc_resolve(ctx, ccache_name.encode())
+            primary = (ccache_name.startswith("KEYRING:")
+                       and _primary_name(ctx, _collection_of(ccache_name)) == ccache_name)
+        except krb5.Krb5Error as exc:
+            raise from_krb5(exc, f"reading {ccache_name}") from None
+        return _tgt_info(ctx, cc, uid, primary=primary)
+
+
+def destroy(ccache_name: str, uid: int, gid: int | None = None, *, krb5_config: str | None = None,
+            context: krb5.Context | None = None) -> None:
+    """krb5_cc_destroy as the user (a KEYRING cache: clear and unlink its keyring).
+
+    Raises CacheNotFound when there is no such cache.
+    """
+    ctx = context or _context(krb5_config)
+    if gid is None:
+        gid = _gid_of(uid)
+    with _as_user(uid, gid):
+        try:
+            cc = krb5.cc_resolve(ctx, ccache_name.encode())
+            if ccache_name.startswith("KEYRING:") and _subsidiary(ccache_name):
+                krb5.cc_get_principal(ctx, cc)  # resolve does not fail for a missing keyring
+            krb5.cc_destroy(ctx, cc)
+        except krb5.Krb5Error as exc:
+            raise from_krb5(exc, f"destroying {ccache_name}") from None
+
+
+def _gid_of(uid: int) -> int:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return uid
