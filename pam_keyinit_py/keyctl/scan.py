@@ -1,0 +1,108 @@
+"""Keyring tree walks: libkeyutils' recursive_key_scan() and keyctl show's dump_key_tree()."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from pam_keyinit_py import keyutils
+
+from .cli import die, fail, out
+from .fmt import calc_perms, d, parse_desc
+
+# func(parent, key, raw description or None, errno of the failed describe) -> keys counted
+Scanner = Callable[[int, int, bytes | None, int], int]
+
+_EINVAL_NEG = -22  # libkeyutils sets errno = -EINVAL for an unparsable description
+
+
+def _ids(raw: bytes) -> list[int]:
+    usable = len(raw) - len(raw) % 4
+    return list(memoryview(raw[:usable]).cast("i"))
+
+
+def recursive_key_scan(parent: int, key: int, func: Scanner, depth: int = 0) -> int:
+    """Depth first over a keyring tree (children before the keyring), as recursive_key_scan_aux().
+
+    KEYCTL_DESCRIBE each key, KEYCTL_READ each keyring, and call ``func`` on every key.
+    """
+    if depth > 800:
+        return 0
+    count = 0
+    try:
+        raw: bytes | None = keyutils.describe(key)
+        errno = 0
+    except OSError as exc:
+        raw, errno = None, exc.errno or 0
+    if raw is not None:
+        desc = parse_desc(raw)
+        if desc is None:
+            raw, errno = None, _EINVAL_NEG
+        elif desc.type == b"keyring":
+            try:
+                children = _ids(keyutils.read(key))
+            except OSError:
+                children = []
+            for child in children:
+                count += recursive_key_scan(key, child, func, depth + 1)
+    return count + func(parent, key, raw, errno)
+
+
+def recursive_session_key_scan(func: Scanner) -> int:
+    """recursive_key_scan() from the session keyring (KEYCTL_GET_KEYRING_ID of @s, no create)."""
+    try:
+        session = keyutils.get_keyring_id(keyutils.KEY_SPEC_SESSION_KEYRING, False)
+    except OSError:
+        return 0
+    return recursive_key_scan(0, session, func) if session > 0 else 0
+
+
+class TreeDumper:
+    """keyctl show's dump_key_tree_aux(), including its static indent buffer and its quirks."""
+
+    def __init__(self, hex_ids: bool) -> None:
+        self.hex_ids = hex_ids
+        self.indent = bytearray(64)  # the static dumpindent[64], NUL-terminated
+
+    def _indent(self) -> bytes:
+        end = self.indent.find(0)
+        return bytes(self.indent[: end if end >= 0 else 64])
+
+    def dump(self, key: int, depth: int = 0, more: bool = False) -> int:
+        """Print one line per key and recurse into keyrings (KEYCTL_DESCRIBE, KEYCTL_READ)."""
+        if depth > 8 * 4:
+            return 0
+        try:
+            raw = keyutils.describe(key)
+        except OSError as exc:
+            out(d(key) + b": key inaccessible (" + os.strerror(exc.errno or 0).encode() + b")\n")
+            return 0
+        desc = parse_desc(raw)
+        if desc is None:
+            raise die(f"Unparsable description obtained for key {key}\n", 3)
+        keyid = f"0x{key & 0xFFFFFFFF:08x}".encode() if self.hex_ids else d(key, 10)
+        out(
+            keyid + b" " + calc_perms(desc.perm, desc.uid, desc.gid).encode() + b"  "
+            + d(desc.uid, 5) + b" " + d(desc.gid, 5) + b"  " + self._indent()
+            + (b"\\_ " if depth > 0 else b"") + desc.type + b": " + desc.description + b"\n"
+        )
+        if desc.type != b"keyring":
+            return 0
+        try:
+            payload = keyutils.read(key)
+        except OSError as exc:
+            raise fail("keyctl_read_alloc", exc.errno or 0) from None
+        children = _ids(payload)
+        kcount = len(children)
+        for i, child in enumerate(children):
+            if depth == 0:
+                rdepth = 1
+                self.indent[0] = 0x20
+            else:
+                self.indent[depth : depth + 4] = b"    "
+                rdepth = depth + 4
+            self.indent[rdepth] = 0
+            if more:
+                self.indent[depth] = 0x7C  # '|'
+            kcount += self.dump(child, rdepth, i + 1 < len(children))
+        return kcount
