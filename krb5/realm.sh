@@ -117,6 +117,7 @@ cmd_start() {
         [ -n "$PORT" ] || die "no free port on 127.0.0.1"
         render "$HERE/kdc.conf.in" "$DIR/kdc.conf"
         render "$HERE/krb5.conf.in" "$DIR/krb5.conf"
+        chmod 0644 "$DIR/krb5.conf"  # read by every user's klist/kinit
         echo "*/admin@$REALM *" >"$DIR/kadm5.acl"
         export KRB5_CONFIG="$DIR/krb5.conf" KRB5_KDC_PROFILE="$DIR/kdc.conf"
         # The master password of a throwaway database: random, fed on stdin, stashed, forgotten.
@@ -216,7 +217,10 @@ cmd_ktadd() {
     for p in "$@"; do
         kadmin -q "ktadd -k $keytab -norandkey $p" >/dev/null 2>"$DIR/ktadd.err" ||
             die "ktadd $p failed: $(cat "$DIR/ktadd.err")"
-        grep -qi 'error\|not found\|no such' "$DIR/ktadd.err" && die "ktadd $p: $(cat "$DIR/ktadd.err")"
+        # kadmin.local exits 0 even when the request fails: judge by its message.
+        if grep -qiE 'error|not found|no such|does not exist' "$DIR/ktadd.err"; then
+            die "ktadd $p: $(grep -v '^Authenticating' "$DIR/ktadd.err")"
+        fi
     done
     rm -f "$DIR/ktadd.err"
 }

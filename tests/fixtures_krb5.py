@@ -22,11 +22,13 @@ REALM_MAXRENEW = "10m"
 
 
 @pytest.fixture(scope="session")
-def realm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Realm]:
-    """A running MIT KDC on 127.0.0.1 for the whole test session (missing krb5kdc fails in CI)."""
+def realm() -> Iterator[Realm]:
+    """A running MIT KDC on 127.0.0.1 for the whole test session (missing krb5kdc fails in CI).
+
+    Its directory is a fresh 0755 temp dir, so test users' klist can read ``realm.krb5_conf``.
+    """
     require(available(), "MIT KDC tools (krb5kdc, kdb5_util, kadmin.local) not installed")
-    r = Realm.start(tmp_path_factory.mktemp("realm"), "PKK.TEST", maxlife=REALM_MAXLIFE,
-                    maxrenew=REALM_MAXRENEW)
+    r = Realm.start(None, "PKK.TEST", maxlife=REALM_MAXLIFE, maxrenew=REALM_MAXRENEW)
     try:
         yield r
     finally:

@@ -80,7 +80,10 @@ class Realm:
         maxlife: str = "10m",
         maxrenew: str = "1h",
     ) -> Realm:
-        """Create (if needed) and start a realm in ``directory`` (a new temp dir when None).
+        """Create (if needed) and start a realm in ``directory`` (a new 0755 temp dir when None).
+
+        Other users can read krb5.conf only if every parent of ``directory`` lets them in;
+        pass None for a realm that test users' programs (klist, kinit) use.
 
         ``maxlife``/``maxrenew`` are the realm caps, which also bound the krbtgt principal,
         in kadmin duration syntax ("60s", "10m").
@@ -88,6 +91,8 @@ class Realm:
         owns = directory is None
         if directory is None:
             directory = tempfile.mkdtemp(prefix="pkk-realm-")
+            # Test users' klist must read krb5.conf; the database files stay 0600 (kdb5_util).
+            os.chmod(directory, 0o755)
         self = cls(directory, owns_dir=owns)
         self._run("start", str(self.dir), "-r", realm, "-l", maxlife, "-R", maxrenew)
         self._load()
