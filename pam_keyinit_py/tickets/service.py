@@ -349,7 +349,8 @@ class Service:
             return None
         errors = _errors()
         try:
-            info = _ccache_api().renew(name, t.uid, t.gid)
+            api = _ccache_api()
+            info = api.renew(name, t.uid, t.gid, **_supported(api.renew, timeout=self.config.kdc_timeout))
         except errors.KdcUnreachable:
             t.attempts += 1
             self.renew_failures += 1
@@ -502,7 +503,10 @@ class Service:
             gid = next((s.gid for s in self.sessions.by_sid.values() if s.uid == uid), _gid_of(uid))
             for info in infos:
                 if info.ccache not in self.tickets:
-                    t = self._track(info, gid, ADOPTED)
+                    # A cache this service made (its name says so) is the service's even when it was
+                    # not tracked (a restart lost it); anything else is the user's own kinit.
+                    origin = LOGIN if getattr(info, "service", False) else ADOPTED
+                    t = self._track(info, gid, origin)
                     adopted.append(t)
             if adopted:
                 self.save()
