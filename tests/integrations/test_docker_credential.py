@@ -11,10 +11,14 @@ across logins.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 
 import pytest
 
-from .conftest import run_fresh
+from tests.conftest import require
+
+from .conftest import BIN, run_fresh
 
 HELPER = "docker-credential-keyctl"
 NOT_FOUND = "credentials not found in native keychain\n"
@@ -155,3 +159,19 @@ def test_session_location_does_not_outlive_the_call(user) -> None:  # noqa: ANN0
     env = {"KEYINIT_STORE_LOCATION": "session"}
     assert call(user, "store", creds("https://s.example", "ann", "pw"), env=env).returncode == 0
     assert call(user, "get", "https://s.example", env=env).stdout == NOT_FOUND
+
+
+def test_real_docker_cli_logout_erases_through_the_helper(user) -> None:  # noqa: ANN001
+    """The docker CLI itself (no daemon needed for logout) drives the helper's erase."""
+    docker = shutil.which("docker", path="/usr/local/bin:/usr/bin:/bin")
+    require(docker, "docker CLI not installed")
+    env = {"PATH": f"{BIN}:{os.path.dirname(docker)}:/usr/bin:/bin"}
+    config = '{"auths":{"reg.example:5000":{}},"credsStore":"keyctl"}'
+    script = f"mkdir -p ~/.docker && printf %s '{config}' > ~/.docker/config.json"
+    setup = run_fresh(user, ["sh", "-c", script])
+    assert setup.returncode == 0, setup.stderr
+    assert call(user, "store", creds("reg.example:5000", "ann", "pw")).returncode == 0
+    out = run_fresh(user, [docker, "logout", "reg.example:5000"], env=env, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Removing login credentials for reg.example:5000" in out.stdout
+    assert call(user, "get", "reg.example:5000").stdout == NOT_FOUND
