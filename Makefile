@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint demo bench clean
+.PHONY: setup test lint demo bench clean install uninstall
 
 setup:
 	@bash scripts/setup.sh
@@ -26,3 +26,13 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info pam_keyinit_py/keyutils/_keyutils*.so pam_keyinit_py/keyutils/_keyutils.c
+
+# The PAM hook for /usr/bin/python3 (pam_python.so's interpreter): a venv in $(PREFIX) and the shim
+# /lib/security/pam_keyinit_py.py.  DESTDIR stages both elsewhere.
+PREFIX ?= /opt/pam-keyinit-py
+DESTDIR ?=
+install: setup
+	$(PY) -m pam_keyinit_py.cli install --prefix "$(PREFIX)" --root "$(DESTDIR)"
+
+uninstall: setup
+	$(PY) -m pam_keyinit_py.cli uninstall --prefix "$(PREFIX)" --root "$(DESTDIR)"
