@@ -18,6 +18,9 @@ PACKAGES=(
   procps passwd
 )
 
+# docker-credential-keyctl is tested by the real docker CLI; bring one only if none is there.
+command -v docker >/dev/null 2>&1 || PACKAGES+=(docker.io)
+
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${db:Status-Status}\n' "$p" 2>/dev/null | grep -qx installed || missing+=("$p")
