@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import pwd
 import re
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,29 +153,16 @@ def check_default_ccache() -> Check:
 
 
 def check_service(sock_path: str = DEFAULT_SOCKET) -> Check:
-    """Connect to keyinit-ticketd's socket and ask for its status."""
-    name = "keyinit-ticketd"
-    try:
-        from . import protocol
-    except ImportError:
-        protocol = None  # type: ignore[assignment]
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(1.0)
-    try:
-        s.connect(sock_path)
-    except OSError as exc:
-        return Check(name, False, f"{sock_path}: {exc.strerror}",
-                     "systemctl enable --now keyinit-ticketd.service (after make install)")
-    finally:
-        s.close()
-    if protocol is not None and hasattr(protocol, "request"):
-        try:
-            reply = protocol.request(sock_path, {"op": "status"}, timeout=1.0)
-        except Exception as exc:  # noqa: BLE001 - report any failure of the link
-            return Check(name, False, f"status request failed: {exc}",
-                         "journalctl -u keyinit-ticketd; systemctl restart keyinit-ticketd")
-        return Check(name, True, f"{sock_path} answers ({reply.get('version', 'ok')})")
-    return Check(name, True, f"{sock_path} accepts connections")
+    """Ask keyinit-ticketd for its status over its Unix socket."""
+    from . import protocol
+
+    reply = protocol.request({"op": "status"}, sock_path, connect_timeout=1.0, timeout=2.0)
+    if not reply.get("ok"):
+        return Check("keyinit-ticketd", False, reply.get("error", "no answer"),
+                     "systemctl enable --now keyinit-ticketd.service (after make install); "
+                     "journalctl -u keyinit-ticketd")
+    service = reply.get("service", {})
+    return Check("keyinit-ticketd", True, f"{sock_path} answers (pid {service.get('pid', '?')})")
 
 
 def check_kdc() -> Check:
