@@ -325,14 +325,15 @@ class Service:
         if not t.renewable:
             if not t.warned:
                 t.warned = True
-                log.warning("%s (%s, uid %d) is not renewable; it expires at %s", t.ccache, t.principal,
-                            t.uid, _fmt(t.endtime))
+                log.warning("%s (%s, uid %d) is not renewable: it will not be renewed and expires at %s",
+                            t.ccache, t.principal, t.uid, _fmt(t.endtime))
             return
         if t.renew_till <= t.endtime + 1 or t.renew_till <= now:
             if not t.warned:
                 t.warned = True
-                log.warning("%s (%s, uid %d) reached its renew_till %s; it expires at %s", t.ccache,
-                            t.principal, t.uid, _fmt(t.renew_till), _fmt(t.endtime))
+                log.warning("%s (%s, uid %d) reached its renew_till %s: "
+                            "it will not be renewed and expires at %s",
+                            t.ccache, t.principal, t.uid, _fmt(t.renew_till), _fmt(t.endtime))
             return
         due = renew_due(t.starttime, t.endtime, self.config.renew_fraction, now)
         name = t.ccache
@@ -538,8 +539,13 @@ class Service:
             self.scheduler.schedule(key, time.time() + self.config.retry_max, lambda: self._keytab_job(index))
             return
         with self.lock:
+            # The new TGT lives in a new cache (the old one is retired): carry the entry over.
+            old = [x for x in self.tickets.values() if x.origin == KEYTAB and x.keytab == index]
+            for x in old:
+                if x.ccache != info.ccache:
+                    del self.tickets[x.ccache]
             t = self._track(info, entry.gid, KEYTAB, keytab=index)
-            t.renewed += 1
+            t.renewed = max([x.renewed for x in old], default=-1) + 1
         due = renew_due(t.starttime, t.endtime, self.config.renew_fraction)
         self.scheduler.schedule(key, due, lambda: self._keytab_job(index))
         if self.scheduler.due(("touch", entry.uid)) is None:
