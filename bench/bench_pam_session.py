@@ -1,0 +1,101 @@
+"""pamtester `open_session close_session` with three session stacks, side by side in one run.
+
+- hook: ``pam_python.so <shim> force revoke`` (this project's hook, shim pointing at this checkout);
+- empty: ``pam_python.so <empty module>`` whose open/close return PAM_SUCCESS (the interpreter floor);
+- pam_keyinit.so: ``pam_keyinit.so force revoke`` (the C anchor).
+
+All under pam_wrapper's private service directory; the user is ``nobody`` (exists everywhere).
+Target: hook <= 1.25 x empty.  Also prints the hook's import time inside /usr/bin/python3.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pam_keyinit_py.lab.pamwrap import PAM_PYTHON, PamWrapper, available  # noqa: E402
+from pam_keyinit_py.pam.shim import repo_paths  # noqa: E402
+
+EMPTY = """def pam_sm_open_session(pamh, flags, argv):
+    return pamh.PAM_SUCCESS
+def pam_sm_close_session(pamh, flags, argv):
+    return pamh.PAM_SUCCESS
+"""
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "40"))
+
+
+def _time(pw: PamWrapper, service: str, rounds: int) -> list[tuple[float, float]]:
+    """(wall ms, cpu ms) per pamtester run; cpu = the child's user+sys from wait4(2).
+
+    CPU time is what the login costs the host and is robust when other jobs share the cores;
+    wall time is shown too.
+    """
+    env = pw.env()
+    argv = ["pamtester", service, "nobody", "open_session", "close_session"]
+    out = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = (time.perf_counter() - t0) * 1000
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise RuntimeError(f"pamtester {service} failed ({proc.returncode})")
+        out.append((wall, (usage.ru_utime + usage.ru_stime) * 1000))
+    return out
+
+
+def import_time_ms() -> float:
+    """Median wall time of ``import pam_keyinit_py.pam.hook`` in a fresh /usr/bin/python3 -I."""
+    code = (f"import sys,time; sys.path[:0]={repo_paths()!r}; t=time.perf_counter(); "
+            "import pam_keyinit_py.pam.hook; print((time.perf_counter()-t)*1000)")
+    runs = [float(subprocess.run(["/usr/bin/python3", "-I", "-c", code], capture_output=True, text=True,
+                                 check=True).stdout) for _ in range(15)]
+    return statistics.median(runs)
+
+
+def main() -> None:
+    missing = available()
+    if missing or os.geteuid() != 0:
+        print(f"skipped: {missing or 'needs root'}")
+        return
+    with PamWrapper() as pw:
+        empty = pw.dir / "empty_module.py"
+        empty.write_text(EMPTY)
+        stacks = {
+            "hook (pam_python + pam_keyinit_py)": pw.hook_line("session", "required", "force revoke"),
+            "empty pam_python module": f"session required {PAM_PYTHON} {empty}",
+            "pam_keyinit.so (C)": "session required pam_keyinit.so force revoke",
+        }
+        for i, line in enumerate(stacks.values()):
+            pw.service(f"bench{i}", [line])
+            _time(pw, f"bench{i}", 2)  # warm the page cache
+        samples: dict[str, list[tuple[float, float]]] = {name: [] for name in stacks}
+        # interleave blocks of rounds so load from other jobs on the box hits all three alike
+        for _ in range(4):
+            for i, name in enumerate(stacks):
+                samples[name] += _time(pw, f"bench{i}", max(1, ROUNDS // 4))
+    results = {name: (statistics.median(w for w, _ in vals), statistics.median(c for _, c in vals))
+               for name, vals in samples.items()}
+    runs = len(next(iter(samples.values())))
+    print(f"pamtester open_session+close_session, {runs} runs each, medians (ms)")
+    print(f"{'stack':40s} {'wall':>8s} {'cpu':>8s}")
+    for name, (wall, cpu) in results.items():
+        print(f"{name:40s} {wall:8.2f} {cpu:8.2f}")
+    hook, floor, c_mod = (results[name] for name in stacks)
+    for label, idx in (("cpu", 1), ("wall", 0)):
+        ratio = hook[idx] / floor[idx]
+        verdict = "met" if ratio <= 1.25 else "MISSED"
+        print(f"ratio hook / empty pam_python ({label}) = {ratio:.3f}  (target <= 1.25: {verdict})")
+    print(f"ratio hook / pam_keyinit.so (cpu) = {hook[1] / c_mod[1]:.1f}")
+    print(f"hook import time in /usr/bin/python3 -I: {import_time_ms():.2f} ms (median of 15)")
+
+
+if __name__ == "__main__":
+    main()
