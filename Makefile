@@ -19,7 +19,7 @@ test: setup lint
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 demo: setup
-	@$(PY) -m pam_keyinit_py.demo
+	@$(VENV)/bin/keyinit demo
 
 bench: setup
 	@$(PY) bench/run.py

@@ -1,0 +1,312 @@
+"""``make demo`` / ``keyinit demo``: the whole login story on the embedded default, step by step.
+
+1. a throwaway MIT realm on loopback, a local user with a principal, keyinit-ticketd, and a
+   private sshd on a free loopback port whose PAM stack is this project's;
+2. a real ssh login with a password;
+3. ``keyctl show`` in the session: the ``_ses`` keyring with the persistent keyring and its
+   ccache linked in;
+4. ``klist``: ``KEYRING:persistent:<uid>`` with the krbtgt;
+5. a renewal by the service (short tickets), with the new end time;
+6. logout, and the ticket is gone.
+
+Everything is torn down at the end, success or not; a failure names its step.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+from .lab import pamwrap as lab_pamwrap
+from .lab import realm as lab_realm
+from .lab import sshd as lab_sshd
+from .lab.ticketd import TicketD
+
+TICKET_LIFE = 40  # seconds; the service renews at half-life
+RENEW_FRACTION = 0.5
+
+
+class DemoError(RuntimeError):
+    """A step failed; the message says which and why."""
+
+
+def say(text: str) -> None:
+    """One progress line for the person watching."""
+    print(text, flush=True)
+
+
+def show(output: str) -> None:
+    """Indent a command's output under its step."""
+    for line in output.rstrip("\n").splitlines():
+        print(f"    {line}")
+    sys.stdout.flush()
+
+
+def when(ts: float) -> str:
+    """A ticket time the way klist prints it."""
+    return datetime.fromtimestamp(ts).strftime("%m/%d/%y %H:%M:%S")
+
+
+class ShellSession:
+    """A real ssh login kept open, with commands fed on stdin and their output read back."""
+
+    def __init__(self, sshd: lab_sshd.Sshd, user: str, password: str) -> None:
+        read_fd, write_fd = os.pipe()
+        os.write(write_fd, password.encode() + b"\n")
+        os.close(write_fd)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(sshd.dir), "LANG": "C"}
+        argv = ["sshpass", "-d", str(read_fd), *sshd.ssh_argv(user, "exec /bin/bash --noprofile --norc")]
+        self.proc = subprocess.Popen(argv, pass_fds=(read_fd,), env=env, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        os.close(read_fd)
+        self._n = 0
+        self._buf = b""
+
+    def run(self, command: str, timeout: float = 30) -> str:
+        """Run ``command`` in the session; return its output (stdout and stderr)."""
+        assert self.proc.stdin and self.proc.stdout
+        self._n += 1
+        marker = f"__keyinit_demo_done_{self._n}__\n".encode()
+        self.proc.stdin.write(f"{command} 2>&1; echo {marker.decode().strip()}\n")
+        self.proc.stdin.flush()
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        # Raw reads: a buffered readline() would hide data that select() no longer sees.
+        while marker not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise DemoError(f"no answer from the ssh session to {command!r}: {self._buf.decode()}")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise DemoError(f"the ssh session ended: {self._buf.decode().strip() or 'login failed'}")
+            self._buf += chunk
+        out, _, self._buf = self._buf.partition(marker)
+        return out.decode(errors="replace")
+
+    def logout(self) -> int:
+        """exit the shell and wait for ssh to finish (sshd runs close_session)."""
+        if self.proc.poll() is None:
+            assert self.proc.stdin
+            try:
+                self.proc.stdin.write("exit\n")
+                self.proc.stdin.close()
+            except BrokenPipeError:
+                pass
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+
+def check_ready() -> None:
+    """What the demo needs on this machine (make setup installs it)."""
+    if os.geteuid() != 0:
+        raise DemoError("preflight: run as root (it starts a KDC and sshd and creates a user)")
+    for missing in (lab_pamwrap.available(), lab_sshd.available()):
+        if missing:
+            raise DemoError(f"preflight: {missing} (run make setup)")
+    if not lab_realm.available():
+        raise DemoError("preflight: the MIT KDC tools are missing (run make setup)")
+
+
+class Demo:
+    """The demo's resources, created step by step and torn down in reverse."""
+
+    def __init__(self) -> None:
+        self.realm: lab_realm.Realm | None = None
+        self.user: str | None = None
+        self.uid = -1
+        self.daemon: TicketD | None = None
+        self.pam: lab_pamwrap.PamWrapper | None = None
+        self.sshd: lab_sshd.Sshd | None = None
+        self.session: ShellSession | None = None
+        self.workdir = Path(tempfile.mkdtemp(prefix="keyinit-demo-"))
+        os.chmod(self.workdir, 0o755)
+
+    def step(self, number: int, title: str) -> None:
+        """Announce a step."""
+        say(f"\n[{number}/6] {title}")
+
+    def tickets(self) -> list[dict]:
+        """The service's view of the demo user's tickets."""
+        assert self.daemon
+        reply = self.daemon.request({"op": "tickets", "uid": self.uid})
+        if not reply.get("ok"):
+            raise DemoError(f"the service did not answer: {reply.get('error')}")
+        return reply["tickets"]
+
+    def setup(self) -> None:
+        """Step 1: realm, user, service, sshd."""
+        self.step(1, "throwaway realm, a user, keyinit-ticketd, and a private sshd with this PAM stack")
+        self.realm = lab_realm.Realm.start(None, realm="DEMO.KEYINIT.TEST", maxlife=f"{TICKET_LIFE}s",
+                                           maxrenew="1h")
+        say(f"    realm {self.realm.realm}: krb5kdc on 127.0.0.1:{self.realm.kdc_port}")
+        self.user = f"kidemo{secrets.token_hex(3)}"
+        password = secrets.token_urlsafe(12)
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", self.user], check=True)
+        subprocess.run(["chpasswd"], input=f"{self.user}:{password}\n", text=True, check=True)
+        self.uid = pwd.getpwnam(self.user).pw_uid
+        self.password = password
+        principal = self.realm.add_principal(self.user, password, maxlife=TICKET_LIFE, maxrenew="1h")
+        say(f"    user {self.user} (uid {self.uid}), principal {principal}, tickets live {TICKET_LIFE}s")
+        self.daemon = TicketD(self.workdir / "ticketd", self.realm.env, renew_fraction=RENEW_FRACTION,
+                              log_level="INFO")
+        os.chmod(self.daemon.dir, 0o755)
+        self.daemon.start()
+        say(f"    keyinit-ticketd ready (sd_notify READY=1), socket {self.daemon.socket}")
+        self.pam = lab_pamwrap.PamWrapper(self.workdir / "pam")
+        opts = f"socket={self.daemon.socket}"
+        stack = [
+            "auth     required pam_unix.so",
+            self.pam.hook_line("auth", "optional", f"use_first_pass {opts}"),
+            "account  required pam_unix.so",
+            self.pam.hook_line("session", "optional", f"force revoke tickets link_persistent {opts}"),
+            "session  required pam_unix.so",
+        ]
+        self.sshd = lab_sshd.Sshd(self.pam)
+        self.sshd.start(stack, extra_config=[f"SetEnv KRB5_CONFIG={self.realm.krb5_conf}"])
+        say(f"    sshd on 127.0.0.1:{self.sshd.port}; its PAM stack:")
+        show("\n".join(stack))
+
+    def login(self) -> None:
+        """Step 2: a real ssh login with a password."""
+        assert self.sshd and self.user
+        self.step(2, f"ssh {self.user}@127.0.0.1 -p {self.sshd.port}, password authentication")
+        self.session = ShellSession(self.sshd, self.user, self.password)
+        show(self.session.run("id; echo KRB5_CONFIG=$KRB5_CONFIG"))
+
+    def keyrings(self) -> None:
+        """Step 3: the session keyring, with the persistent keyring and the ccache inside."""
+        assert self.session
+        self.step(3, "keyctl show @s  (inside the ssh session)")
+        out = self.session.run("keyctl show @s")
+        show(out)
+        if "_ses" not in out or f"_persistent.{self.uid}" not in out or "krb_ccache" not in out:
+            raise DemoError("step 3: the session keyring lacks _ses, the persistent keyring or a ccache")
+
+    def klist(self) -> float:
+        """Step 4: klist finds the TGT in KEYRING:persistent:<uid>."""
+        assert self.session and self.realm
+        self.step(4, "klist  (inside the ssh session)")
+        out = self.session.run("klist")
+        show(out)
+        if f"KEYRING:persistent:{self.uid}" not in out or f"krbtgt/{self.realm.realm}" not in out:
+            raise DemoError("step 4: klist shows no krbtgt in KEYRING:persistent")
+        tickets = self.tickets()
+        if not tickets:
+            raise DemoError("step 4: the service tracks no ticket for the user")
+        return max(t["endtime"] for t in tickets)
+
+    def renewal(self, first_end: float) -> None:
+        """Step 5: wait for the service to renew, then show klist again."""
+        assert self.session
+        self.step(5, f"waiting for keyinit-ticketd to renew (at {RENEW_FRACTION:.0%} of the "
+                     f"{TICKET_LIFE}s life)")
+        say(f"    end time now: {when(first_end)}")
+        deadline = time.monotonic() + TICKET_LIFE * 2
+        while time.monotonic() < deadline:
+            ends = [t["endtime"] for t in self.tickets()]
+            if ends and max(ends) > first_end:
+                say(f"    renewed: new end time {when(max(ends))}")
+                break
+            print("    .", end="", flush=True)
+            time.sleep(2)
+        else:
+            raise DemoError("step 5: no renewal within twice the ticket life")
+        out = self.session.run("klist")
+        show(out)
+        if f"KEYRING:persistent:{self.uid}" not in out:
+            raise DemoError("step 5: the ticket is gone after renewal")
+
+    def logout(self) -> None:
+        """Step 6: log out; the service clears the ticket after the last session."""
+        assert self.session and self.user and self.realm
+        self.step(6, "logout; the last session is closed, so the service clears the ticket")
+        rc = self.session.logout()
+        say(f"    ssh exited with {rc}")
+        deadline = time.monotonic() + 10
+        while self.tickets() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if self.tickets():
+            raise DemoError("step 6: the service still holds a ticket after the last logout")
+        pw = pwd.getpwnam(self.user)
+        out = subprocess.run(
+            ["klist"], env={"PATH": "/usr/bin:/bin", "KRB5_CONFIG": str(self.realm.krb5_conf)},
+            capture_output=True, text=True, preexec_fn=lambda: (os.setgroups([]),
+                                                               os.setresgid(pw.pw_gid, pw.pw_gid, pw.pw_gid),
+                                                               os.setresuid(pw.pw_uid, pw.pw_uid, pw.pw_uid)),
+        )
+        say(f"    klist as {self.user}:")
+        show(out.stdout + out.stderr)
+        if out.returncode == 0:
+            raise DemoError("step 6: klist still finds a ticket after logout")
+
+    def teardown(self) -> None:
+        """Stop everything and remove the user, its keys and the temporary files."""
+        if self.session and self.session.proc.poll() is None:
+            self.session.proc.kill()
+        if self.sshd:
+            self.sshd.close()
+        if self.daemon:
+            self.daemon.stop()
+        if self.realm:
+            try:
+                self.realm.stop()
+            except Exception as exc:  # noqa: BLE001 - keep tearing down
+                say(f"    (realm stop: {exc})")
+        if self.user:
+            from . import keyutils
+
+            try:
+                ring = keyutils.get_persistent(self.uid, keyutils.KEY_SPEC_THREAD_KEYRING)
+                keyutils.clear(ring)
+                keyutils.invalidate(ring)
+            except OSError:
+                pass
+            subprocess.run(["pkill", "-KILL", "-u", self.user], check=False)
+            subprocess.run(["userdel", "--remove", self.user], check=False, capture_output=True)
+        if self.pam:
+            self.pam.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def run() -> int:
+    """Run the six steps; return 0 on success, 1 (with the failing step named) otherwise."""
+    try:
+        check_ready()
+    except DemoError as exc:
+        print(f"demo failed at {exc}", file=sys.stderr)
+        return 1
+    demo = Demo()
+    started = time.monotonic()
+    try:
+        demo.setup()
+        demo.login()
+        demo.keyrings()
+        end = demo.klist()
+        demo.renewal(end)
+        demo.logout()
+    except DemoError as exc:
+        print(f"\ndemo failed at {exc}", file=sys.stderr)
+        if demo.daemon:
+            print("--- keyinit-ticketd log (last lines) ---", file=sys.stderr)
+            print("\n".join(demo.daemon.log().splitlines()[-20:]), file=sys.stderr)
+        return 1
+    except Exception as exc:
+        print(f"\ndemo failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        say("\ntearing down: sshd, keyinit-ticketd, the realm, the user and its keys")
+        demo.teardown()
+    say(f"demo passed in {time.monotonic() - started:.0f}s")
+    return 0
