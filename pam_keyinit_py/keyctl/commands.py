@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import errno as E
 import os
-from collections.abc import Callable
-from typing import Any
 
 from pam_keyinit_py import keyutils as ku
 
@@ -20,6 +18,12 @@ from .cli import die, fail, out, usage
 from .fmt import calc_perms, d, full_perms, hexdump, parse_desc, printable
 from .scan import TreeDumper, recursive_session_key_scan
 from .spec import get_key_id, strtoul
+
+# Names for annotations only; importing typing/collections at run time slows every invocation.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 Argv = list[bytes]
 _STDIN_MAX = 1024 * 1024 + 1  # keyctl's static input[1024 * 1024 + 1]

@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from functools import cache
 
 from .spec import to_s32
 
 _PRINTABLE = frozenset(range(0x20, 0x7F))  # isprint() in the C locale keyctl runs in
 
 
-@dataclass(frozen=True)
 class Desc:
-    """A KEYCTL_DESCRIBE string ``type;uid;gid;perm;description`` split as keyctl's sscanf does."""
+    """A KEYCTL_DESCRIBE string ``type;uid;gid;perm;description`` split as keyctl's sscanf does.
 
-    type: bytes
-    uid: int
-    gid: int
-    perm: int
-    description: bytes
-    raw: bytes
+    A plain class rather than a dataclass: importing dataclasses costs more than pykeyctl's whole run.
+    """
+
+    __slots__ = ("type", "uid", "gid", "perm", "description", "raw")
+
+    def __init__(self, type_: bytes, uid: int, gid: int, perm: int, description: bytes, raw: bytes) -> None:
+        self.type = type_
+        self.uid = uid
+        self.gid = gid
+        self.perm = perm
+        self.description = description
+        self.raw = raw
 
 
 def _c_int(field: bytes) -> int | None:
@@ -47,10 +50,14 @@ def parse_desc(raw: bytes) -> Desc | None:
     return Desc(parts[0], uid, gid, perm, parts[4].split(b"\0", 1)[0], raw)
 
 
-@cache
+_CREDS: list[tuple[int, int, frozenset[int]]] = []
+
+
 def _creds() -> tuple[int, int, frozenset[int]]:
-    # keyctl's grab_creds(): effective ids and the supplementary groups.
-    return os.geteuid(), os.getegid(), frozenset(os.getgroups())
+    # keyctl's grab_creds(), once: effective ids and the supplementary groups.
+    if not _CREDS:
+        _CREDS.append((os.geteuid(), os.getegid(), frozenset(os.getgroups())))
+    return _CREDS[0]
 
 
 def granted(perm: int, uid: int, gid: int) -> int:

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
 
 from . import cli
+
+# Names for annotations only; importing typing/collections at run time slows every invocation.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 _JSON_COMMANDS = frozenset({"show", "list", "describe", "rdescribe"})
 

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 from pam_keyinit_py import keyutils
 
 from .cli import die, fail, out
 from .fmt import calc_perms, d, parse_desc
 
-# func(parent, key, raw description or None, errno of the failed describe) -> keys counted
-Scanner = Callable[[int, int, bytes | None, int], int]
+# Names for annotations only; importing typing/collections at run time slows every invocation.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    # func(parent, key, raw description or None, errno of the failed describe) -> keys counted
+    Scanner = Callable[[int, int, bytes | None, int], int]
 
 _EINVAL_NEG = -22  # libkeyutils sets errno = -EINVAL for an unparsable description
 

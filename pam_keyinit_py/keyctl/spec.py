@@ -8,8 +8,6 @@ goes through strtoul(arg, &end, 0) and is truncated to a 32-bit serial.
 
 from __future__ import annotations
 
-import re
-
 from .cli import die
 
 ULONG_MAX = (1 << 64) - 1
@@ -71,7 +69,7 @@ def to_s32(value: int) -> int:
 
 
 # /proc/keys: "%x %*s %*u %*s %*x %*d %*d %s %n" then the description.
-_PROC_KEYS = re.compile(
+_PROC_KEYS = (
     rb"\s*([0-9a-fA-F]+)\s+\S+\s+[-+]?\d+\s+\S+\s+[0-9a-fA-F]+\s+[-+]?\d+\s+[-+]?\d+\s+(\S+)\s*"
 )
 
@@ -92,9 +90,12 @@ def find_key_by_type_and_desc(type_: bytes, desc: bytes, destringid: int = 0) ->
             lines = f.read().split(b"\n")
     except OSError:
         return -1
+    import re  # only here: re costs more to import than the rest of a typical run
+
+    pattern = re.compile(_PROC_KEYS)
     dlen = len(desc)
     for line in lines:
-        m = _PROC_KEYS.match(line)
+        m = pattern.match(line)
         if not m or m.group(2) != type_:
             continue
         kdesc = line[m.end() :]
