@@ -359,7 +359,9 @@ MUTATING: dict[str, list[dict[str, Any]]] = {
                    C("get_persistent", "123456789"), C("get_persistent"), O("show", "{r}")],
     "session": [C("session", "-", "sh", "-c", "keyctl show; keyctl rdescribe @s"),
                 C("session", "pkc:named{RUN}", "sh", "-c", "keyctl rdescribe @s"),
-                C("session", "-", "/nonexistent/prog"), C("new_session", "a", "b")],
+                C("session", "-", "/nonexistent/prog"), C("new_session", "a", "b"),
+                C("session", stdin="keyctl rdescribe @s\n"),  # no program: $SHELL reads the script
+                C("session", "pkc:shell{RUN}", stdin="keyctl id @s\n")],
     "new_session": [C("new_session")],
     "no_authority": [C("instantiate", "{k}", "x", "@s"), C("instantiate", "-x", "{k}", "4", "@s"),
                      C("pinstantiate", "{k}", "@s", stdin="x"), C("negate", "{k}", "10", "@s"),
