@@ -117,7 +117,13 @@ def act_id(argv: Argv) -> int:
 
 
 def act_show(argv: Argv, as_json: bool = False) -> int:
-    """show [-x] [keyring]: the keyring tree, permissions computed against the caller."""
+    """show [-x] [--krb5] [keyring]: the keyring tree, permissions computed against the caller.
+
+    ``--krb5`` (pykeyctl only) decodes MIT KEYRING ccaches inline with pykrb5.
+    """
+    krb5 = b"--krb5" in argv[1:]
+    if krb5:
+        argv = [a for a in argv if a != b"--krb5"]
     hex_ids = False
     if len(argv) >= 2 and argv[1] == b"-x":
         hex_ids, argv = True, argv[1:]
@@ -130,10 +136,10 @@ def act_show(argv: Argv, as_json: bool = False) -> int:
     if as_json:
         from .jsonout import show_json
 
-        return show_json(keyring, name.decode())
+        return show_json(keyring, name.decode(), krb5)
     out(name + b"\n")
     keyring = _call("Unable to dump key", ku.get_keyring_id, keyring, False)
-    TreeDumper(hex_ids).dump(keyring)
+    TreeDumper(hex_ids, krb5).dump(keyring)
     return 0
 
 

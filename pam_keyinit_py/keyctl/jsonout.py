@@ -71,23 +71,34 @@ def list_json(keyring: int, ids: list[int]) -> int:
     return _emit({"keyring": keyring, "keys": [_describe(k) for k in ids]})
 
 
-def _tree(key: int, depth: int) -> dict[str, Any]:
+def _tree(key: int, depth: int, parents: list[bytes] | None = None) -> dict[str, Any]:
     node = _describe(key)
     if depth > 8 * 4 or node.get("type") != "keyring":
         return node
+    description = node["description"].encode("utf-8", "surrogateescape")
+    if parents is not None:
+        from .krb5view import ccache_name, describe_ccache
+
+        name = ccache_name(description, parents)
+        if name:
+            try:
+                node["krb5"] = describe_ccache(name)
+            except Exception as exc:  # shown, not fatal, as in the text form
+                node["krb5"] = {"ccache": name, "error": str(exc)}
     try:
         raw = ku.read(key)
     except OSError as exc:
         raise fail("keyctl_read_alloc", exc.errno or 0) from None
     usable = len(raw) - len(raw) % 4
-    node["children"] = [_tree(child, depth + 4) for child in memoryview(raw[:usable]).cast("i")]
+    below = None if parents is None else [*parents, description]
+    node["children"] = [_tree(child, depth + 4, below) for child in memoryview(raw[:usable]).cast("i")]
     return node
 
 
-def show_json(keyring: int, name: str) -> int:
+def show_json(keyring: int, name: str, krb5: bool = False) -> int:
     """show --json: ``{"name": "Session Keyring", "tree": {... "children": [...]}}``."""
     try:
         ring = ku.get_keyring_id(keyring, False)
     except OSError as exc:
         raise fail("Unable to dump key", exc.errno or 0) from None
-    return _emit({"name": name, "tree": _tree(ring, 0)})
+    return _emit({"name": name, "tree": _tree(ring, 0, [] if krb5 else None)})

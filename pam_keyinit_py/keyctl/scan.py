@@ -64,9 +64,11 @@ def recursive_session_key_scan(func: Scanner) -> int:
 class TreeDumper:
     """keyctl show's dump_key_tree_aux(), including its static indent buffer and its quirks."""
 
-    def __init__(self, hex_ids: bool) -> None:
+    def __init__(self, hex_ids: bool, krb5: bool = False) -> None:
         self.hex_ids = hex_ids
+        self.krb5 = krb5  # show --krb5: decode MIT ccache keyrings inline
         self.indent = bytearray(64)  # the static dumpindent[64], NUL-terminated
+        self.parents: list[bytes] = []  # descriptions of the keyrings above the current key
 
     def _indent(self) -> bytes:
         end = self.indent.find(0)
@@ -92,12 +94,19 @@ class TreeDumper:
         )
         if desc.type != b"keyring":
             return 0
+        if self.krb5:
+            from .krb5view import ccache_name, lines
+
+            name = ccache_name(desc.description, self.parents)
+            if name:
+                out(lines(name, b" " * 34 + self._indent() + (b"    " if depth > 0 else b" ")))
         try:
             payload = keyutils.read(key)
         except OSError as exc:
             raise fail("keyctl_read_alloc", exc.errno or 0) from None
         children = _ids(payload)
         kcount = len(children)
+        self.parents.append(desc.description)
         for i, child in enumerate(children):
             if depth == 0:
                 rdepth = 1
@@ -109,4 +118,5 @@ class TreeDumper:
             if more:
                 self.indent[depth] = 0x7C  # '|'
             kcount += self.dump(child, rdepth, i + 1 < len(children))
+        self.parents.pop()
         return kcount
