@@ -29,6 +29,7 @@ log = logging.getLogger("keyinit-ticketd")
 #: A client has this long to send a whole request (a stalled peer must not hold a thread forever).
 READ_TIMEOUT = 10.0
 _UCRED = struct.Struct("3i")
+_MUTATING = frozenset({"auth", "open", "close", "renew", "destroy"})
 
 
 def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
@@ -102,6 +103,8 @@ class Server:
                 except OSError:  # timeout or reset
                     return
                 reply = self.dispatch(message, pid, uid)
+                if message["op"] in _MUTATING:
+                    self.service.commit()  # a reply promises the change survives a kill -9
                 del message  # may hold a password
                 if not self._send(conn, reply):
                     return

@@ -91,34 +91,77 @@ class Service:
         self.started = time.time()
         self.renewals = 0
         self.renew_failures = 0
+        # Group commit of the state file (see save/commit).
+        self._written_cv = threading.Condition(self.lock)
+        self._dirty = 0
+        self._written = 0
+        self._stopping = False
+        self._writer_alive = True
+        self._writer_thread = threading.Thread(target=self._writer, name="state-writer", daemon=True)
 
     # ---------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
         """Restore the saved state, start the reaper and the scheduler, and the keytab entries."""
         self.reaper = Reaper(self._reaped)
+        self._writer_thread.start()
         self.restore()
         for index, _entry in enumerate(self.config.keytabs):
             self.scheduler.schedule(("keytab", index), time.time(), lambda i=index: self._keytab_job(i))
         self.scheduler.start()
 
     def stop(self) -> None:
+        """Stop renewing and flush the state file (tickets stay in the kernel for the next start)."""
         self.scheduler.stop()
         with self.lock:
-            self.save()
+            self._stopping = True
+            self._written_cv.notify_all()
+        self._writer_thread.join(10)
 
     def save(self) -> None:
-        """Write sessions, pending logins and tracked caches atomically (caller holds the lock)."""
-        data = {
+        """Mark the state changed (caller holds the lock); the writer thread persists it soon.
+
+        Request handlers call :meth:`commit` before they reply, so what a client was told
+        survives a kill -9; concurrent requests share one write (group commit), which keeps a
+        host with thousands of sessions from rewriting the file once per login.
+        """
+        self._dirty += 1
+        self._written_cv.notify_all()
+
+    def commit(self) -> None:
+        """Block until every change made so far is in the state file (or writing it failed)."""
+        with self.lock:
+            target = self._dirty
+            while self._written < target and self._writer_alive:
+                self._written_cv.wait(5.0)
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {
             "sessions": [s.to_json() for s in self.sessions.by_sid.values()],
             "tickets": [t.to_json() for t in self.tickets.values() if t.origin != KEYTAB],
             "pending": [{"uid": u, "gid": p.gid, "deadline": p.deadline, "ccaches": sorted(p.ccaches)}
                         for u, p in self.pending.items()],
         }
-        try:
-            statefile.save(self.config.state_file, data)
-        except OSError as exc:
-            log.error("cannot write state file %s: %s", self.config.state_file, exc.strerror)
+
+    def _writer(self) -> None:
+        """The state-file writer: snapshot under the lock, write (atomically) outside it."""
+        while True:
+            with self.lock:
+                while self._written >= self._dirty and not self._stopping:
+                    self._written_cv.wait()
+                if self._stopping and self._written >= self._dirty:
+                    self._writer_alive = False
+                    self._written_cv.notify_all()
+                    return
+                generation = self._dirty
+                data = self._snapshot()
+            try:
+                statefile.save(self.config.state_file, data)
+            except OSError as exc:
+                log.error("cannot write state file %s: %s", self.config.state_file, exc.strerror)
+            with self.lock:
+                self._written = max(self._written, generation)
+                self._written_cv.notify_all()
 
     def restore(self) -> None:
         """Rebuild from the state file: live sessions are tracked again, dead ones reaped."""
@@ -473,9 +516,13 @@ class Service:
             log.warning("destroying %s (uid %d): %s", name, uid, exc)
 
     def _refresh_uid(self, uid: int) -> None:
-        """On a uid's first session: touch its persistent keyring and adopt its own caches."""
-        self._touch(uid)
-        self._scan(uid)
+        """On a uid's first session: touch its persistent keyring and adopt its own caches.
+
+        Both run on the scheduler thread, so a login does not wait for them.
+        """
+        now = time.time()
+        self.scheduler.schedule(("touch", uid), now, lambda: self._touch(uid))
+        self.scheduler.schedule(("scan", uid), now, lambda: self._scan(uid))
 
     def _touch(self, uid: int) -> None:
         """keyctl_get_persistent(uid): resets the kernel's 3-day expiry of the persistent keyring."""
