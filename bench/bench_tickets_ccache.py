@@ -49,6 +49,8 @@ def _clear(uid: int) -> None:
     try:
         ring = keyutils.get_persistent(uid, keyutils.KEY_SPEC_THREAD_KEYRING)
         keyutils.clear(ring)
+        # Unlinked again: a thread keyring holding every uid's tree slows each later keyctl.
+        keyutils.unlink(ring, keyutils.KEY_SPEC_THREAD_KEYRING)
     except OSError:
         pass
 

@@ -74,6 +74,7 @@ def clear_persistent_caches(uid: int) -> None:
         return
     try:
         keyutils.clear(ring)
+        keyutils.unlink(ring, keyutils.KEY_SPEC_THREAD_KEYRING)
     except OSError:
         pass
 
