@@ -214,14 +214,17 @@ class Demo:
                      f"{TICKET_LIFE}s life)")
         say(f"    end time now: {when(first_end)}")
         deadline = time.monotonic() + TICKET_LIFE * 2
+        print("    ", end="", flush=True)
         while time.monotonic() < deadline:
             ends = [t["endtime"] for t in self.tickets()]
             if ends and max(ends) > first_end:
+                print(flush=True)
                 say(f"    renewed: new end time {when(max(ends))}")
                 break
-            print("    .", end="", flush=True)
+            print(".", end="", flush=True)
             time.sleep(2)
         else:
+            print(flush=True)
             raise DemoError("step 5: no renewal within twice the ticket life")
         out = self.session.run("klist")
         show(out)

@@ -92,21 +92,32 @@ def init_keyrings(state: KeyinitState, pamh: object, opts: Options, uid: int, er
         return error_ret
 
     if opts.link_persistent:
-        # KEYCTL_GET_PERSISTENT links _persistent.<uid> into @s, so the user's Kerberos
-        # ccaches show up in `keyctl show`.  Beyond pam_keyinit, so a failure only warns.
-        try:
-            persistent = ku.get_persistent(uid, ku.KEY_SPEC_SESSION_KEYRING)
-            debug(state, pamh, f"PERSISTENT = {persistent}")
-        except OSError as exc:
-            syslog(pamh, LOG_WARNING, f"Unable to link the persistent keyring of uid {uid}: {exc.strerror}")
+        link_persistent(state, pamh, uid)
     return success
+
+
+def link_persistent(state: KeyinitState, pamh: object, uid: int) -> None:
+    """KEYCTL_GET_PERSISTENT(uid, @s): link _persistent.<uid> into the session keyring.
+
+    The user's Kerberos ccaches then show up in `keyctl show`.  Beyond pam_keyinit,
+    so a failure only warns.  Linking twice is harmless (the link already exists).
+    """
+    try:
+        persistent = ku.get_persistent(uid, ku.KEY_SPEC_SESSION_KEYRING)
+        debug(state, pamh, f"PERSISTENT = {persistent}")
+    except OSError as exc:
+        syslog(pamh, LOG_WARNING, f"Unable to link the persistent keyring of uid {uid}: {exc.strerror}")
 
 
 def do_keyinit(state: KeyinitState, pamh: object, opts: Options, error_ret: int) -> int:
     """Create the session keyring as the user's real uid/gid, once per handle."""
     note_options(state, opts)
-    # Called again (setcred then open_session, or the module listed twice): nothing to do.
+    # Called again (setcred then open_session, or the module listed twice): the keyring
+    # exists.  sshd runs setcred(ESTABLISH) through the *auth* line, whose options lack
+    # link_persistent, so honour the session line's link_persistent here.
     if state.my_session_keyring > 0:
+        if opts.link_persistent and state.revoke_as_uid >= 0:
+            link_persistent(state, pamh, state.revoke_as_uid)
         return pamh.PAM_SUCCESS  # type: ignore[attr-defined]
 
     try:
