@@ -4,10 +4,11 @@
 # Used by `make demo`, the test suite (tests/fixtures_krb5.py via pam_keyinit_py.lab.realm) and
 # vagrant/ provisioning, so it is plain bash plus the MIT tools (krb5-kdc, krb5-admin-server).
 #
-#   realm.sh start DIR [-r REALM] [-l MAXLIFE] [-R MAXRENEW]
+#   realm.sh start DIR [-r REALM] [-l MAXLIFE] [-R MAXRENEW] [-a ADDR] [-p PORT]
 #       Create the realm database in DIR if it is not there yet (kdb5_util create -s), write
 #       DIR/kdc.conf and DIR/krb5.conf from the templates beside this script, and start krb5kdc
-#       on a free 127.0.0.1 port.  A second `start` on an existing DIR restarts the KDC on the
+#       on a free 127.0.0.1 port, or on ADDR:PORT (the vagrant kdc box serves its network).
+#       A second `start` on an existing DIR restarts the KDC on the
 #       same port with the same database ("KDC back").  Prints the env lines (see `env`).
 #   realm.sh stop DIR               Stop krb5kdc (the database stays: "KDC down").
 #   realm.sh destroy DIR            Stop and remove everything realm.sh wrote in DIR.
@@ -26,7 +27,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PROG="realm.sh"
 
 die() { echo "$PROG: $*" >&2; exit 1; }
-usage() { sed -n '4,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '4,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 need() {
     local tool
@@ -78,7 +79,7 @@ print_env() {
 render() { # template output
     sed -e "s|@REALM@|$REALM|g" -e "s|@DIR@|$DIR|g" -e "s|@PORT@|$PORT|g" \
         -e "s|@KADMIN_PORT@|$KADMIN_PORT|g" -e "s|@KPASSWD_PORT@|$KPASSWD_PORT|g" \
-        -e "s|@MAXLIFE@|$MAXLIFE|g" -e "s|@MAXRENEW@|$MAXRENEW|g" "$1" >"$2.tmp"
+        -e "s|@MAXLIFE@|$MAXLIFE|g" -e "s|@MAXRENEW@|$MAXRENEW|g" -e "s|@ADDR@|$ADDR|g" "$1" >"$2.tmp"
     mv -f "$2.tmp" "$2"
 }
 
@@ -92,15 +93,17 @@ kdc_pid() {
     echo "$pid"
 }
 
-listening() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
+listening() { (exec 3<>"/dev/tcp/${ADDR:-127.0.0.1}/$PORT") 2>/dev/null; }
 
 kadmin() { "$(sbin kadmin.local)" -r "$REALM" "$@"; }
 
 cmd_start() {
-    local dir="" realm="PKK.TEST" maxlife="10m" maxrenew="1h"
+    local dir="" realm="PKK.TEST" maxlife="10m" maxrenew="1h" addr="127.0.0.1" port=""
     while [ $# -gt 0 ]; do
         case "$1" in
             -r) realm="$2"; shift 2 ;;
+            -a) addr="$2"; shift 2 ;;
+            -p) port="$2"; shift 2 ;;
             -l) maxlife="$2"; shift 2 ;;
             -R) maxrenew="$2"; shift 2 ;;
             -*) die "start: unknown option $1" ;;
@@ -112,8 +115,8 @@ cmd_start() {
     mkdir -p "$dir"
     DIR="$(cd "$dir" && pwd)"
     if [ ! -f "$DIR/realm.env" ]; then
-        REALM="$realm" MAXLIFE="$maxlife" MAXRENEW="$maxrenew"
-        PORT="$(free_port)" KADMIN_PORT="$(free_port)" KPASSWD_PORT="$(free_port)"
+        REALM="$realm" MAXLIFE="$maxlife" MAXRENEW="$maxrenew" ADDR="$addr"
+        PORT="${port:-$(free_port)}" KADMIN_PORT="$(free_port)" KPASSWD_PORT="$(free_port)"
         [ -n "$PORT" ] || die "no free port on 127.0.0.1"
         render "$HERE/kdc.conf.in" "$DIR/kdc.conf"
         render "$HERE/krb5.conf.in" "$DIR/krb5.conf"
@@ -127,8 +130,8 @@ cmd_start() {
             "$(sbin kdb5_util)" -r "$REALM" create -s >"$DIR/kdb5_util.log" 2>&1 ||
             die "kdb5_util create failed: $(tail -n 3 "$DIR/kdb5_util.log")"
         unset master
-        { printf 'REALM=%q\nPORT=%q\nKADMIN_PORT=%q\nKPASSWD_PORT=%q\n' \
-              "$REALM" "$PORT" "$KADMIN_PORT" "$KPASSWD_PORT"
+        { printf 'REALM=%q\nPORT=%q\nKADMIN_PORT=%q\nKPASSWD_PORT=%q\nADDR=%q\n' \
+              "$REALM" "$PORT" "$KADMIN_PORT" "$KPASSWD_PORT" "$ADDR"
           printf 'MAXLIFE=%q\nMAXRENEW=%q\n' "$MAXLIFE" "$MAXRENEW"; } >"$DIR/realm.env"
     else
         load "$DIR"
@@ -148,7 +151,7 @@ cmd_start() {
         if pid="$(kdc_pid)"; then kill "$pid" 2>/dev/null || true; fi
         sleep 0.2
     done
-    die "krb5kdc did not start on 127.0.0.1:$PORT; see $DIR/kdc.log and $DIR/krb5kdc.out"
+    die "krb5kdc did not start on ${ADDR:-127.0.0.1}:$PORT; see $DIR/kdc.log and $DIR/krb5kdc.out"
 }
 
 cmd_stop() {
