@@ -6,7 +6,16 @@ install:
   2. a normal (non-editable) ``pip install`` of the source tree into it;
   3. an import check of the hook with that venv's interpreter;
   4. the pam_python shim ``/lib/security/pam_keyinit_py.py``, which puts PREFIX's site-packages
-     first on sys.path and exposes the hook's ``pam_sm_*``.
+     first on sys.path and exposes the hook's ``pam_sm_*``;
+  5. the service and the files around it: the console scripts linked into /usr/local/bin, the
+     systemd unit ``keyinit-ticketd.service`` (ExecStart pointing into PREFIX), tmpfiles for
+     /run/keyinit, the pam-auth-update profile ``keyinit`` (enable it with
+     ``pam-auth-update --enable keyinit``), and ``/etc/keyinit/ticketd.toml`` with the documented
+     defaults unless one is already there.  The sysctl and krb5.conf.d snippets are host policy:
+     they are copied to /usr/share/pam-keyinit-py/ for the admin to adopt, not activated.
+
+Every path written in step 5 is listed in PREFIX's marker file, so uninstall removes exactly
+those (and the config only while it still equals the shipped default).
 
 ``--root DIR`` stages everything under DIR (like DESTDIR): the venv lands in DIR/PREFIX and the shim
 in DIR/lib/security, while the shim still names PREFIX.  uninstall removes the shim and the venv, and
@@ -28,6 +37,58 @@ from ..pam.shim import SHIM_PATH, render, site_packages
 DEFAULT_PREFIX = "/opt/pam-keyinit-py"
 SYSTEM_PYTHON = "/usr/bin/python3"
 MARKER = ".pam-keyinit-py-install"
+SCRIPTS = ("keyinit", "keyinit-ticketd", "pykeyctl", "docker-credential-keyctl")
+UNIT = "keyinit-ticketd.service"
+CONFIG = Path("/etc/keyinit/ticketd.toml")
+SHARE = Path("/usr/share/pam-keyinit-py")
+
+
+def system_files(prefix: str) -> list[tuple[str, Path, int]]:
+    """(source under etc/, installed path, mode) of the files step 5 copies."""
+    share = SHARE
+    return [
+        (f"systemd/{UNIT}", Path("/etc/systemd/system") / UNIT, 0o644),
+        ("tmpfiles.d/keyinit.conf", Path("/usr/lib/tmpfiles.d/keyinit.conf"), 0o644),
+        ("pam-configs/keyinit", Path("/usr/share/pam-configs/keyinit"), 0o644),
+        ("sysctl.d/60-keyinit-keys.conf", share / "sysctl.d/60-keyinit-keys.conf", 0o644),
+        ("krb5.conf.d/keyinit-ccache.conf", share / "krb5.conf.d/keyinit-ccache.conf", 0o644),
+        ("pam.d/sshd.example", share / "pam.d/sshd.example", 0o644),
+        ("pam.d/login.example", share / "pam.d/login.example", 0o644),
+    ]
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".keyinit-tmp")
+    tmp.write_bytes(data)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def install_system_files(prefix: str, root: str, source: Path) -> list[Path]:
+    """Step 5: scripts, unit, tmpfiles, profile, config and reference snippets; return what was written."""
+    etc = source / "etc"
+    written: list[Path] = []
+    for name in SCRIPTS:
+        link = _under(root, Path("/usr/local/bin") / name)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(Path(prefix) / "bin" / name)
+        written.append(Path("/usr/local/bin") / name)
+    for src, dest, mode in system_files(prefix):
+        data = (etc / src).read_bytes()
+        if src.endswith(UNIT):
+            data = data.replace(b"/usr/local/bin/keyinit-ticketd", f"{prefix}/bin/keyinit-ticketd".encode())
+        _write_atomic(_under(root, dest), data, mode)
+        written.append(dest)
+    config = _under(root, CONFIG)
+    if not config.exists():  # never overwrite an admin's configuration
+        _write_atomic(config, (etc / "keyinit/ticketd.toml").read_bytes(), 0o644)
+        written.append(CONFIG)
+    if (not root or root == "/") and Path("/run/systemd/system").is_dir():
+        subprocess.run(["systemctl", "daemon-reload"], check=False)
+    return written
 
 
 def _under(root: str, path: str | Path) -> Path:
@@ -103,9 +164,15 @@ def install(prefix: str, root: str = "", source: Path | None = None, python: str
     tmp.write_text(render([site], generator="keyinit install"))
     os.chmod(tmp, 0o644)
     os.replace(tmp, shim)  # atomic: a login never sees half a shim
+    written = install_system_files(prefix, root, source)
+    marker.write_text("made by `keyinit install`; `keyinit uninstall` removes this directory and:\n"
+                      + "".join(f"{p}\n" for p in written))
     if not quiet:
         print(f"installed {prefix} (python {site}) and {shim_path}")
-        print(f"PAM line: session optional pam_python.so {shim_path.name} force revoke")
+        for path in written:
+            print(f"installed {path}")
+        print(f"PAM lines: pam-auth-update --enable keyinit, or see {system_files(prefix)[5][1]}")
+        print(f"service:   systemctl enable --now {UNIT}")
     return 0
 
 
@@ -122,6 +189,24 @@ def uninstall(prefix: str, root: str = "", shim_path: Path = SHIM_PATH, quiet: b
         if not quiet:
             print(f"removed {shim}")
     venv = _under(root, prefix)
+    if (venv / MARKER).exists():
+        shipped = _source_default() / "etc/keyinit/ticketd.toml"
+        for line in (venv / MARKER).read_text().splitlines()[1:]:
+            path = _under(root, line)
+            if Path(line) == CONFIG and shipped.exists() and path.exists() \
+                    and path.read_bytes() != shipped.read_bytes():
+                print(f"keyinit uninstall: {path} was changed; left in place", file=sys.stderr)
+                continue
+            if path.is_symlink() or path.exists():
+                path.unlink()
+                if not quiet:
+                    print(f"removed {path}")
+        ours = {p.parent for _s, p, _m in system_files(prefix) if SHARE in p.parents}
+        for directory in (CONFIG.parent, *sorted(ours, reverse=True), SHARE):
+            try:
+                _under(root, directory).rmdir()  # only when empty
+            except OSError:
+                pass
     if venv.exists():
         if (venv / MARKER).exists():
             shutil.rmtree(venv)

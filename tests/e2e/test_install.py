@@ -1,5 +1,6 @@
-"""`make install` for real: venv in /opt/pam-keyinit-py + /lib/security/pam_keyinit_py.py, a real sshd
-login through the installed shim (named relative to /lib/security, as users write it), then uninstall.
+"""`make install` for real: venv in /opt/pam-keyinit-py, /lib/security/pam_keyinit_py.py and the service
+files; a real sshd login through the installed shim (named relative to /lib/security, as users write
+it); `keyinit doctor` on the configured host and on a broken one; then uninstall.
 
 Skipped (or failed in CI) when an install is already there: the test never clobbers one.
 """
@@ -19,7 +20,7 @@ from tests.conftest import REPO, require
 pytestmark = pytest.mark.timeout(600)
 
 
-def test_make_install_login_uninstall(sshd_factory, pam_user) -> None:
+def test_make_install_login_uninstall(sshd_factory, pam_user, realm, kdc_user, tmp_path) -> None:
     require(not SHIM_PATH.exists() and not Path(DEFAULT_PREFIX).exists(),
             f"{SHIM_PATH} or {DEFAULT_PREFIX} already present; not touching an existing install")
     try:
@@ -41,8 +42,69 @@ def test_make_install_login_uninstall(sshd_factory, pam_user) -> None:
         lines = login.stdout.splitlines()
         assert lines[0] == f"keyring;{pam_user.uid};{pam_user.gid};3f030000;_ses"
         assert lines[3].endswith(f"\\_ keyring: _uid.{pam_user.uid}")
+
+        # The service side of the install: unit pointing into the venv, scripts on PATH, config.
+        unit = Path("/etc/systemd/system/keyinit-ticketd.service").read_text()
+        assert f"ExecStart={DEFAULT_PREFIX}/bin/keyinit-ticketd --config /etc/keyinit/ticketd.toml" in unit
+        assert Path("/etc/keyinit/ticketd.toml").exists()
+        assert Path("/usr/share/pam-configs/keyinit").exists()
+        helper = subprocess.run(["/usr/local/bin/keyinit-ticketd", "--help"], capture_output=True, text=True)
+        assert helper.returncode == 0 and "--config" in helper.stdout
+
+        check_doctor(realm, kdc_user, tmp_path)
     finally:
         res = subprocess.run(["make", "-C", str(REPO), "uninstall"], capture_output=True, text=True,
                              timeout=120)
     assert res.returncode == 0, res.stderr
     assert not SHIM_PATH.exists() and not Path(DEFAULT_PREFIX).exists()
+    for gone in ("/etc/systemd/system/keyinit-ticketd.service", "/usr/local/bin/keyinit-ticketd",
+                 "/etc/keyinit/ticketd.toml", "/usr/share/pam-configs/keyinit", "/usr/share/pam-keyinit-py"):
+        assert not Path(gone).exists(), gone
+
+
+def doctor(args: list[str], krb5_conf: Path) -> subprocess.CompletedProcess[str]:
+    """The installed `keyinit doctor`, with the test realm as the host's Kerberos configuration."""
+    return subprocess.run(["/usr/local/bin/keyinit", "doctor", *args], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "KRB5_CONFIG": str(krb5_conf)}, timeout=60)
+
+
+def check_doctor(realm, kdc_user, tmp_path: Path) -> None:
+    """doctor passes on a configured host and names the broken link on a misconfigured one."""
+    from pam_keyinit_py.lab.ticketd import TicketD
+
+    pam_dir = tmp_path / "pam.d"
+    pam_dir.mkdir()
+    for service in ("sshd", "login"):  # the shipped examples are what a configured host has
+        (pam_dir / service).write_text((REPO / "etc/pam.d" / f"{service}.example").read_text())
+    sysctl = Path("/proc/sys/kernel/keys")
+    saved = {name: (sysctl / name).read_text() for name in ("maxkeys", "maxbytes")}
+    daemon = TicketD(tmp_path / "ticketd", realm.env)
+    try:
+        # etc/sysctl.d/60-keyinit-keys.conf, applied for the test and restored below
+        for line in (REPO / "etc/sysctl.d/60-keyinit-keys.conf").read_text().splitlines():
+            if line.startswith("kernel.keys."):
+                key, _, value = line.partition("=")
+                (sysctl / key.strip().removeprefix("kernel.keys.")).write_text(value.strip())
+        daemon.start()
+        user = {"user": kdc_user.name, "uid": kdc_user.uid, "gid": kdc_user.gid}
+        assert daemon.request({"op": "auth", **user, "password": kdc_user.password})["ok"]
+        assert daemon.request({"op": "open", **user})["ok"]
+        args = ["--user", kdc_user.name, "--socket", daemon.socket, "--pam-dir", str(pam_dir)]
+        good = doctor(args, realm.krb5_conf)
+        assert good.returncode == 0, good.stdout + good.stderr
+        assert "[FAIL]" not in good.stdout and "checks passed" in good.stdout
+        assert f"ticket of '{kdc_user.name}' as rpc.gssd sees it: KEYRING:persistent:{kdc_user.uid}" \
+            in good.stdout
+
+        # Break two links: the service is gone, and the login stack lacks the hook.
+        daemon.stop()
+        (pam_dir / "login").write_text("auth required pam_unix.so\nsession required pam_unix.so\n")
+        bad = doctor(args, realm.krb5_conf)
+        assert bad.returncode == 1, bad.stdout
+        assert "[FAIL] keyinit-ticketd" in bad.stdout
+        assert "[FAIL] PAM stack 'login'" in bad.stdout and "pam-auth-update --enable keyinit" in bad.stdout
+        assert "[ OK ] PAM stack 'sshd'" in bad.stdout
+    finally:
+        daemon.stop()
+        for name, value in saved.items():
+            (sysctl / name).write_text(value)
