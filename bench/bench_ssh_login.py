@@ -1,0 +1,126 @@
+"""A real ssh login to its first command, this project's stack against pam_krb5 + pam_keyinit.so.
+
+Same KDC, same user, same sshd binary, one run: N logins of ``ssh user@127.0.0.1 true`` with
+a password, through
+- ours: pam_unix, then the hook (auth: use_first_pass -> keyinit-ticketd gets the TGT into
+  KEYRING:persistent; session: force revoke tickets);
+- anchor: pam_unix, then pam_krb5.so use_first_pass with ccache=KEYRING:persistent:%u, and
+  pam_keyinit.so force revoke.
+In both sshd modes: password (all PAM calls in the monitor: one interpreter) and
+keyboard-interactive (authenticate in a separate child: pam_python starts a second
+interpreter there).  Target (issue 5): ours ≤ 1.10× the anchor.
+
+Run: ``make bench ONLY=ssh_login`` (root; BENCH_LOGINS=N to change the count).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from anchors import PAM_KRB5, ensure_pam_krb5  # noqa: E402
+
+from pam_keyinit_py import keyutils  # noqa: E402
+from pam_keyinit_py.lab.pamwrap import PAM_PYTHON, PamWrapper  # noqa: E402
+from pam_keyinit_py.lab.realm import Realm  # noqa: E402
+from pam_keyinit_py.lab.sshd import KBDINT, PASSWORD, Sshd  # noqa: E402
+from pam_keyinit_py.lab.ticketd import TicketD  # noqa: E402
+
+LOGINS = int(os.environ.get("BENCH_LOGINS", "15"))
+
+
+def ours(pam: PamWrapper, sock: str) -> list[str]:
+    """This project's stack (what etc/pam-configs/keyinit adds to Debian's)."""
+    return ["auth required pam_unix.so",
+            pam.hook_line("auth", "optional", f"use_first_pass socket={sock}"),
+            "account required pam_unix.so",
+            pam.hook_line("session", "optional", f"force revoke tickets socket={sock}"),
+            "session required pam_unix.so"]
+
+
+def anchor(_pam: PamWrapper, _sock: str) -> list[str]:
+    """pam_krb5 + pam_keyinit.so doing the same job in C."""
+    krb5 = f"{PAM_KRB5} minimum_uid=1000 ccache=KEYRING:persistent:%u"
+    return ["auth required pam_unix.so",
+            f"auth optional {krb5} use_first_pass",
+            "account required pam_unix.so",
+            "session optional pam_keyinit.so force revoke",
+            f"session optional {krb5}",
+            "session required pam_unix.so"]
+
+
+def time_logins(server: Sshd, user: str, password: str, n: int) -> list[float]:
+    """Wall-clock seconds of n complete logins running `true`."""
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        res = server.login(user, password, "true")
+        out.append(time.perf_counter() - t)
+        if res.returncode != 0:
+            raise RuntimeError(f"login failed: {res.stderr.strip()}\n{server.log()[-2000:]}")
+    return out
+
+
+def main() -> None:
+    if os.geteuid() != 0:
+        print("ssh login: skipped (needs root)")
+        return
+    missing = ensure_pam_krb5()
+    if missing:
+        print(f"ssh login: skipped ({missing})")
+        return
+    work = Path(tempfile.mkdtemp(prefix="bench-ssh-"))
+    os.chmod(work, 0o755)
+    realm = Realm.start(None, "BENCH.KEYINIT.TEST", maxlife="10m", maxrenew="1h")
+    user = f"bsl{secrets.token_hex(3)}"
+    password = secrets.token_urlsafe(12)
+    subprocess.run(["useradd", "--create-home", user], check=True)
+    subprocess.run(["chpasswd"], input=f"{user}:{password}\n", text=True, check=True)
+    uid = int(subprocess.run(["id", "-u", user], capture_output=True, text=True, check=True).stdout)
+    realm.add_principal(user, password)
+    # sshd (and so pam_krb5 in it) reads the realm through KRB5_CONFIG, like the service.
+    os.environ.update(realm.env)
+    daemon = TicketD(work / "ticketd", realm.env)
+    os.chmod(daemon.dir, 0o755)
+    daemon.start()
+    results: dict[tuple[str, str], float] = {}
+    try:
+        for mode in (PASSWORD, KBDINT):
+            for name, stack in (("anchor", anchor), ("ours", ours)):
+                pam = PamWrapper(work / f"pam-{name}-{mode}")
+                server = Sshd(pam).start(stack(pam, daemon.socket), mode=mode)
+                try:
+                    time_logins(server, user, password, 3)  # warm caches
+                    results[(mode, name)] = statistics.median(time_logins(server, user, password, LOGINS))
+                finally:
+                    server.close()
+    finally:
+        daemon.stop()
+        realm.stop()
+        try:
+            ring = keyutils.get_persistent(uid, keyutils.KEY_SPEC_THREAD_KEYRING)
+            keyutils.clear(ring)
+            keyutils.unlink(ring, keyutils.KEY_SPEC_THREAD_KEYRING)
+        except OSError:
+            pass
+        subprocess.run(["userdel", "--remove", user], capture_output=True)
+        for key in realm.env:
+            os.environ.pop(key, None)
+    print(f"ssh login to `true`, median of {LOGINS} (ms); PAM via {PAM_PYTHON} vs pam_krb5.so")
+    print(f"{'sshd mode':22} {'pam_krb5+pam_keyinit':>21} {'this project':>13} {'ratio':>7}")
+    for mode in (PASSWORD, KBDINT):
+        a, o = results[(mode, "anchor")], results[(mode, "ours")]
+        print(f"{mode:22} {a * 1e3:21.1f} {o * 1e3:13.1f} {o / a:7.2f}")
+    print("target: ≤ 1.10×")
+
+
+if __name__ == "__main__":
+    main()
