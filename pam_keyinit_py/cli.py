@@ -18,7 +18,8 @@ COMMAND_MODULES = ("tickets", "secret", "doctor", "demo", "install")
 
 def build_parser() -> argparse.ArgumentParser:
     """The one parser of ``keyinit`` and all its subcommands."""
-    parser = argparse.ArgumentParser(prog="keyinit", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="keyinit", description="the admin and user CLI of pam-keyinit-py: tickets, secrets, set-up")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:

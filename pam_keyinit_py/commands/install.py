@@ -230,8 +230,8 @@ def _uninstall(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``install`` and ``uninstall`` to the ``keyinit`` parser."""
     for name, func, text in (
-        ("install", _install, "install the PAM hook: a /usr/bin/python3 venv + the pam_python shim"),
-        ("uninstall", _uninstall, "remove the PAM shim and the venv made by install"),
+        ("install", _install, "install the PAM hook (venv + pam_python shim), the service and its files"),
+        ("uninstall", _uninstall, "remove everything install wrote"),
     ):
         p = subparsers.add_parser(name, help=text, description=text)
         p.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"venv location (default {DEFAULT_PREFIX})")
