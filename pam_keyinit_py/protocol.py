@@ -33,8 +33,10 @@ import time
 from typing import Any
 
 VERSION = 1
-#: Largest message either side accepts (a password plus a few names fit many times over).
+#: Largest request the service accepts (a password plus a few names fit many times over).
 MAX_MESSAGE = 64 * 1024
+#: Largest reply a client accepts: root's ``status``/``tickets`` list every session and ticket.
+MAX_REPLY = 16 * 1024 * 1024
 DEFAULT_SOCKET = "/run/keyinit/ticketd.sock"
 
 _HEADER = struct.Struct(">I")
@@ -85,13 +87,13 @@ class ProtocolError(Exception):
         self.code = code
 
 
-def encode(message: dict[str, Any]) -> bytes:
+def encode(message: dict[str, Any], limit: int = MAX_MESSAGE) -> bytes:
     """Frame one message: length prefix + compact JSON (``v`` is added if missing)."""
     if "v" not in message:
         message = {"v": VERSION, **message}
     body = json.dumps(message, separators=(",", ":")).encode()
-    if len(body) > MAX_MESSAGE:
-        raise ProtocolError(TOO_LARGE, f"message of {len(body)} bytes exceeds {MAX_MESSAGE}")
+    if len(body) > limit:
+        raise ProtocolError(TOO_LARGE, f"message of {len(body)} bytes exceeds {limit}")
     return _HEADER.pack(len(body)) + body
 
 
@@ -145,21 +147,22 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(chunks)
 
 
-def recv_message(sock: socket.socket) -> dict[str, Any]:
+def recv_message(sock: socket.socket, limit: int = MAX_MESSAGE) -> dict[str, Any]:
     """Read one framed message; EOFError at a clean end of stream, ProtocolError on bad input.
 
     The length is checked before any body is read, so an oversized frame costs
-    the reader nothing.
+    the reader nothing.  Servers read requests with the default limit; clients
+    read replies with :data:`MAX_REPLY`.
     """
     (length,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size))
-    if length > MAX_MESSAGE:
-        raise ProtocolError(TOO_LARGE, f"message of {length} bytes exceeds {MAX_MESSAGE}")
+    if length > limit:
+        raise ProtocolError(TOO_LARGE, f"message of {length} bytes exceeds {limit}")
     return decode(_recv_exact(sock, length))
 
 
-def send_message(sock: socket.socket, message: dict[str, Any]) -> None:
+def send_message(sock: socket.socket, message: dict[str, Any], limit: int = MAX_MESSAGE) -> None:
     """Write one framed message."""
-    sock.sendall(encode(message))
+    sock.sendall(encode(message, limit))
 
 
 def reply_ok(**fields: Any) -> dict[str, Any]:
@@ -199,7 +202,7 @@ def request(
             sock.settimeout(timeout)
             send_message(sock, message)
             sock.settimeout(max(0.001, deadline - time.monotonic()))
-            reply = recv_message(sock)
+            reply = recv_message(sock, MAX_REPLY)
         except (OSError, EOFError) as exc:
             what = "timed out" if isinstance(exc, TimeoutError) else "closed the connection"
             return reply_error(UNAVAILABLE, f"service at {path} {what}")

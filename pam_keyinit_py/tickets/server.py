@@ -112,7 +112,7 @@ class Server:
     @staticmethod
     def _send(conn: socket.socket, reply: dict[str, Any]) -> bool:
         try:
-            P.send_message(conn, reply)
+            P.send_message(conn, reply, P.MAX_REPLY)
             return True
         except (OSError, P.ProtocolError):
             return False

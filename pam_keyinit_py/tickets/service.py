@@ -135,13 +135,13 @@ class Service:
             while self._written < target and self._writer_alive:
                 self._written_cv.wait(5.0)
 
-    def _snapshot(self) -> dict[str, Any]:
-        return {
-            "sessions": [s.to_json() for s in self.sessions.by_sid.values()],
+    def _snapshot(self) -> tuple[dict[str, Any], dict[str, list[str]]]:
+        data = {
             "tickets": [t.to_json() for t in self.tickets.values() if t.origin != KEYTAB],
             "pending": [{"uid": u, "gid": p.gid, "deadline": p.deadline, "ccaches": sorted(p.ccaches)}
                         for u, p in self.pending.items()],
         }
+        return data, {"sessions": [s.json_text() for s in self.sessions.by_sid.values()]}
 
     def _writer(self) -> None:
         """The state-file writer: snapshot under the lock, write (atomically) outside it."""
@@ -154,9 +154,9 @@ class Service:
                     self._written_cv.notify_all()
                     return
                 generation = self._dirty
-                data = self._snapshot()
+                data, raw = self._snapshot()
             try:
-                statefile.save(self.config.state_file, data)
+                statefile.save(self.config.state_file, data, raw)
             except OSError as exc:
                 log.error("cannot write state file %s: %s", self.config.state_file, exc.strerror)
             with self.lock:

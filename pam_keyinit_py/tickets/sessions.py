@@ -35,9 +35,18 @@ class Session:
     pid_start: int
     opened: float
 
+    encoded: str = ""  # to_json() as JSON text, made once: a session never changes
+
     def to_json(self) -> dict[str, object]:
         return {"sid": self.sid, "uid": self.uid, "gid": self.gid, "user": self.user, "pid": self.pid,
                 "pid_start": self.pid_start, "opened": self.opened}
+
+    def json_text(self) -> str:
+        if not self.encoded:
+            import json
+
+            self.encoded = json.dumps(self.to_json(), separators=(",", ":"))
+        return self.encoded
 
 
 class SessionTable:

@@ -15,12 +15,25 @@ from typing import Any
 FORMAT = 1
 
 
-def save(path: str, data: dict[str, Any]) -> None:
-    """Replace ``path`` with ``data`` as JSON in one rename(2); mode 0600, owned by root."""
+def encode(data: dict[str, Any], raw: dict[str, list[str]] | None = None) -> bytes:
+    """The file body: ``data`` as JSON, plus lists given as already-encoded JSON items in ``raw``.
+
+    Sessions never change once opened, so the service encodes each one once and the
+    file is rebuilt by joining strings: cheap even with tens of thousands of sessions.
+    """
+    parts = [json.dumps({"format": FORMAT, **data}, separators=(",", ":"))[:-1]]
+    for key, items in (raw or {}).items():
+        parts.append(f',"{key}":[{",".join(items)}]')
+    parts.append("}")
+    return "".join(parts).encode()
+
+
+def save(path: str, data: dict[str, Any], raw: dict[str, list[str]] | None = None) -> None:
+    """Replace ``path`` with the state as JSON in one rename(2); mode 0600, owned by root."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    body = json.dumps({"format": FORMAT, **data}, separators=(",", ":")).encode()
+    body = encode(data, raw)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, body)
