@@ -1,0 +1,95 @@
+"""The service's pure parts: the timer heap sleeps instead of polling, config and schema checks.
+
+No KDC needed; these run in-process against the real modules (the scheduler's thread is real).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from pam_keyinit_py import protocol as P
+from pam_keyinit_py.tickets import config as cfg
+from pam_keyinit_py.tickets.scheduler import Scheduler, backoff, renew_due
+
+
+def test_scheduler_sleeps_until_due_without_polling():
+    sched = Scheduler()
+    sched.start()
+    try:
+        time.sleep(0.5)
+        assert sched.wakeups == 0  # nothing due: the thread waits on its condition, untouched
+        fired = threading.Event()
+        t0 = time.time()
+        sched.schedule("a", t0 + 0.8, fired.set)
+        assert fired.wait(3)
+        assert time.time() - t0 >= 0.75
+        # One wake to pick up the new earliest entry, one when it fell due (plus spurious slack).
+        assert sched.wakeups <= 3, sched.wakeups
+    finally:
+        sched.stop()
+
+
+def test_scheduler_replace_and_cancel_and_order():
+    sched = Scheduler()
+    ran: list[str] = []
+    now = time.time()
+    sched.schedule("x", now + 0.3, lambda: ran.append("x-old"))
+    sched.schedule("x", now + 0.1, lambda: ran.append("x"))  # replaces the first
+    sched.schedule("y", now + 0.05, lambda: ran.append("y"))
+    sched.schedule("z", now + 0.02, lambda: ran.append("z"))
+    sched.cancel("z")
+    sched.start()
+    try:
+        time.sleep(0.6)
+    finally:
+        sched.stop()
+    assert ran == ["y", "x"]
+
+
+def test_renew_due_and_backoff():
+    assert renew_due(1000, 1030, 0.5, now=1000) == 1015
+    assert renew_due(1000, 1030, 0.2, now=1000) == 1006
+    # Past the planned point (a late start): soon, inside the remaining life.
+    assert 1020 < renew_due(1000, 1030, 0.5, now=1020) <= 1021
+    # Back-off doubles, capped by retry_max and by a quarter of what is left.
+    assert [backoff(n, 1, 60, endtime=10_000, now=0) for n in (1, 2, 3, 4)] == [1, 2, 4, 8]
+    assert backoff(10, 1, 60, endtime=10_000, now=0) == 60
+    assert backoff(10, 1, 60, endtime=20, now=0) == 5
+
+
+def test_config_defaults_and_errors(tmp_path):
+    assert cfg.load(str(_write(tmp_path, ""))) == cfg.Config()
+    c = cfg.load(str(_write(tmp_path, 'clear_on_logout = "all"\nrenew_fraction = 0.3\n'
+                                      '[[keytab]]\nprincipal = "a@R"\nkeytab = "/k"\nuid = 0\n')))
+    assert c.clear_on_logout == "all" and c.renew_fraction == 0.3
+    assert c.keytabs[0].ccache == "KEYRING:persistent:0" and c.keytabs[0].gid == 0
+    cases = [('clear_on_logout = "some"', "clear_on_logout"), ("renew_fraction = 2", "renew_fraction"),
+             ("sockett = 1", "sockett"), ("socket = 1", "socket"), ("[[keytab]]\nuid = 0", "missing"),
+             ("x = [", "t.toml")]
+    for text, word in cases:
+        with pytest.raises(cfg.ConfigError, match=word):
+            cfg.load(str(_write(tmp_path, text)))
+    with pytest.raises(cfg.ConfigError, match="no such file"):
+        cfg.load(str(tmp_path / "absent.toml"))
+
+
+def _write(tmp_path, text: str):
+    path = tmp_path / "t.toml"
+    path.write_text(text + "\n")
+    return path
+
+
+def test_request_schema():
+    P.validate_request({"v": 1, "op": "close", "uid": 5})
+    for bad in ({"v": 1, "op": "close"}, {"v": 1, "op": "close", "uid": -1},
+                {"v": 1, "op": "destroy", "ccache": "a\0b"}, {"v": 1, "op": "auth", "user": "u", "uid": 1,
+                                                              "gid": 1, "password": "x" * 5000}):
+        with pytest.raises(P.ProtocolError):
+            P.validate_request(bad)
+    # A client never sends what the service would refuse.
+    with pytest.raises(P.ProtocolError):
+        P.request({"op": "nope"}, "/nonexistent")
+    assert P.request({"op": "status"}, "/nonexistent/sock")["code"] == P.UNAVAILABLE
