@@ -531,6 +531,7 @@ class Service:
         try:
             ring = keyutils.get_persistent(uid, keyutils.KEY_SPEC_THREAD_KEYRING)
             keyutils.unlink(ring, keyutils.KEY_SPEC_THREAD_KEYRING)
+            log.debug("get_persistent(%d): keyring %d, expiry timer reset", uid, ring)
         except OSError as exc:
             log.warning("get_persistent(%d): %s", uid, exc)
         interval = self.config.persistent_touch_interval

@@ -206,3 +206,42 @@ def test_valid_requests_share_a_connection(ticketd):
         sock.sendall(body)
         replies = [P.recv_message(sock) for _ in range(3)]
     assert all(r["ok"] for r in replies)
+
+
+def test_clear_on_logout_all_and_none(realm, svc_user, user_krb5):
+    """"all" also clears the user's own kinit at the last logout; "none" leaves every cache in place.
+    Either way the persistent keyring of a logged-in uid is touched on its timer (get_persistent)."""
+    for policy in ("all", "none"):
+        directory = td.public_tmpdir("pkd-policy-")
+        daemon = TicketD(directory, realm.env, clear_on_logout=policy, persistent_touch_interval=0.5)
+        daemon.start()
+        try:
+            # The user's own kinit, then a login (auth + session) whose TGT becomes the new primary.
+            kinit = svc_user.user.run(["kinit", svc_user.principal], input=svc_user.password + "\n",
+                                      env=user_krb5)
+            assert kinit.returncode == 0, kinit.stderr
+            assert svc_user.auth(daemon)["ok"]
+            holder = SessionHolder(daemon, svc_user.user)
+            daemon.wait_for(lambda d=daemon: d.log().count(f"get_persistent({svc_user.uid})") >= 3, 5,
+                            "the persistent keyring touched on its timer")
+            assert len(persistent_caches(svc_user.uid)) == 2
+            reply = holder.close()
+            if policy == "all":
+                assert len(reply["cleared"]) == 2, reply
+                daemon.wait_for(lambda: persistent_caches(svc_user.uid) == {}, 5, "every cache cleared")
+                assert not klist_ok(svc_user.user, user_krb5)
+            else:
+                assert reply["cleared"] == []
+                assert len(persistent_caches(svc_user.uid)) == 2
+                assert daemon.request({"op": "tickets", "uid": svc_user.uid})["tickets"] == []
+            # No touches once the uid has no session.
+            touches = daemon.log().count(f"get_persistent({svc_user.uid})")
+            time.sleep(1.2)
+            assert daemon.log().count(f"get_persistent({svc_user.uid})") == touches
+        finally:
+            daemon.stop()
+            print(daemon.log())
+            td.clear_persistent_caches(svc_user.uid)
+            import shutil
+
+            shutil.rmtree(directory, ignore_errors=True)
