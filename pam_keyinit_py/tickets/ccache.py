@@ -219,6 +219,21 @@ def is_service_cache(name: str) -> bool:
     return _subsidiary(name).startswith(SERVICE_PREFIX)
 
 
+#: CCache objects whose krb5_cc_destroy failed.  libkrb5 frees the handle even then, but pykrb5
+#: (0.10) clears its pointer only on success and would krb5_cc_close it again at dealloc (a
+#: double free that killed the service on EDQUOT); keeping the object alive avoids that.
+_DESTROY_FAILED: list[krb5.CCache] = []
+
+
+def _cc_destroy(ctx: krb5.Context, cc: krb5.CCache) -> None:
+    """krb5_cc_destroy, safe against pykrb5's double free when it fails."""
+    try:
+        krb5.cc_destroy(ctx, cc)
+    except krb5.Krb5Error:
+        _DESTROY_FAILED.append(cc)
+        raise
+
+
 def _new_name(collection: str, prefix: str) -> str:
     return f"{collection}:{prefix}{secrets.token_hex(5)}"
 
@@ -360,7 +375,7 @@ def _write_new(ctx: krb5.Context, target: str, princ: krb5.Principal, creds: krb
         krb5.cc_store_cred(ctx, cc, creds)
     except krb5.Krb5Error as exc:
         try:
-            krb5.cc_destroy(ctx, cc)
+            _cc_destroy(ctx, cc)
         except krb5.Krb5Error:
             pass
         raise from_krb5(exc, f"storing the ticket of {princ} in {name}") from None
@@ -396,7 +411,7 @@ def _install(ctx: krb5.Context, target: str, princ: krb5.Principal, creds: krb5.
             info = _tgt_info(ctx, cc, uid, primary=make_primary)
         except BaseException:
             try:
-                krb5.cc_destroy(ctx, cc)
+                _cc_destroy(ctx, cc)
             except krb5.Krb5Error:
                 pass
             raise
@@ -639,7 +654,7 @@ def destroy(ccache_name: str, uid: int, gid: int | None = None, *, krb5_config: 
             cc = krb5.cc_resolve(ctx, ccache_name.encode())
             if ccache_name.startswith("KEYRING:") and _subsidiary(ccache_name):
                 krb5.cc_get_principal(ctx, cc)  # resolve does not fail for a missing keyring
-            krb5.cc_destroy(ctx, cc)
+            _cc_destroy(ctx, cc)
         except krb5.Krb5Error as exc:
             raise from_krb5(exc, f"destroying {ccache_name}") from None
 
