@@ -16,9 +16,7 @@ Run: ``make bench ONLY=ssh_login`` (root; BENCH_LOGINS=N to change the count).
 from __future__ import annotations
 
 import os
-import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from anchors import PAM_KRB5, ensure_pam_krb5  # noqa: E402
 
-from pam_keyinit_py import keyutils  # noqa: E402
+from pam_keyinit_py.lab import users as lab_users  # noqa: E402
 from pam_keyinit_py.lab.pamwrap import PAM_PYTHON, PamWrapper  # noqa: E402
 from pam_keyinit_py.lab.realm import Realm  # noqa: E402
 from pam_keyinit_py.lab.sshd import KBDINT, PASSWORD, Sshd  # noqa: E402
@@ -80,11 +78,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-ssh-"))
     os.chmod(work, 0o755)
     realm = Realm.start(None, "BENCH.KEYINIT.TEST", maxlife="10m", maxrenew="1h")
-    user = f"bsl{secrets.token_hex(3)}"
-    password = secrets.token_urlsafe(12)
-    subprocess.run(["useradd", "--create-home", user], check=True)
-    subprocess.run(["chpasswd"], input=f"{user}:{password}\n", text=True, check=True)
-    uid = int(subprocess.run(["id", "-u", user], capture_output=True, text=True, check=True).stdout)
+    lab_user = lab_users.create("bsl", password=True)
+    user, password = lab_user.name, lab_user.password or ""
     realm.add_principal(user, password)
     # sshd (and so pam_krb5 in it) reads the realm through KRB5_CONFIG, like the service.
     os.environ.update(realm.env)
@@ -105,13 +100,7 @@ def main() -> None:
     finally:
         daemon.stop()
         realm.stop()
-        try:
-            ring = keyutils.get_persistent(uid, keyutils.KEY_SPEC_THREAD_KEYRING)
-            keyutils.clear(ring)
-            keyutils.unlink(ring, keyutils.KEY_SPEC_THREAD_KEYRING)
-        except OSError:
-            pass
-        subprocess.run(["userdel", "--remove", user], capture_output=True)
+        lab_users.remove(lab_user)
         for key in realm.env:
             os.environ.pop(key, None)
     print(f"ssh login to `true`, median of {LOGINS} (ms); PAM via {PAM_PYTHON} vs pam_krb5.so")

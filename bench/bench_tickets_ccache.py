@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pam_keyinit_py import keyutils  # noqa: E402
 from pam_keyinit_py.lab.realm import Realm, available  # noqa: E402
+from pam_keyinit_py.lab.users import become, clear_persistent  # noqa: E402
 from pam_keyinit_py.tickets import ccache  # noqa: E402
 
 UID_BASE = 3_100_000  # uids without passwd entries: persistent keyrings exist for any uid
@@ -34,25 +34,6 @@ PASSWORD = "bench-password-1"
 def _children_cpu() -> float:
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime
-
-
-def _as(uid: int):
-    def drop() -> None:
-        os.setgroups([])
-        os.setresgid(uid, uid, uid)
-        os.setresuid(uid, uid, uid)
-
-    return drop
-
-
-def _clear(uid: int) -> None:
-    try:
-        ring = keyutils.get_persistent(uid, keyutils.KEY_SPEC_THREAD_KEYRING)
-        keyutils.clear(ring)
-        # Unlinked again: a thread keyring holding every uid's tree slows each later keyctl.
-        keyutils.unlink(ring, keyutils.KEY_SPEC_THREAD_KEYRING)
-    except OSError:
-        pass
 
 
 def _kadmin_batch(realm: Realm, lines: list[str]) -> None:
@@ -76,15 +57,15 @@ def bench_initial(realm: Realm, n: int = 40) -> list[tuple[str, float]]:
             for _ in range(n):
                 ccache.acquire_password(principal, PASSWORD, uid, uid, krb5_config=conf, grace=0, **kw)
             rows.append((label, (time.perf_counter() - t) / n * 1000))
-        _clear(uid)
+        clear_persistent(uid)
         t = time.perf_counter()
         for _ in range(n):
-            subprocess.run(["kinit", principal], input=PASSWORD + "\n", env=env, preexec_fn=_as(uid),
+            subprocess.run(["kinit", principal], input=PASSWORD + "\n", env=env, preexec_fn=become(uid, uid),
                            capture_output=True, text=True, check=True)
         rows.append(("kinit (CLI, as the user)", (time.perf_counter() - t) / n * 1000))
     finally:
         ccache.flush_deferred()
-        _clear(uid)
+        clear_persistent(uid)
     return rows
 
 
@@ -107,13 +88,14 @@ def bench_renew(realm: Realm, users: int, keytab: Path) -> list[tuple[str, float
         env = {"PATH": "/usr/bin:/bin", **realm.env}
         wall, cpu, child = time.perf_counter(), time.process_time(), _children_cpu()
         for uid in uids:
-            subprocess.run(["kinit", "-R"], env=env, preexec_fn=_as(uid), capture_output=True, check=True)
+            subprocess.run(["kinit", "-R"], env=env, preexec_fn=become(uid, uid), capture_output=True,
+                           check=True)
         k_cpu = ((time.process_time() - cpu) + (_children_cpu() - child)) / users * 1000
         k_wall = (time.perf_counter() - wall) / users * 1000
     finally:
         ccache.flush_deferred()
         for uid in uids:
-            _clear(uid)
+            clear_persistent(uid)
     return [(f"ccache.renew, {users} uids", ours_cpu, ours_wall),
             (f"kinit -R subprocess, {users} uids", k_cpu, k_wall)]
 

@@ -15,10 +15,8 @@ Run: ``sudo .venv/bin/python bench/bench_tickets_service.py`` or ``make bench ON
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,34 +24,29 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from anchors import PAM_KRB5, ensure_pam_krb5  # noqa: E402
 
 from pam_keyinit_py import keyutils  # noqa: E402
 from pam_keyinit_py import protocol as P  # noqa: E402
 from pam_keyinit_py.lab import pamwrap as lab_pamwrap  # noqa: E402
+from pam_keyinit_py.lab import users as lab_users  # noqa: E402
 from pam_keyinit_py.lab.realm import Realm, available  # noqa: E402
+from pam_keyinit_py.lab.ticketd import TicketD  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-TICKETD = REPO / ".venv" / "bin" / "keyinit-ticketd"
 UID_BASE = 3_200_000  # uids without passwd entries (distinct from the other benches' range)
 SESSIONS = 10_000
 CLIENTS = 32
 LOGINS = 15
-PAM_KRB5 = "/usr/lib/x86_64-linux-gnu/security/pam_krb5.so"
 
 
-def _start_daemon(directory: Path, env: dict[str, str], **settings: object) -> subprocess.Popen[bytes]:
-    lines = [f'socket = "{directory / "ticketd.sock"}"', f'state_file = "{directory / "state.json"}"',
-             'log_level = "WARNING"']
-    lines += [f"{k} = {v!r}".replace("'", '"') for k, v in settings.items()]
-    (directory / "ticketd.toml").write_text("\n".join(lines) + "\n")
-    proc = subprocess.Popen([str(TICKETD), "--config", str(directory / "ticketd.toml")],
-                            env={"PATH": "/usr/bin:/bin", **env}, stderr=open(directory / "log", "ab"))
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if P.request({"op": "status"}, str(directory / "ticketd.sock"))["ok"]:
-            return proc
-        time.sleep(0.05)
-    raise RuntimeError((directory / "log").read_text())
+def _start_daemon(directory: Path, env: dict[str, str]) -> TicketD:
+    """The real daemon through lab's runner (readiness is its own sd_notify READY=1)."""
+    daemon = TicketD(directory, env, log_level="WARNING")
+    daemon.start()
+    return daemon
 
 
 def _rss_kib(pid: int) -> int:
@@ -92,10 +85,11 @@ def _run_clients(sock: str, messages: list[dict]) -> float:
 
 def bench_rss(realm: Realm) -> None:
     directory = Path(tempfile.mkdtemp(prefix="pkd-bench-"))
-    proc = _start_daemon(directory, realm.env)
-    sock = str(directory / "ticketd.sock")
+    daemon = _start_daemon(directory, realm.env)
+    sock = daemon.socket
     try:
-        idle = _rss_kib(proc.pid)
+        assert daemon.proc is not None
+        idle = _rss_kib(daemon.proc.pid)
         opens = [{"op": "open", "user": f"u{i}", "uid": UID_BASE + i, "gid": UID_BASE + i}
                  for i in range(SESSIONS)]
         t_open = _run_clients(sock, opens)
@@ -104,7 +98,7 @@ def bench_rss(realm: Realm) -> None:
             time.sleep(0.1)
         time.sleep(2)
         status = P.request({"op": "status"}, sock, timeout=60)["service"]
-        full = _rss_kib(proc.pid)
+        full = _rss_kib(daemon.proc.pid)
         closes = [{"op": "close", "uid": UID_BASE + i} for i in range(SESSIONS)]
         t_close = _run_clients(sock, closes)
         print(f"RSS with {status['sessions']:,} tracked sessions of {status['users']:,} uids "
@@ -113,8 +107,7 @@ def bench_rss(realm: Realm) -> None:
         print(f"  open {SESSIONS:,} sessions: {SESSIONS / t_open:,.0f}/s; close: {SESSIONS / t_close:,.0f}/s "
               f"({CLIENTS} clients, state file committed before each reply)")
     finally:
-        proc.terminate()
-        proc.wait(20)
+        daemon.stop()
         for i in range(SESSIONS):  # the touched persistent keyrings of the fake uids
             try:
                 keyutils.invalidate(keyutils.get_persistent(UID_BASE + i, keyutils.KEY_SPEC_THREAD_KEYRING))
@@ -139,24 +132,20 @@ def _login(wrapper: lab_pamwrap.PamWrapper, service: str, user: str, password: s
 
 
 def bench_pam_login(realm: Realm) -> None:
-    missing = lab_pamwrap.available()
-    if missing or not Path(PAM_KRB5).exists():
-        print(f"PAM login: skipped ({missing or 'libpam-krb5 not installed'})")
+    missing = lab_pamwrap.available() or ensure_pam_krb5()
+    if missing:
+        print(f"PAM login: skipped ({missing})")
         return
-    name = f"pkd{secrets.token_hex(4)}"
-    subprocess.run(["useradd", "--create-home", name], check=True)
-    password = secrets.token_urlsafe(12)
+    user = lab_users.create("pkd", password=True)
+    name, password = user.name, user.password or ""
     directory = Path(tempfile.mkdtemp(prefix="pkd-bench-pam-"))
     os.chmod(directory, 0o755)
     wrapper = lab_pamwrap.PamWrapper()
-    proc = None
+    daemon = None
     try:
-        import pwd
-
-        uid = pwd.getpwnam(name).pw_uid
         realm.add_principal(name, password)
-        proc = _start_daemon(directory, realm.env)
-        sock = str(directory / "ticketd.sock")
+        daemon = _start_daemon(directory, realm.env)
+        sock = daemon.socket
         ours = wrapper.service("pkd-bench-ours", [
             wrapper.hook_line("auth", "required", f"socket={sock}"),
             "account required pam_permit.so",
@@ -182,17 +171,12 @@ def bench_pam_login(realm: Realm) -> None:
         print(f"  ours   pam_python hook + keyinit-ticketd : {ours_ms:7.1f} ms")
         print(f"  anchor pam_krb5.so + pam_keyinit.so      : {anchor_ms:7.1f} ms")
         print(f"  ratio ours/anchor: {ours_ms / anchor_ms:.2f}x")
-        try:
-            keyutils.clear(keyutils.get_persistent(uid, keyutils.KEY_SPEC_THREAD_KEYRING))
-        except OSError:
-            pass
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(20)
+        if daemon is not None:
+            daemon.stop()
         wrapper.close()
         shutil.rmtree(directory, ignore_errors=True)
-        subprocess.run(["userdel", "--remove", name], capture_output=True, check=False)
+        lab_users.remove(user)
 
 
 def main() -> None:

@@ -15,8 +15,6 @@ Everything is torn down at the end, success or not; a failure names its step.
 from __future__ import annotations
 
 import os
-import pwd
-import secrets
 import select
 import shutil
 import subprocess
@@ -29,6 +27,7 @@ from pathlib import Path
 from .lab import pamwrap as lab_pamwrap
 from .lab import realm as lab_realm
 from .lab import sshd as lab_sshd
+from .lab import users as lab_users
 from .lab.ticketd import TicketD
 
 TICKET_LIFE = 40  # seconds; the service renews at half-life
@@ -124,8 +123,7 @@ class Demo:
 
     def __init__(self) -> None:
         self.realm: lab_realm.Realm | None = None
-        self.user: str | None = None
-        self.uid = -1
+        self.user: lab_users.LabUser | None = None
         self.daemon: TicketD | None = None
         self.pam: lab_pamwrap.PamWrapper | None = None
         self.sshd: lab_sshd.Sshd | None = None
@@ -139,8 +137,8 @@ class Demo:
 
     def tickets(self) -> list[dict]:
         """The service's view of the demo user's tickets."""
-        assert self.daemon
-        reply = self.daemon.request({"op": "tickets", "uid": self.uid})
+        assert self.daemon and self.user
+        reply = self.daemon.request({"op": "tickets", "uid": self.user.uid})
         if not reply.get("ok"):
             raise DemoError(f"the service did not answer: {reply.get('error')}")
         return reply["tickets"]
@@ -151,14 +149,12 @@ class Demo:
         self.realm = lab_realm.Realm.start(None, realm="DEMO.KEYINIT.TEST", maxlife=f"{TICKET_LIFE}s",
                                            maxrenew="1h")
         say(f"    realm {self.realm.realm}: krb5kdc on 127.0.0.1:{self.realm.kdc_port}")
-        self.user = f"kidemo{secrets.token_hex(3)}"
-        password = secrets.token_urlsafe(12)
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", self.user], check=True)
-        subprocess.run(["chpasswd"], input=f"{self.user}:{password}\n", text=True, check=True)
-        self.uid = pwd.getpwnam(self.user).pw_uid
-        self.password = password
-        principal = self.realm.add_principal(self.user, password, maxlife=TICKET_LIFE, maxrenew="1h")
-        say(f"    user {self.user} (uid {self.uid}), principal {principal}, tickets live {TICKET_LIFE}s")
+        self.user = lab_users.create("kidemo", password=True)
+        assert self.user.password
+        principal = self.realm.add_principal(self.user.name, self.user.password, maxlife=TICKET_LIFE,
+                                             maxrenew="1h")
+        say(f"    user {self.user.name} (uid {self.user.uid}), principal {principal}, "
+            f"tickets live {TICKET_LIFE}s")
         self.daemon = TicketD(self.workdir / "ticketd", self.realm.env, renew_fraction=RENEW_FRACTION,
                               log_level="INFO")
         os.chmod(self.daemon.dir, 0o755)
@@ -180,27 +176,27 @@ class Demo:
 
     def login(self) -> None:
         """Step 2: a real ssh login with a password."""
-        assert self.sshd and self.user
-        self.step(2, f"ssh {self.user}@127.0.0.1 -p {self.sshd.port}, password authentication")
-        self.session = ShellSession(self.sshd, self.user, self.password)
+        assert self.sshd and self.user and self.user.password
+        self.step(2, f"ssh {self.user.name}@127.0.0.1 -p {self.sshd.port}, password authentication")
+        self.session = ShellSession(self.sshd, self.user.name, self.user.password)
         show(self.session.run("id; echo KRB5_CONFIG=$KRB5_CONFIG"))
 
     def keyrings(self) -> None:
         """Step 3: the session keyring, with the persistent keyring and the ccache inside."""
-        assert self.session
+        assert self.session and self.user
         self.step(3, "keyctl show @s  (inside the ssh session)")
         out = self.session.run("keyctl show @s")
         show(out)
-        if "_ses" not in out or f"_persistent.{self.uid}" not in out or "krb_ccache" not in out:
+        if "_ses" not in out or f"_persistent.{self.user.uid}" not in out or "krb_ccache" not in out:
             raise DemoError("step 3: the session keyring lacks _ses, the persistent keyring or a ccache")
 
     def klist(self) -> float:
         """Step 4: klist finds the TGT in KEYRING:persistent:<uid>."""
-        assert self.session and self.realm
+        assert self.session and self.realm and self.user
         self.step(4, "klist  (inside the ssh session)")
         out = self.session.run("klist")
         show(out)
-        if f"KEYRING:persistent:{self.uid}" not in out or f"krbtgt/{self.realm.realm}" not in out:
+        if f"KEYRING:persistent:{self.user.uid}" not in out or f"krbtgt/{self.realm.realm}" not in out:
             raise DemoError("step 4: klist shows no krbtgt in KEYRING:persistent")
         tickets = self.tickets()
         if not tickets:
@@ -209,7 +205,7 @@ class Demo:
 
     def renewal(self, first_end: float) -> None:
         """Step 5: wait for the service to renew, then show klist again."""
-        assert self.session
+        assert self.session and self.user
         self.step(5, f"waiting for keyinit-ticketd to renew (at {RENEW_FRACTION:.0%} of the "
                      f"{TICKET_LIFE}s life)")
         say(f"    end time now: {when(first_end)}")
@@ -228,7 +224,7 @@ class Demo:
             raise DemoError("step 5: no renewal within twice the ticket life")
         out = self.session.run("klist")
         show(out)
-        if f"KEYRING:persistent:{self.uid}" not in out:
+        if f"KEYRING:persistent:{self.user.uid}" not in out:
             raise DemoError("step 5: the ticket is gone after renewal")
 
     def logout(self) -> None:
@@ -242,14 +238,8 @@ class Demo:
             time.sleep(0.2)
         if self.tickets():
             raise DemoError("step 6: the service still holds a ticket after the last logout")
-        pw = pwd.getpwnam(self.user)
-        out = subprocess.run(
-            ["klist"], env={"PATH": "/usr/bin:/bin", "KRB5_CONFIG": str(self.realm.krb5_conf)},
-            capture_output=True, text=True, preexec_fn=lambda: (os.setgroups([]),
-                                                               os.setresgid(pw.pw_gid, pw.pw_gid, pw.pw_gid),
-                                                               os.setresuid(pw.pw_uid, pw.pw_uid, pw.pw_uid)),
-        )
-        say(f"    klist as {self.user}:")
+        out = self.user.run(["klist"], env={"KRB5_CONFIG": str(self.realm.krb5_conf)})
+        say(f"    klist as {self.user.name}:")
         show(out.stdout + out.stderr)
         if out.returncode == 0:
             raise DemoError("step 6: klist still finds a ticket after logout")
@@ -268,16 +258,7 @@ class Demo:
             except Exception as exc:  # noqa: BLE001 - keep tearing down
                 say(f"    (realm stop: {exc})")
         if self.user:
-            from . import keyutils
-
-            try:
-                ring = keyutils.get_persistent(self.uid, keyutils.KEY_SPEC_THREAD_KEYRING)
-                keyutils.clear(ring)
-                keyutils.invalidate(ring)
-            except OSError:
-                pass
-            subprocess.run(["pkill", "-KILL", "-u", self.user], check=False)
-            subprocess.run(["userdel", "--remove", self.user], check=False, capture_output=True)
+            lab_users.remove(self.user)
         if self.pam:
             self.pam.close()
         shutil.rmtree(self.workdir, ignore_errors=True)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import pwd
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from pam_keyinit_py.lab import users
+from pam_keyinit_py.lab.users import LabUser
 
 # Fixture modules, one per real component: the KDC realm and the PAM hosts.
 pytest_plugins = ["tests.fixtures_krb5", "tests.fixtures_pam"]
@@ -54,52 +55,25 @@ def fresh_session_keyring() -> Iterator[int]:
         pass
 
 
-class TestUser:
-    """A throwaway local user (created with useradd, removed with userdel)."""
+class TestUser(LabUser):
+    """A throwaway local user whose commands find this checkout's console scripts first."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        pw = pwd.getpwnam(name)
-        self.uid = pw.pw_uid
-        self.gid = pw.pw_gid
-        self.home = pw.pw_dir
-
-    def run(self, argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+    def run(self, argv: list[str], env: dict[str, str] | None = None,
+            **kw: object) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` as this user (real+effective ids, no supplementary groups)."""
-        uid, gid = self.uid, self.gid
-
-        def drop() -> None:
-            os.setgroups([])
-            os.setresgid(gid, gid, gid)
-            os.setresuid(uid, uid, uid)
-
-        env = {"PATH": f"{VENV_BIN}:/usr/bin:/bin", "HOME": self.home, "USER": self.name, "LANG": "C"}
-        env.update(kw.pop("env", {}) or {})  # type: ignore[arg-type]
-        kw.setdefault("capture_output", True)
-        kw.setdefault("text", True)
-        return subprocess.run(argv, preexec_fn=drop, env=env, **kw)  # type: ignore[call-overload]
+        return super().run(argv, env={"PATH": f"{VENV_BIN}:/usr/bin:/bin", **(env or {})}, **kw)
 
 
-def make_user(prefix: str = "pkt") -> TestUser:
-    """useradd a user with a home directory; the caller must delete_user() it."""
+def make_user(prefix: str = "pkt", password: bool = False) -> TestUser:
+    """A fresh local user (lab.users.create); the caller must delete_user() it."""
     require_root()
-    name = f"{prefix}{uuid.uuid4().hex[:8]}"
-    subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
-    return TestUser(name)
+    made = users.create(prefix, password)
+    return TestUser(made.name, made.password)
 
 
-def delete_user(user: TestUser) -> None:
-    """Remove the user, its home, and its keys in the persistent keyring."""
-    from pam_keyinit_py import keyutils
-
-    try:
-        ring = keyutils.get_persistent(user.uid, keyutils.KEY_SPEC_SESSION_KEYRING)
-        keyutils.clear(ring)
-        keyutils.unlink(ring, keyutils.KEY_SPEC_SESSION_KEYRING)
-    except OSError:
-        pass
-    subprocess.run(["pkill", "-KILL", "-u", user.name], check=False)
-    subprocess.run(["userdel", "--remove", user.name], check=False, capture_output=True)
+def delete_user(user: LabUser) -> None:
+    """Remove the user, its home, its processes and its keys in the persistent keyring."""
+    users.remove(user)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from pam_keyinit_py.lab.realm import Realm, available
+from pam_keyinit_py.lab.users import clear_persistent
 from tests.conftest import TestUser, delete_user, make_user, require, require_root
 
 #: Short default life so renewals happen inside a test; renewable for long enough.
@@ -64,19 +65,8 @@ def add_user_principal(realm: Realm, user: TestUser, *, maxlife: str | int | Non
     return KdcUser(user, principal, password)
 
 
-def clear_persistent_caches(uid: int) -> None:
-    """Remove every ccache in ``uid``'s persistent keyring (KEYCTL_GET_PERSISTENT + CLEAR)."""
-    from pam_keyinit_py import keyutils
-
-    try:
-        ring = keyutils.get_persistent(uid, keyutils.KEY_SPEC_THREAD_KEYRING)
-    except OSError:
-        return
-    try:
-        keyutils.clear(ring)
-        keyutils.unlink(ring, keyutils.KEY_SPEC_THREAD_KEYRING)
-    except OSError:
-        pass
+#: KEYCTL_GET_PERSISTENT + CLEAR of a uid's persistent keyring (one implementation, in lab/).
+clear_persistent_caches = clear_persistent
 
 
 @pytest.fixture

@@ -11,8 +11,6 @@ Fixtures:
 
 from __future__ import annotations
 
-import secrets
-import subprocess
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -38,11 +36,8 @@ def pamwrap() -> Iterator[object]:
 @pytest.fixture(scope="session")
 def pam_user() -> Iterator[TestUser]:
     """A "pkp" user with a random password in /etc/shadow (set with chpasswd, never in argv)."""
-    user = make_user("pkp")
-    password = secrets.token_urlsafe(18)
+    user = make_user("pkp", password=True)
     try:
-        subprocess.run(["chpasswd"], input=f"{user.name}:{password}\n", text=True, check=True)
-        user.password = password  # type: ignore[attr-defined]
         yield user
     finally:
         delete_user(user)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,83 +18,27 @@ from pathlib import Path
 from typing import Any
 
 from pam_keyinit_py import keyutils
-from pam_keyinit_py import protocol as P
+from pam_keyinit_py.lab import ticketd as lab_ticketd
 from tests.conftest import VENV_BIN, TestUser
 
-TICKETD = VENV_BIN / "keyinit-ticketd"
 
-
-class TicketD:
-    """One keyinit-ticketd process under test (restartable with the same config and state)."""
+class TicketD(lab_ticketd.TicketD):
+    """lab's daemon runner (DEBUG logging) plus what the tests need: kill -9, peers of other uids."""
 
     def __init__(self, directory: Path, krb5_env: dict[str, str] | None = None, **config: Any) -> None:
-        self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.socket = str(directory / "ticketd.sock")
-        self.config_path = directory / "ticketd.toml"
-        self.log_path = directory / "ticketd.log"
-        self.krb5_env = dict(krb5_env or {})
-        settings: dict[str, Any] = {"socket": self.socket, "state_file": str(directory / "state.json"),
-                                    "log_level": "DEBUG"}
-        settings.update(config)
-        self.config_path.write_text(_toml(settings))
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(directory, krb5_env, **{"log_level": "DEBUG", **config})
 
     def start(self, timeout: float = 15.0) -> float:
-        """Start the daemon and wait for its READY=1; returns the seconds it took."""
-        notify_path = str(self.dir / "notify.sock")
+        """Start and wait for READY=1; a daemon that never gets ready fails the test with its log."""
         try:
-            os.unlink(notify_path)
-        except FileNotFoundError:
-            pass
-        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        notify.bind(notify_path)
-        notify.settimeout(timeout)
-        env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "LANG": "C", "NOTIFY_SOCKET": notify_path,
-               **self.krb5_env}
-        t0 = time.monotonic()
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([str(TICKETD), "--config", str(self.config_path)], env=env,
-                                     stdout=log, stderr=log, start_new_session=True)
-        log.close()
-        try:
-            while True:
-                data = notify.recv(4096)
-                if b"READY=1" in data.split(b"\n"):
-                    break
-        except TimeoutError:
-            raise AssertionError(f"keyinit-ticketd sent no READY=1 in {timeout}s:\n{self.log()}") from None
-        finally:
-            notify.close()
-        return time.monotonic() - t0
+            return super().start(timeout)
+        except RuntimeError as exc:
+            raise AssertionError(str(exc)) from None
 
     def kill9(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
-
-    def stop(self) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.terminate()
-        try:
-            return self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def request(self, message: dict[str, Any], timeout: float = 15.0) -> dict[str, Any]:
-        """Send a request as the test process (root)."""
-        return P.request(message, self.socket, timeout=timeout)
 
     def request_as(self, user: TestUser, message: dict[str, Any]) -> dict[str, Any]:
         """Send a request from a process running as ``user`` (SO_PEERCRED then says that uid)."""
@@ -115,17 +58,6 @@ class TicketD:
             time.sleep(interval)
         raise AssertionError(f"timed out after {timeout}s waiting for {what}\n"
                              f"--- daemon log ---\n{self.log()}")
-
-
-def _toml(settings: dict[str, Any]) -> str:
-    lines = []
-    tables = settings.pop("keytab", [])
-    for key, value in settings.items():
-        lines.append(f"{key} = {json.dumps(value)}")
-    for table in tables:
-        lines.append("[[keytab]]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in table.items()]
-    return "\n".join(lines) + "\n"
 
 
 def ticketd_running(directory: Path, realm_env: dict[str, str], **config: Any) -> Iterator[TicketD]:
@@ -257,38 +189,23 @@ def public_tmpdir(prefix: str) -> Path:
 
 # ------------------------------------------------------------------ pytest fixtures (import them)
 
-import secrets  # noqa: E402
 import shutil  # noqa: E402
 
 import pytest  # noqa: E402
 
 from tests.conftest import delete_user, make_user, require_root  # noqa: E402
-from tests.fixtures_krb5 import clear_persistent_caches  # noqa: E402
+from tests.fixtures_krb5 import KdcUser, add_user_principal, clear_persistent_caches  # noqa: E402
 
 #: Ticket life of the test principals: renewals happen within seconds at renew_fraction 0.2.
 TICKET_LIFE = "30s"
 
 
-class SvcUser:
+class SvcUser(KdcUser):
     """A "pkd" local user with a principal of the same name (30 s tickets, renewable 10 min)."""
 
     def __init__(self, realm, maxlife: str = TICKET_LIFE, maxrenew: str | None = None) -> None:  # noqa: ANN001
-        self.user = make_user("pkd")
-        self.password = secrets.token_urlsafe(12)
-        self.principal = realm.add_principal(self.user.name, self.password, maxlife=maxlife,
-                                             maxrenew=maxrenew)
-
-    @property
-    def uid(self) -> int:
-        return self.user.uid
-
-    @property
-    def gid(self) -> int:
-        return self.user.gid
-
-    @property
-    def name(self) -> str:
-        return self.user.name
+        made = add_user_principal(realm, make_user("pkd"), maxlife=maxlife, maxrenew=maxrenew)
+        super().__init__(made.user, made.principal, made.password)
 
     def auth(self, daemon: TicketD, password: str | None = None) -> dict[str, Any]:
         return daemon.request({"op": "auth", "user": self.name, "uid": self.uid, "gid": self.gid,

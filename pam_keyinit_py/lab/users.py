@@ -1,0 +1,88 @@
+"""Throwaway local users for the demo, the tests and the benchmarks (useradd/userdel, root only).
+
+One place creates them, runs commands as them the way rpc.gssd or a login would (real and
+effective ids switched, no supplementary groups), and removes them with everything they left
+in the kernel: the persistent keyring's caches, and their processes.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import subprocess
+from collections.abc import Callable
+
+from .. import keyutils
+
+
+def become(uid: int, gid: int) -> Callable[[], None]:
+    """A preexec_fn that switches a child to ``uid``/``gid`` for good (setresgid, setresuid)."""
+
+    def drop() -> None:
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+
+    return drop
+
+
+def clear_persistent(uid: int) -> None:
+    """KEYCTL_GET_PERSISTENT(uid) + KEYCTL_CLEAR: empty the uid's persistent keyring (its ccaches).
+
+    The keyring is linked into this thread's keyring only for the moment: a thread keyring
+    holding many uids' trees makes every later keyctl of the thread slower.
+    """
+    try:
+        ring = keyutils.get_persistent(uid, keyutils.KEY_SPEC_THREAD_KEYRING)
+    except OSError:
+        return
+    try:
+        keyutils.clear(ring)
+        keyutils.unlink(ring, keyutils.KEY_SPEC_THREAD_KEYRING)
+    except OSError:
+        pass
+
+
+class LabUser:
+    """A local user made by :func:`create`; ``password`` is kept only in this process's memory."""
+
+    def __init__(self, name: str, password: str | None = None) -> None:
+        self.name = name
+        self.password = password
+        pw = pwd.getpwnam(name)
+        self.uid = pw.pw_uid
+        self.gid = pw.pw_gid
+        self.home = pw.pw_dir
+
+    def run(self, argv: list[str], env: dict[str, str] | None = None,
+            **kw: object) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` as this user with a small clean environment (plus ``env``)."""
+        base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.home, "USER": self.name,
+                "LANG": "C"}
+        base.update(env or {})
+        kw.setdefault("capture_output", True)
+        kw.setdefault("text", True)
+        return subprocess.run(argv, preexec_fn=become(self.uid, self.gid), env=base,  # type: ignore[call-overload]
+                              **kw)
+
+
+def create(prefix: str, password: bool = False) -> LabUser:
+    """useradd a user named ``<prefix><random>`` with a home; with ``password``, chpasswd a random one.
+
+    The password reaches chpasswd on stdin, never in argv.
+    """
+    name = f"{prefix}{secrets.token_hex(4)}"
+    subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
+    secret = None
+    if password:
+        secret = secrets.token_urlsafe(12)
+        subprocess.run(["chpasswd"], input=f"{name}:{secret}\n", text=True, check=True)
+    return LabUser(name, secret)
+
+
+def remove(user: LabUser) -> None:
+    """Clear the user's persistent keyring, kill its processes, userdel --remove it."""
+    clear_persistent(user.uid)
+    subprocess.run(["pkill", "-KILL", "-u", user.name], check=False)
+    subprocess.run(["userdel", "--remove", user.name], check=False, capture_output=True)
