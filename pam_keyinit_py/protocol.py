@@ -21,15 +21,22 @@ destroy   anyone  ccache (own caches unless root)       -> destroyed
 ========  ======  ===============================================================
 
 This module is imported by the PAM hook inside sshd, so it uses only the
-standard library and costs little to import.
+standard library and costs little to import: it talks through CPython's C modules
+``_socket`` and ``_json`` directly.  ``import socket`` and ``import json`` (enum,
+re, the pure-Python decoder) cost ~19 ms in pam_python's fresh interpreter, paid by
+every login, twice under sshd's keyboard-interactive split.
 """
 
 from __future__ import annotations
 
-import json
-import socket
+import _socket
 import struct
 import time
+
+try:
+    import _json
+except ImportError:  # an interpreter without the C accelerator: the json package works too
+    _json = None  # type: ignore[assignment]
 
 if False:  # typing.TYPE_CHECKING, without importing typing (17 ms) into every login
     from typing import Any
@@ -81,6 +88,73 @@ SCHEMA: dict[str, dict[str, tuple[type, bool]]] = {
 _MAX_STR = 4096
 
 
+def _dumps(value: object) -> str:
+    """Compact ASCII JSON of dicts (str keys), lists, str, int, float, bool and None."""
+    if isinstance(value, str):
+        return _quote(value)
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return int.__repr__(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("NaN and infinities are not JSON")
+        return float.__repr__(value)
+    if isinstance(value, dict):
+        items = []
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"JSON object keys must be str, not {type(key).__name__}")
+            items.append(f"{_quote(key)}:{_dumps(item)}")
+        return "{" + ",".join(items) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_dumps(item) for item in value) + "]"
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+class _ScanContext:
+    """What _json.make_scanner reads from a decoder: plain JSON, strict strings."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+
+    @staticmethod
+    def parse_constant(name: str) -> object:
+        raise ValueError(f"{name} is not allowed")
+
+
+def _loads(text: str) -> object:
+    """Parse one JSON document (the whole of ``text``, JSON whitespace around it allowed)."""
+    if _json is None:
+        import json
+
+        return json.loads(text)
+    body = text.strip(" \t\n\r")
+    try:
+        value, end = _SCANNER(body, 0)
+    except StopIteration as stop:
+        raise ValueError(f"invalid JSON at offset {stop.value}") from None
+    if end != len(body):
+        raise ValueError(f"extra data at offset {end}")
+    return value
+
+
+if _json is not None:
+    _quote = _json.encode_basestring_ascii
+    _SCANNER = _json.make_scanner(_ScanContext)
+else:  # pragma: no cover - CPython always has _json
+    import json as _json_module
+
+    _quote = _json_module.encoder.encode_basestring_ascii  # type: ignore[assignment]
+
+
 class ProtocolError(Exception):
     """A message broke the framing, size limit or schema; ``code`` is the reply code to send."""
 
@@ -93,7 +167,7 @@ def encode(message: dict[str, Any], limit: int = MAX_MESSAGE) -> bytes:
     """Frame one message: length prefix + compact JSON (``v`` is added if missing)."""
     if "v" not in message:
         message = {"v": VERSION, **message}
-    body = json.dumps(message, separators=(",", ":")).encode()
+    body = _dumps(message).encode()
     if len(body) > limit:
         raise ProtocolError(TOO_LARGE, f"message of {len(body)} bytes exceeds {limit}")
     return _HEADER.pack(len(body)) + body
@@ -102,7 +176,7 @@ def encode(message: dict[str, Any], limit: int = MAX_MESSAGE) -> bytes:
 def decode(body: bytes) -> dict[str, Any]:
     """Parse one frame body into a dict with a supported ``v``; no schema check."""
     try:
-        message = json.loads(body.decode())
+        message = _loads(body.decode())
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(BAD_REQUEST, f"not JSON: {exc.__class__.__name__}") from None
     if not isinstance(message, dict):
@@ -137,7 +211,7 @@ def validate_request(message: dict[str, Any]) -> dict[str, Any]:
     return message
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+def _recv_exact(sock: _socket.socket, n: int) -> bytes:
     chunks = bytearray()
     while len(chunks) < n:
         chunk = sock.recv(n - len(chunks))
@@ -149,7 +223,7 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(chunks)
 
 
-def recv_message(sock: socket.socket, limit: int = MAX_MESSAGE) -> dict[str, Any]:
+def recv_message(sock: _socket.socket, limit: int = MAX_MESSAGE) -> dict[str, Any]:
     """Read one framed message; EOFError at a clean end of stream, ProtocolError on bad input.
 
     The length is checked before any body is read, so an oversized frame costs
@@ -162,7 +236,7 @@ def recv_message(sock: socket.socket, limit: int = MAX_MESSAGE) -> dict[str, Any
     return decode(_recv_exact(sock, length))
 
 
-def send_message(sock: socket.socket, message: dict[str, Any], limit: int = MAX_MESSAGE) -> None:
+def send_message(sock: _socket.socket, message: dict[str, Any], limit: int = MAX_MESSAGE) -> None:
     """Write one framed message."""
     sock.sendall(encode(message, limit))
 
@@ -192,7 +266,7 @@ def request(
     exchange after it.
     """
     validate_request({"v": VERSION, **message})
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         sock.settimeout(connect_timeout)
         try:

@@ -1,0 +1,42 @@
+"""The protocol's JSON codec (on CPython's _json, to keep `import json` out of every login).
+
+It must agree with the json package both ways, since keyinit, other clients and the
+service may use either.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pam_keyinit_py import protocol as P
+
+SAMPLES = [
+    {"op": "auth", "user": "ann", "uid": 1001, "gid": 1001, "password": 'p"w\\\n\u00e9\u2603\x00'},
+    {"ok": True, "tickets": [{"endtime": 1764201234.5, "renewable": False, "principal": None}], "n": -3},
+    {"nested": {"a": [[], {}, [1, 2.25e-7, 10**20]]}, "empty": ""},
+]
+
+
+@pytest.mark.parametrize("message", SAMPLES)
+def test_round_trip_agrees_with_json(message: dict) -> None:
+    frame = P.encode(message, limit=1 << 20)
+    body = frame[4:]
+    assert int.from_bytes(frame[:4], "big") == len(body)
+    assert json.loads(body) == {"v": P.VERSION, **message}  # json reads what we write
+    assert P.decode(json.dumps({"v": P.VERSION, **message}, indent=1).encode()) == {"v": 1, **message}
+    assert body.isascii()
+
+
+@pytest.mark.parametrize("text", ["{", '{"v":1} x', '{"v": NaN}', "", "[1]", '{"v":1,}', "'v'"])
+def test_malformed_bodies_are_protocol_errors(text: str) -> None:
+    with pytest.raises(P.ProtocolError) as info:
+        P.decode(text.encode())
+    assert info.value.code == P.BAD_REQUEST
+
+
+def test_values_json_cannot_carry_are_refused() -> None:
+    for bad in ({"x": float("nan")}, {"x": object()}, {1: "x"}):
+        with pytest.raises((TypeError, ValueError)):
+            P.encode(bad)
