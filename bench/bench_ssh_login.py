@@ -16,6 +16,7 @@ Run: ``make bench ONLY=ssh_login`` (root; BENCH_LOGINS=N to change the count).
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -124,6 +125,7 @@ def main() -> None:
         daemon.stop()
         realm.stop()
         lab_users.remove(lab_user)
+        shutil.rmtree(work, ignore_errors=True)
         for key in realm.env:
             os.environ.pop(key, None)
     print(f"ssh login to `true`, median of {LOGINS} interleaved logins (ms)")
