@@ -216,6 +216,37 @@ def test_link_persistent_shows_the_persistent_keyring(pamwrap, pam_user) -> None
     keyutils.unlink(persistent, keyutils.KEY_SPEC_SESSION_KEYRING)
 
 
+def test_link_persistent_when_the_auth_line_made_the_keyring(pamwrap, pam_user) -> None:
+    """The deployed shape (etc/pam-configs/keyinit): the hook on the auth line carries only ticket
+    options.  In a host with no session keyring of its own (sshd started from a shell or sysvinit),
+    @s == @us, so the auth line's no-force setcred(ESTABLISH) makes the keyring first; the session
+    line's open_session must still link the persistent keyring."""
+    from pam_keyinit_py import keyutils
+
+    uid, gid = pam_user.uid, pam_user.gid
+
+    def at_user_session_keyring() -> None:
+        # What a process without a session keyring sees once its real uid is the user's:
+        # @s is the user's own user-session keyring.  Joined by name with the user's euid
+        # (root may not search it), then back to root through the saved uid.
+        with keyutils.thread_credentials(uid, gid, effective=True):
+            keyutils.get_keyring_id(keyutils.KEY_SPEC_USER_SESSION_KEYRING, True)
+            keyutils.join_session_keyring(f"_uid_ses.{uid}")
+
+    name = f"pkp-{uuid.uuid4().hex[:10]}"
+    pamwrap.service(name, [pamwrap.hook_line("auth", "optional", "use_first_pass"),
+                           pamwrap.hook_line("session", "required", "force revoke link_persistent"),
+                           f"session optional pam_exec.so stdout {_show_script(pamwrap)}"])
+    res = subprocess.run(["pamtester", "-v", name, pam_user.name, SETCRED_ESTABLISH, "open_session",
+                          "close_session"], env=pamwrap.env(), capture_output=True, text=True, timeout=60,
+                         stdin=subprocess.DEVNULL, preexec_fn=at_user_session_keyring)
+    assert res.returncode == 0, res.stderr
+    opened = blocks(res.stdout)[0][1]
+    assert opened[0] == f"keyring;{uid};{gid};3f030000;_ses"
+    assert any(line.endswith(f"\\_ keyring: _persistent.{uid}") for line in opened), opened
+    assert "Key has been revoked" in "\n".join(blocks(res.stdout)[1][1])
+
+
 @pytest.mark.parametrize("which", [HOOK, C_MODULE])
 def test_unknown_user(pamwrap, which) -> None:
     res = run(pamwrap, [module_line(pamwrap, which, "session", "force revoke")], "pkp-no-such-user",
