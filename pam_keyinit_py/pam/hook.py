@@ -53,6 +53,7 @@ class Hook:
 
     def __init__(self) -> None:
         self.state = KeyinitState()
+        self.ticket_sids: list[int] = []  # the service's ids of the sessions this handle opened
 
     def authenticate(self, pamh: object, flags: int, argv: list[str]) -> int:
         """pam_sm_authenticate: pam_keyinit ignores auth; the ticket client may take the password."""
@@ -137,7 +138,7 @@ class Hook:
         try:
             tickets = _tickets()
             if tickets is not None:
-                getattr(tickets, name)(pamh, opts, pw)
+                getattr(tickets, name)(pamh, opts, pw, self.ticket_sids)
         except BaseException as exc:  # noqa: BLE001
             _crash(pamh, f"tickets.{name}", exc)
 

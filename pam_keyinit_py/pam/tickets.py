@@ -14,7 +14,8 @@ libpam: every path returns a PAM code.  The password never reaches a log line.
 from __future__ import annotations
 
 import pwd
-import syslog
+
+from .log import LOG_DEBUG, LOG_ERR, LOG_NOTICE, LOG_WARNING, syslog
 
 if False:  # typing.TYPE_CHECKING, without importing typing (17 ms) into every login
     from typing import Any
@@ -25,18 +26,6 @@ CONNECT_TIMEOUT = 1.0
 AUTH_TIMEOUT = 2.0
 #: open/close only touch the service's table and state file.
 SESSION_TIMEOUT = 1.0
-
-# sid returned by the service at open, per uid, for the close in the same process (sshd's monitor).
-_SIDS: dict[int, int] = {}
-
-
-def _log(priority: int, text: str) -> None:
-    try:
-        syslog.openlog("pam_keyinit_py", 0, syslog.LOG_AUTHPRIV)
-        syslog.syslog(priority, text)
-    except Exception:
-        pass
-
 
 def _request(opts: Any, message: dict[str, Any], timeout: float) -> dict[str, Any]:
     from .. import protocol
@@ -72,7 +61,7 @@ def authenticate(pamh: Any, opts: Any) -> int:
     try:
         return _authenticate(pamh, opts)
     except Exception as exc:  # never raise into libpam; the class name is safe to log, the text may not be
-        _log(syslog.LOG_ERR, f"tickets: authenticate failed: {exc.__class__.__name__}")
+        syslog(pamh, LOG_ERR, f"tickets: authenticate failed: {exc.__class__.__name__}")
         return pamh.PAM_AUTHINFO_UNAVAIL
 
 
@@ -99,11 +88,11 @@ def _authenticate(pamh: Any, opts: Any) -> int:
     del password
     if reply.get("ok"):
         if opts.debug:
-            _log(syslog.LOG_DEBUG, f"tickets: TGT for {reply.get('principal')} in {reply.get('ccache')}")
+            syslog(pamh, LOG_DEBUG, f"tickets: TGT for {reply.get('principal')} in {reply.get('ccache')}")
         return pamh.PAM_SUCCESS
     code = reply.get("code")
-    _log(syslog.LOG_NOTICE if code == P.BAD_PASSWORD else syslog.LOG_WARNING,
-         f"tickets: no TGT for {user}: {reply.get('error', code)}")
+    syslog(pamh, LOG_NOTICE if code == P.BAD_PASSWORD else LOG_WARNING,
+           f"tickets: no TGT for {user}: {reply.get('error', code)}")
     return {
         P.BAD_PASSWORD: pamh.PAM_AUTH_ERR,
         P.UNKNOWN_PRINCIPAL: pamh.PAM_USER_UNKNOWN,
@@ -113,37 +102,44 @@ def _authenticate(pamh: Any, opts: Any) -> int:
     }.get(code, pamh.PAM_AUTH_ERR if code == P.DENIED else pamh.PAM_SERVICE_ERR)
 
 
-def open_session(pamh: Any, opts: Any, pw: pwd.struct_passwd) -> int:
-    """Register the session with the service (the caller's pid is the session's anchor)."""
+def open_session(pamh: Any, opts: Any, pw: pwd.struct_passwd, sids: list[int]) -> int:
+    """Register the session with the service (the caller's pid is the session's anchor).
+
+    ``sids`` belongs to this PAM handle: the service's session id is kept there for the
+    close on the same handle (sshd's monitor), never shared with other handles.
+    """
     try:
         if pw.pw_uid < opts.minimum_uid:
             return pamh.PAM_IGNORE
         reply = _request(opts, {"op": "open", "user": pw.pw_name, "uid": pw.pw_uid, "gid": pw.pw_gid},
                          SESSION_TIMEOUT)
         if not reply.get("ok"):
-            _log(syslog.LOG_WARNING, f"tickets: session of {pw.pw_name} not registered: {reply.get('error')}")
+            syslog(pamh, LOG_WARNING,
+                   f"tickets: session of {pw.pw_name} not registered: {reply.get('error')}")
             return pamh.PAM_IGNORE
-        _SIDS[pw.pw_uid] = int(reply["sid"])
+        sids.append(int(reply["sid"]))
         return pamh.PAM_SUCCESS
     except Exception as exc:
-        _log(syslog.LOG_ERR, f"tickets: open_session failed: {exc.__class__.__name__}")
+        syslog(pamh, LOG_ERR, f"tickets: open_session failed: {exc.__class__.__name__}")
         return pamh.PAM_IGNORE
 
 
-def close_session(pamh: Any, opts: Any, pw: pwd.struct_passwd) -> int:
-    """Unregister the session; the service clears the tickets at the uid's last one."""
+def close_session(pamh: Any, opts: Any, pw: pwd.struct_passwd, sids: list[int]) -> int:
+    """Unregister the session this handle opened; the service clears the tickets at the uid's last one.
+
+    A handle that registered nothing sends nothing: a close without a sid would close
+    whichever session of the uid this process had opened.
+    """
     try:
         if pw.pw_uid < opts.minimum_uid:
             return pamh.PAM_IGNORE
-        message: dict[str, Any] = {"op": "close", "uid": pw.pw_uid}
-        sid = _SIDS.pop(pw.pw_uid, None)
-        if sid is not None:
-            message["sid"] = sid
-        reply = _request(opts, message, SESSION_TIMEOUT)
+        if not sids:
+            return pamh.PAM_IGNORE
+        reply = _request(opts, {"op": "close", "uid": pw.pw_uid, "sid": sids.pop()}, SESSION_TIMEOUT)
         if not reply.get("ok"):
-            _log(syslog.LOG_WARNING, f"tickets: close of {pw.pw_name}'s session: {reply.get('error')}")
+            syslog(pamh, LOG_WARNING, f"tickets: close of {pw.pw_name}'s session: {reply.get('error')}")
             return pamh.PAM_IGNORE
         return pamh.PAM_SUCCESS
     except Exception as exc:
-        _log(syslog.LOG_ERR, f"tickets: close_session failed: {exc.__class__.__name__}")
+        syslog(pamh, LOG_ERR, f"tickets: close_session failed: {exc.__class__.__name__}")
         return pamh.PAM_IGNORE
