@@ -65,12 +65,14 @@ def test_search_link_move_clear() -> None:
 
 
 def test_get_persistent_and_capabilities() -> None:
+    from tests.conftest import require
+
     caps = k.capabilities()
     assert caps[0] & k.KEYCTL_CAPS0_CAPABILITIES
-    if caps[0] & k.KEYCTL_CAPS0_PERSISTENT_KEYRINGS:
-        pid = k.get_persistent(-1, S)
-        assert model.Key(pid).info.description == f"_persistent.{os.getuid()}"
-        k.unlink(pid, S)
+    require(caps[0] & k.KEYCTL_CAPS0_PERSISTENT_KEYRINGS, "kernel without persistent keyrings")
+    pid = k.get_persistent(-1, S)
+    assert model.Key(pid).info.description == f"_persistent.{os.getuid()}"
+    k.unlink(pid, S)
 
 
 def test_model_walk_and_perm_letters() -> None:

@@ -202,7 +202,6 @@ def test_setcred_then_open_session_makes_one_keyring(pamwrap, pam_user, which) -
 
 
 def test_link_persistent_shows_the_persistent_keyring(pamwrap, pam_user) -> None:
-    from pam_keyinit_py import keyutils
 
     res = run(pamwrap, [pamwrap.hook_line("session", "required", "force revoke link_persistent")],
               pam_user.name, "open_session", "close_session")
@@ -211,9 +210,6 @@ def test_link_persistent_shows_the_persistent_keyring(pamwrap, pam_user) -> None
     assert opened[0] == f"keyring;{pam_user.uid};{pam_user.gid};3f030000;_ses"
     assert any(line.endswith(f"\\_ keyring: _persistent.{pam_user.uid}") for line in opened), opened
     assert any(line.endswith(f"\\_ keyring: _uid.{pam_user.uid}") for line in opened), opened
-    persistent = keyutils.get_persistent(pam_user.uid, keyutils.KEY_SPEC_SESSION_KEYRING)
-    assert keyutils.describe(persistent).endswith(f";_persistent.{pam_user.uid}".encode())
-    keyutils.unlink(persistent, keyutils.KEY_SPEC_SESSION_KEYRING)
 
 
 def test_link_persistent_when_the_auth_line_made_the_keyring(pamwrap, pam_user) -> None:
