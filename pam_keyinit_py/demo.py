@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -264,6 +265,10 @@ class Demo:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run() -> int:
     """Run the six steps; return 0 on success, 1 (with the failing step named) otherwise."""
     try:
@@ -273,6 +278,9 @@ def run() -> int:
         return 1
     demo = Demo()
     started = time.monotonic()
+    # SIGTERM (a CI timeout, systemd, kill) tears down like Ctrl-C instead of leaving a user,
+    # a KDC, sshd and the service behind.
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         demo.setup()
         demo.login()
@@ -292,5 +300,6 @@ def run() -> int:
     finally:
         say("\ntearing down: sshd, keyinit-ticketd, the realm, the user and its keys")
         demo.teardown()
+        signal.signal(signal.SIGTERM, previous)
     say(f"demo passed in {time.monotonic() - started:.0f}s")
     return 0

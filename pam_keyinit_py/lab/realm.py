@@ -94,8 +94,16 @@ class Realm:
             # Test users' klist must read krb5.conf; the database files stay 0600 (kdb5_util).
             os.chmod(directory, 0o755)
         self = cls(directory, owns_dir=owns)
-        self._run("start", str(self.dir), "-r", realm, "-l", maxlife, "-R", maxrenew)
-        self._load()
+        try:
+            self._run("start", str(self.dir), "-r", realm, "-l", maxlife, "-R", maxrenew)
+            self._load()
+        except BaseException:
+            # A half-made realm (database, or a krb5kdc that never answered) must not linger.
+            subprocess.run(["/bin/bash", str(REALM_SH), "destroy", str(self.dir)], capture_output=True,
+                           check=False)
+            if owns:
+                shutil.rmtree(self.dir, ignore_errors=True)
+            raise
         return self
 
     def start_kdc(self) -> None:

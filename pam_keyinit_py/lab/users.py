@@ -75,14 +75,23 @@ def create(prefix: str, password: bool = False) -> LabUser:
     name = f"{prefix}{secrets.token_hex(4)}"
     subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
     secret = None
-    if password:
-        secret = secrets.token_urlsafe(12)
-        subprocess.run(["chpasswd"], input=f"{name}:{secret}\n", text=True, check=True)
-    return LabUser(name, secret)
+    try:
+        if password:
+            secret = secrets.token_urlsafe(12)
+            subprocess.run(["chpasswd"], input=f"{name}:{secret}\n", text=True, check=True)
+        return LabUser(name, secret)
+    except BaseException:
+        subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
+        raise
 
 
 def remove(user: LabUser) -> None:
-    """Clear the user's persistent keyring, kill its processes, userdel --remove it."""
-    clear_persistent(user.uid)
+    """Kill the user's processes, clear its persistent keyring, userdel --remove it.
+
+    Cleared once more after userdel: anything that still wrote a ccache meanwhile (a service
+    renewing it) must not leave keys charged to a uid the next useradd may reuse.
+    """
     subprocess.run(["pkill", "-KILL", "-u", user.name], check=False)
+    clear_persistent(user.uid)
     subprocess.run(["userdel", "--remove", user.name], check=False, capture_output=True)
+    clear_persistent(user.uid)

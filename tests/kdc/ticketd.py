@@ -42,9 +42,10 @@ class TicketD(lab_ticketd.TicketD):
 
     def request_as(self, user: TestUser, message: dict[str, Any]) -> dict[str, Any]:
         """Send a request from a process running as ``user`` (SO_PEERCRED then says that uid)."""
+        # The message goes on stdin: an auth message holds a password, which argv would expose.
         code = ("import json,sys; from pam_keyinit_py import protocol as P; "
-                "print(json.dumps(P.request(json.loads(sys.argv[1]), sys.argv[2])))")
-        proc = user.run([str(VENV_BIN / "python"), "-c", code, json.dumps(message), self.socket])
+                "print(json.dumps(P.request(json.loads(sys.stdin.read()), sys.argv[1])))")
+        proc = user.run([str(VENV_BIN / "python"), "-c", code, self.socket], input=json.dumps(message))
         assert proc.returncode == 0, proc.stderr
         return json.loads(proc.stdout)
 
@@ -58,16 +59,6 @@ class TicketD(lab_ticketd.TicketD):
             time.sleep(interval)
         raise AssertionError(f"timed out after {timeout}s waiting for {what}\n"
                              f"--- daemon log ---\n{self.log()}")
-
-
-def ticketd_running(directory: Path, realm_env: dict[str, str], **config: Any) -> Iterator[TicketD]:
-    """Generator for fixtures: a started daemon, stopped (and its log shown on failure) afterwards."""
-    daemon = TicketD(directory, realm_env, **config)
-    daemon.start()
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
 
 
 def persistent_caches(uid: int) -> dict[str, list[tuple[int, str]]]:
@@ -251,6 +242,11 @@ def ticketd(realm) -> Iterator[TicketD]:  # noqa: ANN001
     try:
         yield daemon
     finally:
+        # The users' fixtures are torn down first, while this daemon may still renew their
+        # caches: clear every uid it tracked once it has stopped.
+        tracked = daemon.request({"op": "tickets"}).get("tickets", []) if daemon.alive() else []
         daemon.stop()
+        for uid in {t["uid"] for t in tracked}:
+            clear_persistent_caches(uid)
         print(daemon.log())  # shown by pytest when the test failed
         shutil.rmtree(directory, ignore_errors=True)
