@@ -60,14 +60,8 @@ class ShellSession:
     """A real ssh login kept open, with commands fed on stdin and their output read back."""
 
     def __init__(self, sshd: lab_sshd.Sshd, user: str, password: str) -> None:
-        read_fd, write_fd = os.pipe()
-        os.write(write_fd, password.encode() + b"\n")
-        os.close(write_fd)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(sshd.dir), "LANG": "C"}
-        argv = ["sshpass", "-d", str(read_fd), *sshd.ssh_argv(user, "exec /bin/bash --noprofile --norc")]
-        self.proc = subprocess.Popen(argv, pass_fds=(read_fd,), env=env, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        os.close(read_fd)
+        self.proc = sshd.spawn(user, password, "exec /bin/bash --noprofile --norc",
+                               stdin=subprocess.PIPE, stderr=subprocess.STDOUT)
         self._n = 0
         self._buf = b""
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .keyutils import proc
+from .protocol import DEFAULT_SOCKET
 
 PAM_DIR = Path("/etc/pam.d")
 SHIM = Path("/lib/security/pam_keyinit_py.py")
 PAM_PYTHON = (Path("/lib/x86_64-linux-gnu/security/pam_python.so"), Path("/lib/security/pam_python.so"))
-DEFAULT_SOCKET = "/run/keyinit/ticketd.sock"
 # A TGT with an AD PAC is several KiB; a user with a few service tickets needs tens of KiB.
 MIN_MAXBYTES = 100_000
 MIN_MAXKEYS = 1000

@@ -179,20 +179,37 @@ class Sshd:
             "-p", str(self.port), f"{user}@127.0.0.1", command,
         ]
 
-    def login(self, user: str, password: str, command: str, mode: str | None = None,
-              timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """Log in as ``user`` with ``password`` and run ``command``; the password travels on a pipe."""
+    def spawn(self, user: str, password: str, command: str, mode: str | None = None,
+              **popen: object) -> subprocess.Popen[str]:
+        """Start ``ssh user@server command`` with a password login; the password travels on a pipe.
+
+        sshpass reads it from an inherited pipe (``sshpass -d FD``), never argv or environ.
+        ``popen`` sets stdin/stdout/stderr (default: no stdin, output captured as text).
+        """
         read_fd, write_fd = os.pipe()
         try:
             os.write(write_fd, password.encode() + b"\n")
         finally:
             os.close(write_fd)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.dir), "LANG": "C"}
+        popen.setdefault("stdin", subprocess.DEVNULL)
+        popen.setdefault("stdout", subprocess.PIPE)
+        popen.setdefault("stderr", subprocess.PIPE)
         try:
-            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.dir), "LANG": "C"}
-            return subprocess.run(
+            return subprocess.Popen(  # type: ignore[call-overload]
                 ["sshpass", "-d", str(read_fd), *self.ssh_argv(user, command, mode)],
-                pass_fds=(read_fd,), env=env, capture_output=True, text=True, timeout=timeout,
-                stdin=subprocess.DEVNULL, check=False,
-            )
+                pass_fds=(read_fd,), env=env, text=True, **popen)
         finally:
             os.close(read_fd)
+
+    def login(self, user: str, password: str, command: str, mode: str | None = None,
+              timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Log in as ``user`` with ``password``, run ``command``, wait for it (see :meth:`spawn`)."""
+        proc = self.spawn(user, password, command, mode)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

@@ -11,7 +11,8 @@ Stdlib only and no regular expressions: this runs inside every login.
 
 from __future__ import annotations
 
-DEFAULT_SOCKET = "/run/keyinit/ticketd.sock"
+from ..protocol import DEFAULT_SOCKET
+
 DEFAULT_MINIMUM_UID = 1000
 
 # Bare words and the Options field each one sets to True.

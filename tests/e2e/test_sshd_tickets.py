@@ -10,8 +10,6 @@ open_session, so the TGT waits in the service as a pending login).
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 
 import pytest
@@ -65,15 +63,7 @@ def test_ssh_ticket_renewed_while_open_and_kept_for_second_session(sshd_factory,
                                                                     user_krb5):
     server = sshd_factory(_stack(ticketd.socket), mode=KBDINT)
     # A long session in the background: its ticket must be renewed (20% of 30 s) while it lasts.
-    # The password travels on a pipe (sshpass -d), as the lab's login() does.
-    read_fd, write_fd = os.pipe()
-    os.write(write_fd, svc_user.password.encode() + b"\n")
-    os.close(write_fd)
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(server.dir), "LANG": "C"}
-    long = subprocess.Popen(["sshpass", "-d", str(read_fd), *server.ssh_argv(svc_user.name, "sleep 14")],
-                            pass_fds=(read_fd,), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    os.close(read_fd)
+    long = server.spawn(svc_user.name, svc_user.password, "sleep 14")
     try:
         ticketd.wait_for(lambda: _sessions(ticketd) == 1, 15, "the long session to open")
         rows = ticketd.wait_for(
