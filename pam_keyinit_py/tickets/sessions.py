@@ -149,20 +149,45 @@ class Reaper:
         with self._lock:
             self._fds[fd] = sid
             self._by_sid[sid] = fd
-        self._epoll.register(fd, select.EPOLLIN)
+            self._epoll.register(fd, select.EPOLLIN)
         return True
 
     def unwatch(self, sid: int) -> None:
+        """Stop watching ``sid``; its pidfd is closed under the lock (see :meth:`_exited`)."""
         with self._lock:
             fd = self._by_sid.pop(sid, None)
             if fd is None:
                 return
-            self._fds.pop(fd, None)
+            self._drop(fd)
+
+    def _drop(self, fd: int) -> None:
+        # Caller holds self._lock.
+        self._fds.pop(fd, None)
         try:
             self._epoll.unregister(fd)
         except OSError:
             pass
         os.close(fd)
+
+    def _exited(self, fd: int) -> int | None:
+        """The session whose process exited, for an epoll event on ``fd``; None for a stale event.
+
+        epoll reports fd numbers, and between epoll_wait returning and this call, unwatch()
+        may have closed that fd and watch() reused its number for a new, live session.  So
+        the pidfd now behind ``fd`` is polled, under the lock that watch/unwatch hold: only
+        a pidfd whose process really exited is readable.
+        """
+        with self._lock:
+            sid = self._fds.get(fd)
+            if sid is None:
+                return None
+            ready = select.poll()
+            ready.register(fd, select.POLLIN)
+            if not ready.poll(0):
+                return None
+            self._by_sid.pop(sid, None)
+            self._drop(fd)
+            return sid
 
     def _run(self) -> None:
         while True:
@@ -171,11 +196,9 @@ class Reaper:
             except InterruptedError:
                 continue
             for fd, _mask in events:
-                with self._lock:
-                    sid = self._fds.get(fd)
+                sid = self._exited(fd)
                 if sid is None:
                     continue
-                self.unwatch(sid)
                 try:
                     self._on_exit(sid)
                 except Exception:  # the reaper must outlive any one bad callback
