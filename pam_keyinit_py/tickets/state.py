@@ -8,11 +8,14 @@ exactly where the dead one stopped.  It holds no secret: names, ids and times on
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 FORMAT = 1
+
+log = logging.getLogger("keyinit-ticketd")
 
 
 def encode(data: dict[str, Any], raw: dict[str, list[str]] | None = None) -> bytes:
@@ -36,11 +39,19 @@ def save(path: str, data: dict[str, Any], raw: dict[str, list[str]] | None = Non
     body = encode(data, raw)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, body)
+        view = memoryview(body)
+        while view:  # write(2) may write less than asked
+            view = view[os.write(fd, view):]
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, target)
+    # The rename is durable only once the directory entry is on disk.
+    dirfd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)
 
 
 def load(path: str) -> dict[str, Any]:
@@ -50,9 +61,15 @@ def load(path: str) -> dict[str, Any]:
             data = json.load(fh)
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError):
+    except OSError as exc:
+        log.error("cannot read state file %s: %s; starting without saved state", path, exc.strerror)
+        return {}
+    except ValueError as exc:
+        log.error("state file %s is corrupt (%s); starting without saved state", path,
+                  exc.__class__.__name__)
         return {}
     if not isinstance(data, dict) or data.get("format") != FORMAT:
+        log.error("state file %s is not in format %d; starting without saved state", path, FORMAT)
         return {}
     return data
 
