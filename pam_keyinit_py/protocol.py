@@ -57,6 +57,8 @@ UNKNOWN_PRINCIPAL = "unknown_principal"
 KDC_UNREACHABLE = "kdc_unreachable"
 NOT_RENEWABLE = "not_renewable"
 QUOTA = "quota_exceeded"
+PASSWORD_EXPIRED = "password_expired"  # the KDC wants the password changed (KDC_ERR_KEY_EXP)
+KDC_ERROR = "kdc_error"  # the KDC or libkrb5 refused for another reason (clock skew, policy...)
 DENIED = "denied"
 BAD_REQUEST = "bad_request"
 TOO_LARGE = "too_large"
@@ -64,8 +66,8 @@ NOT_FOUND = "not_found"
 UNAVAILABLE = "service_unavailable"  # set by clients only: the service did not answer
 INTERNAL = "internal_error"
 ERROR_CODES = frozenset(
-    {BAD_PASSWORD, UNKNOWN_PRINCIPAL, KDC_UNREACHABLE, NOT_RENEWABLE, QUOTA, DENIED, BAD_REQUEST,
-     TOO_LARGE, NOT_FOUND, UNAVAILABLE, INTERNAL}
+    {BAD_PASSWORD, UNKNOWN_PRINCIPAL, KDC_UNREACHABLE, NOT_RENEWABLE, QUOTA, PASSWORD_EXPIRED, KDC_ERROR,
+     DENIED, BAD_REQUEST, TOO_LARGE, NOT_FOUND, UNAVAILABLE, INTERNAL}
 )
 
 #: Operations only uid 0 may send: they create tickets and sessions for other users.
@@ -208,6 +210,13 @@ def validate_request(message: dict[str, Any]) -> dict[str, Any]:
             raise ProtocolError(BAD_REQUEST, f"{op}: field {key!r} out of range")
         if kind is str and (len(value) > _MAX_STR or "\0" in value):
             raise ProtocolError(BAD_REQUEST, f"{op}: field {key!r} too long or holds NUL")
+        if kind is str and not value.isascii():
+            # JSON may carry an unpaired surrogate ("\ud800"), which no UTF-8 encoder takes:
+            # refuse it here, where the error names the field and never the value.
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise ProtocolError(BAD_REQUEST, f"{op}: field {key!r} is not valid Unicode") from None
     return message
 
 
