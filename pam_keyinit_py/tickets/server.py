@@ -103,8 +103,10 @@ class Server:
                 except OSError:  # timeout or reset
                     return
                 reply = self.dispatch(message, pid, uid)
-                if message["op"] in _MUTATING:
-                    self.service.commit()  # a reply promises the change survives a kill -9
+                if message["op"] in _MUTATING and not self.service.commit():
+                    # A reply promises the change survives a kill -9; the writer is gone.
+                    log.error("%s from pid %d uid %d: done, but the state file was not written",
+                              message["op"], pid, uid)
                 del message  # may hold a password
                 if not self._send(conn, reply):
                     return
@@ -146,8 +148,9 @@ class Server:
             if op == "destroy":
                 return svc.destroy(m["ccache"], uid)
         except Exception as exc:
-            # The traceback may name the password's variable but never holds its value:
-            # only the exception's class and text are logged.
-            log.error("%s from pid %d uid %d failed: %s: %s", op, pid, uid, exc.__class__.__name__, exc)
+            # Only the exception's class and text are logged, and for auth the class alone: the
+            # text of an error raised while handling the password may quote part of it.
+            detail = "" if op == "auth" else f": {exc}"
+            log.error("%s from pid %d uid %d failed: %s%s", op, pid, uid, exc.__class__.__name__, detail)
             return P.reply_error(P.INTERNAL, f"{op} failed: {exc.__class__.__name__}")
         return P.reply_error(P.BAD_REQUEST, f"unknown op {op!r}")

@@ -30,6 +30,8 @@ from .sessions import Reaper, Session, SessionTable
 log = logging.getLogger("keyinit-ticketd")
 
 LOGIN, ADOPTED, KEYTAB = "login", "adopted", "keytab"
+#: What _renew returns when another thread is renewing the same cache right now.
+RENEWING = "renewal already in progress"
 
 
 @dataclass(slots=True)
@@ -49,6 +51,9 @@ class Tracked:
     warned: bool = False  # the "cannot renew further" line was logged
     keytab: int = -1  # index into config.keytabs for KEYTAB entries
     renewed: int = 0
+    # The service destroyed this cache (logout, expired auth, destroy request): a renewal that
+    # was in flight meanwhile must destroy what it wrote instead of bringing the ticket back.
+    cleared: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"ccache": self.ccache, "uid": self.uid, "gid": self.gid, "principal": self.principal,
@@ -91,6 +96,12 @@ class Service:
         self.started = time.time()
         self.renewals = 0
         self.renew_failures = 0
+        # Caches whose renewal is in flight (a renew request and the scheduler must not both
+        # renew one cache: two new caches, one of them never tracked).
+        self._renewing: set[str] = set()
+        # auth requests between acquire_password and the pending entry, per uid: a cache
+        # listed in that window is a login's and must not be cleared (clear_on_logout=all).
+        self._authing: dict[int, int] = {}
         # Group commit of the state file (see save/commit).
         self._written_cv = threading.Condition(self.lock)
         self._dirty = 0
@@ -128,12 +139,16 @@ class Service:
         self._dirty += 1
         self._written_cv.notify_all()
 
-    def commit(self) -> None:
-        """Block until every change made so far is in the state file (or writing it failed)."""
+    def commit(self) -> bool:
+        """Block until every change made so far is in the state file (or writing it failed).
+
+        False if the writer thread is gone and the change never reached the file.
+        """
         with self.lock:
             target = self._dirty
             while self._written < target and self._writer_alive:
                 self._written_cv.wait(5.0)
+            return self._written >= target
 
     def _snapshot(self) -> tuple[dict[str, Any], dict[str, list[str]]]:
         data = {
@@ -144,23 +159,36 @@ class Service:
         return data, {"sessions": [s.json_text() for s in self.sessions.by_sid.values()]}
 
     def _writer(self) -> None:
-        """The state-file writer: snapshot under the lock, write (atomically) outside it."""
-        while True:
-            with self.lock:
-                while self._written >= self._dirty and not self._stopping:
-                    self._written_cv.wait()
-                if self._stopping and self._written >= self._dirty:
-                    self._writer_alive = False
+        """The state-file writer: snapshot under the lock, write (atomically) outside it.
+
+        Whatever ends this thread, waiters in commit() are woken and see it gone: a request
+        must never hang on a writer that died.
+        """
+        try:
+            while True:
+                with self.lock:
+                    while self._written >= self._dirty and not self._stopping:
+                        self._written_cv.wait()
+                    if self._stopping and self._written >= self._dirty:
+                        return
+                    generation = self._dirty
+                    data, raw = self._snapshot()
+                try:
+                    statefile.save(self.config.state_file, data, raw)
+                except OSError as exc:
+                    log.error("cannot write state file %s: %s", self.config.state_file, exc.strerror)
+                except Exception as exc:  # the state holds no secret; only the class is logged anyway
+                    log.error("cannot write state file %s: %s", self.config.state_file,
+                              exc.__class__.__name__)
+                with self.lock:
+                    self._written = max(self._written, generation)
                     self._written_cv.notify_all()
-                    return
-                generation = self._dirty
-                data, raw = self._snapshot()
-            try:
-                statefile.save(self.config.state_file, data, raw)
-            except OSError as exc:
-                log.error("cannot write state file %s: %s", self.config.state_file, exc.strerror)
+        except BaseException as exc:
+            log.critical("state writer stopped: %s; changes are no longer saved", exc.__class__.__name__)
+            raise
+        finally:
             with self.lock:
-                self._written = max(self._written, generation)
+                self._writer_alive = False
                 self._written_cv.notify_all()
 
     def restore(self) -> None:
@@ -220,6 +248,21 @@ class Service:
 
     def auth(self, user: str, uid: int, gid: int, password: str, principal: str | None) -> dict[str, Any]:
         """Acquire a TGT for ``principal`` (default user@default_realm) into KEYRING:persistent:<uid>."""
+        with self.lock:
+            self._authing[uid] = self._authing.get(uid, 0) + 1
+        try:
+            return self._auth(user, uid, gid, password, principal)
+        finally:
+            del password
+            with self.lock:
+                # Only now: a successful auth has put its cache on the pending list.
+                left = self._authing.get(uid, 1) - 1
+                if left:
+                    self._authing[uid] = left
+                else:
+                    self._authing.pop(uid, None)
+
+    def _auth(self, user: str, uid: int, gid: int, password: str, principal: str | None) -> dict[str, Any]:
         ccache = _ccache_api()
         errors = _errors()
         if not principal:
@@ -244,6 +287,16 @@ class Service:
         except errors.QuotaExceeded as exc:
             log.error("auth %s (uid %d): key quota exceeded, no ticket stored: %s", principal, uid, exc)
             return P.reply_error(P.QUOTA, "key quota of the user exceeded")
+        except errors.PasswordExpired:
+            log.info("auth %s (uid %d): password expired", principal, uid)
+            return P.reply_error(P.PASSWORD_EXPIRED, "password expired: it must be changed first")
+        except errors.AccessDenied:
+            log.info("auth %s (uid %d): principal disabled or locked out", principal, uid)
+            return P.reply_error(P.DENIED, f"principal {principal} is disabled or locked out")
+        except errors.TicketError as exc:
+            # krb5's message names the principal and the reason, never the password.
+            log.warning("auth %s (uid %d): %s: %s", principal, uid, exc.__class__.__name__, exc)
+            return P.reply_error(P.KDC_ERROR, f"no ticket: {exc.__class__.__name__}")
         finally:
             del password  # the only reference the service held
         with self.lock:
@@ -271,7 +324,11 @@ class Service:
             self.scheduler.cancel(("pending", uid))
         assert self.reaper is not None
         if not self.reaper.watch(session.sid, pid, pid_start):
+            # Nothing would ever end this session (no close can come from a dead opener, and the
+            # reaper cannot watch it): end it now, which clears as at any logout.
             log.warning("session %d of uid %d: opener %d already gone", session.sid, uid, pid)
+            self._end_session(session, f"ended at once (opener {pid} already gone)")
+            return P.reply_error(P.NOT_FOUND, f"process {pid} that opened the session is gone")
         if first:
             self._refresh_uid(uid)
         log.info("open session %d for %s (uid %d, pid %d): %d open", session.sid, user, uid, pid,
@@ -313,7 +370,7 @@ class Service:
         errors: list[dict[str, str]] = []
         for name in targets:
             err = self._renew(name)
-            if err:
+            if err and err != RENEWING:  # already being renewed: its result shows in the rows
                 errors.append({"ccache": name, "error": err})
         with self.lock:
             rows = [t.to_json() for t in self.tickets.values() if uid is None or t.uid == uid]
@@ -330,6 +387,8 @@ class Service:
             log.warning("uid %d tried to destroy %s of uid %d: refused", peer_uid, name, owner)
             return P.reply_error(P.DENIED, f"{name} belongs to uid {owner}")
         gid = t.gid if t else _gid_of(owner)
+        if t is not None:
+            t.cleared = True  # a renewal in flight must not put it back
         self._untrack(name)
         try:
             _ccache_api().destroy(name, owner, gid)
@@ -391,6 +450,17 @@ class Service:
         if t.origin == KEYTAB:
             self._keytab_job(t.keytab)
             return None
+        with self.lock:
+            if name in self._renewing:
+                return RENEWING
+            self._renewing.add(name)
+        try:
+            return self._renew_tracked(name, t)
+        finally:
+            with self.lock:
+                self._renewing.discard(name)
+
+    def _renew_tracked(self, name: str, t: Tracked) -> str | None:
         errors = _errors()
         try:
             api = _ccache_api()
@@ -420,6 +490,15 @@ class Service:
             self._untrack(name)
             return str(exc)
         with self.lock:
+            if self.tickets.get(name) is not t:
+                # Untracked while the KDC answered (logout, expired auth, a destroy request):
+                # what the renewal wrote must not bring the ticket back.
+                stale = t.cleared and self.sessions.count(t.uid) == 0
+                if stale:
+                    self._destroy_locked(info.ccache, t.uid, t.gid)
+                log.info("renewed %s (uid %d) after it stopped being tracked: %s", name, t.uid,
+                         f"destroyed {info.ccache}" if stale else "not tracked again")
+                return "no longer tracked"
             if info.ccache != name:
                 # The renewal switched the collection to a new cache: follow it.
                 self.tickets.pop(name, None)
@@ -453,9 +532,14 @@ class Service:
         if keep:
             return
         for name in names:
-            log.info("auth of uid %d not followed by a session within %.0fs: destroying %s", uid,
-                     self.config.pending_auth_timeout, name)
-            self._destroy_quietly(name, uid, p.gid)
+            with self.lock:
+                # A session opened since (its open found no pending entry): the cache is its now.
+                if self.sessions.count(uid) or self._held(uid, name):
+                    log.info("uid %d logged in meanwhile: keeping %s", uid, name)
+                    return
+                log.info("auth of uid %d not followed by a session within %.0fs: destroying %s", uid,
+                         self.config.pending_auth_timeout, name)
+                self._destroy_locked(name, uid, p.gid)
 
     def _reaped(self, sid: int) -> None:
         with self.lock:
@@ -477,38 +561,70 @@ class Service:
         return self._last_close(session.uid)
 
     def _last_close(self, uid: int) -> list[str]:
-        """The uid's last session ended: clear per clear_on_logout and stop renewing its tickets."""
+        """The uid's last session ended: clear per clear_on_logout and stop renewing its tickets.
+
+        No cache is destroyed while a session of the uid is open: the count is checked under
+        the lock at the start and again before each destroy, which also runs under the lock, so
+        an ``open`` (which takes the lock) comes either before the check or after the destroy.
+        """
         policy = self.config.clear_on_logout
+        gid_default = _gid_of(uid)
         with self.lock:
-            pending = self.pending.get(uid)
-            held = pending.ccaches if pending else set()
+            if self.sessions.count(uid):
+                return []  # a login opened a session since the last close: its tickets stay
             mine = [t for t in self.tickets.values() if t.uid == uid and t.origin != KEYTAB
-                    and t.ccache not in held]
+                    and not self._held(uid, t.ccache)]
             for t in mine:
                 self.tickets.pop(t.ccache, None)
+            if policy == "own":
+                names = [t.ccache for t in mine if t.origin == LOGIN]
+            elif policy == "all":
+                names = [t.ccache for t in mine]
+            else:
+                names = []
+            for t in mine:
+                t.cleared = t.ccache in names
             self.save()
-        for key in (("scan", uid), ("touch", uid)):
-            self.scheduler.cancel(key)
-        names: list[str] = []
-        if policy == "own":
-            names = [t.ccache for t in mine if t.origin == LOGIN]
-        elif policy == "all":
-            names = [t.ccache for t in mine]
+            for key in (("scan", uid), ("touch", uid), *(("renew", t.ccache) for t in mine)):
+                self.scheduler.cancel(key)
+        listed: list[str] = []
+        if policy == "all":
             try:
-                names += [i.ccache for i in _ccache_api().list_caches(uid) if i.ccache not in names
-                          and i.ccache not in held]
+                listed = [i.ccache for i in _ccache_api().list_caches(uid) if i.ccache not in names]
             except Exception as exc:
                 log.warning("listing caches of uid %d: %s", uid, exc)
-        for t in mine:
-            self.scheduler.cancel(("renew", t.ccache))
-        gid = mine[0].gid if mine else _gid_of(uid)
-        for name in names:
-            self._destroy_quietly(name, uid, gid)
-        log.info("last session of uid %d closed: cleared %d cache(s) (clear_on_logout=%s)", uid, len(names),
-                 policy)
-        return names
+        gid = mine[0].gid if mine else gid_default
+        cleared: list[str] = []
+        for name in names + listed:
+            with self.lock:
+                if self.sessions.count(uid):
+                    log.info("uid %d logged in again: the rest of its caches stay", uid)
+                    break
+                # A login's cache (pending, or its auth still in flight), or one tracked again
+                # (a keytab entry, a new login's): not this logout's to clear.
+                if self._held(uid, name) or name in self.tickets or (
+                        name in listed and self._authing.get(uid)):
+                    continue
+                self._destroy_locked(name, uid, gid)
+                cleared.append(name)
+        log.info("last session of uid %d closed: cleared %d cache(s) (clear_on_logout=%s)", uid,
+                 len(cleared), policy)
+        return cleared
 
-    def _destroy_quietly(self, name: str, uid: int, gid: int) -> None:
+    def _held(self, uid: int, name: str) -> bool:
+        """Whether ``name`` is a login's cache waiting for its session (caller holds the lock)."""
+        p = self.pending.get(uid)
+        return p is not None and name in p.ccaches
+
+    def _destroy_locked(self, name: str, uid: int, gid: int) -> None:
+        """Untrack and krb5_cc_destroy a cache, holding the lock so no open/renewal interleaves.
+
+        Destroying a KEYRING cache is a few local keyctl calls (no KDC), so holding the lock
+        costs little.
+        """
+        t = self.tickets.get(name)
+        if t is not None:
+            t.cleared = True
         self._untrack(name)
         try:
             _ccache_api().destroy(name, uid, gid)
@@ -549,6 +665,8 @@ class Service:
             infos = []
         adopted: list[Tracked] = []
         with self.lock:
+            if not self.sessions.count(uid):
+                return  # the last session closed while the collection was listed: adopt nothing
             gid = next((s.gid for s in self.sessions.by_sid.values() if s.uid == uid), _gid_of(uid))
             for info in infos:
                 if info.ccache not in self.tickets:
