@@ -183,9 +183,8 @@ class Service:
                 with self.lock:
                     self._written = max(self._written, generation)
                     self._written_cv.notify_all()
-        except BaseException as exc:
+        except Exception as exc:
             log.critical("state writer stopped: %s; changes are no longer saved", exc.__class__.__name__)
-            raise
         finally:
             with self.lock:
                 self._writer_alive = False

@@ -1,0 +1,169 @@
+"""The ticket service at its edges: logout racing a renewal, a gone opener, stale reaper events,
+a dead state writer, bad strings and ticket errors.  Real daemon, real MIT KDC, real kernel.
+
+Races that no outside actor can order (an ``open`` between the last close's count and its
+destroys, an adoption scan racing a logout, a renewal answered after a logout) are not tested
+here: the code makes them impossible under the service lock instead (see Service._last_close
+and Service._renew_tracked).  Freezing the KDC to hold a renewal in flight does not work: the
+whole daemon stops answering while libkrb5 waits for the KDC.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import struct
+import subprocess
+import threading
+
+from pam_keyinit_py import protocol as P
+from pam_keyinit_py.tickets import state as statefile
+from pam_keyinit_py.tickets.config import Config
+from pam_keyinit_py.tickets.service import Service
+from pam_keyinit_py.tickets.sessions import Reaper
+from tests.conftest import VENV_BIN
+from tests.kdc import ticketd as td
+from tests.kdc.ticketd import TicketD, persistent_caches
+
+svc_user, ticketd, user_krb5 = td.svc_user, td.ticketd, td.user_krb5
+
+
+_GONE_OPENER = r"""
+import json, os, sys, _socket
+from pam_keyinit_py import protocol as P
+path, msg = sys.argv[1], json.loads(sys.argv[2])
+r, w = os.pipe()
+opener = os.fork()
+if opener == 0:
+    # The opener connects (SO_PEERCRED records its pid), hands the socket to a child, and exits.
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    sock.connect(path)
+    if os.fork() == 0:
+        os.close(w)
+        os.read(r, 1)  # until the opener is dead and reaped
+        P.send_message(sock, msg)
+        print(json.dumps(P.recv_message(sock, P.MAX_REPLY)), flush=True)
+        os._exit(0)
+    os._exit(0)
+os.waitpid(opener, 0)
+print(opener, flush=True)
+os.write(w, b"x")
+"""
+
+
+def test_open_from_an_opener_already_gone_is_ended(ticketd, svc_user):
+    """No close can come from a dead opener and the reaper cannot watch it: the session is ended
+    at once (with the login's pending ticket) and the caller gets an error."""
+    assert svc_user.auth(ticketd)["ok"]
+    msg = {"op": "open", "user": svc_user.name, "uid": svc_user.uid, "gid": svc_user.gid}
+    out = subprocess.run([str(VENV_BIN / "python"), "-c", _GONE_OPENER, ticketd.socket, json.dumps(msg)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    opener, reply = out.stdout.splitlines()
+    reply = json.loads(reply)
+    assert not reply["ok"] and reply["code"] == P.NOT_FOUND, reply
+    assert f"opener {opener} already gone" in ticketd.log()
+    assert ticketd.request({"op": "status"})["service"]["sessions"] == 0
+    ticketd.wait_for(lambda: persistent_caches(svc_user.uid) == {}, 5, "the gone login's ticket cleared")
+
+
+def test_reaper_ignores_a_stale_event_for_a_live_pidfd():
+    """epoll reports fd numbers: an event for a number that unwatch() closed and watch() reused
+    for a live process must not reap that process's session."""
+    reaped: list[int] = []
+    done = threading.Event()
+    reaper = Reaper(lambda sid: (reaped.append(sid), done.set()))
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        assert reaper.watch(7, proc.pid, statefile.process_start_time(proc.pid))
+        fd = reaper._by_sid[7]
+        # What the reaper thread does with an event for ``fd`` (e.g. one left over from the
+        # session that had this fd number before): the process is alive, so nothing.
+        assert reaper._exited(fd) is None
+        assert reaper._by_sid == {7: fd} and reaped == []
+    finally:
+        proc.kill()
+        proc.wait()
+    assert done.wait(5) and reaped == [7]
+    assert reaper._by_sid == {}
+
+
+def test_state_writer_failure_does_not_hang_commit(tmp_path, caplog):
+    """A state file the writer cannot write (here a path with a NUL: ValueError, not OSError) is
+    logged, and requests waiting in commit() return; a writer that dies wakes them too."""
+    svc = Service(Config(state_file=str(tmp_path / "bad\0name")))
+    svc._writer_thread.start()
+    results: list[bool] = []
+    with caplog.at_level(logging.ERROR, logger="keyinit-ticketd"):
+        with svc.lock:
+            svc.save()
+        waiter = threading.Thread(target=lambda: results.append(svc.commit()), daemon=True)
+        waiter.start()
+        waiter.join(3)
+        assert results, "commit() hung after the writer failed"
+        assert "ValueError" in caplog.text
+        # The writer carries on: a later change is written once the path is good again.
+        svc.config = dataclasses.replace(svc.config, state_file=str(tmp_path / "state.json"))
+        with svc.lock:
+            svc.save()
+        assert svc.commit() and (tmp_path / "state.json").exists()
+
+        def broken() -> None:
+            raise RuntimeError("snapshot failed")
+
+        svc._snapshot = broken  # type: ignore[method-assign]  # the writer thread itself dies
+        with svc.lock:
+            svc.save()
+        results.clear()
+        waiter = threading.Thread(target=lambda: results.append(svc.commit()), daemon=True)
+        waiter.start()
+        waiter.join(3)
+    assert results == [False], "commit() must return False at once when the writer is dead"
+    assert "state writer stopped" in caplog.text
+
+
+def _raw_request(path: str, body: bytes) -> dict:
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(path)
+        sock.sendall(struct.pack(">I", len(body)) + body)
+        return P.recv_message(sock)
+
+
+def test_unpaired_surrogate_in_password_is_refused_and_not_logged(ticketd, svc_user):
+    body = json.dumps({"v": 1, "op": "auth", "user": svc_user.name, "uid": svc_user.uid,
+                       "gid": svc_user.gid, "password": "\ud800" + svc_user.password})
+    assert "\\ud800" in body  # sent as JSON's escape, which decodes to a lone surrogate
+    reply = _raw_request(ticketd.socket, body.encode())
+    assert not reply["ok"] and reply["code"] == P.BAD_REQUEST, reply
+    assert "password" in reply["error"]
+    assert ticketd.alive() and ticketd.request({"op": "status"})["ok"]
+    log = ticketd.log()
+    assert svc_user.password not in log and "\\ud800" not in log and "UnicodeEncodeError" not in log
+    assert persistent_caches(svc_user.uid) == {}
+
+
+def test_expired_password_gets_its_own_code(ticketd, svc_user, realm):
+    out = subprocess.run(["kadmin.local", "-q", f"modprinc -pwexpire 2000-01-01 {svc_user.principal}"],
+                         env={**os.environ, **realm.env}, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    reply = svc_user.auth(ticketd)
+    assert not reply["ok"] and reply["code"] == P.PASSWORD_EXPIRED, reply
+    assert "password expired" in ticketd.log()
+    assert persistent_caches(svc_user.uid) == {}
+
+
+def test_corrupt_state_file_is_logged(realm, tmp_path):
+    daemon = TicketD(tmp_path / "d", realm.env)
+    daemon.dir.mkdir(parents=True, exist_ok=True)
+    (daemon.dir / "state.json").write_bytes(b'{"format": 1, "sessions": [')
+    daemon.start()
+    try:
+        assert daemon.request({"op": "status"})["ok"]
+        assert "is corrupt" in daemon.log()
+    finally:
+        daemon.stop()
