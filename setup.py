@@ -2,4 +2,7 @@
 
 from setuptools import setup
 
-setup(cffi_modules=["pam_keyinit_py/keyutils/_build.py:ffibuilder"])
+setup(cffi_modules=[
+    "pam_keyinit_py/keyutils/_build.py:ffibuilder",
+    "pam_keyinit_py/tickets/_renew_build.py:ffibuilder",
+])

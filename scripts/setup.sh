@@ -49,7 +49,7 @@ fi
 
 stamp=$VENV/.installed
 ext=$(ls pam_keyinit_py/keyutils/_keyutils*.so 2>/dev/null | head -1 || true)
-if [ ! -f "$stamp" ] || [ -z "$ext" ] || [ -n "$(find pyproject.toml setup.py pam_keyinit_py/keyutils/_build.py -newer "$stamp" 2>/dev/null)" ]; then
+if [ ! -f "$stamp" ] || [ -z "$ext" ] || [ -n "$(find pyproject.toml setup.py pam_keyinit_py/keyutils/_build.py pam_keyinit_py/tickets/_renew_build.py -newer "$stamp" 2>/dev/null)" ]; then
   echo "setup: installing pam-keyinit-py (editable, with test extras) into $VENV"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel cffi
   # compat: a plain .pth path entry; the default import-hook finder costs ~20 ms per CLI start.

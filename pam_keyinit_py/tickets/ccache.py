@@ -575,7 +575,7 @@ def renew(
                 princ = krb5.cc_get_principal(c, cc)
                 primary = (ccache_name.startswith("KEYRING:")
                            and _primary_name(c, _collection_of(ccache_name)) == ccache_name)
-                return princ, krb5.get_renewed_creds(c, princ, cc), primary
+                return princ, _renewed_creds(c, ccache_name, krb5_config, what), primary
             except krb5.Krb5Error as exc:
                 raise from_krb5(exc, what) from None
 
@@ -587,6 +587,37 @@ def renew(
     prefix = SERVICE_PREFIX if is_service_cache(ccache_name) else ADOPTED_PREFIX
     return _install(ctx, ccache_name, princ, creds, uid, gid, prefix=prefix, make_primary=primary,
                     replace=ccache_name, krb5_config=krb5_config, grace=grace)
+
+
+class _Krb5Failure(Exception):
+    """A libkrb5 error code from the GIL-free renewal, shaped for errors.from_krb5."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.err_code = code
+
+
+def _renewed_creds(ctx: krb5.Context, ccache_name: str, krb5_config: str | None, what: str) -> krb5.Creds:
+    """krb5_get_renewed_creds on ``ccache_name`` with the GIL released (see tickets/_renew_build.py).
+
+    pykrb5's get_renewed_creds holds the GIL for the whole KDC exchange, which libkrb5 does
+    not bound: a silent KDC froze every thread of the service.  The C side returns the
+    credential marshalled; krb5.unmarshal_credentials makes it a pykrb5 Creds again.
+    """
+    from ._krb5_renew import ffi, lib
+
+    out = ffi.new("unsigned char **")
+    outlen = ffi.new("size_t *")
+    err = ffi.new("char[]", 512)
+    profile = krb5_config.encode() if krb5_config else ffi.NULL
+    code = lib.pk_renew_marshalled(ccache_name.encode(), profile, out, outlen, err, 512)
+    if code:
+        raise from_krb5(_Krb5Failure(code, ffi.string(err).decode(errors="replace")), what)
+    try:
+        data = ffi.buffer(out[0], outlen[0])[:]
+    finally:
+        lib.pk_free(out[0])
+    return krb5.unmarshal_credentials(ctx, data)
 
 
 def list_caches(uid: int, gid: int | None = None, *, krb5_config: str | None = None,

@@ -180,3 +180,34 @@ def test_user_cli_status_renew_tickets(ticketd, svc_user):
     out = subprocess.run([keyinit, "status", "--socket", ticketd.socket + ".absent"], capture_output=True,
                          text=True)
     assert out.returncode == 3 and "not running" in out.stdout
+
+
+def test_a_silent_kdc_during_renewal_does_not_freeze_the_service(ticketd, svc_user, realm):
+    """A KDC that accepts connections and never answers (here: SIGSTOPped) holds one renewal;
+    libkrb5 has no timeout for it, so it must wait without the GIL: status, sessions and other
+    requests keep being answered meanwhile, and the renewal completes once the KDC answers."""
+    import os
+    import signal
+
+    assert svc_user.auth(ticketd)["ok"]
+    holder = SessionHolder(ticketd, svc_user.user)
+    kdc_pid = int((realm.dir / "krb5kdc.pid").read_text())
+    renewed: dict = {}
+    os.kill(kdc_pid, signal.SIGSTOP)
+    try:
+        worker = threading.Thread(
+            target=lambda: renewed.update(ticketd.request({"op": "renew", "uid": svc_user.uid}, timeout=60)))
+        worker.start()
+        time.sleep(0.5)  # the renewal is now waiting on the frozen KDC
+        assert worker.is_alive(), renewed
+        for _ in range(3):
+            t0 = time.monotonic()
+            status = ticketd.request({"op": "status"}, timeout=5)
+            assert status["ok"], status
+            assert time.monotonic() - t0 < 1.0, "the service froze while a renewal waited on the KDC"
+    finally:
+        os.kill(kdc_pid, signal.SIGCONT)
+    worker.join(60)
+    assert renewed.get("ok"), renewed
+    assert _renewed(ticketd, svc_user.uid, 1)
+    holder.close()

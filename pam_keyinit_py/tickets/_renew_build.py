@@ -1,0 +1,104 @@
+"""cffi (API, out-of-line) build of the one libkrb5 call the service must make without the GIL.
+
+pykrb5 0.10 calls krb5_get_renewed_creds while holding the GIL.  libkrb5 offers no
+timeout (MIT has no kdc_timeout), so a KDC that accepts the connection and never answers
+froze every thread of keyinit-ticketd — logins, session opens and closes included —
+for as long as libkrb5 waited.  cffi releases the GIL around API-mode calls, so this
+small C function does the TGS renewal exchange and hands the new credential back
+marshalled (krb5_marshal_credentials, the FILE/KCM format); the caller turns it into a
+pykrb5 Creds with krb5.unmarshal_credentials and writes it with pykrb5 as before.
+"""
+
+from cffi import FFI
+
+CDEF = """
+int pk_renew_marshalled(const char *ccname, const char *profile_path,
+                        unsigned char **out, size_t *outlen, char *err, size_t errlen);
+void pk_free(void *p);
+"""
+
+SOURCE = r"""
+#include <krb5/krb5.h>
+#include <profile.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void pk_free(void *p) { free(p); }
+
+/* krb5_get_renewed_creds for the cache's principal; the result marshalled into *out
+ * (malloc'd, freed with pk_free).  Returns a krb5/com_err code; err gets its message. */
+static int pk_renew_marshalled(const char *ccname, const char *profile_path,
+                               unsigned char **out, size_t *outlen, char *err, size_t errlen)
+{
+    krb5_context ctx = NULL;
+    krb5_ccache cc = NULL;
+    krb5_principal princ = NULL;
+    krb5_creds creds;
+    krb5_data *data = NULL;
+    krb5_error_code ret;
+    int have_creds = 0;
+
+    memset(&creds, 0, sizeof(creds));
+    *out = NULL;
+    *outlen = 0;
+    if (errlen)
+        err[0] = '\0';
+    if (profile_path != NULL) {
+        const_profile_filespec_t files[2] = { profile_path, NULL };
+        profile_t profile = NULL;
+        ret = profile_init(files, &profile);
+        if (ret)
+            return ret;
+        ret = krb5_init_context_profile(profile, 0, &ctx);
+        profile_release(profile);
+    } else {
+        ret = krb5_init_context(&ctx);
+    }
+    if (ret)
+        return ret;
+    ret = krb5_cc_resolve(ctx, ccname, &cc);
+    if (ret)
+        goto out;
+    ret = krb5_cc_get_principal(ctx, cc, &princ);
+    if (ret)
+        goto out;
+    ret = krb5_get_renewed_creds(ctx, &creds, princ, cc, NULL);
+    if (ret)
+        goto out;
+    have_creds = 1;
+    ret = krb5_marshal_credentials(ctx, &creds, &data);
+    if (ret)
+        goto out;
+    *out = malloc(data->length ? data->length : 1);
+    if (*out == NULL) {
+        ret = ENOMEM;
+        goto out;
+    }
+    memcpy(*out, data->data, data->length);
+    *outlen = data->length;
+out:
+    if (ret && errlen) {
+        const char *msg = krb5_get_error_message(ctx, ret);
+        snprintf(err, errlen, "%s", msg);
+        krb5_free_error_message(ctx, msg);
+    }
+    if (data != NULL)
+        krb5_free_data(ctx, data);
+    if (have_creds)
+        krb5_free_cred_contents(ctx, &creds);
+    if (princ != NULL)
+        krb5_free_principal(ctx, princ);
+    if (cc != NULL)
+        krb5_cc_close(ctx, cc);
+    krb5_free_context(ctx);
+    return ret;
+}
+"""
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source("pam_keyinit_py.tickets._krb5_renew", SOURCE, libraries=["krb5"])
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)
