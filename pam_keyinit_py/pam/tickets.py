@@ -99,6 +99,10 @@ def _authenticate(pamh: Any, opts: Any) -> int:
         P.KDC_UNREACHABLE: pamh.PAM_AUTHINFO_UNAVAIL,
         P.UNAVAILABLE: pamh.PAM_AUTHINFO_UNAVAIL,
         P.QUOTA: pamh.PAM_AUTHINFO_UNAVAIL,
+        # The KDC wants a new password: no TGT can be had with this one.
+        P.PASSWORD_EXPIRED: pamh.PAM_AUTH_ERR,
+        # Clock skew, policy and other KDC/library refusals: the infrastructure, not the user.
+        P.KDC_ERROR: pamh.PAM_AUTHINFO_UNAVAIL,
     }.get(code, pamh.PAM_AUTH_ERR if code == P.DENIED else pamh.PAM_SERVICE_ERR)
 
 
