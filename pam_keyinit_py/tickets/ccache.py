@@ -407,13 +407,15 @@ def _install(ctx: krb5.Context, target: str, princ: krb5.Principal, creds: krb5.
                 cc = krb5.cc_resolve(ctx, final.encode())
                 return _tgt_info(ctx, cc, uid)
             if make_primary:
-                krb5.cc_switch(ctx, cc)
+                krb5.cc_switch(ctx, cc)  # writes krb_ccache:primary: EDQUOT can strike here too
             info = _tgt_info(ctx, cc, uid, primary=make_primary)
-        except BaseException:
+        except BaseException as exc:
             try:
                 _cc_destroy(ctx, cc)
             except krb5.Krb5Error:
                 pass
+            if isinstance(exc, krb5.Krb5Error):
+                raise from_krb5(exc, f"installing the ticket of {princ} in {new_name}") from None
             raise
     if replace and replace != new_name:
         if grace > 0:
