@@ -25,7 +25,8 @@ bench: setup
 	@$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info pam_keyinit_py/keyutils/_keyutils*.so pam_keyinit_py/keyutils/_keyutils.c
+	rm -rf $(VENV) build *.egg-info pam_keyinit_py/keyutils/_keyutils*.so pam_keyinit_py/keyutils/_keyutils.c \
+		pam_keyinit_py/tickets/_krb5_renew*.so pam_keyinit_py/tickets/_krb5_renew.c
 
 # The PAM hook for /usr/bin/python3 (pam_python.so's interpreter): a venv in $(PREFIX) and the shim
 # /lib/security/pam_keyinit_py.py.  DESTDIR stages both elsewhere.
