@@ -43,6 +43,7 @@ import krb5
 
 from .. import keyutils
 from . import errors
+from .accounts import primary_gid
 from .errors import KdcUnreachable, TicketError, from_krb5
 
 #: Subsidiary-name prefix of caches this service creates ("KEYRING:persistent:1000:keyinit_3f2a…").
@@ -633,7 +634,7 @@ def list_caches(uid: int, gid: int | None = None, *, krb5_config: str | None = N
     ctx = context or _context(krb5_config)
     collection = collection_name(uid)
     if gid is None:
-        gid = _gid_of(uid)
+        gid = primary_gid(uid)
     out: list[TicketInfo] = []
     retiring = _reaper.pending(uid)
     with _as_user(uid, gid):
@@ -662,7 +663,7 @@ def info(ccache_name: str, uid: int, gid: int | None = None, *, krb5_config: str
     """Principal and TGT times of one cache, read as the user."""
     ctx = context or _context(krb5_config)
     if gid is None:
-        gid = _gid_of(uid)
+        gid = primary_gid(uid)
     with _as_user(uid, gid):
         try:
             cc = krb5.cc_resolve(ctx, ccache_name.encode())
@@ -681,7 +682,7 @@ def destroy(ccache_name: str, uid: int, gid: int | None = None, *, krb5_config: 
     """
     ctx = context or _context(krb5_config)
     if gid is None:
-        gid = _gid_of(uid)
+        gid = primary_gid(uid)
     with _as_user(uid, gid):
         try:
             cc = krb5.cc_resolve(ctx, ccache_name.encode())
@@ -690,12 +691,3 @@ def destroy(ccache_name: str, uid: int, gid: int | None = None, *, krb5_config: 
             _cc_destroy(ctx, cc)
         except krb5.Krb5Error as exc:
             raise from_krb5(exc, f"destroying {ccache_name}") from None
-
-
-def _gid_of(uid: int) -> int:
-    import pwd
-
-    try:
-        return pwd.getpwuid(uid).pw_gid
-    except KeyError:
-        return uid

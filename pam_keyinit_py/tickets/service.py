@@ -23,6 +23,7 @@ from typing import Any
 
 from .. import protocol as P
 from . import state as statefile
+from .accounts import primary_gid
 from .config import Config
 from .scheduler import Scheduler, backoff, renew_due
 from .sessions import Reaper, Session, SessionTable
@@ -385,7 +386,7 @@ class Service:
         if peer_uid not in (0, owner):
             log.warning("uid %d tried to destroy %s of uid %d: refused", peer_uid, name, owner)
             return P.reply_error(P.DENIED, f"{name} belongs to uid {owner}")
-        gid = t.gid if t else _gid_of(owner)
+        gid = t.gid if t else primary_gid(owner)
         if t is not None:
             t.cleared = True  # a renewal in flight must not put it back
         self._untrack(name)
@@ -567,7 +568,7 @@ class Service:
         an ``open`` (which takes the lock) comes either before the check or after the destroy.
         """
         policy = self.config.clear_on_logout
-        gid_default = _gid_of(uid)
+        gid_default = primary_gid(uid)
         with self.lock:
             if self.sessions.count(uid):
                 return []  # a login opened a session since the last close: its tickets stay
@@ -666,7 +667,7 @@ class Service:
         with self.lock:
             if not self.sessions.count(uid):
                 return  # the last session closed while the collection was listed: adopt nothing
-            gid = next((s.gid for s in self.sessions.by_sid.values() if s.uid == uid), _gid_of(uid))
+            gid = next((s.gid for s in self.sessions.by_sid.values() if s.uid == uid), primary_gid(uid))
             for info in infos:
                 if info.ccache not in self.tickets:
                     # A cache this service made (its name says so) is the service's even when it was
@@ -759,15 +760,6 @@ def _ccache_uid(name: str) -> int | None:
     if len(parts) >= 3 and parts[0] == "KEYRING" and parts[1] == "persistent" and parts[2].isdigit():
         return int(parts[2])
     return None
-
-
-def _gid_of(uid: int) -> int:
-    import pwd
-
-    try:
-        return pwd.getpwuid(uid).pw_gid
-    except KeyError:
-        return uid
 
 
 def _fmt(ts: float) -> str:
