@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -76,21 +77,25 @@ def delete_user(user: LabUser) -> None:
     users.remove(user)
 
 
-@pytest.fixture
-def test_user() -> Iterator[TestUser]:
-    """A fresh non-root user for the test."""
-    user = make_user()
+@contextmanager
+def temporary_user(prefix: str = "pkt", password: bool = False) -> Iterator[TestUser]:
+    """A user made by make_user() for the ``with`` block, deleted (keys and all) after it."""
+    user = make_user(prefix, password)
     try:
         yield user
     finally:
         delete_user(user)
+
+
+@pytest.fixture
+def test_user() -> Iterator[TestUser]:
+    """A fresh non-root user for the test."""
+    with temporary_user() as user:
+        yield user
 
 
 @pytest.fixture(scope="session")
 def session_user() -> Iterator[TestUser]:
     """One non-root user shared by a whole test session (cheaper than one per test)."""
-    user = make_user()
-    try:
+    with temporary_user() as user:
         yield user
-    finally:
-        delete_user(user)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.conftest import TestUser, delete_user, make_user, require, require_root
+from tests.conftest import TestUser, require, require_root, temporary_user
 
 
 @pytest.fixture(scope="session")
@@ -36,11 +36,8 @@ def pamwrap() -> Iterator[object]:
 @pytest.fixture(scope="session")
 def pam_user() -> Iterator[TestUser]:
     """A "pkp" user with a random password in /etc/shadow (set with chpasswd, never in argv)."""
-    user = make_user("pkp", password=True)
-    try:
+    with temporary_user("pkp", password=True) as user:
         yield user
-    finally:
-        delete_user(user)
 
 
 @pytest.fixture

@@ -82,11 +82,13 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _for_uid(op: str, args: argparse.Namespace) -> dict[str, Any]:
+    """A ``tickets``/``renew`` request, for --uid when given (root only) or the caller."""
+    return {"op": op} if args.uid is None else {"op": op, "uid": args.uid}
+
+
 def _tickets(args: argparse.Namespace) -> int:
-    message: dict[str, Any] = {"op": "tickets"}
-    if args.uid is not None:
-        message["uid"] = args.uid
-    rc, reply = _call(args, message)
+    rc, reply = _call(args, _for_uid("tickets", args))
     if rc:
         return rc
     if args.json:
@@ -97,10 +99,7 @@ def _tickets(args: argparse.Namespace) -> int:
 
 
 def _renew(args: argparse.Namespace) -> int:
-    message: dict[str, Any] = {"op": "renew"}
-    if args.uid is not None:
-        message["uid"] = args.uid
-    rc, reply = _call(args, message)
+    rc, reply = _call(args, _for_uid("renew", args))
     if rc:
         return rc
     if args.json:

@@ -11,7 +11,7 @@ import pytest
 
 from pam_keyinit_py import keyutils
 from pam_keyinit_py.integrations.store import KeyStore
-from tests.conftest import VENV_BIN, TestUser, delete_user, make_user, require
+from tests.conftest import VENV_BIN, TestUser, require, temporary_user
 
 PREFIX = "pki"
 BIN = VENV_BIN
@@ -24,22 +24,16 @@ def pki_user() -> Iterator[TestUser]:
     delete_user clears and unlinks the user's persistent keyring.
     """
     require(shutil.which("keyctl"), "keyctl (keyutils) not installed")
-    user = make_user(PREFIX)
-    try:
+    with temporary_user(PREFIX) as user:
         yield user
-    finally:
-        delete_user(user)
 
 
 @pytest.fixture(scope="module")
 def pki_module_user() -> Iterator[TestUser]:
     """One non-root user for a module whose tests each use a fresh *session* store."""
     require(shutil.which("keyctl"), "keyctl (keyutils) not installed")
-    user = make_user(PREFIX)
-    try:
+    with temporary_user(PREFIX) as user:
         yield user
-    finally:
-        delete_user(user)
 
 
 def run_fresh(user: TestUser, argv: list[str], **kw: object) -> subprocess.CompletedProcess:
