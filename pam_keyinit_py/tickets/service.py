@@ -271,9 +271,8 @@ class Service:
         try:
             info = ccache.acquire_password(
                 principal, password, uid, gid,
-                **_supported(ccache.acquire_password, lifetime=cfg.lifetime or None,
-                             renew_lifetime=cfg.renew_lifetime or None, forwardable=cfg.forwardable,
-                             timeout=cfg.kdc_timeout),
+                lifetime=cfg.lifetime or None, renew_lifetime=cfg.renew_lifetime or None,
+                forwardable=cfg.forwardable, timeout=cfg.kdc_timeout,
             )
         except errors.BadPassword:
             log.info("auth %s (uid %d): wrong password", principal, uid)
@@ -464,7 +463,7 @@ class Service:
         errors = _errors()
         try:
             api = _ccache_api()
-            info = api.renew(name, t.uid, t.gid, **_supported(api.renew, timeout=self.config.kdc_timeout))
+            info = api.renew(name, t.uid, t.gid, timeout=self.config.kdc_timeout)
         except errors.KdcUnreachable:
             t.attempts += 1
             self.renew_failures += 1
@@ -692,8 +691,7 @@ class Service:
         key = ("keytab", index)
         try:
             info = _ccache_api().acquire_keytab(entry.principal, entry.keytab, entry.uid, entry.gid,
-                                                **_supported(_ccache_api().acquire_keytab,
-                                                             ccache=entry.ccache))
+                                                ccache=entry.ccache)
         except errors.KdcUnreachable:
             delay = self.config.retry_min
             log.warning("keytab %s: no KDC answered; retry in %.0fs", entry.principal, delay)
@@ -728,16 +726,6 @@ def _update(t: Tracked, info: Any) -> None:
     t.renew_till = float(info.renew_till or 0)
     t.renewable = bool(info.renewable)
     t.warned = False
-
-
-def _supported(func: Any, **kwargs: Any) -> dict[str, Any]:
-    """The keyword arguments ``func`` accepts (ccache's optional knobs), without None values."""
-    import inspect
-
-    params = inspect.signature(func).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return {k: v for k, v in kwargs.items() if v is not None}
-    return {k: v for k, v in kwargs.items() if k in params and v is not None}
 
 
 _REALM: list[str] = []
