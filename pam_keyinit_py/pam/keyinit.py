@@ -180,6 +180,17 @@ def _restore_rgid(pamh: object, gid: int, old_gid: int) -> bool:
         return False
 
 
+def _restore_egid(pamh: object, gid: int, old_gid: int) -> bool:
+    if gid == old_gid:
+        return True
+    try:
+        ku.thread_setregid(-1, old_gid)
+        return True
+    except OSError:
+        syslog(pamh, LOG_ERR, f"Unable to change GID back to {old_gid}")
+        return False
+
+
 def kill_keyrings(state: KeyinitState, pamh: object, error_ret: int) -> int:
     """KEYCTL_REVOKE the keyring this handle created, with the user's effective uid/gid.
 
@@ -206,11 +217,7 @@ def kill_keyrings(state: KeyinitState, pamh: object, error_ret: int) -> int:
             ku.thread_setresuid(-1, uid, old_uid)  # keep the old euid as saved uid to come back
         except OSError:
             syslog(pamh, LOG_ERR, f"Unable to change UID to {uid} temporarily")
-            if gid != old_gid:
-                try:
-                    ku.thread_setregid(-1, old_gid)
-                except OSError:
-                    syslog(pamh, LOG_ERR, f"Unable to change GID back to {old_gid}")
+            _restore_egid(pamh, gid, old_gid)
             return error_ret
 
     try:
@@ -225,11 +232,7 @@ def kill_keyrings(state: KeyinitState, pamh: object, error_ret: int) -> int:
             except OSError:
                 syslog(pamh, LOG_ERR, f"Unable to change UID back to {old_uid}")
                 ret = error_ret
-        if gid != old_gid:
-            try:
-                ku.thread_setregid(-1, old_gid)
-            except OSError:
-                syslog(pamh, LOG_ERR, f"Unable to change GID back to {old_gid}")
-                ret = error_ret
+        if not _restore_egid(pamh, gid, old_gid):
+            ret = error_ret
         state.my_session_keyring = 0
     return ret
