@@ -35,6 +35,29 @@ def require_root() -> None:
     require(os.geteuid() == 0, "needs root")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def checkout_reachable_by_test_users() -> Iterator[None]:
+    """Let the throwaway users reach this checkout's venv and code for the session.
+
+    Tests run console scripts and pam_python as non-root users; a checkout under a 0700
+    directory (``mktemp -d``, a root-only CI workspace) would make each of them fail with
+    EACCES.  Directories on the way get o+x (search only, no listing) and get their mode
+    back at the end.
+    """
+    changed: list[tuple[Path, int]] = []
+    if os.geteuid() == 0:
+        for directory in [REPO, *REPO.parents]:
+            mode = directory.stat().st_mode & 0o7777
+            if not mode & 0o001:
+                os.chmod(directory, mode | 0o001)
+                changed.append((directory, mode))
+    try:
+        yield
+    finally:
+        for directory, mode in changed:
+            os.chmod(directory, mode)
+
+
 @pytest.fixture(autouse=True)
 def fresh_session_keyring() -> Iterator[int]:
     """Join a new anonymous session keyring for the test, so it never touches the caller's.
