@@ -370,7 +370,11 @@ def _write_new(ctx: krb5.Context, target: str, princ: krb5.Principal, creds: krb
         name = f"FILE:{path}.new.{secrets.token_hex(4)}"
     else:
         raise TicketError(f"{target}: only KEYRING and FILE caches are supported")
-    cc = krb5.cc_resolve(ctx, name.encode())
+    try:
+        # Resolving a KEYRING:persistent name already creates keyrings (_krb): EDQUOT can come here.
+        cc = krb5.cc_resolve(ctx, name.encode())
+    except krb5.Krb5Error as exc:
+        raise from_krb5(exc, f"opening {name}") from None
     try:
         krb5.cc_initialize(ctx, cc, princ)
         krb5.cc_store_cred(ctx, cc, creds)
