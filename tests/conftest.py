@@ -39,17 +39,18 @@ def require_root() -> None:
 def checkout_reachable_by_test_users() -> Iterator[None]:
     """Let the throwaway users reach this checkout's venv and code for the session.
 
-    Tests run console scripts and pam_python as non-root users; a checkout under a 0700
+    Tests run console scripts and pam_python as non-root users; a checkout in a 0700
     directory (``mktemp -d``, a root-only CI workspace) would make each of them fail with
-    EACCES.  Directories on the way get o+x (search only, no listing) and get their mode
-    back at the end.
+    EACCES.  The checkout itself gets o+rx (Python's import lists the directory), the
+    directories above it o+x (search only); all get their modes back at the end.
     """
     changed: list[tuple[Path, int]] = []
     if os.geteuid() == 0:
         for directory in [REPO, *REPO.parents]:
             mode = directory.stat().st_mode & 0o7777
-            if not mode & 0o001:
-                os.chmod(directory, mode | 0o001)
+            need = 0o005 if directory == REPO else 0o001
+            if mode & need != need:
+                os.chmod(directory, mode | need)
                 changed.append((directory, mode))
     try:
         yield
