@@ -17,6 +17,9 @@
 #       line of stdin; it goes to kadmin.local on its stdin, never on any command line.
 #       Without either option the key is random.
 #   realm.sh ktadd DIR KEYTAB PRINC...   Write the principals' current keys to KEYTAB (-norandkey).
+#   realm.sh hostkeytab DIR [HOST...]    Give each HOST (default: localhost and this host's names) a
+#       random-key host/HOST principal and write them to DIR/krb5.keytab (0600): the keytab a login
+#       host validates TGTs with, and sshd's GSSAPI acceptor keytab.  Prints the keytab's path.
 #   realm.sh env DIR                Print `export KRB5_CONFIG=... KRB5_KDC_PROFILE=...` lines.
 #   realm.sh status DIR             Print realm, port and pid; exit 0 if the KDC runs, 3 if not.
 #
@@ -27,7 +30,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PROG="realm.sh"
 
 die() { echo "$PROG: $*" >&2; exit 1; }
-usage() { sed -n '4,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '4,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 need() {
     local tool
@@ -173,7 +176,7 @@ cmd_destroy() {
     [ -f "$1/realm.env" ] || return 0
     cmd_stop "$1"
     load "$1"
-    rm -f "$DIR"/principal* "$DIR/stash" "$DIR/kdc.conf" "$DIR/krb5.conf" "$DIR/kadm5.acl" \
+    rm -f "$DIR"/principal* "$DIR/stash" "$DIR/kdc.conf" "$DIR/krb5.conf" "$DIR/kadm5.acl" "$DIR/krb5.keytab" \
         "$DIR"/*.log "$DIR/krb5kdc.out" "$DIR/realm.env"
     rmdir "$DIR" 2>/dev/null || true
 }
@@ -228,6 +231,25 @@ cmd_ktadd() {
     rm -f "$DIR/ktadd.err"
 }
 
+cmd_hostkeytab() {
+    [ $# -ge 1 ] || usage
+    load "$1"
+    shift
+    local hosts=("$@") h keytab="$DIR/krb5.keytab" seen=" "
+    if [ ${#hosts[@]} -eq 0 ]; then
+        hosts=(localhost "$(hostname)" "$(hostname -f 2>/dev/null || hostname)")
+    fi
+    rm -f "$keytab"
+    (umask 077; for h in "${hosts[@]}"; do
+        h="${h,,}"
+        case "$seen" in *" $h "*) continue ;; esac
+        seen="$seen$h "
+        cmd_addprinc "$DIR" "host/$h" -randkey
+        cmd_ktadd "$DIR" "$keytab" "host/$h@$REALM"
+    done)
+    echo "$keytab"
+}
+
 cmd_env() { [ $# -eq 1 ] || usage; load "$1"; print_env; }
 
 cmd_status() {
@@ -251,6 +273,7 @@ case "$cmd" in
     destroy) cmd_destroy "$@" ;;
     addprinc) cmd_addprinc "$@" ;;
     ktadd) cmd_ktadd "$@" ;;
+    hostkeytab) cmd_hostkeytab "$@" ;;
     env) cmd_env "$@" ;;
     status) cmd_status "$@" ;;
     -h|--help|help) usage ;;

@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -34,6 +35,12 @@ def realm() -> Iterator[Realm]:
         yield r
     finally:
         r.stop()
+
+
+@pytest.fixture(scope="session")
+def host_keytab(realm: Realm) -> Path:
+    """The realm's host keytab (``host/localhost`` and this host's names), as a login host has."""
+    return realm.host_keytab()
 
 
 @dataclass

@@ -166,6 +166,14 @@ class Realm:
         self._run("ktadd", str(self.dir), str(path), *principals)
         return Path(path)
 
+    def host_keytab(self, *hosts: str) -> Path:
+        """``realm.sh hostkeytab``: random-key ``host/<HOST>`` principals in ``DIR/krb5.keytab`` (0600).
+
+        Without ``hosts``: localhost and this machine's names, so both ``validate_principal``'s
+        default (``host/<fqdn>``) and sshd's GSSAPI acceptor find their key.
+        """
+        return Path(self._run("hostkeytab", str(self.dir), *hosts).strip().splitlines()[-1])
+
     # -- where things are --------------------------------------------------------------------
     @property
     def krb5_conf(self) -> Path:
