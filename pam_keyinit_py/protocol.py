@@ -59,6 +59,8 @@ NOT_RENEWABLE = "not_renewable"
 QUOTA = "quota_exceeded"
 PASSWORD_EXPIRED = "password_expired"  # the KDC wants the password changed (KDC_ERR_KEY_EXP)
 KDC_ERROR = "kdc_error"  # the KDC or libkrb5 refused for another reason (clock skew, policy...)
+VALIDATION_FAILED = "validation_failed"  # the TGT did not validate against the host keytab
+FAST_UNAVAILABLE = "fast_unavailable"  # fast = "require" and no FAST armor could be had
 DENIED = "denied"
 BAD_REQUEST = "bad_request"
 TOO_LARGE = "too_large"
@@ -67,7 +69,7 @@ UNAVAILABLE = "service_unavailable"  # set by clients only: the service did not 
 INTERNAL = "internal_error"
 ERROR_CODES = frozenset(
     {BAD_PASSWORD, UNKNOWN_PRINCIPAL, KDC_UNREACHABLE, NOT_RENEWABLE, QUOTA, PASSWORD_EXPIRED, KDC_ERROR,
-     DENIED, BAD_REQUEST, TOO_LARGE, NOT_FOUND, UNAVAILABLE, INTERNAL}
+     VALIDATION_FAILED, FAST_UNAVAILABLE, DENIED, BAD_REQUEST, TOO_LARGE, NOT_FOUND, UNAVAILABLE, INTERNAL}
 )
 
 #: Operations only uid 0 may send: they create tickets and sessions for other users.

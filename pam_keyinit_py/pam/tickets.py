@@ -103,6 +103,9 @@ def _authenticate(pamh: Any, opts: Any) -> int:
         P.PASSWORD_EXPIRED: pamh.PAM_AUTH_ERR,
         # Clock skew, policy and other KDC/library refusals: the infrastructure, not the user.
         P.KDC_ERROR: pamh.PAM_AUTHINFO_UNAVAIL,
+        # As pam_krb5 when krb5_verify_init_creds fails: the TGT may come from an impostor.
+        P.VALIDATION_FAILED: pamh.PAM_AUTH_ERR,
+        P.FAST_UNAVAILABLE: pamh.PAM_AUTHINFO_UNAVAIL,
     }.get(code, pamh.PAM_AUTH_ERR if code == P.DENIED else pamh.PAM_SERVICE_ERR)
 
 
