@@ -481,7 +481,8 @@ def host_principal(krb5_config: str | None = None) -> str:
     return ffi.string(out).decode(errors="replace")
 
 
-def _keytab_name(ctx: krb5.Context, keytab: str | None) -> str:
+def keytab_name(ctx: krb5.Context, keytab: str | None) -> str:
+    """``keytab``, or the name of libkrb5's default keytab (krb5_kt_default_name)."""
     if keytab:
         return keytab
     try:
@@ -517,7 +518,7 @@ def verify_creds(ctx: krb5.Context, creds: krb5.Creds, *, keytab: str | None = N
         name = name[:-1]
     if code == 0:
         return name
-    where = _keytab_name(ctx, keytab)
+    where = keytab_name(ctx, keytab)
     reason = ffi.string(err).decode(errors="replace") or f"error {code}"
     if code in (errno.ENOENT, errors.KRB5_KT_NOTFOUND, errors.KRB5_KT_END):
         raise errors.NoValidationKey(f"no key for {name} in {where} to validate with: {reason}", code)
@@ -557,7 +558,7 @@ def fast_armor(ctx: krb5.Context, *, keytab: str | None = None, principal: str |
         krb5.cc_initialize(ctx, cc, princ)
         krb5.cc_store_cred(ctx, cc, creds)
     except krb5.Krb5Error as exc:
-        raise errors.FastUnavailable(f"no FAST armor TGT for {name} from {_keytab_name(ctx, keytab)}: {exc}",
+        raise errors.FastUnavailable(f"no FAST armor TGT for {name} from {keytab_name(ctx, keytab)}: {exc}",
                                      getattr(exc, "err_code", 0)) from None
     with _armor_lock:
         names, _ = _armor.get(key, ([], 0.0))
