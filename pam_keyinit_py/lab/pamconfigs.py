@@ -50,10 +50,12 @@ def available() -> str | None:
     return None
 
 
-def render_stacks(enable: tuple[str, ...] = ("keyinit-krb5",),
-                  profiles: Path = PROFILES) -> dict[str, list[str]]:
+def render_stacks(enable: tuple[str, ...] = ("keyinit-krb5",), profiles: Path = PROFILES,
+                  extra: tuple[Path, ...] = ()) -> dict[str, list[str]]:
     """``pam-auth-update --enable PROFILE...`` in a private mount namespace: the common-* lines.
 
+    The profiles offered are libpam-runtime's ``unix``, those in ``profiles`` and the files in
+    ``extra`` (libpam-krb5's /usr/share/pam-configs/krb5, for the benchmarks' anchor).
     Returns {"auth": [...], "account": [...], "password": [...], "session": [...]}, each line
     as pam-auth-update wrote it (``auth [success=2 default=ignore] pam_python.so ...``),
     comments and blank lines left out.
@@ -63,7 +65,7 @@ def render_stacks(enable: tuple[str, ...] = ("keyinit-krb5",),
         shutil.copytree("/etc/pam.d", work / "pam.d", symlinks=True)
         (work / "pam-configs").mkdir()
         shutil.copy(UNIX_PROFILE, work / "pam-configs" / "unix")
-        for profile in profiles.iterdir():
+        for profile in [*profiles.iterdir(), *extra]:
             shutil.copy(profile, work / "pam-configs" / profile.name)
         (work / "var-lib-pam").mkdir()
         shutil.copytree("/var/cache/debconf", work / "debconf", symlinks=True)
