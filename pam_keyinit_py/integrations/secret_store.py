@@ -31,6 +31,20 @@ from .store import KeyStore, StoreError
 __all__ = ["Item", "SecretStore", "StoreError"]
 
 
+def is_text(*values: str) -> bool:
+    """True when every value is valid Unicode (no lone surrogate, e.g. from undecodable argv bytes)."""
+    try:
+        for value in values:
+            value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _storable(attributes: dict[str, str]) -> bool:
+    return is_text(*attributes, *attributes.values())
+
+
 def encode_attributes(attributes: dict[str, str]) -> str:
     """The key description for an attribute set: canonical, compact JSON (no NUL byte possible)."""
     return json.dumps(attributes, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -102,6 +116,10 @@ class SecretStore:
         attributes an older item had).
         """
         self._check(attributes)
+        if not _storable(attributes) or not is_text(label):
+            raise StoreError("attributes and label must be valid UTF-8 text")
+        if not is_text(secret):
+            raise StoreError("secret must be valid UTF-8 text")
         description = encode_attributes(attributes)
         now = int(time.time())
         created = now
@@ -146,6 +164,8 @@ class SecretStore:
         """
         self._check(query)
         guess = query if likely is None else likely
+        if not _storable(query) or not _storable(guess):
+            return None  # no item can carry such an attribute (store() refuses it)
         exact = self.keys.find(encode_attributes(guess))
         if exact is not None:
             item = _unpack(exact, dict(guess), self.keys.read(exact))
