@@ -16,6 +16,9 @@ PACKAGES=(
   krb5-kdc krb5-admin-server krb5-user libkrb5-dev
   # process tools used by the tests
   procps passwd
+  # the anchor for docker-credential-keyctl's error texts: upstream's Go helpers
+  # (docker-credential-secretservice decodes stdin with encoding/json before any D-Bus call)
+  golang-docker-credential-helpers
 )
 
 # docker-credential-keyctl is tested by the real docker CLI; bring one only if none is there.

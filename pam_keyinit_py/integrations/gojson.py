@@ -16,7 +16,7 @@ the same bytes:
   ``null`` leaves a field unset;
 - lone UTF-16 surrogate escapes (``\\ud800``) become U+FFFD, as Go does.
 
-Raw bytes that are not UTF-8 are refused (:class:`NotUTF8`); Go would turn
+Raw bytes that are not UTF-8 in a field's value are refused (:class:`NotUTF8`); Go would turn
 them into U+FFFD, silently changing a secret.
 """
 
@@ -29,6 +29,7 @@ _WS = b" \t\r\n"
 _ESCAPES = b'"\\/bfnrt'
 _HEX = b"0123456789abcdefABCDEF"
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 
 
 class GoJSONError(ValueError):
@@ -232,10 +233,10 @@ def decode_struct(data: bytes, fields: tuple[str, ...], struct: str, package: st
     Returns every field ("" when absent or null).  Raises GoJSONError with Go's text.
     """
     raw = first_value(data)
-    try:
-        text = raw.decode()
-    except UnicodeDecodeError:
-        raise NotUTF8("invalid credentials: not valid UTF-8") from None
+    # Undecodable bytes become U+DC80..U+DCFF here; Go makes them U+FFFD.  In a key they
+    # just fail to match (as in Go); in a field's value they are refused below.
+    text = raw.decode(errors="surrogateescape")
+    raw_invalid = text != raw.decode(errors="replace")
     try:
         value = json.loads(text, object_pairs_hook=_Object)
     except ValueError:  # not reached for input Go's scanner accepts; never echo the input
@@ -253,6 +254,8 @@ def decode_struct(data: bytes, fields: tuple[str, ...], struct: str, package: st
         if field is None or item is None:
             continue
         if isinstance(item, str):
+            if raw_invalid and _ESCAPED_BYTE.search(item):
+                raise NotUTF8("invalid credentials: not valid UTF-8")
             out[field] = _SURROGATE.sub("\ufffd", item)
         elif error is None:
             error = (f"json: cannot unmarshal {_go_kind(item)} into Go struct field "

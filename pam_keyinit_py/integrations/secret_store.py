@@ -166,13 +166,19 @@ class SecretStore:
         guess = query if likely is None else likely
         if not _storable(query) or not _storable(guess):
             return None  # no item can carry such an attribute (store() refuses it)
-        exact = self.keys.find(encode_attributes(guess))
-        if exact is not None:
-            item = _unpack(exact, dict(guess), self.keys.read(exact))
-            if item is not None:
-                return item
-        found = self.search(query)
-        return found[0] if found else None
+        # An item replaced between finding and reading it reads as None: look again.
+        for _attempt in range(3):
+            exact = self.keys.find(encode_attributes(guess))
+            if exact is not None:
+                item = _unpack(exact, dict(guess), self.keys.read(exact))
+                if item is not None:
+                    return item
+            found = self.search(query)
+            if found:
+                return found[0]
+            if exact is None:
+                return None
+        return None
 
     def lookup(self, query: dict[str, str], likely: dict[str, str] | None = None) -> str | None:
         """The secret of the best item matching ``query``, or None."""

@@ -257,7 +257,8 @@ class KeyStore:
                 if int(total) != count:
                     return None
                 parts[int(index)] = keyutils.read(chunk)
-        except _GONE:
+        except (*_GONE, keyutils.KeyPermissionError):
+            # Replaced meanwhile: a displaced chunk keyring is no longer possessed (EACCES).
             return None
         except keyutils.KeyutilsError as exc:
             raise explain(exc) from None
