@@ -732,5 +732,47 @@ def act_supports(argv: Argv) -> int:
 
 
 def act_unsupported(argv: Argv) -> int:
-    """dh_compute, pkey_*, watch*, --test: recognised (for prefix matching) but not provided."""
+    """dh_compute*, pkey_*: recognised (keyctl's command table) but not provided."""
     raise die(b"pykeyctl: " + argv[0] + b": not supported; use keyctl(1)\n", 1)
+
+
+def act_test(argv: Argv) -> int:
+    """--test limits|limits2: keyctl's built-in limit tests (see :mod:`.testing`)."""
+    from .testing import act_test as run
+
+    return run(argv)
+
+
+def act_watch(argv: Argv) -> int:
+    """watch [-f<filters>] key: key notifications (see :mod:`.watch`)."""
+    from .watch import act_watch as run
+
+    return run(argv)
+
+
+def act_watch_add(argv: Argv) -> int:
+    """watch_add fd key: KEYCTL_WATCH_KEY onto a watch_session queue."""
+    from .watch import act_watch_add as run
+
+    return run(argv)
+
+
+def act_watch_rm(argv: Argv) -> int:
+    """watch_rm fd key: KEYCTL_WATCH_KEY removal."""
+    from .watch import act_watch_rm as run
+
+    return run(argv)
+
+
+def act_watch_session(argv: Argv) -> int:
+    """watch_session ...: a watched new session keyring around a program."""
+    from .watch import act_watch_session as run
+
+    return run(argv)
+
+
+def act_watch_sync(argv: Argv) -> int:
+    """watch_sync fd: wait for the monitor to drain its queue."""
+    from .watch import act_watch_sync as run
+
+    return run(argv)
