@@ -193,3 +193,106 @@ def test_fuzz_docker_helper(anchor: str) -> None:
         assert ours.returncode == 1, (argv, stdin, ours.stdout)
         assert ours.stdout.endswith(b"\n") and ours.stdout.count(b"\n") == 1, (argv, stdin, ours.stdout)
     assert compared > CASES // 5, compared  # the parity part really ran
+
+
+# --- keyinit secret and the keyring CLI -------------------------------------------------------
+
+KEYINIT = str(BIN / "keyinit")
+KEYRING = str(BIN / "keyring")
+BACKEND = "pam_keyinit_py.integrations.keyring_backend.KernelKeyring"
+
+
+def run_cli(argv: list[bytes], stdin: bytes) -> subprocess.CompletedProcess:
+    env = _env(PYTHON_KEYRING_BACKEND=BACKEND, LANG="C.UTF-8")
+    return subprocess.run(argv, input=stdin, capture_output=True, env=env, timeout=60)
+
+
+def _junk(rng: random.Random, n: int = 12) -> bytes:
+    """Random argv bytes (execve cannot carry NUL) with at least one byte that is not UTF-8."""
+    raw = bytearray(rng.randbytes(rng.randrange(0, n)).replace(b"\x00", b"\x01"))
+    raw.insert(rng.randrange(len(raw) + 1), rng.choice(b"\xfe\xff"))  # never valid in UTF-8
+    return bytes(raw)
+
+
+def _word(rng: random.Random) -> bytes:
+    return rng.choice([b"svc", b"user", b"a", b"imap", b"x y", b"\xc3\xa9t\xc3\xa9"])
+
+
+def test_fuzz_keyinit_secret() -> None:
+    """Every case holds one invalid ingredient: exit non-zero, a message on stderr, no traceback."""
+    rng = random.Random(1515)
+    for n in range(CASES):
+        action = rng.choice([b"store", b"lookup", b"clear", b"search"])
+        pairs = [_word(rng) for _ in range(2 * rng.randrange(1, 3))]
+        stdin = rng.randbytes(rng.randrange(0, 80))
+        kind = n % 6
+        label = [b"--label=L"] if action == b"store" else []
+        if kind == 0:  # an attribute or value that is not UTF-8
+            pairs[rng.randrange(len(pairs))] = _junk(rng)
+            expect = 2
+        elif kind == 1:  # an attribute without a value
+            pairs.append(_word(rng))
+            expect = 2
+        elif kind == 2:  # an unknown action
+            action = _junk(rng)
+            expect = 2
+        elif kind == 3:  # an unknown option
+            label.append(b"--" + _junk(rng).lstrip(b"-"))
+            expect = 2
+        elif kind == 4:  # a location that is not one
+            label.append(b"--location=" + _junk(rng))
+            expect = 1
+        else:  # store: a secret or a label that is not UTF-8 (NUL bytes too)
+            action = b"store"
+            if rng.randrange(2):
+                stdin = stdin + b"\x00" + rng.choice([b"\xff", b"\xc3", b"\xed\xa0\x80"])
+                label = [b"--label=L"]
+            else:
+                label = [b"--label=" + _junk(rng)]
+            expect = 1
+        argv = [KEYINIT.encode(), b"secret", action, *label, *pairs]
+        out = run_cli(argv, stdin)
+        assert b"Traceback" not in out.stdout + out.stderr, (argv, out.stderr)
+        assert out.returncode == expect, (argv, stdin, out.returncode, out.stderr)
+        assert out.stdout == b"" and out.stderr.endswith(b"\n") and len(out.stderr) > 10, (argv, out)
+
+
+def test_keyinit_secret_keeps_nul_bytes_verbatim() -> None:
+    secret = b"a\x00b\x00\n"
+    stored = run_cli([KEYINIT.encode(), b"secret", b"store", b"--label=L", b"nul", b"1"], secret)
+    assert stored.returncode == 0, stored.stderr
+    got = run_cli([KEYINIT.encode(), b"secret", b"lookup", b"nul", b"1"], b"")
+    assert (got.returncode, got.stdout) == (0, secret)
+
+
+def test_fuzz_keyring_cli() -> None:
+    """keyring's CLI on the kernel backend: invalid input exits non-zero without a traceback.
+
+    keyring's CLI itself catches no backend error; this backend makes its errors one line
+    on stderr there.  ``get`` of something absent exits 1 silently, as keyring's CLI does.
+    """
+    rng = random.Random(2525)
+    for n in range(CASES):
+        kind = n % 5
+        service, user = _word(rng), _word(rng)
+        stdin = rng.randbytes(rng.randrange(0, 60)).replace(b"\n", b"")
+        if kind == 0:  # set: a password that is not UTF-8 (NUL too)
+            argv, stdin = [b"set", service, user], stdin + b"\x00\xff\n"
+            expect, says = 1, b"keyring: PasswordSetError: secret must be valid UTF-8 text"
+        elif kind == 1:  # set: a service or user name that is not UTF-8
+            argv = [b"set", _junk(rng), user] if n % 2 else [b"set", service, _junk(rng)]
+            stdin = b"pw\n"
+            expect, says = 1, b"keyring: PasswordSetError: attributes and label must be valid UTF-8 text"
+        elif kind == 2:  # del: nothing stored under a name that is not UTF-8
+            argv = [b"del", _junk(rng), user]
+            expect, says = 1, b"keyring: PasswordDeleteError: Password not found"
+        elif kind == 3:  # get: nothing stored: exit 1, silently (keyring's CLI)
+            argv = [b"get", _junk(rng), _junk(rng)]
+            expect, says = 1, b""
+        else:  # an operation that is not one
+            argv = [_junk(rng), service, user]
+            expect, says = 2, b"error: argument operation: invalid choice"
+        out = run_cli([KEYRING.encode(), *argv], stdin)
+        assert b"Traceback" not in out.stdout + out.stderr, (argv, out.stderr)
+        assert out.returncode == expect and out.stdout == b"", (argv, stdin, out.returncode, out.stdout)
+        assert says in out.stderr and (says or out.stderr == b""), (argv, out.stderr)
