@@ -276,22 +276,29 @@ def act_watch_rm(argv: list[bytes]) -> int:
     return 0
 
 
-def act_watch_sync(argv: list[bytes]) -> int:
-    """watch_sync <fd>: wait until the monitor has read every queued notification."""
+def _ioctl(fd: int, request: int, arg: int | bytes) -> int | bytes:
+    """ioctl(2) as C calls it: a negative descriptor is EBADF (Python's fcntl refuses it outright)."""
     import fcntl
 
+    if fd < 0:
+        raise OSError(E.EBADF, os.strerror(E.EBADF))
+    return fcntl.ioctl(fd, request, arg)
+
+
+def act_watch_sync(argv: list[bytes]) -> int:
+    """watch_sync <fd>: wait until the monitor has read every queued notification."""
     if len(argv) != 2:
         raise usage()
     fd = atoi(argv[1])
     try:
-        fcntl.ioctl(fd, PIPE_IOC_SYNC, 0)
+        _ioctl(fd, PIPE_IOC_SYNC, 0)
         return 0
     except OSError as exc:
         if exc.errno != E.ENOTTY:
             raise fail("ioctl(PIPE_IOC_SYNC)", exc.errno or 0) from None
     while True:
         try:
-            count = struct.unpack("i", fcntl.ioctl(fd, FIONREAD, b"\0\0\0\0"))[0]
+            count = struct.unpack("i", _ioctl(fd, FIONREAD, b"\0\0\0\0"))[0]
         except OSError as exc:
             raise fail("ioctl(FIONREAD)", exc.errno or 0) from None
         if count == 0:
