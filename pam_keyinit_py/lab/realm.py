@@ -174,6 +174,23 @@ class Realm:
         """
         return Path(self._run("hostkeytab", str(self.dir), *hosts).strip().splitlines()[-1])
 
+    def modify_principal(self, name: str, *options: str) -> None:
+        """kadmin modprinc OPTIONS NAME (``+needchange``, ``-allow_tix``, ``-expire``, ``now`` ...)."""
+        self._run("modprinc", str(self.dir), name, *options)
+
+    def add_policy(self, name: str, *options: str) -> None:
+        """kadmin addpol OPTIONS NAME (e.g. ``-minlength``, ``12``); an existing policy is kept."""
+        self._run("addpol", str(self.dir), name, *options)
+
+    # -- kadmind: the kpasswd service --------------------------------------------------------
+    def start_kadmind(self) -> None:
+        """``realm.sh kadmind DIR``: kadmind on the realm's loopback kadmin and kpasswd ports."""
+        self._run("kadmind", str(self.dir), "start")
+
+    def stop_kadmind(self) -> None:
+        """Stop kadmind (``stop()`` does it too)."""
+        self._run("kadmind", str(self.dir), "stop")
+
     # -- where things are --------------------------------------------------------------------
     @property
     def krb5_conf(self) -> Path:
