@@ -4,6 +4,13 @@ Transport: a Unix stream socket (``/run/keyinit/ticketd.sock`` by default).
 Framing: each message is a 4-byte big-endian length followed by that many
 bytes of UTF-8 JSON holding one object.  Every message carries ``"v": 1``.
 
+``account`` is pam_sm_acct_mgmt's question: with ``kuserok`` (default true) may ``principal``
+(default user@default_realm) log in to ``user`` (krb5_kuserok: ~/.k5login, auth_to_local), and
+with ``kdc`` (default true) does the KDC still issue tickets to it (not locked, not expired,
+password not expired)?  ``chpass`` without ``new_password`` only checks ``old_password`` (an
+initial ticket for kadmin/changepw, pam_sm_chauthtok's PAM_PRELIM_CHECK); with it, the password
+is changed through the kpasswd service.  Passwords are never logged by either side.
+
 Requests carry ``"op"``; replies carry ``"ok"`` and, on failure, a machine
 ``"code"`` (one of :data:`ERROR_CODES`) and a human ``"error"``.  The server
 identifies the caller with SO_PEERCRED, never with a field of the message:
@@ -12,6 +19,10 @@ identifies the caller with SO_PEERCRED, never with a field of the message:
 op        who     fields
 ========  ======  ===============================================================
 auth      root    user, uid, gid, password, [principal] -> principal, ccache
+account   root    user, uid, [principal], [kuserok],    -> principal
+                  [kdc]
+chpass    root    user, uid, [principal], old_password, -> principal, [changed]
+                  [new_password]
 open      root    user, uid, gid                        -> sid, sessions
 close     root    uid, [sid]                            -> sessions, cleared
 status    anyone                                        -> service, sessions, tickets
@@ -59,6 +70,8 @@ NOT_RENEWABLE = "not_renewable"
 QUOTA = "quota_exceeded"
 PASSWORD_EXPIRED = "password_expired"  # the KDC wants the password changed (KDC_ERR_KEY_EXP)
 KDC_ERROR = "kdc_error"  # the KDC or libkrb5 refused for another reason (clock skew, policy...)
+ACCOUNT_EXPIRED = "account_expired"  # the principal's expiry date passed (KDC_ERR_NAME_EXP)
+PASSWORD_REJECTED = "password_rejected"  # kpasswd refused the new password (quality, history)
 DENIED = "denied"
 BAD_REQUEST = "bad_request"
 TOO_LARGE = "too_large"
@@ -67,19 +80,23 @@ UNAVAILABLE = "service_unavailable"  # set by clients only: the service did not 
 INTERNAL = "internal_error"
 ERROR_CODES = frozenset(
     {BAD_PASSWORD, UNKNOWN_PRINCIPAL, KDC_UNREACHABLE, NOT_RENEWABLE, QUOTA, PASSWORD_EXPIRED, KDC_ERROR,
-     DENIED, BAD_REQUEST, TOO_LARGE, NOT_FOUND, UNAVAILABLE, INTERNAL}
+     ACCOUNT_EXPIRED, PASSWORD_REJECTED, DENIED, BAD_REQUEST, TOO_LARGE, NOT_FOUND, UNAVAILABLE, INTERNAL}
 )
 
 #: Operations only uid 0 may send: they create tickets and sessions for other users.
-ROOT_OPS = frozenset({"auth", "open", "close"})
+ROOT_OPS = frozenset({"auth", "open", "close", "account", "chpass"})
 
 # Request schema: op -> {field: (type, required)}.  Unknown fields are refused so a typo never
 # silently changes meaning.
 _ID = (int, True)
 _OPT_ID = (int, False)
 _STR = (str, True)
+_OPT_BOOL = (bool, False)
 SCHEMA: dict[str, dict[str, tuple[type, bool]]] = {
     "auth": {"user": _STR, "uid": _ID, "gid": _ID, "password": _STR, "principal": (str, False)},
+    "account": {"user": _STR, "uid": _ID, "principal": (str, False), "kuserok": _OPT_BOOL, "kdc": _OPT_BOOL},
+    "chpass": {"user": _STR, "uid": _ID, "principal": (str, False), "old_password": _STR,
+               "new_password": (str, False)},
     "open": {"user": _STR, "uid": _ID, "gid": _ID},
     "close": {"uid": _ID, "sid": _OPT_ID},
     "status": {},
@@ -204,7 +221,7 @@ def validate_request(message: dict[str, Any]) -> dict[str, Any]:
             continue
         value = message[key]
         # bool is an int subclass; a uid of `true` is a malformed message, not uid 1.
-        if not isinstance(value, kind) or isinstance(value, bool):
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             raise ProtocolError(BAD_REQUEST, f"{op}: field {key!r} must be {kind.__name__}")
         if kind is int and not 0 <= value < 2**32 - 1:
             raise ProtocolError(BAD_REQUEST, f"{op}: field {key!r} out of range")

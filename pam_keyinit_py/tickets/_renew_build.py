@@ -1,4 +1,10 @@
-"""cffi (API, out-of-line) build of the one libkrb5 call the service must make without the GIL.
+"""cffi (API, out-of-line) build of the few libkrb5 calls pykrb5 lacks or makes with the GIL held.
+
+``pk_kuserok``: krb5_kuserok (~/.k5login, else auth_to_local), which pykrb5 0.10 does not
+bind; the account check of a login (``pam_sm_acct_mgmt``) asks it whether a principal may
+log in to a local account.
+
+``pk_renew_marshalled``:
 
 pykrb5 0.10 calls krb5_get_renewed_creds while holding the GIL.  libkrb5 offers no
 timeout (MIT has no kdc_timeout), so a KDC that accepts the connection and never answers
@@ -15,6 +21,7 @@ CDEF = """
 int pk_renew_marshalled(const char *ccname, const char *profile_path,
                         unsigned char **out, size_t *outlen, char *err, size_t errlen);
 void pk_free(void *p);
+int pk_kuserok(const char *profile_path, const char *principal, const char *luser, char *err, size_t errlen);
 """
 
 SOURCE = r"""
@@ -25,6 +32,55 @@ SOURCE = r"""
 #include <string.h>
 
 static void pk_free(void *p) { free(p); }
+
+static krb5_error_code pk_context(const char *profile_path, krb5_context *ctx)
+{
+    if (profile_path != NULL) {
+        const_profile_filespec_t files[2] = { profile_path, NULL };
+        profile_t profile = NULL;
+        krb5_error_code ret = profile_init(files, &profile);
+        if (ret)
+            return ret;
+        ret = krb5_init_context_profile(profile, 0, ctx);
+        profile_release(profile);
+        return ret;
+    }
+    return krb5_init_context(ctx);
+}
+
+/* krb5_kuserok(principal, luser): 1 allowed, 0 refused, -1 when the principal does not parse
+ * or no context could be made (err says why). */
+static int pk_kuserok(const char *profile_path, const char *principal, const char *luser,
+                      char *err, size_t errlen)
+{
+    krb5_context ctx = NULL;
+    krb5_principal princ = NULL;
+    krb5_error_code ret;
+    int ok;
+
+    if (errlen)
+        err[0] = '\0';
+    ret = pk_context(profile_path, &ctx);
+    if (ret) {
+        if (errlen)
+            snprintf(err, errlen, "cannot initialise krb5 (code %ld)", (long)ret);
+        return -1;
+    }
+    ret = krb5_parse_name(ctx, principal, &princ);
+    if (ret) {
+        if (errlen) {
+            const char *msg = krb5_get_error_message(ctx, ret);
+            snprintf(err, errlen, "%s", msg);
+            krb5_free_error_message(ctx, msg);
+        }
+        krb5_free_context(ctx);
+        return -1;
+    }
+    ok = krb5_kuserok(ctx, princ, luser) ? 1 : 0;
+    krb5_free_principal(ctx, princ);
+    krb5_free_context(ctx);
+    return ok;
+}
 
 /* krb5_get_renewed_creds for the cache's principal; the result marshalled into *out
  * (malloc'd, freed with pk_free).  Returns a krb5/com_err code; err gets its message. */

@@ -83,6 +83,12 @@ def _errors():
     return errors
 
 
+def _principals():  # kuserok, the KDC's account view and kpasswd (krb5 loaded late, as above)
+    from . import principals
+
+    return principals
+
+
 class Service:
     """All state of the ticket service, guarded by one lock; krb5 calls run outside it."""
 
@@ -287,8 +293,8 @@ class Service:
             log.error("auth %s (uid %d): key quota exceeded, no ticket stored: %s", principal, uid, exc)
             return P.reply_error(P.QUOTA, "key quota of the user exceeded")
         except errors.PasswordExpired:
-            log.info("auth %s (uid %d): password expired", principal, uid)
-            return P.reply_error(P.PASSWORD_EXPIRED, "password expired: it must be changed first")
+            # MIT answers KEY_EXP before it looks at the password: prove it before saying so.
+            return self._expired(principal, uid, password)
         except errors.AccessDenied:
             log.info("auth %s (uid %d): principal disabled or locked out", principal, uid)
             return P.reply_error(P.DENIED, f"principal {principal} is disabled or locked out")
@@ -310,6 +316,116 @@ class Service:
         self._schedule_renewal(t)
         log.info("auth %s (uid %d): TGT in %s until %s", principal, uid, t.ccache, _fmt(t.endtime))
         return P.reply_ok(principal=principal, ccache=t.ccache, endtime=t.endtime)
+
+    def _expired(self, principal: str, uid: int, password: str) -> dict[str, Any]:
+        """auth got KDC_ERR_KEY_EXP: answer PASSWORD_EXPIRED only if the password is the right one.
+
+        The KDC checks the expiry before the preauthentication, so KEY_EXP comes for any
+        password; a ticket for kadmin/changepw (which the KDC grants to an expired password)
+        proves it, as pam_krb5 does.  Only then may the hook let the login go on to the change.
+        """
+        errors = _errors()
+        try:
+            _principals().verify_changepw(principal, password, timeout=self.config.kdc_timeout)
+        except errors.BadPassword:
+            log.info("auth %s (uid %d): wrong password (password expired)", principal, uid)
+            return P.reply_error(P.BAD_PASSWORD, "wrong password")
+        except errors.KdcUnreachable:
+            log.warning("auth %s (uid %d): password expired; no KDC answered the check", principal, uid)
+            return P.reply_error(P.KDC_UNREACHABLE, "no KDC answered")
+        except errors.TicketError as exc:
+            log.warning("auth %s (uid %d): password expired; check failed: %s", principal, uid,
+                        exc.__class__.__name__)
+            return P.reply_error(P.KDC_ERROR, f"no ticket: {exc.__class__.__name__}")
+        finally:
+            del password
+        log.info("auth %s (uid %d): password right but expired: it must be changed", principal, uid)
+        return P.reply_error(P.PASSWORD_EXPIRED, "password expired: it must be changed first")
+
+    def account(self, user: str, uid: int, principal: str | None, kuserok: bool = True,
+                kdc: bool = True) -> dict[str, Any]:
+        """pam_sm_acct_mgmt's checks: krb5_kuserok(principal, user), then the KDC's view of the principal.
+
+        The KDC probe sends no password (see principals.account_state), so it never counts
+        towards a lockout.
+        """
+        errors = _errors()
+        principals = _principals()
+        if not principal:
+            principal = f"{user}@{default_realm()}"
+        if kuserok:
+            try:
+                allowed = principals.kuserok(principal, user)
+            except errors.TicketError as exc:
+                log.warning("account %s (uid %d): %s", user, uid, exc)
+                return P.reply_error(P.BAD_REQUEST, f"bad principal name {principal!r}")
+            if not allowed:
+                log.info("account %s (uid %d): %s may not log in to it (krb5_kuserok: .k5login, "
+                         "auth_to_local)", user, uid, principal)
+                return P.reply_error(P.DENIED, f"{principal} is not authorized to log in as {user}")
+        if kdc:
+            try:
+                principals.account_state(principal, timeout=self.config.kdc_timeout)
+            except errors.UnknownPrincipal:
+                return P.reply_error(P.UNKNOWN_PRINCIPAL, f"principal {principal} unknown to the KDC")
+            except errors.AccountExpired:
+                log.info("account %s (uid %d): principal %s has expired", user, uid, principal)
+                return P.reply_error(P.ACCOUNT_EXPIRED, f"the account of {principal} has expired")
+            except errors.AccessDenied:
+                log.info("account %s (uid %d): principal %s is disabled or locked out", user, uid, principal)
+                return P.reply_error(P.DENIED, f"principal {principal} is disabled or locked out")
+            except errors.PasswordExpired:
+                log.info("account %s (uid %d): the password of %s has expired", user, uid, principal)
+                return P.reply_error(P.PASSWORD_EXPIRED, "password expired: it must be changed")
+            except errors.KdcUnreachable:
+                log.warning("account %s (uid %d): no KDC answered", user, uid)
+                return P.reply_error(P.KDC_UNREACHABLE, "no KDC answered")
+            except errors.TicketError as exc:
+                log.warning("account %s (uid %d): %s", user, uid, exc)
+                return P.reply_error(P.KDC_ERROR, f"account check failed: {exc.__class__.__name__}")
+        return P.reply_ok(principal=principal)
+
+    def chpass(self, user: str, uid: int, principal: str | None, old_password: str,
+               new_password: str | None) -> dict[str, Any]:
+        """pam_sm_chauthtok through kpasswd: check ``old_password`` (kadmin/changepw ticket), and
+        with ``new_password`` change it.  Neither password reaches a log line or a reply."""
+        errors = _errors()
+        principals = _principals()
+        if not principal:
+            principal = f"{user}@{default_realm()}"
+        timeout = self.config.kdc_timeout
+        changing = new_password is not None
+        try:
+            if new_password is None:
+                principals.verify_changepw(principal, old_password, timeout=timeout)
+            else:
+                principals.change_password(principal, old_password, new_password,
+                                           timeout=max(timeout, 5.0))
+        except errors.BadPassword:
+            log.info("chpass %s (uid %d): wrong current password", principal, uid)
+            return P.reply_error(P.BAD_PASSWORD, "wrong current password")
+        except errors.UnknownPrincipal:
+            return P.reply_error(P.UNKNOWN_PRINCIPAL, f"principal {principal} unknown to the KDC")
+        except errors.PasswordRejected as exc:
+            # The kpasswd server's own words (length, classes, history): what the user must read.
+            log.info("chpass %s (uid %d): new password rejected: %s", principal, uid, exc)
+            return P.reply_error(P.PASSWORD_REJECTED, str(exc))
+        except errors.AccountExpired:
+            return P.reply_error(P.ACCOUNT_EXPIRED, f"the account of {principal} has expired")
+        except errors.AccessDenied as exc:
+            log.info("chpass %s (uid %d): refused: %s", principal, uid, exc)
+            return P.reply_error(P.DENIED, f"password change of {principal} refused")
+        except errors.KdcUnreachable:
+            log.warning("chpass %s (uid %d): no KDC or kpasswd server answered", principal, uid)
+            return P.reply_error(P.KDC_UNREACHABLE, "no KDC or kpasswd server answered")
+        except errors.TicketError as exc:
+            log.warning("chpass %s (uid %d): %s", principal, uid, exc.__class__.__name__)
+            return P.reply_error(P.KDC_ERROR, f"password change failed: {exc.__class__.__name__}")
+        finally:
+            del old_password, new_password
+        if changing:
+            log.info("chpass %s (uid %d): password changed through kpasswd", principal, uid)
+        return P.reply_ok(principal=principal, changed=changing)
 
     def open(self, user: str, uid: int, gid: int, pid: int) -> dict[str, Any]:
         """Register a session opened by process ``pid`` (SO_PEERCRED of the caller)."""
