@@ -56,16 +56,72 @@ def _get_password(pamh: Any, opts: Any) -> str | None:
     return token or None
 
 
-def authenticate(pamh: Any, opts: Any) -> int:
-    """pam_sm_authenticate: get a TGT for the user through the service; map the outcome to a PAM code."""
+def authenticate(pamh: Any, opts: Any, login: Any = None) -> int:
+    """pam_sm_authenticate: get a TGT for the user through the service; map the outcome to a PAM code.
+
+    ``login`` (the handle's :class:`~.account.LoginState`) learns the principal, or that the
+    password was right but has expired: then this returns PAM_SUCCESS and the account check
+    returns PAM_NEW_AUTHTOK_REQD, so the host runs the password change (pam_krb5's
+    defer_pwchange).  Without ``login`` an expired password is PAM_AUTH_ERR.
+    """
     try:
-        return _authenticate(pamh, opts)
+        return _authenticate(pamh, opts, login)
     except Exception as exc:  # never raise into libpam; the class name is safe to log, the text may not be
         syslog(pamh, LOG_ERR, f"tickets: authenticate failed: {exc.__class__.__name__}")
         return pamh.PAM_AUTHINFO_UNAVAIL
 
 
-def _authenticate(pamh: Any, opts: Any) -> int:
+#: At most this many principals of a ~/.k5login are tried with one password (search_k5login).
+K5LOGIN_MAX = 32
+
+
+def k5login_principals(pw: pwd.struct_passwd) -> list[str] | None:
+    """The principals in ``~user/.k5login``, or None when it does not exist (search_k5login).
+
+    Read as MIT's k5login module would accept it: a regular file (no symlink followed) owned by
+    the user or root; anything else yields no principal at all (fail closed).
+    """
+    import os
+    import stat
+
+    path = os.path.join(pw.pw_dir or "/nonexistent", ".k5login")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return []
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid not in (0, pw.pw_uid):
+            return []
+        data = os.read(fd, 64 * 1024)
+    finally:
+        os.close(fd)
+    names = [line.strip() for line in data.decode("utf-8", "replace").splitlines()]
+    return [n for n in names if n and not any(c.isspace() for c in n)][:K5LOGIN_MAX]
+
+
+def _auth_request(opts: Any, user: str, pw: pwd.struct_passwd, password: str) -> dict[str, Any]:
+    """The service's ``auth``: as user@REALM, or with search_k5login each ~/.k5login principal in turn."""
+    from .. import protocol as P
+
+    base = {"op": "auth", "user": user, "uid": pw.pw_uid, "gid": pw.pw_gid, "password": password}
+    names = k5login_principals(pw) if opts.search_k5login else None
+    if names is None:
+        return _request(opts, base, AUTH_TIMEOUT)
+    reply = P.reply_error(P.BAD_PASSWORD, "no principal of ~/.k5login takes this password")
+    for name in names:
+        reply = _request(opts, {**base, "principal": name}, AUTH_TIMEOUT)
+        if reply.get("ok") or reply.get("code") in (P.PASSWORD_EXPIRED, P.KDC_UNREACHABLE, P.UNAVAILABLE,
+                                                   P.QUOTA):
+            return reply
+    if not reply.get("ok"):
+        reply = P.reply_error(P.BAD_PASSWORD, "no principal of ~/.k5login takes this password")
+    return reply
+
+
+def _authenticate(pamh: Any, opts: Any, login: Any = None) -> int:
     try:
         user = pamh.get_user(None)
     except Exception:
@@ -83,9 +139,14 @@ def _authenticate(pamh: Any, opts: Any) -> int:
         return pamh.PAM_AUTH_ERR if opts.use_first_pass else pamh.PAM_CONV_ERR
     from .. import protocol as P
 
-    reply = _request(opts, {"op": "auth", "user": user, "uid": pw.pw_uid, "gid": pw.pw_gid,
-                            "password": password}, AUTH_TIMEOUT)
+    reply = _auth_request(opts, user, pw, password)
     del password
+    if login is not None and (reply.get("ok") or reply.get("code") == P.PASSWORD_EXPIRED):
+        login.authenticated(user, reply.get("principal"), expired=not reply.get("ok"))
+        if not reply.get("ok"):
+            # The service proved the password (a kadmin/changepw ticket); acct_mgmt asks for a change.
+            syslog(pamh, LOG_NOTICE, f"tickets: password of {user} expired: deferring to the change")
+            return pamh.PAM_SUCCESS
     if reply.get("ok"):
         if opts.debug:
             syslog(pamh, LOG_DEBUG, f"tickets: TGT for {reply.get('principal')} in {reply.get('ccache')}")
