@@ -95,7 +95,8 @@ def test_login_on_a_pty_changes_an_expired_password(pamwrap, kadmind, ticketd, s
     _assert_changed(kadmind, svc_user, new, transcript)
 
 
-def test_ssh_password_mode_refuses_an_expired_password_with_a_message(sshd_factory, kadmind, ticketd, svc_user):
+def test_ssh_password_mode_refuses_an_expired_password_with_a_message(sshd_factory, kadmind, ticketd,
+                                                                       svc_user):
     kadmind.modify_principal(svc_user.principal, "+needchange")
     server = sshd_factory(lambda pw: stack(pw, ticketd.socket), mode=PASSWORD)
     res = server.login(svc_user.name, svc_user.password, f"echo {MARK}")
@@ -108,7 +109,8 @@ def test_ssh_password_mode_refuses_an_expired_password_with_a_message(sshd_facto
 
 
 @pytest.mark.parametrize("mode", [PASSWORD, KBDINT])
-def test_ssh_wrong_password_for_an_expired_principal_is_refused(sshd_factory, kadmind, ticketd, svc_user, mode):
+def test_ssh_wrong_password_for_an_expired_principal_is_refused(sshd_factory, kadmind, ticketd, svc_user,
+                                                                mode):
     kadmind.modify_principal(svc_user.principal, "+needchange")
     server = sshd_factory(lambda pw: stack(pw, ticketd.socket), mode=mode)
     res = server.login(svc_user.name, "wrong-" + svc_user.password, f"echo {MARK}")

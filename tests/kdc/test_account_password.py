@@ -14,9 +14,9 @@ import secrets
 import subprocess
 from pathlib import Path
 
-import krb5
 import pytest
 
+import krb5
 from pam_keyinit_py import protocol as P
 from pam_keyinit_py.lab.pamwrap import PamWrapper
 from pam_keyinit_py.lab.realm import Realm
