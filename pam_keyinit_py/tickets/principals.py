@@ -114,32 +114,30 @@ def verify_changepw(principal: str, password: str, *, timeout: float | None = 2.
 
 def change_password(principal: str, old_password: str, new_password: str, *,
                     timeout: float | None = 5.0, krb5_config: str | None = None) -> None:
-    """Change ``principal``'s password through kpasswd (krb5_set_password with changepw creds).
+    """Change ``principal``'s password through kpasswd (a kadmin/changepw ticket, krb5_set_password).
 
-    Raises BadPassword (old password wrong), PasswordRejected (the server's quality/history
-    message, safe to show the user), AccessDenied, KdcUnreachable, TicketError.
+    Runs in the GIL-free C helper (tickets/_renew_build.py: pykrb5's set_password holds the
+    GIL for the whole kpasswd exchange).  Raises BadPassword (old password wrong),
+    PasswordRejected (the server's quality/history message, safe to show the user),
+    AccessDenied, KdcUnreachable, TicketError.
     """
+    from ._krb5_renew import ffi, lib
+
     secret = [old_password.encode(), new_password.encode()]
     del old_password, new_password
     what = f"password change of {principal}"
+    profile = krb5_config.encode() if krb5_config else ffi.NULL
 
     def exchange() -> tuple[int, str]:
-        ctx = _context(krb5_config)
-        try:
-            creds = _changepw_creds(ctx, principal, secret[0])
-            result = krb5.set_password(ctx, creds, secret[1])
-        except krb5.Krb5Error as exc:
-            raise from_krb5(exc, what) from None
-        if result.result_code == 0:
-            return 0, ""
-        text = ""
-        if result.server_response:
-            try:
-                text = krb5.chpw_message(ctx, result.server_response).decode("utf-8", "replace")
-            except (krb5.Krb5Error, AttributeError):
-                text = result.server_response.decode("utf-8", "replace")
-        label = (result.result_code_string or b"").decode("utf-8", "replace")
-        return int(result.result_code), (f"{label}: {text}" if text and label else text or label).strip()
+        result = ffi.new("int *")
+        msg = ffi.new("char[]", 1024)
+        err = ffi.new("char[]", 512)
+        code = lib.pk_set_password(profile, principal.encode(), secret[0], secret[1], result, msg, 1024,
+                                   err, 512)
+        if code:
+            text = ffi.string(err).decode("utf-8", "replace")
+            raise from_krb5(_Krb5Failure(code, text), what)
+        return int(result[0]), ffi.string(msg).decode("utf-8", "replace").strip()
 
     try:
         code, message = _bounded(exchange, timeout, what)
@@ -152,3 +150,11 @@ def change_password(principal: str, old_password: str, new_password: str, *,
     if code in (_KPASSWD_AUTHERROR, _KPASSWD_ACCESSDENIED):
         raise errors.AccessDenied(f"{what}: {message or 'not authorized'}", code)
     raise TicketError(f"{what}: {message or f'kpasswd result {code}'}", code)
+
+
+class _Krb5Failure(Exception):
+    """A libkrb5 error code from the C helper, shaped for errors.from_krb5."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.err_code = code

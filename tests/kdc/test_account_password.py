@@ -260,3 +260,42 @@ def test_acct_mgmt_refuses_bob_own_principal_missing_from_his_k5login(pamwrap, r
     (Path(bob.home) / ".k5login").unlink()  # no .k5login: auth_to_local maps bob@REALM to bob
     res = pamtester(pamwrap, service, bob.name, [password], "authenticate", "acct_mgmt")
     assert res.returncode == 0, res.stderr + ticketd.log()
+
+
+def test_a_silent_kpasswd_server_does_not_freeze_the_service(realm, svc_user, tmp_path):
+    """kpasswd accepts and never answers: the change fails after its bound, and meanwhile the
+    service keeps answering (pykrb5's set_password held the GIL for all 24 s of libkrb5's retries)."""
+    import re
+    import socket
+    import threading
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    directory = td.public_tmpdir("pkb-silent-")
+    conf = directory / "krb5.conf"
+    conf.write_text(re.sub(r"kpasswd_server = \S+", f"kpasswd_server = 127.0.0.1:{silent.getsockname()[1]}",
+                           realm.krb5_conf.read_text()))
+    daemon = td.TicketD(directory, {"KRB5_CONFIG": str(conf)}, **td.TEST_CONFIG)
+    daemon.start()
+    try:
+        box: dict[str, dict] = {}
+        change = threading.Thread(target=lambda: box.setdefault("reply", daemon.request(
+            {"op": "chpass", "user": svc_user.name, "uid": svc_user.uid, "old_password": svc_user.password,
+             "new_password": new_password()}, timeout=30)))
+        change.start()
+        silent.settimeout(15)
+        held, _ = silent.accept()  # the service's kpasswd exchange is now waiting on us
+        for _ in range(5):
+            status = daemon.request({"op": "status"}, timeout=1.0)
+            assert status["ok"], status  # answered while the kpasswd exchange hangs
+        change.join(30)
+        assert box["reply"]["code"] == P.KDC_UNREACHABLE, box
+        assert kinit_ok(realm, svc_user.principal, svc_user.password)
+        held.close()
+    finally:
+        daemon.stop()
+        silent.close()
+        import shutil
+
+        shutil.rmtree(directory, ignore_errors=True)
