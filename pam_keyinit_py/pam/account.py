@@ -42,6 +42,8 @@ EXPIRED_TEXT = "Password expired.  You must change it now."
 CURRENT_PROMPT = "Current Kerberos password: "
 NEW_PROMPT = "Enter new Kerberos password: "
 RETYPE_PROMPT = "Retype new Kerberos password: "
+PLAIN_NEW_PROMPT = "Enter new password: "
+PLAIN_RETYPE_PROMPT = "Retype new password: "
 
 
 class LoginState:
@@ -162,17 +164,21 @@ def chauthtok(pamh: Any, flags: int, opts: Any, login: LoginState) -> int:
         return pamh.PAM_AUTHTOK_ERR
 
 
-def _new_password(pamh: Any, opts: Any) -> str | None:
-    """PAM_AUTHTOK with use_authtok; else asked twice and stored in PAM_AUTHTOK (pam_krb5's prompts)."""
+def _new_password(pamh: Any, opts: Any, kerberos: bool = True) -> str | None:
+    """PAM_AUTHTOK with use_authtok; else asked twice and stored in PAM_AUTHTOK (pam_krb5's prompts).
+
+    For a user that is not ours (``kerberos`` false) the prompts do not say Kerberos: the
+    password is asked only for the module after this one.
+    """
     if opts.use_authtok:
         try:
             return pamh.authtok or None
         except Exception:
             return None
-    first = _ask(pamh, NEW_PROMPT)
+    first = _ask(pamh, NEW_PROMPT if kerberos else PLAIN_NEW_PROMPT)
     if not first:
         return None
-    second = _ask(pamh, RETYPE_PROMPT)
+    second = _ask(pamh, RETYPE_PROMPT if kerberos else PLAIN_RETYPE_PROMPT)
     if first != second:
         _say(pamh, pamh.PAM_ERROR_MSG, "Passwords don't match")
         return None
@@ -201,7 +207,7 @@ def _chauthtok(pamh: Any, flags: int, opts: Any, login: LoginState) -> int:
             except Exception:
                 have = None
             if not have:
-                _new_password(pamh, opts)
+                _new_password(pamh, opts, kerberos=False)
         return pamh.PAM_IGNORE
     principal = login.principal if login.user == user else None
     base = {"op": "chpass", "user": user, "uid": pw.pw_uid, "principal": principal}
@@ -210,6 +216,13 @@ def _chauthtok(pamh: Any, flags: int, opts: Any, login: LoginState) -> int:
             old = pamh.oldauthtok
         except Exception:
             old = None
+        if not old and not (login.user == user and (login.principal or login.expired)):
+            # Before asking for a Kerberos password: does the user have a principal at all?
+            probe = _request(opts, {"op": "account", "user": user, "uid": pw.pw_uid, "kuserok": False,
+                                    "kdc": True}, ACCOUNT_TIMEOUT)
+            if probe.get("code") == P.UNKNOWN_PRINCIPAL:
+                login.user, login.not_ours = user, True
+                return pamh.PAM_USER_UNKNOWN
         if not old:
             if login.expired:
                 _say(pamh, pamh.PAM_TEXT_INFO, EXPIRED_TEXT)

@@ -299,3 +299,26 @@ def test_a_silent_kpasswd_server_does_not_freeze_the_service(realm, svc_user, tm
         import shutil
 
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_passwd_of_a_local_user_without_principal_is_left_to_pam_unix(pamwrap, ticketd):
+    """No principal: the hook asks no Kerberos password, but hands the new one to pam_unix (use_authtok)."""
+    local = make_user("pkb", password=True)
+    try:
+        before = subprocess.run(["getent", "shadow", local.name], capture_output=True, text=True).stdout
+        service = pamwrap.service("pkb-passwd-local", [
+            # Debian's common-password shape, as pam-auth-update writes it for a Primary module.
+            pamwrap.hook_line("password", "[success=2 default=ignore]", f"socket={ticketd.socket}"),
+            "password [success=1 default=ignore] pam_unix.so use_authtok yescrypt",
+            "password requisite pam_deny.so",
+            "password required pam_permit.so",
+        ])
+        new = new_password()
+        res = pamtester(pamwrap, service, local.name, [new, new], "chauthtok")
+        out = res.stdout + res.stderr
+        assert res.returncode == 0, out + ticketd.log()
+        assert "Kerberos" not in out and "Enter new password: " in out, out
+        after = subprocess.run(["getent", "shadow", local.name], capture_output=True, text=True).stdout
+        assert after.split(":")[1] != before.split(":")[1]  # pam_unix stored the new hash
+    finally:
+        delete_user(local)
