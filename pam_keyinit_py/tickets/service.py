@@ -339,7 +339,8 @@ class Service:
             return P.reply_error(P.KDC_ERROR, f"no ticket: {exc.__class__.__name__}")
         finally:
             del password
-        log.info("auth %s (uid %d): password right but expired: it must be changed", principal, uid)
+        log.info("auth %s (uid %d): password expired (the password itself is right): it must be changed",
+                 principal, uid)
         return P.reply_error(P.PASSWORD_EXPIRED, "password expired: it must be changed first")
 
     def account(self, user: str, uid: int, principal: str | None, kuserok: bool = True,

@@ -105,7 +105,7 @@ def test_ssh_password_mode_refuses_an_expired_password_with_a_message(sshd_facto
     # sshd's own words (session.c do_pwchange) when acct_mgmt said PAM_NEW_AUTHTOK_REQD without a tty.
     assert "Your password has expired" in res.stderr, res.stderr + server.log()[-2000:]
     assert "Password change required but no TTY available" in res.stderr, res.stderr
-    assert "password right but expired" in ticketd.log()
+    assert "password expired (the password itself is right)" in ticketd.log()
 
 
 @pytest.mark.parametrize("mode", [PASSWORD, KBDINT])

@@ -141,7 +141,8 @@ def test_expired_password_authenticates_then_account_requires_a_change(pamwrap, 
     out = res.stdout + res.stderr
     assert "successfully authenticated" in out, out
     assert res.returncode != 0 and STRERROR["new_authtok_reqd"] in out, out + ticketd.log()
-    assert f"auth {svc_user.principal} (uid {svc_user.uid}): password right but expired" in ticketd.log()
+    expected = f"auth {svc_user.principal} (uid {svc_user.uid}): password expired (the password itself is right)"
+    assert expected in ticketd.log()
 
 
 def test_expired_principal_with_a_wrong_password_is_refused(pamwrap, kadmind, ticketd, svc_user):
