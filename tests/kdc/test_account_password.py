@@ -141,7 +141,8 @@ def test_expired_password_authenticates_then_account_requires_a_change(pamwrap, 
     out = res.stdout + res.stderr
     assert "successfully authenticated" in out, out
     assert res.returncode != 0 and STRERROR["new_authtok_reqd"] in out, out + ticketd.log()
-    expected = f"auth {svc_user.principal} (uid {svc_user.uid}): password expired (the password itself is right)"
+    expected = (f"auth {svc_user.principal} (uid {svc_user.uid}): "
+                "password expired (the password itself is right)")
     assert expected in ticketd.log()
 
 
