@@ -91,8 +91,9 @@ def _authenticate(pamh: Any, opts: Any) -> int:
             syslog(pamh, LOG_DEBUG, f"tickets: TGT for {reply.get('principal')} in {reply.get('ccache')}")
         return pamh.PAM_SUCCESS
     code = reply.get("code")
-    syslog(pamh, LOG_NOTICE if code == P.BAD_PASSWORD else LOG_WARNING,
-           f"tickets: no TGT for {user}: {reply.get('error', code)}")
+    # A TGT that does not validate may come from a KDC impostor: an error, not a warning.
+    level = {P.BAD_PASSWORD: LOG_NOTICE, P.VALIDATION_FAILED: LOG_ERR, P.FAST_UNAVAILABLE: LOG_ERR}
+    syslog(pamh, level.get(code, LOG_WARNING), f"tickets: no TGT for {user}: {reply.get('error', code)}")
     return {
         P.BAD_PASSWORD: pamh.PAM_AUTH_ERR,
         P.UNKNOWN_PRINCIPAL: pamh.PAM_USER_UNKNOWN,
