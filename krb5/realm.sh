@@ -4,11 +4,13 @@
 # Used by `make demo`, the test suite (tests/fixtures_krb5.py via pam_keyinit_py.lab.realm) and
 # vagrant/ provisioning, so it is plain bash plus the MIT tools (krb5-kdc, krb5-admin-server).
 #
-#   realm.sh start DIR [-r REALM] [-l MAXLIFE] [-R MAXRENEW] [-a ADDR] [-p PORT]
+#   realm.sh start DIR [-r REALM] [-l MAXLIFE] [-R MAXRENEW] [-a ADDR] [-p PORT] [-x RELATION]...
 #       Create the realm database in DIR if it is not there yet (kdb5_util create -s), write
 #       DIR/kdc.conf and DIR/krb5.conf from the templates beside this script, and start krb5kdc
 #       on a free 127.0.0.1 port, or on ADDR:PORT (the vagrant kdc box serves its network).
-#       A second `start` on an existing DIR restarts the KDC on the
+#       Each -x adds a relation to the realm's kdc.conf stanza ("disable_encrypted_timestamp = true").
+#       A new realm also gets the host keytab of `hostkeytab` (DIR/krb5.keytab, krb5.conf's
+#       default_keytab_name).  A second `start` on an existing DIR restarts the KDC on the
 #       same port with the same database ("KDC back").  Prints the env lines (see `env`).
 #   realm.sh stop DIR               Stop krb5kdc (the database stays: "KDC down").
 #   realm.sh destroy DIR            Stop and remove everything realm.sh wrote in DIR.
@@ -16,9 +18,11 @@
 #       Add (or, if it exists, modify) a principal.  With -pw-stdin the password is the first
 #       line of stdin; it goes to kadmin.local on its stdin, never on any command line.
 #       Without either option the key is random.
-#   realm.sh modprinc DIR NAME OPTION...  kadmin modprinc (e.g. +needchange, -allow_tix, -expire now,
-#       -policy P): the account states a login host must refuse or send to a password change.
-#   realm.sh addpol DIR NAME OPTION...    kadmin addpol (e.g. -minlength 12), idempotent.
+#   realm.sh modprinc DIR NAME ARG...    kadmin modprinc ARG... NAME (+requires_preauth, +needchange,
+#       -allow_tix, -expire DATE...).
+#   realm.sh setstr DIR NAME KEY VALUE   kadmin setstr (e.g. require_auth fast: tickets for NAME need a
+#       TGT with that auth indicator).
+#   realm.sh addpol DIR NAME ARG...      kadmin addpol ARG... NAME (e.g. -minlength 12), idempotent.
 #   realm.sh ktadd DIR KEYTAB PRINC...   Write the principals' current keys to KEYTAB (-norandkey).
 #   realm.sh hostkeytab DIR [HOST...]    Give each HOST (default: localhost and this host's names) a
 #       random-key host/HOST principal and write them to DIR/krb5.keytab (0600): the keytab a login
@@ -35,7 +39,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PROG="realm.sh"
 
 die() { echo "$PROG: $*" >&2; exit 1; }
-usage() { sed -n '4,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '4,35p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 need() {
     local tool
@@ -115,7 +119,7 @@ kadmind_pid() {
 kadmin() { "$(sbin kadmin.local)" -r "$REALM" "$@"; }
 
 cmd_start() {
-    local dir="" realm="PKK.TEST" maxlife="10m" maxrenew="1h" addr="127.0.0.1" port=""
+    local dir="" realm="PKK.TEST" maxlife="10m" maxrenew="1h" addr="127.0.0.1" port="" extra=() x
     while [ $# -gt 0 ]; do
         case "$1" in
             -r) realm="$2"; shift 2 ;;
@@ -123,6 +127,8 @@ cmd_start() {
             -p) port="$2"; shift 2 ;;
             -l) maxlife="$2"; shift 2 ;;
             -R) maxrenew="$2"; shift 2 ;;
+            -x) case "$2" in *[![:alnum:]_\ =.-]*|"") die "start: bad relation: $2" ;; esac
+                extra+=("$2"); shift 2 ;;
             -*) die "start: unknown option $1" ;;
             *) [ -z "$dir" ] || die "start: one DIR only"; dir="$1"; shift ;;
         esac
@@ -136,6 +142,9 @@ cmd_start() {
         PORT="${port:-$(free_port)}" KADMIN_PORT="$(free_port)" KPASSWD_PORT="$(free_port)"
         [ -n "$PORT" ] || die "no free port on 127.0.0.1"
         render "$HERE/kdc.conf.in" "$DIR/kdc.conf"
+        for x in "${extra[@]}"; do
+            sed -i "/^ *supported_enctypes = /a\\        $x" "$DIR/kdc.conf"
+        done
         render "$HERE/krb5.conf.in" "$DIR/krb5.conf"
         chmod 0644 "$DIR/krb5.conf"  # read by every user's klist/kinit
         echo "*/admin@$REALM *" >"$DIR/kadm5.acl"
@@ -150,6 +159,8 @@ cmd_start() {
         { printf 'REALM=%q\nPORT=%q\nKADMIN_PORT=%q\nKPASSWD_PORT=%q\nADDR=%q\n' \
               "$REALM" "$PORT" "$KADMIN_PORT" "$KPASSWD_PORT" "$ADDR"
           printf 'MAXLIFE=%q\nMAXRENEW=%q\n' "$MAXLIFE" "$MAXRENEW"; } >"$DIR/realm.env"
+        # A login host validates TGTs with its host keytab: a new realm comes with one.
+        cmd_hostkeytab "$DIR" >/dev/null
     else
         load "$DIR"
     fi
@@ -230,26 +241,38 @@ cmd_addprinc() {
     fi
 }
 
-# One kadmin.local request built from words without quotes or newlines (no password passes here).
-kadmin_request() {
-    local verb="$1" dir="$2" name="$3" w req
-    shift 3
-    load "$dir"
-    req="$verb"
-    for w in "$@" "$name"; do
-        case "$w" in *[\"\'$'\n'\\]*|"") die "$verb: bad argument" ;; esac
-        case "$w" in *[[:space:]]*) req="$req \"$w\"" ;; *) req="$req $w" ;; esac
-    done
-    local out
-    out="$(printf '%s\n' "$req" | kadmin 2>&1)" || true
-    if grep -qiE 'error|not found|no such|does not exist|usage|invalid' <<<"$out"; then
-        case "$verb:$out" in addpol:*already\ exists*) return 0 ;; esac
-        die "$verb $name: $(grep -v '^kadmin.local:\|^Authenticating' <<<"$out" | tail -n 2)"
-    fi
+cmd_modprinc() {
+    [ $# -ge 3 ] || usage
+    load "$1"
+    local name="$2" out
+    shift 2
+    case "$name $*" in *[\"\;]*) die "modprinc: bad argument" ;; esac
+    out="$(printf 'modprinc %s %s\n' "$*" "$name" | kadmin 2>&1)" || true
+    grep -q "Principal \"$name@\?.*\" modified" <<<"$out" ||
+        die "modprinc $name failed: $(grep -v '^kadmin.local:' <<<"$out" | tail -n 2)"
 }
 
-cmd_modprinc() { [ $# -ge 3 ] || usage; kadmin_request modprinc "$1" "$2" "${@:3}"; }
-cmd_addpol() { [ $# -ge 3 ] || usage; kadmin_request addpol "$1" "$2" "${@:3}"; }
+cmd_setstr() {
+    [ $# -eq 4 ] || usage
+    load "$1"
+    case "$2 $3 $4" in *[\"\;]*) die "setstr: bad argument" ;; esac
+    local out
+    out="$(printf 'setstr %s %s %s\n' "$2" "$3" "$4" | kadmin 2>&1)" || true
+    grep -q "Attribute set" <<<"$out" || die "setstr $2 failed: $(grep -v '^kadmin.local:' <<<"$out" | tail -n 2)"
+}
+
+cmd_addpol() {
+    [ $# -ge 3 ] || usage
+    load "$1"
+    local name="$2" out
+    shift 2
+    case "$name $*" in *[\"\;]*) die "addpol: bad argument" ;; esac
+    out="$(printf 'addpol %s %s\n' "$*" "$name" | kadmin 2>&1)" || true
+    # An existing policy is kept (idempotent, as addprinc).
+    if grep -qiE 'error|usage|invalid' <<<"$out" && ! grep -q 'already exists' <<<"$out"; then
+        die "addpol $name failed: $(grep -v '^kadmin.local:\|^Authenticating' <<<"$out" | tail -n 2)"
+    fi
+}
 
 cmd_ktadd() {
     [ $# -ge 3 ] || usage
@@ -346,9 +369,10 @@ case "$cmd" in
     destroy) cmd_destroy "$@" ;;
     addprinc) cmd_addprinc "$@" ;;
     ktadd) cmd_ktadd "$@" ;;
+    modprinc) cmd_modprinc "$@" ;;
+    setstr) cmd_setstr "$@" ;;
     hostkeytab) cmd_hostkeytab "$@" ;;
     kadmind) cmd_kadmind "$@" ;;
-    modprinc) cmd_modprinc "$@" ;;
     addpol) cmd_addpol "$@" ;;
     env) cmd_env "$@" ;;
     status) cmd_status "$@" ;;

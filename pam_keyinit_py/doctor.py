@@ -4,7 +4,9 @@ Each check returns a :class:`Check`; a failed one carries the command or file
 that mends it.  The links, in the order a login crosses them: kernel keyrings
 and persistent keyrings, key quotas, the shim and pam_python, the PAM lines of
 the sshd and login stacks, ``default_ccache_name``, the service socket, the KDC,
-and finally — as a given user, with the uid switched and a clean environment,
+the host keytab the service validates TGTs with (the key is there, and its kvno matches the
+KDC's; optionally a test principal's TGT validates), and finally — as a given user, with the
+uid switched and a clean environment,
 the way rpc.gssd and cifs.upcall look — the ticket in the default ccache.
 """
 
@@ -133,7 +135,8 @@ def check_pam(service: str, pam_dir: Path = PAM_DIR) -> Check:
         missing.append("auth optional pam_python.so pam_keyinit_py.py use_first_pass")
     if missing:
         return Check(name, False, "missing: " + "; ".join(missing),
-                     "pam-auth-update --enable keyinit (profile etc/pam-configs/keyinit), "
+                     "pam-auth-update --enable keyinit (profile etc/pam-configs/keyinit; keyinit-krb5 "
+                     "for the Kerberos login), "
                      "or add the lines from etc/pam.d/" + service + ".example")
     return Check(name, True, "auth and session lines present")
 
@@ -188,6 +191,73 @@ def check_kdc() -> Check:
     return Check("KDC reachable", True, realm)
 
 
+def _validation_settings(config_path: str | None) -> tuple[str, str | None, str | None]:
+    """(validate, validate_keytab, validate_principal) of ticketd.toml (its defaults when absent)."""
+    from .tickets import config
+
+    cfg = config.load(config_path)
+    return cfg.validate, cfg.validate_keytab or None, cfg.validate_principal or None
+
+
+def check_host_keytab(config_path: str | None = None) -> Check:
+    """The host keytab holds validate_principal, and its key is the one the KDC has (kvno).
+
+    krb5_kt_get_entry for the principal; then krb5_get_init_creds_keytab for it and
+    krb5_verify_init_creds of that TGT against the same keytab: a keytab left behind by a key
+    change (kvno mismatch) fails here with libkrb5's own words, as every login would.
+    """
+    import krb5
+
+    from .tickets import ccache
+    from .tickets.errors import TicketError
+
+    validate, keytab, principal = _validation_settings(config_path)
+    name = "host keytab"
+    ctx = krb5.init_context()
+    kt_name = ccache.keytab_name(ctx, keytab)
+    if validate == "never":
+        return Check(name, True, "validate = \"never\": logins are not validated (not recommended)")
+    principal = principal or ccache.host_principal()
+    try:
+        kt = krb5.kt_resolve(ctx, kt_name.encode()) if keytab else krb5.kt_default(ctx)
+        entry = krb5.kt_get_entry(ctx, kt, krb5.parse_name_flags(ctx, principal.encode()))
+    except krb5.Krb5Error as exc:
+        ok = validate == "if-keytab"
+        return Check(name, ok, f"no key for {principal} in {kt_name}: {exc}"
+                     + (" (validate = \"if-keytab\": logins go unvalidated)" if ok else ""),
+                     f"add the host's key: kadmin -q 'ktadd -k {kt_name} {principal}' (MIT), "
+                     f"ipa-getkeytab -p {principal} -k {kt_name} (FreeIPA), or samba-tool/msktutil (AD)")
+    try:
+        creds = krb5.get_init_creds_keytab(ctx, entry.principal, krb5.get_init_creds_opt_alloc(ctx), kt)
+        ccache.verify_creds(ctx, creds, keytab=keytab, principal=principal)
+    except (krb5.Krb5Error, TicketError) as exc:
+        return Check(name, False, f"{principal} kvno {entry.kvno} in {kt_name} does not match the KDC: {exc}",
+                     "the keytab is out of date (kvno mismatch): export the current key again")
+    return Check(name, True, f"{principal} kvno {entry.kvno} in {kt_name} matches the KDC")
+
+
+def check_validation(principal: str, password: bytes, config_path: str | None = None) -> Check:
+    """A test principal's TGT (from its password) validates against the host keytab, as at login."""
+    import krb5
+
+    from .tickets import ccache
+    from .tickets.errors import TicketError
+
+    _validate, keytab, host = _validation_settings(config_path)
+    name = f"validation of {principal}'s TGT"
+    ctx = krb5.init_context()
+    try:
+        client = krb5.parse_name_flags(ctx, principal.encode())
+        creds = krb5.get_init_creds_password(ctx, client, krb5.get_init_creds_opt_alloc(ctx), password)
+    except krb5.Krb5Error as exc:
+        return Check(name, False, f"no TGT for {principal}: {exc}", "check the principal and its password")
+    try:
+        used = ccache.verify_creds(ctx, creds, keytab=keytab, principal=host)
+    except TicketError as exc:
+        return Check(name, False, str(exc), "fix the host keytab (see the check above)")
+    return Check(name, True, f"validated with {used}")
+
+
 def check_user_ccache(user: str) -> Check:
     """As ``user`` (setresuid, no KRB5CCNAME, clean environment) find a TGT in the default ccache.
 
@@ -235,11 +305,15 @@ def check_user_ccache(user: str) -> Check:
 
 
 def run_checks(user: str | None = None, services: tuple[str, ...] = ("sshd", "login"),
-               sock_path: str = DEFAULT_SOCKET, pam_dir: Path = PAM_DIR) -> list[Check]:
+               sock_path: str = DEFAULT_SOCKET, pam_dir: Path = PAM_DIR, config_path: str | None = None,
+               test_principal: str | None = None, test_password: bytes | None = None) -> list[Check]:
     """All checks in login order; a check that crashes is reported as failed, not raised."""
     steps = [check_keyrings, check_quotas, check_shim]
     steps += [lambda s=s: check_pam(s, pam_dir) for s in services]
-    steps += [check_default_ccache, lambda: check_service(sock_path), check_kdc]
+    steps += [check_default_ccache, lambda: check_service(sock_path), check_kdc,
+              lambda: check_host_keytab(config_path)]
+    if test_principal and test_password is not None:
+        steps.append(lambda: check_validation(test_principal, test_password, config_path))
     if user:
         steps.append(lambda: check_user_ccache(user))
     results = []

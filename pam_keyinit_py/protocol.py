@@ -72,6 +72,8 @@ PASSWORD_EXPIRED = "password_expired"  # the KDC wants the password changed (KDC
 KDC_ERROR = "kdc_error"  # the KDC or libkrb5 refused for another reason (clock skew, policy...)
 ACCOUNT_EXPIRED = "account_expired"  # the principal's expiry date passed (KDC_ERR_NAME_EXP)
 PASSWORD_REJECTED = "password_rejected"  # kpasswd refused the new password (quality, history)
+VALIDATION_FAILED = "validation_failed"  # the TGT did not validate against the host keytab
+FAST_UNAVAILABLE = "fast_unavailable"  # fast = "require" and no FAST armor could be had
 DENIED = "denied"
 BAD_REQUEST = "bad_request"
 TOO_LARGE = "too_large"
@@ -80,7 +82,8 @@ UNAVAILABLE = "service_unavailable"  # set by clients only: the service did not 
 INTERNAL = "internal_error"
 ERROR_CODES = frozenset(
     {BAD_PASSWORD, UNKNOWN_PRINCIPAL, KDC_UNREACHABLE, NOT_RENEWABLE, QUOTA, PASSWORD_EXPIRED, KDC_ERROR,
-     ACCOUNT_EXPIRED, PASSWORD_REJECTED, DENIED, BAD_REQUEST, TOO_LARGE, NOT_FOUND, UNAVAILABLE, INTERNAL}
+     ACCOUNT_EXPIRED, PASSWORD_REJECTED, VALIDATION_FAILED, FAST_UNAVAILABLE, DENIED, BAD_REQUEST, TOO_LARGE,
+     NOT_FOUND, UNAVAILABLE, INTERNAL}
 )
 
 #: Operations only uid 0 may send: they create tickets and sessions for other users.

@@ -40,7 +40,7 @@ def realm() -> Iterator[Realm]:
 @pytest.fixture(scope="session")
 def host_keytab(realm: Realm) -> Path:
     """The realm's host keytab (``host/localhost`` and this host's names), as a login host has."""
-    return realm.host_keytab()
+    return realm.keytab_path
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,9 @@ install:
      first on sys.path and exposes the hook's ``pam_sm_*``;
   5. the service and the files around it: the console scripts linked into /usr/local/bin, the
      systemd unit ``keyinit-ticketd.service`` (ExecStart pointing into PREFIX), tmpfiles for
-     /run/keyinit, the pam-auth-update profile ``keyinit`` (enable it with
-     ``pam-auth-update --enable keyinit``), and ``/etc/keyinit/ticketd.toml`` with the documented
+     /run/keyinit, the pam-auth-update profiles ``keyinit`` (Additional: behind pam_unix) and
+     ``keyinit-krb5`` (Primary: the Kerberos login; enable one with ``pam-auth-update --enable``),
+     and ``/etc/keyinit/ticketd.toml`` with the documented
      defaults unless one is already there.  The sysctl and krb5.conf.d snippets are host policy:
      they are copied to /usr/share/pam-keyinit-py/ for the admin to adopt, not activated.
 
@@ -50,6 +51,7 @@ def system_files(prefix: str) -> list[tuple[str, Path, int]]:
         (f"systemd/{UNIT}", Path("/etc/systemd/system") / UNIT, 0o644),
         ("tmpfiles.d/keyinit.conf", Path("/usr/lib/tmpfiles.d/keyinit.conf"), 0o644),
         ("pam-configs/keyinit", Path("/usr/share/pam-configs/keyinit"), 0o644),
+        ("pam-configs/keyinit-krb5", Path("/usr/share/pam-configs/keyinit-krb5"), 0o644),
         ("sysctl.d/60-keyinit-keys.conf", share / "sysctl.d/60-keyinit-keys.conf", 0o644),
         ("krb5.conf.d/keyinit-ccache.conf", share / "krb5.conf.d/keyinit-ccache.conf", 0o644),
         ("pam.d/sshd.example", share / "pam.d/sshd.example", 0o644),

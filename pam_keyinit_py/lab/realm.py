@@ -79,6 +79,7 @@ class Realm:
         *,
         maxlife: str = "10m",
         maxrenew: str = "1h",
+        kdc_relations: tuple[str, ...] = (),
     ) -> Realm:
         """Create (if needed) and start a realm in ``directory`` (a new 0755 temp dir when None).
 
@@ -86,7 +87,8 @@ class Realm:
         pass None for a realm that test users' programs (klist, kinit) use.
 
         ``maxlife``/``maxrenew`` are the realm caps, which also bound the krbtgt principal,
-        in kadmin duration syntax ("60s", "10m").
+        in kadmin duration syntax ("60s", "10m").  ``kdc_relations`` go into the realm's
+        kdc.conf stanza (``"disable_encrypted_timestamp = true"``).
         """
         owns = directory is None
         if directory is None:
@@ -95,7 +97,8 @@ class Realm:
             os.chmod(directory, 0o755)
         self = cls(directory, owns_dir=owns)
         try:
-            self._run("start", str(self.dir), "-r", realm, "-l", maxlife, "-R", maxrenew)
+            relations = [arg for rel in kdc_relations for arg in ("-x", rel)]
+            self._run("start", str(self.dir), "-r", realm, "-l", maxlife, "-R", maxrenew, *relations)
             self._load()
         except BaseException:
             # A half-made realm (database, or a krb5kdc that never answered) must not linger.
@@ -159,6 +162,14 @@ class Realm:
             self._run(*args, "-pw-stdin", stdin=password + "\n")
         return self.principal(name)
 
+    def modify_principal(self, name: str, *args: str) -> None:
+        """kadmin modprinc ARGS NAME: ``+requires_preauth``, ``+needchange``, ``-allow_tix``..."""
+        self._run("modprinc", str(self.dir), name, *args)
+
+    def set_string(self, name: str, key: str, value: str) -> None:
+        """kadmin setstr NAME KEY VALUE (``require_auth fast``: tickets for NAME need that indicator)."""
+        self._run("setstr", str(self.dir), name, key, value)
+
     def keytab(self, principals: list[str] | str, path: str | os.PathLike[str]) -> Path:
         """kadmin ktadd -norandkey: write the principals' keys into the keytab at ``path``."""
         if isinstance(principals, str):
@@ -167,16 +178,18 @@ class Realm:
         return Path(path)
 
     def host_keytab(self, *hosts: str) -> Path:
-        """``realm.sh hostkeytab``: random-key ``host/<HOST>`` principals in ``DIR/krb5.keytab`` (0600).
+        """``realm.sh hostkeytab``: new random-key ``host/<HOST>`` principals in :attr:`keytab_path`.
 
-        Without ``hosts``: localhost and this machine's names, so both ``validate_principal``'s
-        default (``host/<fqdn>``) and sshd's GSSAPI acceptor find their key.
+        A new realm already has one for localhost and this machine's names (``realm.sh start``),
+        so ``validate_principal``'s default and sshd's GSSAPI acceptor find their key; call
+        this to replace it (new keys, new kvno).
         """
         return Path(self._run("hostkeytab", str(self.dir), *hosts).strip().splitlines()[-1])
 
-    def modify_principal(self, name: str, *options: str) -> None:
-        """kadmin modprinc OPTIONS NAME (``+needchange``, ``-allow_tix``, ``-expire``, ``now`` ...)."""
-        self._run("modprinc", str(self.dir), name, *options)
+    @property
+    def keytab_path(self) -> Path:
+        """The realm's host keytab (0600), krb5.conf's ``default_keytab_name``."""
+        return self.dir / "krb5.keytab"
 
     def add_policy(self, name: str, *options: str) -> None:
         """kadmin addpol OPTIONS NAME (e.g. ``-minlength``, ``12``); an existing policy is kept."""

@@ -67,10 +67,28 @@ class LabUser:
                               **kw)
 
 
-def create(prefix: str, password: bool = False) -> LabUser:
-    """useradd a user named ``<prefix><random>`` with a home; with ``password``, chpasswd a random one.
+def set_local_password(name: str, password: str) -> None:
+    """Put a SHA-512 crypt hash of ``password`` into /etc/shadow (``chpasswd -e``).
 
-    The password reaches chpasswd on stdin, never in argv.
+    The hash is made here and given to chpasswd on stdin (neither the password nor the hash
+    is in argv).  With -e, chpasswd writes shadow directly instead of through the host's
+    common-password stack, so it works whatever PAM modules the host has there (with pam_krb5
+    first in common-password, a plain chpasswd fails for users without a principal).
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt  # deprecated in 3.11, still the stdlib's crypt(3)
+
+        hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_SHA512))
+    subprocess.run(["chpasswd", "-e"], input=f"{name}:{hashed}\n", text=True, check=True)
+
+
+def create(prefix: str, password: bool = False) -> LabUser:
+    """useradd a user named ``<prefix><random>`` with a home; with ``password``, a random local one.
+
+    Without ``password`` the account's local password stays locked (shadow ``!``).
     """
     name = f"{prefix}{secrets.token_hex(4)}"
     subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
@@ -78,7 +96,7 @@ def create(prefix: str, password: bool = False) -> LabUser:
     try:
         if password:
             secret = secrets.token_urlsafe(12)
-            subprocess.run(["chpasswd"], input=f"{name}:{secret}\n", text=True, check=True)
+            set_local_password(name, secret)
         return LabUser(name, secret)
     except BaseException:
         subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)

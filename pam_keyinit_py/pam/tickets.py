@@ -113,8 +113,10 @@ def _auth_request(opts: Any, user: str, pw: pwd.struct_passwd, password: str) ->
     reply = P.reply_error(P.BAD_PASSWORD, "no principal of ~/.k5login takes this password")
     for name in names:
         reply = _request(opts, {**base, "principal": name}, AUTH_TIMEOUT)
+        # A right password (even expired), the infrastructure failing, or a TGT that did not
+        # validate (a possible impostor) ends the search; a wrong password tries the next one.
         if reply.get("ok") or reply.get("code") in (P.PASSWORD_EXPIRED, P.KDC_UNREACHABLE, P.UNAVAILABLE,
-                                                   P.QUOTA):
+                                                   P.QUOTA, P.VALIDATION_FAILED, P.FAST_UNAVAILABLE):
             return reply
     if not reply.get("ok"):
         reply = P.reply_error(P.BAD_PASSWORD, "no principal of ~/.k5login takes this password")
@@ -152,8 +154,9 @@ def _authenticate(pamh: Any, opts: Any, login: Any = None) -> int:
             syslog(pamh, LOG_DEBUG, f"tickets: TGT for {reply.get('principal')} in {reply.get('ccache')}")
         return pamh.PAM_SUCCESS
     code = reply.get("code")
-    syslog(pamh, LOG_NOTICE if code == P.BAD_PASSWORD else LOG_WARNING,
-           f"tickets: no TGT for {user}: {reply.get('error', code)}")
+    # A TGT that does not validate may come from a KDC impostor: an error, not a warning.
+    level = {P.BAD_PASSWORD: LOG_NOTICE, P.VALIDATION_FAILED: LOG_ERR, P.FAST_UNAVAILABLE: LOG_ERR}
+    syslog(pamh, level.get(code, LOG_WARNING), f"tickets: no TGT for {user}: {reply.get('error', code)}")
     return {
         P.BAD_PASSWORD: pamh.PAM_AUTH_ERR,
         P.UNKNOWN_PRINCIPAL: pamh.PAM_USER_UNKNOWN,
@@ -164,6 +167,9 @@ def _authenticate(pamh: Any, opts: Any, login: Any = None) -> int:
         P.PASSWORD_EXPIRED: pamh.PAM_AUTH_ERR,
         # Clock skew, policy and other KDC/library refusals: the infrastructure, not the user.
         P.KDC_ERROR: pamh.PAM_AUTHINFO_UNAVAIL,
+        # As pam_krb5 when krb5_verify_init_creds fails: the TGT may come from an impostor.
+        P.VALIDATION_FAILED: pamh.PAM_AUTH_ERR,
+        P.FAST_UNAVAILABLE: pamh.PAM_AUTHINFO_UNAVAIL,
     }.get(code, pamh.PAM_AUTH_ERR if code == P.DENIED else pamh.PAM_SERVICE_ERR)
 
 

@@ -1,15 +1,5 @@
-"""cffi (API, out-of-line) build of the few libkrb5 calls pykrb5 lacks or makes with the GIL held.
-
-``pk_kuserok``: krb5_kuserok (~/.k5login, else auth_to_local), which pykrb5 0.10 does not
-bind; the account check of a login (``pam_sm_acct_mgmt``) asks it whether a principal may
-log in to a local account.
-
-``pk_set_password``: an initial ticket for kadmin/changepw with the old password, then
-krb5_set_password (the kpasswd exchange).  pykrb5 0.10's set_password holds the GIL for the
-whole kpasswd exchange (measured: a kpasswd server that accepts and never answers froze every
-thread for 24 s); here the GIL is released, as for the renewal below.
-
-``pk_renew_marshalled``:
+"""cffi (API, out-of-line) build of the libkrb5 calls the service makes without the GIL, or that
+pykrb5 lacks.
 
 pykrb5 0.10 calls krb5_get_renewed_creds while holding the GIL.  libkrb5 offers no
 timeout (MIT has no kdc_timeout), so a KDC that accepts the connection and never answers
@@ -18,6 +8,19 @@ for as long as libkrb5 waited.  cffi releases the GIL around API-mode calls, so 
 small C function does the TGS renewal exchange and hands the new credential back
 marshalled (krb5_marshal_credentials, the FILE/KCM format); the caller turns it into a
 pykrb5 Creds with krb5.unmarshal_credentials and writes it with pykrb5 as before.
+
+pykrb5 0.10 has no krb5_verify_init_creds either: ``pk_verify_marshalled`` takes a TGT
+marshalled by krb5.marshal_credentials and validates it against the host keytab (a TGS
+exchange for the host principal, then krb5_rd_req with the keytab key), also without the GIL.
+
+``pk_set_password``: an initial ticket for kadmin/changepw with the old password, then
+krb5_set_password (the kpasswd exchange).  pykrb5 0.10's set_password holds the GIL for the
+whole kpasswd exchange (measured: a kpasswd server that accepts and never answers froze every
+thread for 24 s); here the GIL is released.
+
+``pk_kuserok``: krb5_kuserok (~/.k5login, else auth_to_local), which pykrb5 0.10 does not
+bind; the account check of a login (``pam_sm_acct_mgmt``) asks it whether a principal may
+log in to a local account.
 """
 
 from cffi import FFI
@@ -26,6 +29,10 @@ CDEF = """
 int pk_renew_marshalled(const char *ccname, const char *profile_path,
                         unsigned char **out, size_t *outlen, char *err, size_t errlen);
 void pk_free(void *p);
+int pk_verify_marshalled(const unsigned char *data, size_t len, const char *server,
+                         const char *keytab, const char *profile_path, char *server_out,
+                         size_t server_outlen, char *err, size_t errlen);
+int pk_host_principal(const char *profile_path, char *out, size_t outlen);
 int pk_set_password(const char *profile_path, const char *principal, const char *oldpw,
                     const char *newpw, int *result_code, char *msg, size_t msglen, char *err, size_t errlen);
 int pk_kuserok(const char *profile_path, const char *principal, const char *luser, char *err, size_t errlen);
@@ -42,17 +49,18 @@ static void pk_free(void *p) { free(p); }
 
 static krb5_error_code pk_context(const char *profile_path, krb5_context *ctx)
 {
-    if (profile_path != NULL) {
-        const_profile_filespec_t files[2] = { profile_path, NULL };
-        profile_t profile = NULL;
-        krb5_error_code ret = profile_init(files, &profile);
-        if (ret)
-            return ret;
-        ret = krb5_init_context_profile(profile, 0, ctx);
-        profile_release(profile);
+    const_profile_filespec_t files[2] = { profile_path, NULL };
+    profile_t profile = NULL;
+    krb5_error_code ret;
+
+    if (profile_path == NULL)
+        return krb5_init_context(ctx);
+    ret = profile_init(files, &profile);
+    if (ret)
         return ret;
-    }
-    return krb5_init_context(ctx);
+    ret = krb5_init_context_profile(profile, 0, ctx);
+    profile_release(profile);
+    return ret;
 }
 
 /* krb5_get_init_creds_password(old password, in_tkt_service kadmin/changepw), then
@@ -169,6 +177,109 @@ int pk_kuserok(const char *profile_path, const char *principal, const char *luse
     return ok;
 }
 
+/* krb5_sname_to_principal(NULL, "host", KRB5_NT_SRV_HST): this host's host/ principal, as
+ * kinit -k chooses it, in the default realm when no domain_realm entry names one (pykrb5 0.10
+ * lacks sname_to_principal). */
+static int pk_host_principal(const char *profile_path, char *out, size_t outlen)
+{
+    krb5_context ctx = NULL;
+    krb5_principal princ = NULL;
+    char *name = NULL;
+    krb5_error_code ret;
+
+    if (outlen)
+        out[0] = '\0';
+    ret = pk_context(profile_path, &ctx);
+    if (ret)
+        return ret;
+    ret = krb5_sname_to_principal(ctx, NULL, "host", KRB5_NT_SRV_HST, &princ);
+    if (ret == 0 && krb5_is_referral_realm(&princ->realm)) {
+        /* No domain_realm mapping: the host is in the default realm (what kinit -k needs). */
+        char *realm = NULL;
+        ret = krb5_get_default_realm(ctx, &realm);
+        if (ret == 0) {
+            ret = krb5_set_principal_realm(ctx, princ, realm);
+            krb5_free_default_realm(ctx, realm);
+        }
+    }
+    if (ret == 0)
+        ret = krb5_unparse_name(ctx, princ, &name);
+    if (ret == 0 && outlen)
+        snprintf(out, outlen, "%s", name);
+    if (name != NULL)
+        krb5_free_unparsed_name(ctx, name);
+    if (princ != NULL)
+        krb5_free_principal(ctx, princ);
+    krb5_free_context(ctx);
+    return ret;
+}
+
+/* krb5_verify_init_creds with ap_req_nofail: the TGT in ``data`` (krb5_marshal_credentials
+ * format) must get a ticket for ``server`` (NULL or "": host/<canonical hostname>, as
+ * krb5_sname_to_principal gives) that decrypts with that principal's key in ``keytab``
+ * (NULL or "": the default keytab).  A TGT from a KDC that does not hold the host key fails.
+ * server_out gets the principal tried.  Returns a krb5/com_err code; err gets its message. */
+static int pk_verify_marshalled(const unsigned char *data, size_t len, const char *server,
+                                const char *keytab, const char *profile_path, char *server_out,
+                                size_t server_outlen, char *err, size_t errlen)
+{
+    krb5_context ctx = NULL;
+    krb5_creds *creds = NULL;
+    krb5_principal sprinc = NULL;
+    krb5_keytab kt = NULL;
+    krb5_verify_init_creds_opt vopt;
+    krb5_data in;
+    char *unparsed = NULL;
+    krb5_error_code ret;
+
+    if (errlen)
+        err[0] = '\0';
+    if (server_outlen)
+        server_out[0] = '\0';
+    ret = pk_context(profile_path, &ctx);
+    if (ret)
+        return ret;
+    in.magic = KV5M_DATA;
+    in.length = (unsigned int)len;
+    in.data = (char *)data;
+    ret = krb5_unmarshal_credentials(ctx, &in, &creds);
+    if (ret)
+        goto out;
+    if (server != NULL && server[0] != '\0')
+        ret = krb5_parse_name(ctx, server, &sprinc);
+    else
+        ret = krb5_sname_to_principal(ctx, NULL, "host", KRB5_NT_SRV_HST, &sprinc);
+    if (ret)
+        goto out;
+    if (krb5_unparse_name(ctx, sprinc, &unparsed) == 0 && server_outlen) {
+        snprintf(server_out, server_outlen, "%s", unparsed);
+        krb5_free_unparsed_name(ctx, unparsed);
+    }
+    if (keytab != NULL && keytab[0] != '\0')
+        ret = krb5_kt_resolve(ctx, keytab, &kt);
+    else
+        ret = krb5_kt_default(ctx, &kt);
+    if (ret)
+        goto out;
+    krb5_verify_init_creds_opt_init(&vopt);
+    krb5_verify_init_creds_opt_set_ap_req_nofail(&vopt, 1);
+    ret = krb5_verify_init_creds(ctx, creds, sprinc, kt, NULL, &vopt);
+out:
+    if (ret && errlen) {
+        const char *msg = krb5_get_error_message(ctx, ret);
+        snprintf(err, errlen, "%s", msg);
+        krb5_free_error_message(ctx, msg);
+    }
+    if (kt != NULL)
+        krb5_kt_close(ctx, kt);
+    if (sprinc != NULL)
+        krb5_free_principal(ctx, sprinc);
+    if (creds != NULL)
+        krb5_free_creds(ctx, creds);
+    krb5_free_context(ctx);
+    return ret;
+}
+
 /* krb5_get_renewed_creds for the cache's principal; the result marshalled into *out
  * (malloc'd, freed with pk_free).  Returns a krb5/com_err code; err gets its message. */
 static int pk_renew_marshalled(const char *ccname, const char *profile_path,
@@ -187,17 +298,7 @@ static int pk_renew_marshalled(const char *ccname, const char *profile_path,
     *outlen = 0;
     if (errlen)
         err[0] = '\0';
-    if (profile_path != NULL) {
-        const_profile_filespec_t files[2] = { profile_path, NULL };
-        profile_t profile = NULL;
-        ret = profile_init(files, &profile);
-        if (ret)
-            return ret;
-        ret = krb5_init_context_profile(profile, 0, &ctx);
-        profile_release(profile);
-    } else {
-        ret = krb5_init_context(&ctx);
-    }
+    ret = pk_context(profile_path, &ctx);
     if (ret)
         return ret;
     ret = krb5_cc_resolve(ctx, ccname, &cc);

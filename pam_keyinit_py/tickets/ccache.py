@@ -7,6 +7,10 @@ API (names are stable; the service, CLI and tests import them):
   krb5_get_init_creds_password, then the TGT goes into a NEW cache of the user's
   ``KEYRING:persistent:<uid>`` collection, which is made primary (krb5_cc_switch); the previous
   primary is destroyed after the switch if this service created it.
+  With ``validate`` ("require" / "if-keytab" / "never") the TGT is first checked against the host
+  keytab (krb5_verify_init_creds, see :func:`verify_creds`) and nothing is stored when it fails;
+  with ``fast`` ("try" / "require" / "never") the AS exchange is armored with a TGT of the host
+  principal from the same keytab (:func:`fast_armor`).
 - ``acquire_keytab(principal, keytab, uid, gid, ccache=None, ...) -> TicketInfo``:
   krb5_get_init_creds_keytab into ``ccache`` (default the persistent collection), as ``k5start -f``.
 - ``renew(ccache_name, uid, gid, *, timeout, ...) -> TicketInfo``: krb5_get_renewed_creds, written
@@ -30,6 +34,8 @@ gets :class:`~.errors.KdcUnreachable` when it takes longer (its late result is d
 from __future__ import annotations
 
 import atexit
+import dataclasses
+import errno
 import heapq
 import os
 import secrets
@@ -44,6 +50,7 @@ import krb5
 from .. import keyutils
 from . import errors
 from .accounts import primary_gid
+from .config import FAST_MODES, VALIDATE_MODES
 from .errors import KdcUnreachable, TicketError, from_krb5
 
 #: Subsidiary-name prefix of caches this service creates ("KEYRING:persistent:1000:keyinit_3f2a…").
@@ -70,6 +77,11 @@ class TicketInfo:
     renewable: bool
     primary: bool = False
     service: bool = False  # created by this service (see is_service_cache)
+    #: The host principal the TGT was validated with ("" when validation did not run).
+    validated: str = ""
+    #: What the caller should log as a warning (validation skipped, FAST armor unavailable).
+    warnings: tuple[str, ...] = ()
+
 
 
 # ------------------------------------------------------------------ contexts and credentials
@@ -456,6 +468,124 @@ def _old_primary(ctx: krb5.Context, collection: str, uid: int, gid: int) -> str 
     return name if is_service_cache(name) else None
 
 
+# ------------------------------------------------------------------ validation and FAST armor
+
+def host_principal(krb5_config: str | None = None) -> str:
+    """krb5_sname_to_principal(NULL, "host", KRB5_NT_SRV_HST): ``host/<canonical name>@REALM``."""
+    from ._krb5_renew import ffi, lib
+
+    out = ffi.new("char[]", 512)
+    code = lib.pk_host_principal(krb5_config.encode() if krb5_config else ffi.NULL, out, 512)
+    if code:
+        raise TicketError(f"krb5_sname_to_principal(host): error {code}", code)
+    return ffi.string(out).decode(errors="replace")
+
+
+def keytab_name(ctx: krb5.Context, keytab: str | None) -> str:
+    """``keytab``, or the name of libkrb5's default keytab (krb5_kt_default_name)."""
+    if keytab:
+        return keytab
+    try:
+        name = krb5.kt_default_name(ctx)
+        return name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+    except krb5.Krb5Error:
+        return "the default keytab"
+
+
+def verify_creds(ctx: krb5.Context, creds: krb5.Creds, *, keytab: str | None = None,
+                 principal: str | None = None, krb5_config: str | None = None) -> str:
+    """krb5_verify_init_creds with ap_req_nofail: prove the TGT came from the realm's real KDC.
+
+    A ticket for ``principal`` (default: this host's ``host/`` principal) is requested with the
+    TGT and decrypted with that principal's key from ``keytab`` (default: libkrb5's default
+    keytab, /etc/krb5.keytab unless KRB5_KTNAME or default_keytab_name say otherwise).  An
+    impostor KDC does not hold the host key, so its TGT fails here.  Runs as the caller
+    (root reads the keytab), without the GIL (tickets/_renew_build.py).  Returns the principal
+    validated with; raises NoValidationKey (no keytab or no such key), ValidationFailed,
+    KdcUnreachable.
+    """
+    from ._krb5_renew import ffi, lib
+
+    data = krb5.marshal_credentials(ctx, creds)
+    server = ffi.new("char[]", 512)
+    err = ffi.new("char[]", 512)
+    code = lib.pk_verify_marshalled(data, len(data), principal.encode() if principal else ffi.NULL,
+                                    keytab.encode() if keytab else ffi.NULL,
+                                    krb5_config.encode() if krb5_config else ffi.NULL,
+                                    server, 512, err, 512)
+    name = ffi.string(server).decode(errors="replace") or principal or "host/<this host>"
+    if name.endswith("@"):  # krb5_sname_to_principal's referral realm: any realm in the keytab
+        name = name[:-1]
+    if code == 0:
+        return name
+    where = keytab_name(ctx, keytab)
+    reason = ffi.string(err).decode(errors="replace") or f"error {code}"
+    if code in (errno.ENOENT, errors.KRB5_KT_NOTFOUND, errors.KRB5_KT_END):
+        raise errors.NoValidationKey(f"no key for {name} in {where} to validate with: {reason}", code)
+    if code in (errors.KRB5_KDC_UNREACH, errors.KRB5_REALM_CANT_RESOLVE):
+        raise KdcUnreachable(f"validating with {name}: {reason}", code)
+    raise errors.ValidationFailed(f"TGT did not validate with {name} from {where}: {reason}", code)
+
+
+#: (keytab, principal, krb5_config) -> MEMORY ccache names of armor TGTs, newest last, and the
+#: newest one's end time.  Older generations are destroyed once two newer ones exist, so a login
+#: still using the previous one is never pulled from under.
+_armor: dict[tuple[str | None, str | None, str | None], tuple[list[str], float]] = {}
+_armor_lock = threading.Lock()
+#: Get a new armor TGT this long before the current one ends.
+ARMOR_MARGIN = 300.0
+
+
+def fast_armor(ctx: krb5.Context, *, keytab: str | None = None, principal: str | None = None,
+               krb5_config: str | None = None) -> krb5.CCache:
+    """A MEMORY ccache with a TGT of the host principal from the keytab, as FAST armor.
+
+    krb5_get_init_creds_keytab (as the caller: root reads the keytab), as SSSD's krb5_use_fast
+    does with the host keytab; the TGT is reused until :data:`ARMOR_MARGIN` before it ends.
+    Raises FastUnavailable when no armor can be had.
+    """
+    key = (keytab, principal, krb5_config)
+    with _armor_lock:
+        names, endtime = _armor.get(key, ([], 0.0))
+        if names and endtime - ARMOR_MARGIN > time.time():
+            return krb5.cc_resolve(ctx, names[-1].encode())
+    name = principal or host_principal(krb5_config)
+    try:
+        princ = krb5.parse_name_flags(ctx, name.encode())
+        kt = krb5.kt_resolve(ctx, keytab.encode()) if keytab else krb5.kt_default(ctx)
+        creds = krb5.get_init_creds_keytab(ctx, princ, krb5.get_init_creds_opt_alloc(ctx), kt)
+        cc = krb5.cc_new_unique(ctx, b"MEMORY", None)
+        krb5.cc_initialize(ctx, cc, princ)
+        krb5.cc_store_cred(ctx, cc, creds)
+    except krb5.Krb5Error as exc:
+        raise errors.FastUnavailable(f"no FAST armor TGT for {name} from {keytab_name(ctx, keytab)}: {exc}",
+                                     getattr(exc, "err_code", 0)) from None
+    with _armor_lock:
+        names, _ = _armor.get(key, ([], 0.0))
+        names = [*names, _full_name(cc)]
+        stale, names = names[:-2], names[-2:]
+        _armor[key] = (names, float(creds.times.endtime))
+    for old in stale:
+        try:
+            _cc_destroy(ctx, krb5.cc_resolve(ctx, old.encode()))
+        except krb5.Krb5Error:
+            pass
+    return cc
+
+
+def _validated(ctx: krb5.Context, creds: krb5.Creds, mode: str, keytab: str | None, principal: str | None,
+               krb5_config: str | None) -> tuple[str, tuple[str, ...]]:
+    """Apply ``validate`` to a fresh TGT: (principal validated with, warnings)."""
+    if mode == "never":
+        return "", ()
+    try:
+        return verify_creds(ctx, creds, keytab=keytab, principal=principal, krb5_config=krb5_config), ()
+    except errors.NoValidationKey as exc:
+        if mode == "if-keytab":
+            return "", (f"TGT not validated (validate = \"if-keytab\"): {exc}",)
+        raise
+
+
 # ------------------------------------------------------------------ the API
 
 def acquire_password(
@@ -472,35 +602,66 @@ def acquire_password(
     krb5_config: str | None = None,
     context: krb5.Context | None = None,
     grace: float = DEFAULT_GRACE,
+    validate: str = "never",
+    validate_keytab: str | None = None,
+    validate_principal: str | None = None,
+    fast: str = "never",
 ) -> TicketInfo:
     """krb5_get_init_creds_password, then store the TGT as the user's new primary persistent cache.
 
+    ``validate`` ("require", "if-keytab", "never") checks the TGT with :func:`verify_creds`
+    against ``validate_keytab``/``validate_principal`` before anything is stored; ``fast``
+    ("try", "require", "never") armors the exchange with :func:`fast_armor` from the same keytab.
     The previous primary cache is destroyed after the switch only if this service created it
     (a cache the user made with kinit is left alone).  Raises BadPassword, UnknownPrincipal,
-    KdcUnreachable (also after ``timeout`` seconds), PasswordExpired, QuotaExceeded.
+    KdcUnreachable (also after ``timeout`` seconds), PasswordExpired, QuotaExceeded,
+    ValidationFailed, NoValidationKey (validate = "require"), FastUnavailable (fast = "require").
     """
+    if validate not in VALIDATE_MODES:
+        raise ValueError(f"validate must be one of {VALIDATE_MODES}")
+    if fast not in FAST_MODES:
+        raise ValueError(f"fast must be one of {FAST_MODES}")
     # One holder for the secret, emptied in ``finally``: no other reference outlives the exchange.
     secret = [password.encode() if isinstance(password, str) else bytes(password)]
     del password
     what = f"initial ticket for {principal}"
     try:
-        def exchange() -> tuple[krb5.Principal, krb5.Creds]:
+        def exchange() -> tuple[krb5.Principal, krb5.Creds, str, tuple[str, ...]]:
             c = context if (context is not None and timeout is None) else _context(krb5_config)
             princ = krb5.parse_name_flags(c, principal.encode())
             opt = _gic_options(c, lifetime, renew_lifetime, forwardable, renewable)
+            notes: tuple[str, ...] = ()
+            if fast != "never":
+                try:
+                    armor = fast_armor(c, keytab=validate_keytab, principal=validate_principal,
+                                       krb5_config=krb5_config)
+                except errors.FastUnavailable as exc:
+                    if fast == "require":
+                        raise
+                    notes = (f"password exchange not armored (fast = \"try\"): {exc}",)
+                else:
+                    krb5.get_init_creds_opt_set_fast_ccache(c, opt, armor)
+                    if fast == "require":
+                        krb5.get_init_creds_opt_set_fast_flags(c, opt, krb5.FastFlags.required)
             try:
-                return princ, krb5.get_init_creds_password(c, princ, opt, secret[0])
+                creds = krb5.get_init_creds_password(c, princ, opt, secret[0])
             except krb5.Krb5Error as exc:
                 raise from_krb5(exc, what) from None
+            finally:
+                secret.clear()  # drop the password as soon as the TGT exists (or cannot)
+            validated, warned = _validated(c, creds, validate, validate_keytab, validate_principal,
+                                           krb5_config)
+            return princ, creds, validated, notes + warned
 
-        princ, creds = _bounded(exchange, timeout, what)
+        princ, creds, validated, notes = _bounded(exchange, timeout, what)
     finally:
-        secret.clear()  # drop the password as soon as the TGT exists (or cannot)
+        secret.clear()
     ctx = context or _context(krb5_config)
     collection = collection_name(uid)
     old = _old_primary(ctx, collection, uid, gid)
-    return _install(ctx, collection, princ, creds, uid, gid, prefix=SERVICE_PREFIX, make_primary=True,
+    info = _install(ctx, collection, princ, creds, uid, gid, prefix=SERVICE_PREFIX, make_primary=True,
                     replace=old, krb5_config=krb5_config, grace=grace)
+    return dataclasses.replace(info, validated=validated, warnings=notes)
 
 
 def acquire_keytab(

@@ -15,6 +15,10 @@ from ..protocol import DEFAULT_SOCKET
 
 DEFAULT_CONFIG = "/etc/keyinit/ticketd.toml"
 CLEAR_POLICIES = ("own", "all", "none")
+#: ``validate``: refuse a TGT that cannot be checked / check it when the keytab has the key / never.
+VALIDATE_MODES = ("require", "if-keytab", "never")
+#: ``fast``: armor the password exchange when possible / always (else refuse) / never.
+FAST_MODES = ("try", "require", "never")
 
 
 class ConfigError(Exception):
@@ -57,6 +61,15 @@ class Config:
     #: Bound on one password exchange with the KDC at login.
     kdc_timeout: float = 2.0
     log_level: str = "INFO"
+    #: Check each login's TGT against the host keytab (krb5_verify_init_creds): a TGT from a KDC
+    #: impostor fails.  "if-keytab" skips (with a warning) where the host has no key.
+    validate: str = "require"
+    #: The host keytab; "" is libkrb5's default (KRB5_KTNAME, default_keytab_name, /etc/krb5.keytab).
+    validate_keytab: str = ""
+    #: The principal validated with; "" is host/<this host's canonical name>.
+    validate_principal: str = ""
+    #: Armor the password exchange (FAST) with the host principal's TGT from validate_keytab.
+    fast: str = "try"
     keytabs: tuple[KeytabEntry, ...] = field(default_factory=tuple)
 
 
@@ -75,6 +88,10 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
     "retry_max": (int, float),
     "kdc_timeout": (int, float),
     "log_level": str,
+    "validate": str,
+    "validate_keytab": str,
+    "validate_principal": str,
+    "fast": str,
 }
 
 
@@ -124,6 +141,10 @@ def parse(data: dict[str, object]) -> Config:
     config = Config(**values)  # type: ignore[arg-type]
     if config.clear_on_logout not in CLEAR_POLICIES:
         raise ConfigError(f"clear_on_logout must be one of {', '.join(CLEAR_POLICIES)}")
+    if config.validate not in VALIDATE_MODES:
+        raise ConfigError(f"validate must be one of {', '.join(VALIDATE_MODES)}")
+    if config.fast not in FAST_MODES:
+        raise ConfigError(f"fast must be one of {', '.join(FAST_MODES)}")
     if not 0.05 <= config.renew_fraction <= 0.95:
         raise ConfigError("renew_fraction must be between 0.05 and 0.95")
     if config.retry_min <= 0 or config.retry_max < config.retry_min:

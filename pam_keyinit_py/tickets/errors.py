@@ -10,6 +10,7 @@ import errno
 # MIT com_err codes (krb5.h, ERROR_TABLE_BASE_krb5 = -1765328384).
 KRB5KDC_ERR_NAME_EXP = -1765328383
 KRB5KDC_ERR_C_PRINCIPAL_UNKNOWN = -1765328378
+KRB5KDC_ERR_S_PRINCIPAL_UNKNOWN = -1765328377
 KRB5KDC_ERR_BADOPTION = -1765328371
 KRB5KDC_ERR_CLIENT_REVOKED = -1765328366
 KRB5KDC_ERR_KEY_EXP = -1765328361
@@ -21,6 +22,8 @@ KRB5_CC_NOTFOUND = -1765328243
 KRB5_KDC_UNREACH = -1765328228
 KRB5_CC_IO = -1765328191
 KRB5_FCC_NOFILE = -1765328189
+KRB5_KT_NOTFOUND = -1765328203
+KRB5_KT_END = -1765328202
 KRB5_REALM_CANT_RESOLVE = -1765328164
 KRB5_CC_NOSUPP = -1765328137
 KRB5_PREAUTH_FAILED = -1765328174
@@ -76,6 +79,24 @@ class AccountExpired(AccessDenied):
 
 class PasswordRejected(TicketError):
     """kpasswd refused the new password (KRB5_KPASSWD_SOFTERROR: too short, too recent...)."""
+
+
+class ValidationFailed(TicketError):
+    """The TGT did not validate against the host keytab: it may come from a KDC impostor.
+
+    krb5_verify_init_creds failed after the keytab key was found (the host principal unknown
+    to the KDC that issued the TGT, a ticket that does not decrypt with the keytab key, ...).
+    """
+
+
+class NoValidationKey(TicketError):
+    """The host keytab is missing or holds no key for the validation principal (ENOENT,
+    KRB5_KT_NOTFOUND): the TGT could not be checked at all."""
+
+
+class FastUnavailable(TicketError):
+    """No FAST armor could be had (no host keytab, or the KDC refused the host's TGT) and
+    ``fast = "require"`` forbids an unarmored password exchange."""
 
 
 _BY_CODE: dict[int, type[TicketError]] = {

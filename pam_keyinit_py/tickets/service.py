@@ -279,6 +279,8 @@ class Service:
                 principal, password, uid, gid,
                 lifetime=cfg.lifetime or None, renew_lifetime=cfg.renew_lifetime or None,
                 forwardable=cfg.forwardable, timeout=cfg.kdc_timeout,
+                validate=cfg.validate, validate_keytab=cfg.validate_keytab or None,
+                validate_principal=cfg.validate_principal or None, fast=cfg.fast,
             )
         except errors.BadPassword:
             log.info("auth %s (uid %d): wrong password", principal, uid)
@@ -295,6 +297,18 @@ class Service:
         except errors.PasswordExpired:
             # MIT answers KEY_EXP before it looks at the password: prove it before saying so.
             return self._expired(principal, uid, password)
+        except (errors.ValidationFailed, errors.NoValidationKey) as exc:
+            # A TGT that cannot be proven to come from the realm's KDC: a possible impostor.
+            # The message names the keytab and the principal; it holds no secret.
+            log.error("auth %s (uid %d): TGT validation failed (validate=%s), login refused: %s",
+                      principal, uid, cfg.validate, exc)
+            why = ("the host keytab has no key to validate the ticket with"
+                   if isinstance(exc, errors.NoValidationKey) else
+                   "the ticket did not validate against the host keytab")
+            return P.reply_error(P.VALIDATION_FAILED, why)
+        except errors.FastUnavailable as exc:
+            log.error("auth %s (uid %d): fast = \"require\" and %s; login refused", principal, uid, exc)
+            return P.reply_error(P.FAST_UNAVAILABLE, "no FAST armor for the password exchange")
         except errors.AccessDenied:
             log.info("auth %s (uid %d): principal disabled or locked out", principal, uid)
             return P.reply_error(P.DENIED, f"principal {principal} is disabled or locked out")
@@ -304,6 +318,8 @@ class Service:
             return P.reply_error(P.KDC_ERROR, f"no ticket: {exc.__class__.__name__}")
         finally:
             del password  # the only reference the service held
+        for warning in info.warnings:
+            log.warning("auth %s (uid %d): %s", principal, uid, warning)
         with self.lock:
             t = self._track(info, gid, LOGIN)
             p = self.pending.get(uid)
@@ -314,7 +330,8 @@ class Service:
             self.save()
         self.scheduler.schedule(("pending", uid), p.deadline, lambda: self._pending_expired(uid))
         self._schedule_renewal(t)
-        log.info("auth %s (uid %d): TGT in %s until %s", principal, uid, t.ccache, _fmt(t.endtime))
+        log.info("auth %s (uid %d): TGT in %s until %s%s", principal, uid, t.ccache, _fmt(t.endtime),
+                 f" (validated with {info.validated})" if info.validated else "")
         return P.reply_ok(principal=principal, ccache=t.ccache, endtime=t.endtime)
 
     def _expired(self, principal: str, uid: int, password: str) -> dict[str, Any]:

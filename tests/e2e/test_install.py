@@ -48,6 +48,7 @@ def test_make_install_login_uninstall(sshd_factory, pam_user, realm, kdc_user, t
         assert f"ExecStart={DEFAULT_PREFIX}/bin/keyinit-ticketd --config /etc/keyinit/ticketd.toml" in unit
         assert Path("/etc/keyinit/ticketd.toml").exists()
         assert Path("/usr/share/pam-configs/keyinit").exists()
+        assert "Auth-Type: Primary" in Path("/usr/share/pam-configs/keyinit-krb5").read_text()
         helper = subprocess.run(["/usr/local/bin/keyinit-ticketd", "--help"], capture_output=True, text=True)
         assert helper.returncode == 0 and "--config" in helper.stdout
 
@@ -58,7 +59,8 @@ def test_make_install_login_uninstall(sshd_factory, pam_user, realm, kdc_user, t
     assert res.returncode == 0, res.stderr
     assert not SHIM_PATH.exists() and not Path(DEFAULT_PREFIX).exists()
     for gone in ("/etc/systemd/system/keyinit-ticketd.service", "/usr/local/bin/keyinit-ticketd",
-                 "/etc/keyinit/ticketd.toml", "/usr/share/pam-configs/keyinit", "/usr/share/pam-keyinit-py"):
+                 "/etc/keyinit/ticketd.toml", "/usr/share/pam-configs/keyinit",
+                 "/usr/share/pam-configs/keyinit-krb5", "/usr/share/pam-keyinit-py"):
         assert not Path(gone).exists(), gone
 
 
