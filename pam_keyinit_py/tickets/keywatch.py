@@ -51,16 +51,23 @@ def read_signatures(path: str = KEY_USERS) -> dict[int, bytes]:
 
 
 class KeyUsersWatch:
-    """Which of the given uids' key counts changed since the previous :meth:`changed`."""
+    """Which of the given uids' key counts changed since the previous :meth:`changed`.
+
+    A uid that was not in the previous look counts as changed: its session opened since, and
+    a kinit may have followed the scan made at that open before this look saw the uid.  The
+    first look of all is only a baseline (the service scans every restored uid itself).
+    """
 
     def __init__(self, path: str = KEY_USERS) -> None:
         self.path = path
-        self._last: dict[int, bytes | None] = {}
+        self._last: dict[int, bytes | None] | None = None
 
     def changed(self, uids: Iterable[int]) -> list[int]:
-        """The uids whose /proc/key-users line differs from the last look (a uid seen first is not)."""
+        """The uids whose /proc/key-users line differs from the last look, or that it did not have."""
         now = read_signatures(self.path)
         last = self._last
         current = {uid: now.get(uid) for uid in uids}
         self._last = current
-        return [uid for uid, sig in current.items() if uid in last and last[uid] != sig]
+        if last is None:
+            return []
+        return [uid for uid, sig in current.items() if uid not in last or last[uid] != sig]

@@ -919,6 +919,13 @@ class Service:
             why = f"unavailable: pipe2(O_NOTIFICATION_PIPE): {os.strerror(err)}"
         if interval > 0:
             self._keywatch_state = keywatch.KeyUsersWatch()
+            try:
+                # The baseline: the restored uids (each is scanned at restore); any uid whose
+                # session opens later is scanned at the first look that sees it.
+                with self.lock:
+                    self._keywatch_state.changed(list(self.sessions.by_uid))
+            except OSError as exc:
+                log.warning("reading /proc/key-users: %s", exc.strerror)
             self.scheduler.schedule(("keywatch",), time.time() + interval, self._keywatch)
             log.info("kernel key notifications %s; a user's own kinit is noticed through "
                      "/proc/key-users every %gs (full rescans every %gs)", why, interval,
