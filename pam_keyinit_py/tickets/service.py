@@ -498,7 +498,7 @@ class Service:
     def status(self, peer_uid: int) -> dict[str, Any]:
         with self.lock:
             mine = [s.to_json() for s in self.sessions.by_sid.values() if peer_uid in (0, s.uid)]
-            tickets = [t.to_json() for t in self.tickets.values() if peer_uid in (0, t.uid)]
+            tickets = [self._row(t) for t in self.tickets.values() if peer_uid in (0, t.uid)]
             service = {"pid": os.getpid(), "started": self.started, "sessions": len(self.sessions),
                        "tickets": len(self.tickets), "users": len(self.sessions.by_uid),
                        "renewals": self.renewals, "renew_failures": self.renew_failures,
@@ -509,8 +509,18 @@ class Service:
 
     def list_tickets(self, uid: int | None) -> dict[str, Any]:
         with self.lock:
-            rows = [t.to_json() for t in self.tickets.values() if uid is None or t.uid == uid]
+            rows = [self._row(t) for t in self.tickets.values() if uid is None or t.uid == uid]
         return P.reply_ok(tickets=rows)
+
+    def _row(self, t: Tracked) -> dict[str, Any]:
+        """A ticket as ``status``/``tickets`` show it: Tracked.to_json plus ``next_renewal``.
+
+        ``next_renewal`` is the wall-clock time of the scheduled renewal (for a [[keytab]]
+        entry, its next re-acquisition), 0 when none is scheduled (not renewable, past
+        renew_till, or renewing right now).
+        """
+        key = ("keytab", t.keytab) if t.origin == KEYTAB else ("renew", t.ccache)
+        return {**t.to_json(), "next_renewal": self.scheduler.due(key) or 0.0}
 
     def renew_now(self, uid: int | None) -> dict[str, Any]:
         """Renew the uid's (or, for root without uid, every) tracked ticket now."""

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from pam_keyinit_py.commands.tickets import _when
 from pam_keyinit_py.lab.sshd import GSSAPI
 from tests.conftest import VENV_BIN
 from tests.kdc import ticketd as td
@@ -144,6 +145,28 @@ def _sessions(daemon: TicketD) -> int:
     return daemon.request({"op": "status"})["service"]["sessions"]
 
 
+def _keyinit(daemon: TicketD, user, *args: str) -> str:  # noqa: ANN001
+    out = user.user.run([str(VENV_BIN / "keyinit"), "status", "--socket", daemon.socket, *args])
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def _status(daemon: TicketD, user) -> tuple[dict, str]:  # noqa: ANN001
+    """The user's one ticket in ``keyinit status --json`` and its line in ``keyinit status``.
+
+    Read JSON, text, JSON until both JSON reads agree: a renewal between the calls would
+    change the cache name and the times.
+    """
+    for _ in range(5):
+        before = json.loads(_keyinit(daemon, user, "--json"))["tickets"]
+        text = _keyinit(daemon, user)
+        after = json.loads(_keyinit(daemon, user, "--json"))["tickets"]
+        if len(before) == 1 and before == after:
+            row = before[0]
+            return row, next(line for line in text.splitlines() if line.rstrip().endswith(row["ccache"]))
+    raise AssertionError(f"keyinit status kept changing: {before} / {after}")
+
+
 def _file_caches(uid: int) -> list[str]:
     return glob.glob(f"/tmp/krb5cc_{uid}_*")
 
@@ -174,6 +197,11 @@ def test_delegated_tgt_lands_in_the_persistent_keyring_renewed_and_cleared(
             rows = _rows(daemon, uid)
             assert [r["origin"] for r in rows] == ["delegated"], rows
             assert f"KEYRING:persistent:{uid}:{rows[0]['ccache'].split(':')[3]}" == seen["ccache"]
+            # keyinit status, as the user: the origin, the expiry and the next renewal of the ticket.
+            status, line = _status(daemon, svc_user)
+            assert status["origin"] == "delegated" and status["next_renewal"] > status["starttime"]
+            assert line.split()[1] == "delegated", line
+            assert _when(status["endtime"]) in line and _when(status["next_renewal"]) in line, line
             # Renewed while the session stays open (30 s tickets, renewal at 20% of the life).
             daemon.wait_for(lambda: [r for r in _rows(daemon, uid) if r["renewed"] >= 1], 30,
                             "a renewal of the delegated ticket")
@@ -225,6 +253,7 @@ def test_gssapi_login_without_delegation_then_kinit_is_adopted_within_30s(
             assert session.line() == "kinit-ok"
             rows = daemon.wait_for(lambda: _rows(daemon, uid), 30, "the user's own kinit to be adopted")
             assert [r["origin"] for r in rows] == ["adopted"] and rows[0]["principal"] == svc_user.principal
+            assert _status(daemon, svc_user)[1].split()[1] == "kinit"
             daemon.wait_for(lambda: [r for r in _rows(daemon, uid) if r["renewed"] >= 1], 30,
                             "a renewal of the adopted ticket")
             assert klist_ok(svc_user.user, user_krb5)
