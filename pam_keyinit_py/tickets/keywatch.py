@@ -20,6 +20,7 @@ the same size) is not seen here; the full rescan every ``adopt_scan_interval`` c
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable
 
 #: include/uapi/linux/watch_queue.h: O_NOTIFICATION_PIPE is O_EXCL given to pipe2(2).
@@ -61,13 +62,24 @@ class KeyUsersWatch:
     def __init__(self, path: str = KEY_USERS) -> None:
         self.path = path
         self._last: dict[int, bytes | None] | None = None
+        self._forgotten: set[int] = set()
+        self._lock = threading.Lock()
+
+    def forget(self, uid: int) -> None:
+        """Treat ``uid`` as unseen at the next look (a session of it opened: whatever its keys did
+        since the last look, logout and a new kinit of the same size included, it gets scanned)."""
+        with self._lock:
+            self._forgotten.add(uid)
 
     def changed(self, uids: Iterable[int]) -> list[int]:
         """The uids whose /proc/key-users line differs from the last look, or that it did not have."""
         now = read_signatures(self.path)
-        last = self._last
-        current = {uid: now.get(uid) for uid in uids}
-        self._last = current
+        with self._lock:
+            forgotten, self._forgotten = self._forgotten, set()
+            last = self._last
+            current = {uid: now.get(uid) for uid in uids}
+            self._last = current
         if last is None:
             return []
-        return [uid for uid, sig in current.items() if uid not in last or last[uid] != sig]
+        return [uid for uid, sig in current.items()
+                if uid in forgotten or uid not in last or last[uid] != sig]

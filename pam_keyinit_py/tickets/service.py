@@ -475,6 +475,9 @@ class Service:
             log.warning("session %d of uid %d: opener %d already gone", session.sid, uid, pid)
             self._end_session(session, f"ended at once (opener {pid} already gone)")
             return P.reply_error(P.NOT_FOUND, f"process {pid} that opened the session is gone")
+        watch = getattr(self, "_keywatch_state", None)
+        if watch is not None:
+            watch.forget(uid)
         extra: dict[str, Any] = {}
         if ccache:
             extra = self._take_delegated(session, ccache)

@@ -51,3 +51,15 @@ def test_key_users_watch_reports_a_uid_it_had_not_seen(tmp_path) -> None:  # noq
     assert watch.changed([0, 1000]) == [1000]
     assert watch.changed([0, 1000]) == []
 
+
+
+def test_key_users_watch_rescans_a_uid_that_logged_in_again(tmp_path) -> None:  # noqa: ANN001
+    # Logout, cache cleared, login, kinit of the same size between two looks: the line is the
+    # same as before, but the new session makes the uid count as changed once.
+    fake = tmp_path / "key-users"
+    fake.write_text(" 1000:     5 5/5 5/200 1990/20000\n")
+    watch = keywatch.KeyUsersWatch(str(fake))
+    assert watch.changed([1000]) == []
+    watch.forget(1000)
+    assert watch.changed([1000]) == [1000]
+    assert watch.changed([1000]) == []
