@@ -122,6 +122,8 @@ class Service:
         self._stopping = False
         self._writer_alive = True
         self._writer_thread = threading.Thread(target=self._writer, name="state-writer", daemon=True)
+        # The /proc/key-users watch (tickets/keywatch.py), made at start when adopt_watch_interval > 0.
+        self._keywatch_state: Any = None
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -475,9 +477,8 @@ class Service:
             log.warning("session %d of uid %d: opener %d already gone", session.sid, uid, pid)
             self._end_session(session, f"ended at once (opener {pid} already gone)")
             return P.reply_error(P.NOT_FOUND, f"process {pid} that opened the session is gone")
-        watch = getattr(self, "_keywatch_state", None)
-        if watch is not None:
-            watch.forget(uid)
+        if self._keywatch_state is not None:
+            self._keywatch_state.forget(uid)
         extra: dict[str, Any] = {}
         if ccache:
             extra = self._take_delegated(session, ccache)

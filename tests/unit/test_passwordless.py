@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pam_keyinit_py import protocol as P
+from pam_keyinit_py.tickets import config as cfg
 from pam_keyinit_py.tickets import keywatch
 
 
@@ -63,3 +66,17 @@ def test_key_users_watch_rescans_a_uid_that_logged_in_again(tmp_path) -> None:  
     watch.forget(1000)
     assert watch.changed([1000]) == [1000]
     assert watch.changed([1000]) == []
+
+
+def test_adopt_watch_interval_config(tmp_path) -> None:  # noqa: ANN001
+    path = tmp_path / "t.toml"
+    path.write_text("")
+    assert cfg.load(str(path)).adopt_watch_interval == 10.0
+    path.write_text("adopt_watch_interval = 0\n")
+    assert cfg.load(str(path)).adopt_watch_interval == 0
+    path.write_text("adopt_watch_interval = -1\n")
+    with pytest.raises(cfg.ConfigError, match="adopt_watch_interval"):
+        cfg.load(str(path))
+    # The shipped file documents the defaults.
+    shipped = cfg.load(str(Path(__file__).resolve().parents[2] / "etc" / "keyinit" / "ticketd.toml"))
+    assert shipped.adopt_watch_interval == cfg.Config().adopt_watch_interval
