@@ -20,6 +20,7 @@ import queue
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -265,3 +266,27 @@ def test_gssapi_login_without_delegation_then_kinit_is_adopted_within_30s(
         assert svc_user.password not in daemon.log() and svc_user.password not in server.log()
     finally:
         _stop(daemon)
+
+
+def test_without_the_service_sshd_keeps_its_file_cache_and_cleans_it_up(
+        realm, host_keytab, sshd_factory, svc_user, user_krb5, workdir):
+    # The hook cannot reach the service: the login works as without it (sshd's FILE cache and
+    # KRB5CCNAME), and GSSAPICleanupCredentials still removes the file at logout.
+    server = sshd_factory(_stack(str(workdir / "no-such.sock")), mode=GSSAPI, keytab=host_keytab,
+                          krb5_config=realm.krb5_conf)
+    cc = _client_ccache(realm, svc_user, workdir)
+    conf, py = user_krb5["KRB5_CONFIG"], VENV_BIN / "python"
+    session = _spawn(server, svc_user, f"KRB5_CONFIG={conf} {py} {workdir / 'report.py'}; read done || true",
+                     cc, delegate=True)
+    try:
+        seen = session.report()
+        assert seen["KRB5CCNAME"].startswith(f"FILE:/tmp/krb5cc_{svc_user.uid}_"), seen
+        assert seen["principal"] == svc_user.principal
+        assert _file_caches(svc_user.uid) == [seen["KRB5CCNAME"].removeprefix("FILE:")]
+        assert persistent_caches(svc_user.uid) == {}
+    finally:
+        assert session.end() == 0
+    deadline = time.monotonic() + 15
+    while _file_caches(svc_user.uid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _file_caches(svc_user.uid) == [], "sshd's GSSAPICleanupCredentials left its FILE cache"

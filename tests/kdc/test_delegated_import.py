@@ -148,3 +148,17 @@ def test_open_leaves_a_cache_that_is_not_a_per_login_one_alone(ticketd, svc_user
         assert ticketd.request({"op": "tickets", "uid": svc_user.uid})["tickets"] == []
     finally:
         ticketd.request({"op": "close", "uid": svc_user.uid, "sid": opened["sid"]})
+
+
+def test_a_delegated_ticket_survives_a_kill_9_of_the_service(ticketd, svc_user, user_krb5, tmp_names):
+    path = _name(svc_user.uid, tmp_names)
+    _kinit_file(svc_user, user_krb5, path)
+    opened = _open(ticketd, svc_user, f"FILE:{path}")
+    assert opened["ok"] and "ccache" in opened, opened
+    ticketd.kill9()
+    ticketd.start()
+    rows = ticketd.request({"op": "tickets", "uid": svc_user.uid})["tickets"]
+    assert [r["origin"] for r in rows] == ["delegated"], rows
+    closed = ticketd.request({"op": "close", "uid": svc_user.uid, "sid": opened["sid"]})
+    assert closed["ok"] and len(closed["cleared"]) == 1, closed
+    assert persistent_caches(svc_user.uid) == {}
