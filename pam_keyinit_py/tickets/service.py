@@ -882,7 +882,6 @@ class Service:
             self._touch(entry.uid)
         log.info("keytab %s: TGT in %s until %s", entry.principal, t.ccache, _fmt(t.endtime))
 
-
     # ---------------------------------------------------------------- passwordless logins
 
     def _take_delegated(self, session: Session, source: str) -> dict[str, Any]:
