@@ -22,10 +22,13 @@
 #       -allow_tix, -expire DATE...).
 #   realm.sh setstr DIR NAME KEY VALUE   kadmin setstr (e.g. require_auth fast: tickets for NAME need a
 #       TGT with that auth indicator).
+#   realm.sh addpol DIR NAME ARG...      kadmin addpol ARG... NAME (e.g. -minlength 12), idempotent.
 #   realm.sh ktadd DIR KEYTAB PRINC...   Write the principals' current keys to KEYTAB (-norandkey).
 #   realm.sh hostkeytab DIR [HOST...]    Give each HOST (default: localhost and this host's names) a
 #       random-key host/HOST principal and write them to DIR/krb5.keytab (0600): the keytab a login
 #       host validates TGTs with, and sshd's GSSAPI acceptor keytab.  Prints the keytab's path.
+#   realm.sh kadmind DIR [start|stop]    Start (default) or stop kadmind on the realm's loopback
+#       kadmind_listen and kpasswd_listen ports: the kpasswd service that password changes use.
 #   realm.sh env DIR                Print `export KRB5_CONFIG=... KRB5_KDC_PROFILE=...` lines.
 #   realm.sh status DIR             Print realm, port and pid; exit 0 if the KDC runs, 3 if not.
 #
@@ -36,7 +39,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PROG="realm.sh"
 
 die() { echo "$PROG: $*" >&2; exit 1; }
-usage() { sed -n '4,33p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '4,35p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 need() {
     local tool
@@ -102,7 +105,16 @@ kdc_pid() {
     echo "$pid"
 }
 
-listening() { (exec 3<>"/dev/tcp/${ADDR:-127.0.0.1}/$PORT") 2>/dev/null; }
+listening() { (exec 3<>"/dev/tcp/${ADDR:-127.0.0.1}/${1:-$PORT}") 2>/dev/null; }
+
+kadmind_pid() {
+    local pid
+    [ -f "$DIR/kadmind.pid" ] || return 1
+    pid="$(cat "$DIR/kadmind.pid" 2>/dev/null)" || return 1
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+    grep -q kadmind "/proc/$pid/comm" 2>/dev/null || return 1
+    echo "$pid"
+}
 
 kadmin() { "$(sbin kadmin.local)" -r "$REALM" "$@"; }
 
@@ -187,10 +199,11 @@ cmd_stop() {
 cmd_destroy() {
     [ $# -eq 1 ] || usage
     [ -f "$1/realm.env" ] || return 0
+    kadmind_stop "$1"
     cmd_stop "$1"
     load "$1"
     rm -f "$DIR"/principal* "$DIR/stash" "$DIR/kdc.conf" "$DIR/krb5.conf" "$DIR/kadm5.acl" "$DIR/krb5.keytab" \
-        "$DIR"/*.log "$DIR/krb5kdc.out" "$DIR/realm.env"
+        "$DIR"/*.log "$DIR/krb5kdc.out" "$DIR/kadmind.out" "$DIR/kadmind.pid" "$DIR/realm.env"
     rmdir "$DIR" 2>/dev/null || true
 }
 
@@ -248,6 +261,19 @@ cmd_setstr() {
     grep -q "Attribute set" <<<"$out" || die "setstr $2 failed: $(grep -v '^kadmin.local:' <<<"$out" | tail -n 2)"
 }
 
+cmd_addpol() {
+    [ $# -ge 3 ] || usage
+    load "$1"
+    local name="$2" out
+    shift 2
+    case "$name $*" in *[\"\;]*) die "addpol: bad argument" ;; esac
+    out="$(printf 'addpol %s %s\n' "$*" "$name" | kadmin 2>&1)" || true
+    # An existing policy is kept (idempotent, as addprinc).
+    if grep -qiE 'error|usage|invalid' <<<"$out" && ! grep -q 'already exists' <<<"$out"; then
+        die "addpol $name failed: $(grep -v '^kadmin.local:\|^Authenticating' <<<"$out" | tail -n 2)"
+    fi
+}
+
 cmd_ktadd() {
     [ $# -ge 3 ] || usage
     load "$1"
@@ -283,6 +309,43 @@ cmd_hostkeytab() {
     echo "$keytab"
 }
 
+kadmind_stop() {
+    load "$1"
+    local pid i
+    pid="$(kadmind_pid)" || { rm -f "$DIR/kadmind.pid"; return 0; }
+    kill "$pid"
+    for i in $(seq 1 250); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.02
+    done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+    rm -f "$DIR/kadmind.pid"
+}
+
+# kadmind (kadmin and kpasswd services) for the realm, on the ports kdc.conf names.  It daemonizes
+# and writes DIR/kadmind.pid; ready when both its TCP ports accept.
+cmd_kadmind() {
+    [ $# -ge 1 ] && [ $# -le 2 ] || usage
+    case "${2:-start}" in
+        stop) kadmind_stop "$1"; return 0 ;;
+        start) ;;
+        *) die "kadmind: start or stop, not $2" ;;
+    esac
+    need kadmind
+    load "$1"
+    if kadmind_pid >/dev/null; then return 0; fi
+    rm -f "$DIR/kadmind.pid"
+    "$(sbin kadmind)" -r "$REALM" -P "$DIR/kadmind.pid" >>"$DIR/kadmind.out" 2>&1 ||
+        die "kadmind failed: $(tail -n 3 "$DIR/kadmind.out")"
+    local i
+    for i in $(seq 1 250); do
+        if kadmind_pid >/dev/null && listening "$KPASSWD_PORT" && listening "$KADMIN_PORT"; then return 0; fi
+        sleep 0.02
+    done
+    kadmind_stop "$DIR"
+    die "kadmind did not listen on ${ADDR:-127.0.0.1}:$KPASSWD_PORT; see $DIR/kadmind.log and $DIR/kadmind.out"
+}
+
 cmd_env() { [ $# -eq 1 ] || usage; load "$1"; print_env; }
 
 cmd_status() {
@@ -309,6 +372,8 @@ case "$cmd" in
     modprinc) cmd_modprinc "$@" ;;
     setstr) cmd_setstr "$@" ;;
     hostkeytab) cmd_hostkeytab "$@" ;;
+    kadmind) cmd_kadmind "$@" ;;
+    addpol) cmd_addpol "$@" ;;
     env) cmd_env "$@" ;;
     status) cmd_status "$@" ;;
     -h|--help|help) usage ;;

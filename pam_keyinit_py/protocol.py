@@ -4,6 +4,13 @@ Transport: a Unix stream socket (``/run/keyinit/ticketd.sock`` by default).
 Framing: each message is a 4-byte big-endian length followed by that many
 bytes of UTF-8 JSON holding one object.  Every message carries ``"v": 1``.
 
+``account`` is pam_sm_acct_mgmt's question: with ``kuserok`` (default true) may ``principal``
+(default user@default_realm) log in to ``user`` (krb5_kuserok: ~/.k5login, auth_to_local), and
+with ``kdc`` (default true) does the KDC still issue tickets to it (not locked, not expired,
+password not expired)?  ``chpass`` without ``new_password`` only checks ``old_password`` (an
+initial ticket for kadmin/changepw, pam_sm_chauthtok's PAM_PRELIM_CHECK); with it, the password
+is changed through the kpasswd service.  Passwords are never logged by either side.
+
 Requests carry ``"op"``; replies carry ``"ok"`` and, on failure, a machine
 ``"code"`` (one of :data:`ERROR_CODES`) and a human ``"error"``.  The server
 identifies the caller with SO_PEERCRED, never with a field of the message:
@@ -12,13 +19,25 @@ identifies the caller with SO_PEERCRED, never with a field of the message:
 op        who     fields
 ========  ======  ===============================================================
 auth      root    user, uid, gid, password, [principal] -> principal, ccache
-open      root    user, uid, gid                        -> sid, sessions
+account   root    user, uid, [principal], [kuserok],    -> principal
+                  [kdc]
+chpass    root    user, uid, [principal], old_password, -> principal, [changed]
+                  [new_password]
+open      root    user, uid, gid, [ccache]              -> sid, sessions, [ccache, krb5ccname],
+                                                           [delegation_error]
 close     root    uid, [sid]                            -> sessions, cleared
 status    anyone                                        -> service, sessions, tickets
 tickets   anyone  [uid] (root only)                     -> tickets
 renew     anyone  [uid] (root only)                     -> tickets, errors
 destroy   anyone  ccache (own caches unless root)       -> destroyed
 ========  ======  ===============================================================
+
+``open``'s ``ccache`` is a delegated TGT that the host wrote to a FILE cache of the user (sshd
+with GSSAPI delegation: ``FILE:/tmp/krb5cc_<uid>_XXXXXXXXXX``, see :data:`DELEGATED_CCACHE_PREFIX`).
+The service moves it into KEYRING:persistent:<uid> as the user, removes the file, tracks the copy
+(origin ``delegated``) and answers with the copy's name in ``ccache`` and the name the session's
+``KRB5CCNAME`` should hold in ``krb5ccname``; if it could not, the session is still opened and
+``delegation_error`` says why (the file is then left as it was).
 
 This module is imported by the PAM hook inside sshd, so it uses only the
 standard library and costs little to import: it talks through CPython's C modules
@@ -59,6 +78,8 @@ NOT_RENEWABLE = "not_renewable"
 QUOTA = "quota_exceeded"
 PASSWORD_EXPIRED = "password_expired"  # the KDC wants the password changed (KDC_ERR_KEY_EXP)
 KDC_ERROR = "kdc_error"  # the KDC or libkrb5 refused for another reason (clock skew, policy...)
+ACCOUNT_EXPIRED = "account_expired"  # the principal's expiry date passed (KDC_ERR_NAME_EXP)
+PASSWORD_REJECTED = "password_rejected"  # kpasswd refused the new password (quality, history)
 VALIDATION_FAILED = "validation_failed"  # the TGT did not validate against the host keytab
 FAST_UNAVAILABLE = "fast_unavailable"  # fast = "require" and no FAST armor could be had
 DENIED = "denied"
@@ -69,20 +90,38 @@ UNAVAILABLE = "service_unavailable"  # set by clients only: the service did not 
 INTERNAL = "internal_error"
 ERROR_CODES = frozenset(
     {BAD_PASSWORD, UNKNOWN_PRINCIPAL, KDC_UNREACHABLE, NOT_RENEWABLE, QUOTA, PASSWORD_EXPIRED, KDC_ERROR,
-     VALIDATION_FAILED, FAST_UNAVAILABLE, DENIED, BAD_REQUEST, TOO_LARGE, NOT_FOUND, UNAVAILABLE, INTERNAL}
+     ACCOUNT_EXPIRED, PASSWORD_REJECTED, VALIDATION_FAILED, FAST_UNAVAILABLE, DENIED, BAD_REQUEST, TOO_LARGE,
+     NOT_FOUND, UNAVAILABLE, INTERNAL}
 )
 
+#: Delegated caches the hook hands to ``open``: ``FILE:/tmp/krb5cc_<uid>_<suffix>``, the per-login name
+#: sshd (ssh_krb5_cc_gen) and pam_krb5 give the caches they write and remove themselves.  Other
+#: FILE caches in KRB5CCNAME (one a user set through pam_env) are the user's and are left alone.
+DELEGATED_CCACHE_PREFIX = "FILE:/tmp/krb5cc_"
+
+
+def is_delegated_ccache(name: str, uid: int) -> bool:
+    """True when ``name`` has the form of a per-login FILE cache of ``uid`` (see DELEGATED_CCACHE_PREFIX)."""
+    head = f"{DELEGATED_CCACHE_PREFIX}{uid}_"
+    rest = name[len(head):]
+    return name.startswith(head) and bool(rest) and "/" not in rest
+
+
 #: Operations only uid 0 may send: they create tickets and sessions for other users.
-ROOT_OPS = frozenset({"auth", "open", "close"})
+ROOT_OPS = frozenset({"auth", "open", "close", "account", "chpass"})
 
 # Request schema: op -> {field: (type, required)}.  Unknown fields are refused so a typo never
 # silently changes meaning.
 _ID = (int, True)
 _OPT_ID = (int, False)
 _STR = (str, True)
+_OPT_BOOL = (bool, False)
 SCHEMA: dict[str, dict[str, tuple[type, bool]]] = {
     "auth": {"user": _STR, "uid": _ID, "gid": _ID, "password": _STR, "principal": (str, False)},
-    "open": {"user": _STR, "uid": _ID, "gid": _ID},
+    "account": {"user": _STR, "uid": _ID, "principal": (str, False), "kuserok": _OPT_BOOL, "kdc": _OPT_BOOL},
+    "chpass": {"user": _STR, "uid": _ID, "principal": (str, False), "old_password": _STR,
+               "new_password": (str, False)},
+    "open": {"user": _STR, "uid": _ID, "gid": _ID, "ccache": (str, False)},
     "close": {"uid": _ID, "sid": _OPT_ID},
     "status": {},
     "tickets": {"uid": _OPT_ID},
@@ -206,7 +245,7 @@ def validate_request(message: dict[str, Any]) -> dict[str, Any]:
             continue
         value = message[key]
         # bool is an int subclass; a uid of `true` is a malformed message, not uid 1.
-        if not isinstance(value, kind) or isinstance(value, bool):
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             raise ProtocolError(BAD_REQUEST, f"{op}: field {key!r} must be {kind.__name__}")
         if kind is int and not 0 <= value < 2**32 - 1:
             raise ProtocolError(BAD_REQUEST, f"{op}: field {key!r} out of range")

@@ -43,6 +43,17 @@ def host_keytab(realm: Realm) -> Path:
     return realm.keytab_path
 
 
+@pytest.fixture(scope="session")
+def kadmind(realm: Realm) -> Iterator[Realm]:
+    """The session realm with kadmind running: its kpasswd service takes password changes."""
+    require(Path("/usr/sbin/kadmind").exists(), "kadmind not installed (krb5-admin-server)")
+    realm.start_kadmind()
+    try:
+        yield realm
+    finally:
+        realm.stop_kadmind()
+
+
 @dataclass
 class KdcUser:
     """A local user with a principal in the test realm (password kept only in test memory)."""

@@ -191,6 +191,19 @@ class Realm:
         """The realm's host keytab (0600), krb5.conf's ``default_keytab_name``."""
         return self.dir / "krb5.keytab"
 
+    def add_policy(self, name: str, *options: str) -> None:
+        """kadmin addpol OPTIONS NAME (e.g. ``-minlength``, ``12``); an existing policy is kept."""
+        self._run("addpol", str(self.dir), name, *options)
+
+    # -- kadmind: the kpasswd service --------------------------------------------------------
+    def start_kadmind(self) -> None:
+        """``realm.sh kadmind DIR``: kadmind on the realm's loopback kadmin and kpasswd ports."""
+        self._run("kadmind", str(self.dir), "start")
+
+    def stop_kadmind(self) -> None:
+        """Stop kadmind (``stop()`` does it too)."""
+        self._run("kadmind", str(self.dir), "stop")
+
     # -- where things are --------------------------------------------------------------------
     @property
     def krb5_conf(self) -> Path:

@@ -1,5 +1,5 @@
-"""The pam_python entry points: ``pam_sm_authenticate``, ``pam_sm_setcred``, ``pam_sm_open_session``,
-``pam_sm_close_session``.
+"""The pam_python entry points: ``pam_sm_authenticate``, ``pam_sm_acct_mgmt``, ``pam_sm_chauthtok``,
+``pam_sm_setcred``, ``pam_sm_open_session``, ``pam_sm_close_session``.
 
 pam_python executes the shim (/lib/security/pam_keyinit_py.py) afresh for each
 PAM handle, while this module stays in ``sys.modules`` for the life of the
@@ -10,7 +10,8 @@ instance for hosts that import this module directly.
 Return codes are pam_keyinit's: open_session PAM_SESSION_ERR, setcred
 PAM_CRED_ERR (PAM_IGNORE for flags other than ESTABLISH/DELETE), close_session
 PAM_SUCCESS, authenticate PAM_IGNORE unless the ticket service answers, an
-unknown user PAM_USER_UNKNOWN.  No exception leaves an entry point: an
+unknown user PAM_USER_UNKNOWN.  acct_mgmt and chauthtok are pam_krb5's (see ``account``):
+an unexpected error there is PAM_SERVICE_ERR and PAM_AUTHTOK_ERR.  No exception leaves an entry point: an
 unexpected one is logged (type and text, no secrets) and mapped to that code.
 
 Imports: stdlib and layer 0 only; ``pam_keyinit_py.pam.tickets`` (krb5, IPC) is
@@ -19,6 +20,7 @@ imported only when the ``tickets`` option or the auth phase needs it.
 
 from __future__ import annotations
 
+from .account import LoginState
 from .keyinit import KeyinitState, debug, do_keyinit, kill_keyrings, note_options
 from .log import LOG_ERR, syslog
 from .options import Options, parse_cached
@@ -54,6 +56,7 @@ class Hook:
     def __init__(self) -> None:
         self.state = KeyinitState()
         self.ticket_sids: list[int] = []  # the service's ids of the sessions this handle opened
+        self.login = LoginState()  # what authenticate learned, for acct_mgmt and chauthtok
 
     def authenticate(self, pamh: object, flags: int, argv: list[str]) -> int:
         """pam_sm_authenticate: pam_keyinit ignores auth; the ticket client may take the password."""
@@ -63,10 +66,30 @@ class Hook:
             tickets = _tickets()
             if tickets is None:
                 return pamh.PAM_IGNORE  # type: ignore[attr-defined]
-            return int(tickets.authenticate(pamh, opts))  # type: ignore[attr-defined]
+            return int(tickets.authenticate(pamh, opts, self.login))  # type: ignore[attr-defined]
         except BaseException as exc:  # noqa: BLE001 - nothing may reach libpam
             _crash(pamh, "authenticate", exc)
             return pamh.PAM_IGNORE  # type: ignore[attr-defined]
+
+    def acct_mgmt(self, pamh: object, flags: int, argv: list[str]) -> int:
+        """pam_sm_acct_mgmt: expired password, krb5_kuserok, and the KDC's view of the principal."""
+        try:
+            from . import account
+
+            return account.acct_mgmt(pamh, _options(pamh, argv), self.login)
+        except BaseException as exc:  # noqa: BLE001
+            _crash(pamh, "acct_mgmt", exc)
+            return pamh.PAM_SERVICE_ERR  # type: ignore[attr-defined]
+
+    def chauthtok(self, pamh: object, flags: int, argv: list[str]) -> int:
+        """pam_sm_chauthtok: change the Kerberos password through kpasswd (PRELIM_CHECK, UPDATE_AUTHTOK)."""
+        try:
+            from . import account
+
+            return account.chauthtok(pamh, flags, _options(pamh, argv), self.login)
+        except BaseException as exc:  # noqa: BLE001
+            _crash(pamh, "chauthtok", exc)
+            return pamh.PAM_AUTHTOK_ERR  # type: ignore[attr-defined]
 
     def setcred(self, pamh: object, flags: int, argv: list[str]) -> int:
         """pam_sm_setcred: ESTABLISH_CRED creates the keyring, DELETE_CRED revokes it with ``revoke``.
@@ -145,6 +168,8 @@ class Hook:
 
 _default = Hook()
 pam_sm_authenticate = _default.authenticate
+pam_sm_acct_mgmt = _default.acct_mgmt
+pam_sm_chauthtok = _default.chauthtok
 pam_sm_setcred = _default.setcred
 pam_sm_open_session = _default.open_session
 pam_sm_close_session = _default.close_session

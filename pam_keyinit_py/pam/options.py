@@ -24,12 +24,14 @@ _FLAGS = {
     "tickets": "tickets",
     "use_first_pass": "use_first_pass",
     "try_first_pass": "try_first_pass",
+    "use_authtok": "use_authtok",
+    "search_k5login": "search_k5login",
 }
 
 
 _FIELDS = (
     "force", "revoke", "debug", "link_persistent", "tickets", "use_first_pass", "try_first_pass",
-    "socket", "minimum_uid", "unknown",
+    "socket", "minimum_uid", "use_authtok", "search_k5login", "unknown",
 )
 
 
@@ -52,16 +54,21 @@ class Options:
     try_first_pass: bool
     socket: str
     minimum_uid: int
+    #: password (chauthtok): take the new password from PAM_AUTHTOK (set by an earlier module).
+    use_authtok: bool
+    #: auth: try the password with each principal of the user's ~/.k5login (pam_krb5's option).
+    search_k5login: bool
     unknown: tuple[str, ...]
 
     def __init__(
         self, *, force: bool = False, revoke: bool = False, debug: bool = False,
         link_persistent: bool = False, tickets: bool = False, use_first_pass: bool = False,
         try_first_pass: bool = False, socket: str = DEFAULT_SOCKET,
-        minimum_uid: int = DEFAULT_MINIMUM_UID, unknown: tuple[str, ...] = (),
+        minimum_uid: int = DEFAULT_MINIMUM_UID, use_authtok: bool = False, search_k5login: bool = False,
+        unknown: tuple[str, ...] = (),
     ) -> None:
         values = (force, revoke, debug, link_persistent, tickets, use_first_pass, try_first_pass,
-                  socket, minimum_uid, tuple(unknown))
+                  socket, minimum_uid, use_authtok, search_k5login, tuple(unknown))
         for name, value in zip(_FIELDS, values, strict=True):
             object.__setattr__(self, name, value)
 

@@ -35,6 +35,8 @@ from pam_keyinit_py.pam.hook import Hook as _Hook
 
 _hook = _Hook()  # this PAM handle's state: pam_python runs this file once per pam_start()
 pam_sm_authenticate = _hook.authenticate
+pam_sm_acct_mgmt = _hook.acct_mgmt
+pam_sm_chauthtok = _hook.chauthtok
 pam_sm_setcred = _hook.setcred
 pam_sm_open_session = _hook.open_session
 pam_sm_close_session = _hook.close_session

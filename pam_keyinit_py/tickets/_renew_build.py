@@ -12,6 +12,15 @@ pykrb5 Creds with krb5.unmarshal_credentials and writes it with pykrb5 as before
 pykrb5 0.10 has no krb5_verify_init_creds either: ``pk_verify_marshalled`` takes a TGT
 marshalled by krb5.marshal_credentials and validates it against the host keytab (a TGS
 exchange for the host principal, then krb5_rd_req with the keytab key), also without the GIL.
+
+``pk_set_password``: an initial ticket for kadmin/changepw with the old password, then
+krb5_set_password (the kpasswd exchange).  pykrb5 0.10's set_password holds the GIL for the
+whole kpasswd exchange (measured: a kpasswd server that accepts and never answers froze every
+thread for 24 s); here the GIL is released.
+
+``pk_kuserok``: krb5_kuserok (~/.k5login, else auth_to_local), which pykrb5 0.10 does not
+bind; the account check of a login (``pam_sm_acct_mgmt``) asks it whether a principal may
+log in to a local account.
 """
 
 from cffi import FFI
@@ -24,6 +33,9 @@ int pk_verify_marshalled(const unsigned char *data, size_t len, const char *serv
                          const char *keytab, const char *profile_path, char *server_out,
                          size_t server_outlen, char *err, size_t errlen);
 int pk_host_principal(const char *profile_path, char *out, size_t outlen);
+int pk_set_password(const char *profile_path, const char *principal, const char *oldpw,
+                    const char *newpw, int *result_code, char *msg, size_t msglen, char *err, size_t errlen);
+int pk_kuserok(const char *profile_path, const char *principal, const char *luser, char *err, size_t errlen);
 """
 
 SOURCE = r"""
@@ -49,6 +61,120 @@ static krb5_error_code pk_context(const char *profile_path, krb5_context *ctx)
     ret = krb5_init_context_profile(profile, 0, ctx);
     profile_release(profile);
     return ret;
+}
+
+/* krb5_get_init_creds_password(old password, in_tkt_service kadmin/changepw), then
+ * krb5_set_password(new password) for the same principal.  Returns a krb5 code (err gets its
+ * message); on 0, *result_code is the kpasswd result and msg its text (result string and
+ * krb5_chpw_message of the server's answer).  No password is ever copied into msg or err. */
+static int pk_set_password(const char *profile_path, const char *principal, const char *oldpw,
+                           const char *newpw, int *result_code, char *msg, size_t msglen,
+                           char *err, size_t errlen)
+{
+    krb5_context ctx = NULL;
+    krb5_principal princ = NULL;
+    krb5_get_init_creds_opt *opt = NULL;
+    krb5_creds creds;
+    krb5_data code_string, result_string;
+    char *server_msg = NULL;
+    krb5_error_code ret;
+    int have_creds = 0, have_result = 0;
+
+    memset(&creds, 0, sizeof(creds));
+    memset(&code_string, 0, sizeof(code_string));
+    memset(&result_string, 0, sizeof(result_string));
+    *result_code = -1;
+    if (msglen)
+        msg[0] = '\0';
+    if (errlen)
+        err[0] = '\0';
+    ret = pk_context(profile_path, &ctx);
+    if (ret)
+        return ret;
+    ret = krb5_parse_name(ctx, principal, &princ);
+    if (ret)
+        goto out;
+    ret = krb5_get_init_creds_opt_alloc(ctx, &opt);
+    if (ret)
+        goto out;
+    /* A kadmin/changepw ticket is used once, here: nothing to forward, proxy or renew. */
+    krb5_get_init_creds_opt_set_forwardable(opt, 0);
+    krb5_get_init_creds_opt_set_proxiable(opt, 0);
+    krb5_get_init_creds_opt_set_renew_life(opt, 0);
+    ret = krb5_get_init_creds_password(ctx, &creds, princ, oldpw, NULL, NULL, 0,
+                                       "kadmin/changepw", opt);
+    if (ret)
+        goto out;
+    have_creds = 1;
+    ret = krb5_set_password(ctx, &creds, (char *)newpw, NULL, result_code, &code_string,
+                            &result_string);
+    if (ret)
+        goto out;
+    have_result = 1;
+    if (*result_code != 0 && msglen) {
+        if (result_string.length > 0 &&
+            krb5_chpw_message(ctx, &result_string, &server_msg) != 0)
+            server_msg = NULL;
+        snprintf(msg, msglen, "%.*s%s%s", (int)code_string.length,
+                 code_string.data ? code_string.data : "", server_msg ? ": " : "",
+                 server_msg ? server_msg : "");
+    }
+out:
+    if (ret && errlen) {
+        const char *m = krb5_get_error_message(ctx, ret);
+        snprintf(err, errlen, "%s", m);
+        krb5_free_error_message(ctx, m);
+    }
+    if (server_msg != NULL)
+        krb5_free_string(ctx, server_msg);
+    if (have_result) {
+        krb5_free_data_contents(ctx, &code_string);
+        krb5_free_data_contents(ctx, &result_string);
+    }
+    if (have_creds)
+        krb5_free_cred_contents(ctx, &creds);
+    if (opt != NULL)
+        krb5_get_init_creds_opt_free(ctx, opt);
+    if (princ != NULL)
+        krb5_free_principal(ctx, princ);
+    krb5_free_context(ctx);
+    return ret;
+}
+
+/* krb5_kuserok(principal, luser): 1 allowed, 0 refused, -1 when the principal does not parse
+ * or no context could be made (err says why). */
+static int pk_set_password(const char *profile_path, const char *principal, const char *oldpw,
+                    const char *newpw, int *result_code, char *msg, size_t msglen, char *err, size_t errlen);
+int pk_kuserok(const char *profile_path, const char *principal, const char *luser,
+                      char *err, size_t errlen)
+{
+    krb5_context ctx = NULL;
+    krb5_principal princ = NULL;
+    krb5_error_code ret;
+    int ok;
+
+    if (errlen)
+        err[0] = '\0';
+    ret = pk_context(profile_path, &ctx);
+    if (ret) {
+        if (errlen)
+            snprintf(err, errlen, "cannot initialise krb5 (code %ld)", (long)ret);
+        return -1;
+    }
+    ret = krb5_parse_name(ctx, principal, &princ);
+    if (ret) {
+        if (errlen) {
+            const char *msg = krb5_get_error_message(ctx, ret);
+            snprintf(err, errlen, "%s", msg);
+            krb5_free_error_message(ctx, msg);
+        }
+        krb5_free_context(ctx);
+        return -1;
+    }
+    ok = krb5_kuserok(ctx, princ, luser) ? 1 : 0;
+    krb5_free_principal(ctx, princ);
+    krb5_free_context(ctx);
+    return ok;
 }
 
 /* krb5_sname_to_principal(NULL, "host", KRB5_NT_SRV_HST): this host's host/ principal, as

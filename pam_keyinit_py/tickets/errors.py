@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 
 # MIT com_err codes (krb5.h, ERROR_TABLE_BASE_krb5 = -1765328384).
+KRB5KDC_ERR_NAME_EXP = -1765328383
 KRB5KDC_ERR_C_PRINCIPAL_UNKNOWN = -1765328378
 KRB5KDC_ERR_S_PRINCIPAL_UNKNOWN = -1765328377
 KRB5KDC_ERR_BADOPTION = -1765328371
@@ -25,6 +26,7 @@ KRB5_KT_NOTFOUND = -1765328203
 KRB5_KT_END = -1765328202
 KRB5_REALM_CANT_RESOLVE = -1765328164
 KRB5_CC_NOSUPP = -1765328137
+KRB5_PREAUTH_FAILED = -1765328174
 
 
 class TicketError(Exception):
@@ -71,6 +73,14 @@ class AccessDenied(TicketError):
     """The principal is locked out or disabled (KRB5KDC_ERR_CLIENT_REVOKED)."""
 
 
+class AccountExpired(AccessDenied):
+    """The principal's account expiry date has passed (KRB5KDC_ERR_NAME_EXP)."""
+
+
+class PasswordRejected(TicketError):
+    """kpasswd refused the new password (KRB5_KPASSWD_SOFTERROR: too short, too recent...)."""
+
+
 class ValidationFailed(TicketError):
     """The TGT did not validate against the host keytab: it may come from a KDC impostor.
 
@@ -101,6 +111,7 @@ _BY_CODE: dict[int, type[TicketError]] = {
     KRB5_FCC_NOFILE: CacheNotFound,
     KRB5KDC_ERR_KEY_EXP: PasswordExpired,
     KRB5KDC_ERR_CLIENT_REVOKED: AccessDenied,
+    KRB5KDC_ERR_NAME_EXP: AccountExpired,
     errno.EDQUOT: QuotaExceeded,
     errno.ENOKEY: CacheNotFound,
     errno.EKEYEXPIRED: TicketExpired,

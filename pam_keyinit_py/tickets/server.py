@@ -135,8 +135,14 @@ class Server:
             if op == "auth":
                 password = m.pop("password")
                 return svc.auth(m["user"], m["uid"], m["gid"], password, m.get("principal"))
+            if op == "account":
+                return svc.account(m["user"], m["uid"], m.get("principal"),
+                                   m.get("kuserok") is not False, m.get("kdc") is not False)
+            if op == "chpass":
+                old, new = m.pop("old_password"), m.pop("new_password", None)
+                return svc.chpass(m["user"], m["uid"], m.get("principal"), old, new)
             if op == "open":
-                return svc.open(m["user"], m["uid"], m["gid"], pid)
+                return svc.open(m["user"], m["uid"], m["gid"], pid, m.get("ccache"))
             if op == "close":
                 return svc.close(m["uid"], m.get("sid"), pid)
             if op == "status":
@@ -150,7 +156,7 @@ class Server:
         except Exception as exc:
             # Only the exception's class and text are logged, and for auth the class alone: the
             # text of an error raised while handling the password may quote part of it.
-            detail = "" if op == "auth" else f": {exc}"
+            detail = "" if op in ("auth", "chpass") else f": {exc}"
             log.error("%s from pid %d uid %d failed: %s%s", op, pid, uid, exc.__class__.__name__, detail)
             return P.reply_error(P.INTERNAL, f"{op} failed: {exc.__class__.__name__}")
         return P.reply_error(P.BAD_REQUEST, f"unknown op {op!r}")

@@ -119,9 +119,9 @@ def test_service_hung_costs_at_most_about_a_second(pamwrap, svc_user):
 
 def test_use_first_pass_takes_the_earlier_modules_password(pamwrap, ticketd, svc_user, user_krb5):
     """pam_unix verifies the local password; the hook hands the same PAM_AUTHTOK to the service."""
-    import subprocess
+    from pam_keyinit_py.lab.users import set_local_password
 
-    subprocess.run(["chpasswd"], input=f"{svc_user.name}:{svc_user.password}\n", text=True, check=True)
+    set_local_password(svc_user.name, svc_user.password)
     sock = ticketd.socket
     service = pamwrap.service("pkd-first", [
         "auth required pam_unix.so",

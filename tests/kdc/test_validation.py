@@ -79,6 +79,20 @@ def test_impostor_kdc_tgt_is_refused_and_not_stored(daemons, realm, rogue, svc_u
     assert svc_user.auth(good)["ok"]
 
 
+def test_pam_code_of_a_validation_failure_is_auth_err(pamwrap, daemons, realm, rogue, svc_user):
+    """Through real libpam: the hook maps validation_failed to PAM_AUTH_ERR, as pam_krb5 does."""
+    from tests.kdc.test_service_pam import STRERROR, _pamtester, _service
+
+    rogue.add_principal(svc_user.name, "attacker-password-2")
+    daemon = daemons(rogue.env, validate_keytab=str(realm.keytab_path))
+    service = _service(pamwrap, "pkd-validate", daemon.socket, "/dev/null")
+    res, _ = _pamtester(pamwrap, service, svc_user.name, "attacker-password-2", "authenticate")
+    assert res.returncode != 0 and STRERROR["auth_err"] in res.stderr, res.stderr
+    # Logged at LOG_ERR (3): a TGT that does not validate may come from a KDC impostor.
+    assert "SYSLOG(3): pam_keyinit_py: tickets: no TGT for" in res.stderr
+    assert "did not validate against the host keytab" in res.stderr
+
+
 @pytest.mark.parametrize("validate, ok", [("require", False), ("if-keytab", True), ("never", True)])
 def test_host_without_keytab(daemons, realm, svc_user, tmp_path, validate, ok):
     missing = str(tmp_path / "no.keytab")

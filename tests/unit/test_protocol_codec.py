@@ -40,3 +40,16 @@ def test_values_json_cannot_carry_are_refused() -> None:
     for bad in ({"x": float("nan")}, {"x": object()}, {1: "x"}):
         with pytest.raises((TypeError, ValueError)):
             P.encode(bad)
+
+
+def test_account_and_chpass_schema_types() -> None:
+    """The account check's switches are JSON booleans; a uid must never be one (bool is an int)."""
+    ok = {"v": 1, "op": "account", "user": "ann", "uid": 1001, "kuserok": False, "kdc": True}
+    assert P.validate_request(ok) is ok
+    for bad in ({**ok, "kdc": 1}, {**ok, "uid": True}, {**ok, "kuserok": "no"},
+                {"v": 1, "op": "chpass", "user": "ann", "uid": 1, "new_password": "x"},  # no old one
+                {"v": 1, "op": "chpass", "user": "ann", "uid": 1, "old_password": "o", "new": "x"}):
+        with pytest.raises(P.ProtocolError) as info:
+            P.validate_request(bad)
+        assert info.value.code == P.BAD_REQUEST
+    assert {"account", "chpass"} <= P.ROOT_OPS

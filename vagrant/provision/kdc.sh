@@ -30,6 +30,8 @@ fi
 
 step "starting realm $REALM on $KDC_ADDR:$KDC_PORT"
 bash "$REALM_SH" start "$STATE" -r "$REALM" -a "$KDC_ADDR" -p "$KDC_PORT" -l 10h -R 7d >/dev/null
+step "starting kadmind (kpasswd: passwd and expired passwords at login change the Kerberos password)"
+bash "$REALM_SH" kadmind "$STATE"
 
 mkdir -p "$SHARED"
 umask 077

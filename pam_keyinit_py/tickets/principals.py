@@ -1,0 +1,160 @@
+"""What the KDC, kpasswd and krb5_kuserok say about a principal: the account and password checks.
+
+- :func:`kuserok`: krb5_kuserok(principal, local user) -- ``~luser/.k5login`` when it exists,
+  else the realm's auth_to_local rules (a tiny cffi call: pykrb5 0.10 has no kuserok).
+- :func:`account_state`: an AS request for the principal **without a password**.  The MIT KDC
+  checks the client entry before any preauthentication (measured on krb5 1.20): a locked or
+  disabled principal gets KDC_ERR_CLIENT_REVOKED, an expired account KDC_ERR_NAME_EXP, an
+  expired password KDC_ERR_KEY_EXP, whatever password is sent.  A usable principal makes libkrb5
+  ask for the password, which it cannot do here (no prompter: EIO), so the probe never sends a
+  guess and never counts towards a lockout.
+- :func:`verify_changepw`: krb5_get_init_creds_password for ``kadmin/changepw``, the service
+  the KDC issues tickets for even when the password has expired.  It is what proves that a
+  password is right when the KDC answers KEY_EXP: that error comes before the password is
+  checked, so it says nothing about the password.
+- :func:`change_password`: the same initial ticket, then krb5_set_password (RFC 3244) to the
+  realm's kpasswd service.
+
+They run as the service (root): no credential cache is written.  Passwords are bytes only for
+the exchange and never appear in a message.  ``timeout`` bounds each KDC/kpasswd exchange as in
+``ccache`` (a helper thread; the caller gets KdcUnreachable).
+"""
+
+from __future__ import annotations
+
+import krb5
+
+from . import errors
+from .ccache import _bounded, _context
+from .errors import TicketError, from_krb5
+
+CHANGEPW_SERVICE = b"kadmin/changepw"
+#: errno libkrb5 returns when it needs the password and has no prompter (gic_pwd.c).
+_EIO = 5
+
+# krb5_set_password result codes (RFC 3244 and Microsoft's extensions).
+_KPASSWD_SOFTERROR = 4
+_KPASSWD_AUTHERROR = 3
+_KPASSWD_ACCESSDENIED = 5
+
+
+def kuserok(principal: str, user: str, krb5_config: str | None = None) -> bool:
+    """krb5_kuserok: may ``principal`` log in as local ``user`` (.k5login / auth_to_local)?
+
+    Raises TicketError when the principal does not parse.
+    """
+    from ._krb5_renew import ffi, lib
+
+    err = ffi.new("char[]", 256)
+    profile = krb5_config.encode() if krb5_config else ffi.NULL
+    ok = lib.pk_kuserok(profile, principal.encode(), user.encode(), err, 256)
+    if ok < 0:
+        raise TicketError(f"krb5_kuserok for {principal}: {ffi.string(err).decode(errors='replace')}")
+    return ok == 1
+
+
+def account_state(principal: str, *, timeout: float | None = 2.0, krb5_config: str | None = None) -> None:
+    """Ask the KDC whether it would issue ``principal`` a ticket, without a password.
+
+    Returns when it would (libkrb5 stopped for the password).  Raises UnknownPrincipal,
+    AccessDenied (locked/disabled), AccountExpired, PasswordExpired, KdcUnreachable, or
+    TicketError for anything else the KDC or libkrb5 said.
+    """
+    what = f"account check of {principal}"
+
+    def exchange() -> None:
+        ctx = _context(krb5_config)
+        princ = krb5.parse_name_flags(ctx, principal.encode())
+        opt = krb5.get_init_creds_opt_alloc(ctx)
+        try:
+            krb5.get_init_creds_password(ctx, princ, opt, None)
+        except krb5.Krb5Error as exc:
+            code = getattr(exc, "err_code", 0)
+            # EIO: the AS-REP needs the password to decrypt; PREAUTH_FAILED around EIO: the KDC
+            # wants preauthentication, which needs the password.  Either way: the KDC said yes.
+            if code == _EIO or (code == errors.KRB5_PREAUTH_FAILED and "Input/output" in str(exc)):
+                return
+            raise from_krb5(exc, what) from None
+        raise TicketError(f"{what}: the KDC issued a ticket without any key")
+
+    _bounded(exchange, timeout, what)
+
+
+def _changepw_creds(ctx: krb5.Context, principal: str, password: bytes) -> krb5.Creds:
+    princ = krb5.parse_name_flags(ctx, principal.encode())
+    opt = krb5.get_init_creds_opt_alloc(ctx)
+    # A kadmin/changepw ticket is used once, here: nothing to forward, proxy or renew.
+    krb5.get_init_creds_opt_set_forwardable(opt, False)
+    krb5.get_init_creds_opt_set_proxiable(opt, False)
+    krb5.get_init_creds_opt_set_renew_life(opt, 0)
+    return krb5.get_init_creds_password(ctx, princ, opt, password, in_tkt_service=CHANGEPW_SERVICE)
+
+
+def verify_changepw(principal: str, password: str, *, timeout: float | None = 2.0,
+                    krb5_config: str | None = None) -> None:
+    """Prove ``password`` by getting a kadmin/changepw ticket (allowed for an expired password).
+
+    Raises BadPassword, UnknownPrincipal, AccessDenied, AccountExpired, KdcUnreachable, TicketError.
+    """
+    secret = [password.encode()]
+    del password
+    what = f"password check of {principal} (kadmin/changepw)"
+
+    def exchange() -> None:
+        try:
+            _changepw_creds(_context(krb5_config), principal, secret[0])
+        except krb5.Krb5Error as exc:
+            raise from_krb5(exc, what) from None
+
+    try:
+        _bounded(exchange, timeout, what)
+    finally:
+        secret.clear()
+
+
+def change_password(principal: str, old_password: str, new_password: str, *,
+                    timeout: float | None = 5.0, krb5_config: str | None = None) -> None:
+    """Change ``principal``'s password through kpasswd (a kadmin/changepw ticket, krb5_set_password).
+
+    Runs in the GIL-free C helper (tickets/_renew_build.py: pykrb5's set_password holds the
+    GIL for the whole kpasswd exchange).  Raises BadPassword (old password wrong),
+    PasswordRejected (the server's quality/history message, safe to show the user),
+    AccessDenied, KdcUnreachable, TicketError.
+    """
+    from ._krb5_renew import ffi, lib
+
+    secret = [old_password.encode(), new_password.encode()]
+    del old_password, new_password
+    what = f"password change of {principal}"
+    profile = krb5_config.encode() if krb5_config else ffi.NULL
+
+    def exchange() -> tuple[int, str]:
+        result = ffi.new("int *")
+        msg = ffi.new("char[]", 1024)
+        err = ffi.new("char[]", 512)
+        code = lib.pk_set_password(profile, principal.encode(), secret[0], secret[1], result, msg, 1024,
+                                   err, 512)
+        if code:
+            text = ffi.string(err).decode("utf-8", "replace")
+            raise from_krb5(_Krb5Failure(code, text), what)
+        return int(result[0]), ffi.string(msg).decode("utf-8", "replace").strip()
+
+    try:
+        code, message = _bounded(exchange, timeout, what)
+    finally:
+        secret.clear()
+    if code == 0:
+        return
+    if code == _KPASSWD_SOFTERROR:
+        raise errors.PasswordRejected(message or "password change rejected", code)
+    if code in (_KPASSWD_AUTHERROR, _KPASSWD_ACCESSDENIED):
+        raise errors.AccessDenied(f"{what}: {message or 'not authorized'}", code)
+    raise TicketError(f"{what}: {message or f'kpasswd result {code}'}", code)
+
+
+class _Krb5Failure(Exception):
+    """A libkrb5 error code from the C helper, shaped for errors.from_krb5."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.err_code = code

@@ -1,0 +1,118 @@
+"""An expired Kerberos password (kadmin modprinc +needchange) is changed in the login itself.
+
+Real hosts on a pty (pexpect): a private sshd in KbdInteractiveAuthentication mode and
+/bin/login, both reading their PAM stack from a pam_wrapper service directory, with the hook
+first (the Primary profile's shape), a real keyinit-ticketd, a real MIT KDC and a real kadmind
+(kpasswd).  Where the client cannot be asked (sshd PasswordAuthentication: sshpass, no tty),
+the login is refused with sshd's message and the command never runs.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+
+from pam_keyinit_py.lab.sshd import KBDINT, PASSWORD
+from tests.conftest import require
+from tests.kdc import ticketd as td
+from tests.kdc.test_account_password import kinit_ok, stack
+
+svc_user, ticketd, user_krb5 = td.svc_user, td.ticketd, td.user_krb5
+
+MARK = "pkb-session-ran"
+
+
+def _pexpect():
+    try:
+        import pexpect
+    except ImportError:
+        require(False, "pexpect is not installed (test extra)")
+        raise
+    return pexpect
+
+
+def _change_dialogue(child, old: str, new: str) -> None:
+    """Answer the hook's prompts: the password, then the current one again and the new one twice."""
+    child.expect("Password: ")
+    child.sendline(old)
+    child.expect("Password expired.  You must change it now.")
+    child.expect("Current Kerberos password: ")
+    child.sendline(old)
+    child.expect("Enter new Kerberos password: ")
+    child.sendline(new)
+    child.expect("Retype new Kerberos password: ")
+    child.sendline(new)
+
+
+def _assert_changed(realm, svc_user, new: str, transcript: str) -> None:
+    assert f"Default principal: {svc_user.principal}" in transcript, transcript
+    assert f"Ticket cache: KEYRING:persistent:{svc_user.uid}:" in transcript, transcript
+    assert kinit_ok(realm, svc_user.principal, new)
+    assert not kinit_ok(realm, svc_user.principal, svc_user.password)
+
+
+def test_ssh_keyboard_interactive_changes_an_expired_password(sshd_factory, kadmind, ticketd, svc_user,
+                                                              user_krb5):
+    pexpect = _pexpect()
+    kadmind.modify_principal(svc_user.principal, "+needchange")
+    server = sshd_factory(lambda pw: stack(pw, ticketd.socket), mode=KBDINT)
+    new = "N3w-" + secrets.token_urlsafe(12)
+    argv = server.ssh_argv(svc_user.name, f"echo {MARK}; KRB5_CONFIG={user_krb5['KRB5_CONFIG']} klist")
+    # Four keyboard-interactive rounds (password, current, new, retype): allow them.
+    argv[argv.index("NumberOfPasswordPrompts=1")] = "NumberOfPasswordPrompts=6"
+    child = pexpect.spawn(argv[0], argv[1:], encoding="utf-8", timeout=30, env={"PATH": "/usr/bin:/bin",
+                                                                                "HOME": str(server.dir)})
+    try:
+        _change_dialogue(child, svc_user.password, new)
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    transcript = child.before or ""
+    assert child.exitstatus == 0, f"{transcript}\n--- sshd ---\n{server.log()[-3000:]}\n{ticketd.log()}"
+    assert MARK in transcript
+    _assert_changed(kadmind, svc_user, new, transcript)
+    log = ticketd.log()
+    assert "password changed through kpasswd" in log
+    assert svc_user.password not in log and new not in log and new not in server.log()
+
+
+def test_login_on_a_pty_changes_an_expired_password(pamwrap, kadmind, ticketd, svc_user, user_krb5):
+    pexpect = _pexpect()
+    kadmind.modify_principal(svc_user.principal, "+needchange")
+    pamwrap.service("login", stack(pamwrap, ticketd.socket))
+    new = "N3w-" + secrets.token_urlsafe(12)
+    child = pexpect.spawn("/bin/login", [svc_user.name], encoding="utf-8", timeout=30, env=pamwrap.env())
+    try:
+        _change_dialogue(child, svc_user.password, new)
+        child.expect(r"\$ ")
+        child.sendline(f"echo {MARK}; KRB5_CONFIG={user_krb5['KRB5_CONFIG']} klist; exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    transcript = child.before or ""
+    assert MARK in transcript, transcript + ticketd.log()
+    _assert_changed(kadmind, svc_user, new, transcript)
+
+
+def test_ssh_password_mode_refuses_an_expired_password_with_a_message(sshd_factory, kadmind, ticketd,
+                                                                       svc_user):
+    kadmind.modify_principal(svc_user.principal, "+needchange")
+    server = sshd_factory(lambda pw: stack(pw, ticketd.socket), mode=PASSWORD)
+    res = server.login(svc_user.name, svc_user.password, f"echo {MARK}")
+    assert res.returncode != 0, res.stdout + res.stderr
+    assert MARK not in res.stdout
+    # sshd's own words (session.c do_pwchange) when acct_mgmt said PAM_NEW_AUTHTOK_REQD without a tty.
+    assert "Your password has expired" in res.stderr, res.stderr + server.log()[-2000:]
+    assert "Password change required but no TTY available" in res.stderr, res.stderr
+    assert "password expired (the password itself is right)" in ticketd.log()
+
+
+@pytest.mark.parametrize("mode", [PASSWORD, KBDINT])
+def test_ssh_wrong_password_for_an_expired_principal_is_refused(sshd_factory, kadmind, ticketd, svc_user,
+                                                                mode):
+    kadmind.modify_principal(svc_user.principal, "+needchange")
+    server = sshd_factory(lambda pw: stack(pw, ticketd.socket), mode=mode)
+    res = server.login(svc_user.name, "wrong-" + svc_user.password, f"echo {MARK}")
+    assert res.returncode != 0 and MARK not in res.stdout, res.stdout + res.stderr
+    assert "Permission denied" in res.stderr, res.stderr

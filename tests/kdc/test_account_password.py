@@ -1,0 +1,326 @@
+"""Account checks (pam_sm_acct_mgmt) and Kerberos password changes (pam_sm_chauthtok) through real libpam.
+
+pamtester under pam_wrapper drives the real pam_python.so and hook, a real keyinit-ticketd
+does the Kerberos work against a real MIT KDC, and a real kadmind on loopback serves kpasswd.
+Stacks are written as the Primary profile puts the hook: first, ``sufficient`` for auth.
+PAM results are read from pamtester's pam_strerror texts; messages the hook sends through the
+conversation (PAM_ERROR_MSG) are printed by pamtester's misc_conv.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import krb5
+from pam_keyinit_py import protocol as P
+from pam_keyinit_py.lab.pamwrap import PamWrapper
+from pam_keyinit_py.lab.realm import Realm
+from tests import conftest
+from tests.conftest import delete_user, make_user
+from tests.kdc import ticketd as td
+from tests.kdc.ticketd import persistent_caches
+
+svc_user, ticketd, user_krb5 = td.svc_user, td.ticketd, td.user_krb5
+
+STRERROR = {
+    "success": "successfully",
+    "auth_err": "Authentication failure",
+    "perm_denied": "Permission denied",
+    "acct_expired": "User account has expired",
+    "new_authtok_reqd": "Authentication token is no longer valid; new one required",
+    "authtok_err": "Authentication token manipulation error",
+    "authtok_recovery_err": "Authentication information cannot be recovered",
+}
+
+
+def stack(pamwrap: PamWrapper, sock: str, auth_opts: str = "") -> list[str]:
+    """The hook as a Primary authenticator: auth sufficient (then deny), account, password, session."""
+    return [
+        pamwrap.hook_line("auth", "sufficient", f"{auth_opts} socket={sock}".strip()),
+        "auth requisite pam_deny.so",
+        pamwrap.hook_line("account", "required", f"socket={sock}"),
+        pamwrap.hook_line("password", "required", f"socket={sock}"),
+        pamwrap.hook_line("session", "required", f"force revoke tickets socket={sock}"),
+    ]
+
+
+def pamtester(pamwrap: PamWrapper, service: str, user: str, answers: list[str], *ops: str):
+    """pamtester with the conversation's answers on a pipe (never argv)."""
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, "".join(a + "\n" for a in answers).encode())
+    os.close(write_fd)
+    try:
+        return pamwrap.run(service, user, *ops, stdin=read_fd)
+    finally:
+        os.close(read_fd)
+
+
+def kinit_ok(realm: Realm, principal: str, password: str) -> bool:
+    """krb5_get_init_creds_password in this process against the test realm (no cache written)."""
+    old = os.environ.get("KRB5_CONFIG")
+    os.environ["KRB5_CONFIG"] = str(realm.krb5_conf)
+    try:
+        ctx = krb5.init_context()
+        princ = krb5.parse_name_flags(ctx, principal.encode())
+        try:
+            krb5.get_init_creds_password(ctx, princ, krb5.get_init_creds_opt_alloc(ctx), password.encode())
+            return True
+        except krb5.Krb5Error:
+            return False
+    finally:
+        if old is None:
+            del os.environ["KRB5_CONFIG"]
+        else:
+            os.environ["KRB5_CONFIG"] = old
+
+
+def new_password() -> str:
+    return "N3w-" + secrets.token_urlsafe(12)
+
+
+# ------------------------------------------------------------------ passwd (pam_chauthtok)
+
+def test_passwd_changes_the_kerberos_password(pamwrap, kadmind, ticketd, svc_user):
+    service = pamwrap.service("pkb-passwd", stack(pamwrap, ticketd.socket))
+    new = new_password()
+    res = pamtester(pamwrap, service, svc_user.name, [svc_user.password, new, new], "chauthtok")
+    out = res.stdout + res.stderr
+    assert res.returncode == 0 and STRERROR["success"] in out, out + ticketd.log()
+    assert "Current Kerberos password: " in out and "Retype new Kerberos password: " in out
+    assert kinit_ok(kadmind, svc_user.principal, new)
+    assert not kinit_ok(kadmind, svc_user.principal, svc_user.password)
+    log = ticketd.log()
+    assert f"chpass {svc_user.principal} (uid {svc_user.uid}): password changed through kpasswd" in log
+    assert svc_user.password not in log and new not in log and new not in res.stderr
+
+
+def test_passwd_with_a_wrong_current_password_changes_nothing(pamwrap, kadmind, ticketd, svc_user):
+    service = pamwrap.service("pkb-passwd-wrong", stack(pamwrap, ticketd.socket))
+    new = new_password()
+    res = pamtester(pamwrap, service, svc_user.name, ["wrong-" + svc_user.password, new, new], "chauthtok")
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and STRERROR["authtok_recovery_err"] in out, out
+    assert "Current Kerberos password incorrect" in out
+    assert "Enter new Kerberos password" not in out  # the first pass stopped it
+    assert kinit_ok(kadmind, svc_user.principal, svc_user.password)
+    assert not kinit_ok(kadmind, svc_user.principal, new)
+
+
+def test_passwd_relays_the_kpasswd_quality_refusal(pamwrap, kadmind, ticketd, svc_user):
+    kadmind.add_policy("pkb-min12", "-minlength", "12")
+    kadmind.modify_principal(svc_user.principal, "-policy", "pkb-min12")
+    service = pamwrap.service("pkb-passwd-short", stack(pamwrap, ticketd.socket))
+    res = pamtester(pamwrap, service, svc_user.name, [svc_user.password, "Sh0rt!", "Sh0rt!"], "chauthtok")
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and STRERROR["authtok_err"] in out, out
+    # The kpasswd server's own words reach the user through PAM_ERROR_MSG.
+    assert "too short" in out and "12 characters" in out, out
+    assert kinit_ok(kadmind, svc_user.principal, svc_user.password)
+
+
+def test_passwd_mismatched_retype_changes_nothing(pamwrap, kadmind, ticketd, svc_user):
+    service = pamwrap.service("pkb-passwd-mismatch", stack(pamwrap, ticketd.socket))
+    res = pamtester(pamwrap, service, svc_user.name, [svc_user.password, new_password(), new_password()],
+                    "chauthtok")
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and "Passwords don't match" in out, out
+    assert kinit_ok(kadmind, svc_user.principal, svc_user.password)
+
+
+# ------------------------------------------------------------------ expired passwords
+
+def test_expired_password_authenticates_then_account_requires_a_change(pamwrap, kadmind, ticketd, svc_user):
+    kadmind.modify_principal(svc_user.principal, "+needchange")
+    service = pamwrap.service("pkb-expired", stack(pamwrap, ticketd.socket))
+    res = pamtester(pamwrap, service, svc_user.name, [svc_user.password], "authenticate", "acct_mgmt")
+    out = res.stdout + res.stderr
+    assert "successfully authenticated" in out, out
+    assert res.returncode != 0 and STRERROR["new_authtok_reqd"] in out, out + ticketd.log()
+    expected = (f"auth {svc_user.principal} (uid {svc_user.uid}): "
+                "password expired (the password itself is right)")
+    assert expected in ticketd.log()
+
+
+def test_expired_principal_with_a_wrong_password_is_refused(pamwrap, kadmind, ticketd, svc_user):
+    """MIT answers KDC_ERR_KEY_EXP before it checks the password: the service must prove it first."""
+    kadmind.modify_principal(svc_user.principal, "+needchange")
+    service = pamwrap.service("pkb-expired-wrong", stack(pamwrap, ticketd.socket))
+    res = pamtester(pamwrap, service, svc_user.name, ["wrong-" + svc_user.password], "authenticate")
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and STRERROR["auth_err"] in out, out
+    assert "wrong password (password expired)" in ticketd.log()
+
+
+def test_account_of_another_modules_login_requires_the_change(pamwrap, kadmind, ticketd, svc_user):
+    """No authenticate through the hook (a public-key login): the KDC probe finds the expiry."""
+    kadmind.modify_principal(svc_user.principal, "+needchange")
+    service = pamwrap.service("pkb-expired-acct", stack(pamwrap, ticketd.socket))
+    res = pamtester(pamwrap, service, svc_user.name, [], "acct_mgmt")
+    assert res.returncode != 0 and STRERROR["new_authtok_reqd"] in res.stderr, res.stderr
+
+
+# ------------------------------------------------------------------ locked and expired principals
+
+@pytest.mark.parametrize("state, options, expected", [
+    ("locked", ("-allow_tix",), "perm_denied"),
+    ("expired", ("-expire", "yesterday"), "acct_expired"),
+])
+def test_acct_mgmt_refuses_a_locked_or_expired_principal(pamwrap, realm, ticketd, svc_user, state, options,
+                                                         expected):
+    service = pamwrap.service(f"pkb-acct-{state}", stack(pamwrap, ticketd.socket))
+    res = pamtester(pamwrap, service, svc_user.name, [], "acct_mgmt")
+    assert res.returncode == 0, res.stderr + ticketd.log()  # the same user before the change: allowed
+    realm.modify_principal(svc_user.principal, *options)
+    res = pamtester(pamwrap, service, svc_user.name, [], "acct_mgmt")
+    assert res.returncode != 0 and STRERROR[expected] in res.stderr, res.stderr + ticketd.log()
+    # And the password no longer opens a login either.
+    res = pamtester(pamwrap, service, svc_user.name, [svc_user.password], "authenticate")
+    assert res.returncode != 0 and STRERROR["auth_err"] in res.stderr, res.stderr
+
+
+def test_acct_mgmt_ignores_a_local_user_without_a_principal(pamwrap, ticketd):
+    stranger = make_user("pkb")
+    try:
+        service = pamwrap.service("pkb-acct-local", [
+            pamwrap.hook_line("account", "required", f"socket={ticketd.socket}"),
+            "account required pam_permit.so",
+        ])
+        res = pamtester(pamwrap, service, stranger.name, [], "acct_mgmt")
+        assert res.returncode == 0, res.stderr + ticketd.log()
+        # Without pam_permit the hook's PAM_IGNORE leaves libpam nothing to succeed with.
+        only = pamwrap.service("pkb-acct-only", [pamwrap.hook_line("account", "required",
+                                                                   f"socket={ticketd.socket}")])
+        res = pamtester(pamwrap, only, stranger.name, [], "acct_mgmt")
+        assert res.returncode != 0, res.stderr
+    finally:
+        delete_user(stranger)
+
+
+# ------------------------------------------------------------------ .k5login (krb5_kuserok)
+
+@pytest.fixture
+def bob(realm) -> conftest.TestUser:
+    """A local account "bob" whose ~/.k5login lets alice@REALM in; alice and carol are principals only."""
+    user = make_user("pkbob")
+    names = []
+    try:
+        passwords = {}
+        for who in ("alice", "carol"):
+            name = f"pkb{who}{secrets.token_hex(3)}"
+            passwords[who] = secrets.token_urlsafe(12)
+            names.append(realm.add_principal(name, passwords[who]))
+        k5login = Path(user.home) / ".k5login"
+        k5login.write_text(f"{names[0]}\n")
+        os.chown(k5login, user.uid, user.gid)
+        user.alice, user.carol = names  # type: ignore[attr-defined]
+        user.passwords = passwords  # type: ignore[attr-defined]
+        yield user
+    finally:
+        for name in names:
+            subprocess.run(["kadmin.local", "-q", f"delprinc -force {name}"], env={**os.environ, **realm.env},
+                           capture_output=True, check=False)
+        td.clear_persistent_caches(user.uid)
+        delete_user(user)
+
+
+def test_k5login_lets_alice_into_bob_and_refuses_carol(pamwrap, ticketd, bob):
+    service = pamwrap.service("pkb-k5login", stack(pamwrap, ticketd.socket, "search_k5login"))
+    res = pamtester(pamwrap, service, bob.name, [bob.passwords["alice"]], "authenticate", "acct_mgmt")
+    assert res.returncode == 0, res.stderr + ticketd.log()
+    tickets = ticketd.request({"op": "tickets", "uid": bob.uid})["tickets"]
+    assert [t["principal"] for t in tickets] == [bob.alice], tickets
+    assert any(owner == bob.uid for keys in persistent_caches(bob.uid).values() for owner, _ in keys)
+    res = pamtester(pamwrap, service, bob.name, [bob.passwords["carol"]], "authenticate")
+    assert res.returncode != 0 and STRERROR["auth_err"] in res.stderr, res.stderr
+    assert bob.passwords["alice"] not in ticketd.log() and bob.passwords["carol"] not in ticketd.log()
+
+
+def test_kuserok_refuses_a_principal_the_k5login_does_not_name(ticketd, bob):
+    """The service's account check: krb5_kuserok reads bob's ~/.k5login (MIT's k5login module)."""
+    ask = {"op": "account", "user": bob.name, "uid": bob.uid, "kdc": False}
+    assert ticketd.request({**ask, "principal": bob.alice})["ok"]
+    reply = ticketd.request({**ask, "principal": bob.carol})
+    assert reply["code"] == P.DENIED and bob.carol in reply["error"], reply
+    # bob@REALM itself is not in bob's .k5login: with one there, it decides alone.
+    reply = ticketd.request(ask)
+    assert reply["code"] == P.DENIED, reply
+
+
+def test_acct_mgmt_refuses_bob_own_principal_missing_from_his_k5login(pamwrap, realm, ticketd, bob):
+    """Authenticated as bob@REALM with bob's password, but bob's .k5login names only alice."""
+    password = secrets.token_urlsafe(12)
+    realm.add_principal(bob.name, password)
+    service = pamwrap.service("pkb-k5login-own", stack(pamwrap, ticketd.socket))
+    res = pamtester(pamwrap, service, bob.name, [password], "authenticate", "acct_mgmt")
+    assert "successfully authenticated" in res.stdout + res.stderr, res.stdout + res.stderr
+    assert res.returncode != 0 and STRERROR["perm_denied"] in res.stderr, res.stderr + ticketd.log()
+    (Path(bob.home) / ".k5login").unlink()  # no .k5login: auth_to_local maps bob@REALM to bob
+    res = pamtester(pamwrap, service, bob.name, [password], "authenticate", "acct_mgmt")
+    assert res.returncode == 0, res.stderr + ticketd.log()
+
+
+def test_a_silent_kpasswd_server_does_not_freeze_the_service(realm, svc_user, tmp_path):
+    """kpasswd accepts and never answers: the change fails after its bound, and meanwhile the
+    service keeps answering (pykrb5's set_password held the GIL for all 24 s of libkrb5's retries)."""
+    import re
+    import socket
+    import threading
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    directory = td.public_tmpdir("pkb-silent-")
+    conf = directory / "krb5.conf"
+    conf.write_text(re.sub(r"kpasswd_server = \S+", f"kpasswd_server = 127.0.0.1:{silent.getsockname()[1]}",
+                           realm.krb5_conf.read_text()))
+    daemon = td.TicketD(directory, {"KRB5_CONFIG": str(conf)}, **td.TEST_CONFIG)
+    daemon.start()
+    try:
+        box: dict[str, dict] = {}
+        change = threading.Thread(target=lambda: box.setdefault("reply", daemon.request(
+            {"op": "chpass", "user": svc_user.name, "uid": svc_user.uid, "old_password": svc_user.password,
+             "new_password": new_password()}, timeout=30)))
+        change.start()
+        silent.settimeout(15)
+        held, _ = silent.accept()  # the service's kpasswd exchange is now waiting on us
+        for _ in range(5):
+            status = daemon.request({"op": "status"}, timeout=1.0)
+            assert status["ok"], status  # answered while the kpasswd exchange hangs
+        change.join(30)
+        assert box["reply"]["code"] == P.KDC_UNREACHABLE, box
+        assert kinit_ok(realm, svc_user.principal, svc_user.password)
+        held.close()
+    finally:
+        daemon.stop()
+        silent.close()
+        import shutil
+
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_passwd_of_a_local_user_without_principal_is_left_to_pam_unix(pamwrap, ticketd):
+    """No principal: the hook asks no Kerberos password, but hands the new one to pam_unix (use_authtok)."""
+    local = make_user("pkb", password=True)
+    try:
+        before = subprocess.run(["getent", "shadow", local.name], capture_output=True, text=True).stdout
+        service = pamwrap.service("pkb-passwd-local", [
+            # Debian's common-password shape, as pam-auth-update writes it for a Primary module.
+            pamwrap.hook_line("password", "[success=2 default=ignore]", f"socket={ticketd.socket}"),
+            "password [success=1 default=ignore] pam_unix.so use_authtok yescrypt",
+            "password requisite pam_deny.so",
+            "password required pam_permit.so",
+        ])
+        new = new_password()
+        res = pamtester(pamwrap, service, local.name, [new, new], "chauthtok")
+        out = res.stdout + res.stderr
+        assert res.returncode == 0, out + ticketd.log()
+        assert "Kerberos" not in out and "Enter new password: " in out, out
+        after = subprocess.run(["getent", "shadow", local.name], capture_output=True, text=True).stdout
+        assert after.split(":")[1] != before.split(":")[1]  # pam_unix stored the new hash
+    finally:
+        delete_user(local)
