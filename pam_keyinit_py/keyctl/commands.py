@@ -736,43 +736,22 @@ def act_unsupported(argv: Argv) -> int:
     raise die(b"pykeyctl: " + argv[0] + b": not supported; use keyctl(1)\n", 1)
 
 
-def act_test(argv: Argv) -> int:
-    """--test limits|limits2: keyctl's built-in limit tests (see :mod:`.testing`)."""
-    from .testing import act_test as run
 
-    return run(argv)
+def _lazy(module: str, name: str, doc: str) -> Callable[[Argv], int]:
+    """A command whose code is imported only when it runs (keeps every other command's start fast)."""
 
+    def run(argv: Argv) -> int:
+        from importlib import import_module
 
-def act_watch(argv: Argv) -> int:
-    """watch [-f<filters>] key: key notifications (see :mod:`.watch`)."""
-    from .watch import act_watch as run
+        return getattr(import_module(module, __package__), name)(argv)
 
-    return run(argv)
-
-
-def act_watch_add(argv: Argv) -> int:
-    """watch_add fd key: KEYCTL_WATCH_KEY onto a watch_session queue."""
-    from .watch import act_watch_add as run
-
-    return run(argv)
+    run.__doc__ = doc
+    return run
 
 
-def act_watch_rm(argv: Argv) -> int:
-    """watch_rm fd key: KEYCTL_WATCH_KEY removal."""
-    from .watch import act_watch_rm as run
-
-    return run(argv)
-
-
-def act_watch_session(argv: Argv) -> int:
-    """watch_session ...: a watched new session keyring around a program."""
-    from .watch import act_watch_session as run
-
-    return run(argv)
-
-
-def act_watch_sync(argv: Argv) -> int:
-    """watch_sync fd: wait for the monitor to drain its queue."""
-    from .watch import act_watch_sync as run
-
-    return run(argv)
+act_test = _lazy(".testing", "act_test", "--test limits|limits2: keyctl's built-in limit tests.")
+act_watch = _lazy(".watch", "act_watch", "watch [-f<filters>] key: print the key's notifications.")
+act_watch_add = _lazy(".watch", "act_watch_add", "watch_add fd key: KEYCTL_WATCH_KEY onto a queue.")
+act_watch_rm = _lazy(".watch", "act_watch_rm", "watch_rm fd key: KEYCTL_WATCH_KEY removal.")
+act_watch_session = _lazy(".watch", "act_watch_session", "watch_session ...: a watched new session.")
+act_watch_sync = _lazy(".watch", "act_watch_sync", "watch_sync fd: wait for the monitor to drain.")

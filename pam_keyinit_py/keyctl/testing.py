@@ -18,28 +18,14 @@ import os
 
 from pam_keyinit_py import keyutils as ku
 
-from .cli import Exit, err
+from .cli import TRAILER, Exit, err
 
 _TEST_COMMANDS = (("limits", ""), ("limits2", ""))
 
 
 def _test_format() -> Exit:
     text = "Format:\n" + "".join(f"  keyctl --test {name} {fmt}\n" for name, fmt in _TEST_COMMANDS)
-    text += (
-        "\n"
-        "Key/keyring ID:\n"
-        "  <nnn>   numeric keyring ID\n"
-        "  @t      thread keyring\n"
-        "  @p      process keyring\n"
-        "  @s      session keyring\n"
-        "  @u      user keyring\n"
-        "  @us     user default session keyring\n"
-        "  @g      group keyring\n"
-        "  @a      assumed request_key authorisation key\n"
-        "\n"
-        '<type> can be "user" for a user-defined keyring\n'
-        'If you do this, prefix the description with "<subtype>:"\n'
-    )
+    text += TRAILER
     err(text.encode())
     return Exit(2)
 
