@@ -40,11 +40,15 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import IO
 
 from .gojson import GoJSONError, decode_struct
 from .secret_store import SecretStore
 from .store import StoreError
+
+# Names for annotations only: importing typing costs every helper start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import IO
 
 NAME = "docker-credential-keyctl"
 PACKAGE = "pam_keyinit_py"
