@@ -22,10 +22,12 @@ from pam_keyinit_py.lab.pamwrap import PamWrapper
 from pam_keyinit_py.lab.realm import Realm
 from tests import conftest
 from tests.conftest import delete_user, make_user
+from tests.kdc import test_validation as tv
 from tests.kdc import ticketd as td
 from tests.kdc.ticketd import persistent_caches
 
 svc_user, ticketd, user_krb5 = td.svc_user, td.ticketd, td.user_krb5
+daemons, fast_realm, fast_user = tv.daemons, tv.fast_realm, tv.fast_user
 
 STRERROR = {
     "success": "successfully",
@@ -324,3 +326,32 @@ def test_passwd_of_a_local_user_without_principal_is_left_to_pam_unix(pamwrap, t
         assert after.split(":")[1] != before.split(":")[1]  # pam_unix stored the new hash
     finally:
         delete_user(local)
+
+
+def test_fast_armors_the_password_change(daemons, fast_realm, fast_user, tmp_path):
+    """fast = "require" armors the kadmin/changepw exchange as it armors the login's.
+
+    kadmin/changepw in this realm requires the KDC's FAST mark (require_auth fast, set by the
+    encrypted-challenge preauth that only an armored exchange can use): an unarmored change is
+    refused by the KDC, an armored one goes through kpasswd.
+    """
+    fast_realm.start_kadmind()
+    fast_realm.set_string(f"kadmin/changepw@{fast_realm.realm}", "require_auth", "fast")
+    ask = {"op": "chpass", "user": fast_user.name, "uid": fast_user.uid, "old_password": fast_user.password}
+
+    unarmored = daemons(fast_realm.env, validate_principal=tv.FAST_HOST, fast="never")
+    reply = unarmored.request(ask)
+    assert not reply["ok"] and reply["code"] != P.BAD_PASSWORD, reply  # the KDC, not the password
+    assert "Required auth indicators not present" in (fast_realm.dir / "kdc.log").read_text()
+
+    armored = daemons(fast_realm.env, validate_principal=tv.FAST_HOST, fast="require")
+    assert armored.request(ask)["ok"], armored.log()
+    new = new_password()
+    reply = armored.request({**ask, "new_password": new})
+    assert reply["ok"] and reply["changed"], f"{reply}\n{armored.log()}"
+    assert kinit_ok(fast_realm, fast_user.principal, new)
+
+    # No host keytab and fast = "require": refused before any password leaves the host.
+    bare = daemons(fast_realm.env, fast="require", validate="never", validate_keytab=str(tmp_path / "none"))
+    reply = bare.request({**ask, "old_password": new})
+    assert reply["code"] == P.FAST_UNAVAILABLE, reply
