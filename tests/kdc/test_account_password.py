@@ -355,3 +355,20 @@ def test_fast_armors_the_password_change(daemons, fast_realm, fast_user, tmp_pat
     bare = daemons(fast_realm.env, fast="require", validate="never", validate_keytab=str(tmp_path / "none"))
     reply = bare.request({**ask, "old_password": new})
     assert reply["code"] == P.FAST_UNAVAILABLE, reply
+
+
+def test_passwd_through_the_keyinit_krb5_profile(pamwrap, kadmind, ticketd, svc_user):
+    """The common-password that ``pam-auth-update --enable keyinit-krb5`` writes: the hook first."""
+    from pam_keyinit_py.lab import pamconfigs
+    from tests.conftest import require
+
+    missing = pamconfigs.available()
+    require(missing is None, missing or "")
+    stacks = pamconfigs.render_stacks(("keyinit-krb5",))
+    service = pamwrap.service("pkb-passwd-profile",
+                              pamconfigs.service_lines(stacks, pamwrap, f"socket={ticketd.socket}"))
+    new = new_password()
+    res = pamtester(pamwrap, service, svc_user.name, [svc_user.password, new, new], "chauthtok")
+    assert res.returncode == 0, res.stdout + res.stderr + ticketd.log()
+    assert kinit_ok(kadmind, svc_user.principal, new)
+    assert not kinit_ok(kadmind, svc_user.principal, svc_user.password)
