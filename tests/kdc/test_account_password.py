@@ -372,3 +372,19 @@ def test_passwd_through_the_keyinit_krb5_profile(pamwrap, kadmind, ticketd, svc_
     assert res.returncode == 0, res.stdout + res.stderr + ticketd.log()
     assert kinit_ok(kadmind, svc_user.principal, new)
     assert not kinit_ok(kadmind, svc_user.principal, svc_user.password)
+
+
+def test_acct_mgmt_of_another_modules_login_with_the_kdc_down_is_not_blocked(pamwrap, realm, ticketd,
+                                                                            svc_user):
+    """The login was not Kerberos's (a public key): a silent KDC must not lock the user out."""
+    service = pamwrap.service("pkb-acct-kdc-down", [
+        pamwrap.hook_line("account", "required", f"socket={ticketd.socket}"),
+        "account required pam_permit.so",
+    ])
+    realm.stop_kdc()
+    try:
+        res = pamtester(pamwrap, service, svc_user.name, [], "acct_mgmt")
+    finally:
+        realm.start_kdc()
+    assert res.returncode == 0, res.stderr + ticketd.log()  # PAM_IGNORE, then pam_permit
+    assert f"account {svc_user.name} (uid {svc_user.uid}): no KDC answered" in ticketd.log()
