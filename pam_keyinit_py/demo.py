@@ -1,8 +1,11 @@
 """``make demo`` / ``keyinit demo``: the whole login story on the embedded default, step by step.
 
-1. a throwaway MIT realm on loopback, a local user with a principal, keyinit-ticketd, and a
-   private sshd on a free loopback port whose PAM stack is this project's;
-2. a real ssh login with a password;
+1. a throwaway MIT realm on loopback (with the host keytab a login host has), a local user
+   whose only password is the Kerberos one (the local one is locked), keyinit-ticketd, and a
+   private sshd on a free loopback port whose PAM stack is what
+   ``pam-auth-update --enable keyinit-krb5`` writes (the real tool, over private copies);
+2. a real ssh login with the Kerberos password: the service gets the TGT and validates it
+   against the host keytab before the login is let in;
 3. ``keyctl show`` in the session: the ``_ses`` keyring with the persistent keyring and its
    ccache linked in;
 4. ``klist``: ``KEYRING:persistent:<uid>`` with the krbtgt;
@@ -25,6 +28,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from .lab import pamconfigs as lab_pamconfigs
 from .lab import pamwrap as lab_pamwrap
 from .lab import realm as lab_realm
 from .lab import sshd as lab_sshd
@@ -106,7 +110,7 @@ def check_ready() -> None:
     """What the demo needs on this machine (make setup installs it)."""
     if os.geteuid() != 0:
         raise DemoError("preflight: run as root (it starts a KDC and sshd and creates a user)")
-    for missing in (lab_pamwrap.available(), lab_sshd.available()):
+    for missing in (lab_pamwrap.available(), lab_sshd.available(), lab_pamconfigs.available()):
         if missing:
             raise DemoError(f"preflight: {missing} (run make setup)")
     if not lab_realm.available():
@@ -123,6 +127,7 @@ class Demo:
         self.pam: lab_pamwrap.PamWrapper | None = None
         self.sshd: lab_sshd.Sshd | None = None
         self.session: ShellSession | None = None
+        self.password = ""
         self.workdir = Path(tempfile.mkdtemp(prefix="keyinit-demo-"))
         os.chmod(self.workdir, 0o755)
 
@@ -144,37 +149,37 @@ class Demo:
         self.realm = lab_realm.Realm.start(None, realm="DEMO.KEYINIT.TEST", maxlife=f"{TICKET_LIFE}s",
                                            maxrenew="1h")
         say(f"    realm {self.realm.realm}: krb5kdc on 127.0.0.1:{self.realm.kdc_port}")
-        self.user = lab_users.create("kidemo", password=True)
-        assert self.user.password
-        principal = self.realm.add_principal(self.user.name, self.user.password, maxlife=TICKET_LIFE,
+        self.password = "demo-" + os.urandom(9).hex()  # the Kerberos password; the local one stays locked
+        self.user = lab_users.create("kidemo")
+        principal = self.realm.add_principal(self.user.name, self.password, maxlife=TICKET_LIFE,
                                              maxrenew="1h")
-        say(f"    user {self.user.name} (uid {self.user.uid}), principal {principal}, "
+        say(f"    user {self.user.name} (uid {self.user.uid}), local password locked, principal {principal}, "
             f"tickets live {TICKET_LIFE}s")
+        say(f"    host keytab {self.realm.keytab_path} (krb5.conf default_keytab_name): TGTs are validated")
         self.daemon = TicketD(self.workdir / "ticketd", self.realm.env, renew_fraction=RENEW_FRACTION,
                               log_level="INFO")
         os.chmod(self.daemon.dir, 0o755)
         self.daemon.start()
         say(f"    keyinit-ticketd ready (sd_notify READY=1), socket {self.daemon.socket}")
         self.pam = lab_pamwrap.PamWrapper(self.workdir / "pam")
-        opts = f"socket={self.daemon.socket}"
-        stack = [
-            "auth     required pam_unix.so",
-            self.pam.hook_line("auth", "optional", f"use_first_pass {opts}"),
-            "account  required pam_unix.so",
-            self.pam.hook_line("session", "optional", f"force revoke tickets link_persistent {opts}"),
-            "session  required pam_unix.so",
-        ]
+        stacks = lab_pamconfigs.render_stacks(("keyinit-krb5",))
+        stack = lab_pamconfigs.service_lines(stacks, self.pam, f"socket={self.daemon.socket}")
         self.sshd = lab_sshd.Sshd(self.pam)
         self.sshd.start(stack, extra_config=[f"SetEnv KRB5_CONFIG={self.realm.krb5_conf}"])
-        say(f"    sshd on 127.0.0.1:{self.sshd.port}; its PAM stack:")
+        say(f"    sshd on 127.0.0.1:{self.sshd.port}; its PAM stack (pam-auth-update --enable keyinit-krb5):")
         show("\n".join(stack))
 
     def login(self) -> None:
-        """Step 2: a real ssh login with a password."""
-        assert self.sshd and self.user and self.user.password
-        self.step(2, f"ssh {self.user.name}@127.0.0.1 -p {self.sshd.port}, password authentication")
-        self.session = ShellSession(self.sshd, self.user.name, self.user.password)
+        """Step 2: a real ssh login with the Kerberos password, the TGT validated."""
+        assert self.sshd and self.user and self.daemon
+        self.step(2, f"ssh {self.user.name}@127.0.0.1 -p {self.sshd.port}, the Kerberos password")
+        self.session = ShellSession(self.sshd, self.user.name, self.password)
         show(self.session.run("id; echo KRB5_CONFIG=$KRB5_CONFIG"))
+        validated = [line.split("INFO ", 1)[-1] for line in self.daemon.log().splitlines()
+                     if "(validated with " in line]
+        if not validated:
+            raise DemoError("step 2: the service logged no validated TGT")
+        show(f"keyinit-ticketd: {validated[-1]}")
 
     def keyrings(self) -> None:
         """Step 3: the session keyring, with the persistent keyring and the ccache inside."""

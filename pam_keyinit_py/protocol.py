@@ -23,13 +23,21 @@ account   root    user, uid, [principal], [kuserok],    -> principal
                   [kdc]
 chpass    root    user, uid, [principal], old_password, -> principal, [changed]
                   [new_password]
-open      root    user, uid, gid                        -> sid, sessions
+open      root    user, uid, gid, [ccache]              -> sid, sessions, [ccache, krb5ccname],
+                                                           [delegation_error]
 close     root    uid, [sid]                            -> sessions, cleared
 status    anyone                                        -> service, sessions, tickets
 tickets   anyone  [uid] (root only)                     -> tickets
 renew     anyone  [uid] (root only)                     -> tickets, errors
 destroy   anyone  ccache (own caches unless root)       -> destroyed
 ========  ======  ===============================================================
+
+``open``'s ``ccache`` is a delegated TGT that the host wrote to a FILE cache of the user (sshd
+with GSSAPI delegation: ``FILE:/tmp/krb5cc_<uid>_XXXXXXXXXX``, see :data:`DELEGATED_CCACHE_PREFIX`).
+The service moves it into KEYRING:persistent:<uid> as the user, removes the file, tracks the copy
+(origin ``delegated``) and answers with the copy's name in ``ccache`` and the name the session's
+``KRB5CCNAME`` should hold in ``krb5ccname``; if it could not, the session is still opened and
+``delegation_error`` says why (the file is then left as it was).
 
 This module is imported by the PAM hook inside sshd, so it uses only the
 standard library and costs little to import: it talks through CPython's C modules
@@ -86,6 +94,19 @@ ERROR_CODES = frozenset(
      NOT_FOUND, UNAVAILABLE, INTERNAL}
 )
 
+#: Delegated caches the hook hands to ``open``: ``FILE:/tmp/krb5cc_<uid>_<suffix>``, the per-login name
+#: sshd (ssh_krb5_cc_gen) and pam_krb5 give the caches they write and remove themselves.  Other
+#: FILE caches in KRB5CCNAME (one a user set through pam_env) are the user's and are left alone.
+DELEGATED_CCACHE_PREFIX = "FILE:/tmp/krb5cc_"
+
+
+def is_delegated_ccache(name: str, uid: int) -> bool:
+    """True when ``name`` has the form of a per-login FILE cache of ``uid`` (see DELEGATED_CCACHE_PREFIX)."""
+    head = f"{DELEGATED_CCACHE_PREFIX}{uid}_"
+    rest = name[len(head):]
+    return name.startswith(head) and bool(rest) and "/" not in rest
+
+
 #: Operations only uid 0 may send: they create tickets and sessions for other users.
 ROOT_OPS = frozenset({"auth", "open", "close", "account", "chpass"})
 
@@ -100,7 +121,7 @@ SCHEMA: dict[str, dict[str, tuple[type, bool]]] = {
     "account": {"user": _STR, "uid": _ID, "principal": (str, False), "kuserok": _OPT_BOOL, "kdc": _OPT_BOOL},
     "chpass": {"user": _STR, "uid": _ID, "principal": (str, False), "old_password": _STR,
                "new_password": (str, False)},
-    "open": {"user": _STR, "uid": _ID, "gid": _ID},
+    "open": {"user": _STR, "uid": _ID, "gid": _ID, "ccache": (str, False)},
     "close": {"uid": _ID, "sid": _OPT_ID},
     "status": {},
     "tickets": {"uid": _OPT_ID},

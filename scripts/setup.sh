@@ -12,6 +12,8 @@ PACKAGES=(
   gcc make python3-dev python3-venv libffi-dev pkg-config
   # PAM hosts: pam_python, pamtester, pam_wrapper, a real sshd + client
   libpam-python pamtester libpam-wrapper openssh-server openssh-client sshpass
+  # other ways into an account (su is in login): sudo -i
+  sudo
   # Kerberos: a real MIT KDC on loopback, the client tools, pykrb5's headers
   krb5-kdc krb5-admin-server krb5-user libkrb5-dev
   # process tools used by the tests

@@ -21,7 +21,8 @@ EXIT_UNAVAILABLE = 3
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     for name, func, text in (
-        ("status", _status, "show the ticket service, my sessions and my tickets"),
+        ("status", _status, "show the ticket service, my sessions and my tickets (origin: login, "
+                            "delegated, kinit or keytab; expiry; next renewal)"),
         ("renew", _renew, "renew my tracked tickets now"),
         ("tickets", _tickets, "list the tickets the service tracks (root sees all)"),
     ):
@@ -47,15 +48,28 @@ def _when(ts: float) -> str:
     return time.strftime("%m/%d/%y %H:%M:%S", time.localtime(ts)) if ts else "-"
 
 
+#: How each origin the service reports is shown: "adopted" is a cache the user made with kinit.
+ORIGINS = {"login": "login", "delegated": "delegated", "adopted": "kinit", "keytab": "keytab"}
+
+
+def _next_renewal(t: dict[str, Any]) -> str:
+    when = t.get("next_renewal") or 0
+    if when:
+        return _when(when)
+    return "-" if t["renewable"] else "never"
+
+
 def _print_tickets(rows: list[dict[str, Any]]) -> None:
     if not rows:
         print("No tracked tickets.")
         return
-    # Column order and date format follow klist: valid starting, expires, renew until.
-    print(f"{'uid':>6}  {'origin':8} {'starts':17}  {'expires':17}  {'renew until':17}  principal / cache")
+    # Date format and the order of the times follow klist: expires, then renew until.
+    print(f"{'uid':>6}  {'origin':9} {'expires':17}  {'next renewal':17}  {'renew until':17}  "
+          "principal / cache")
     for t in sorted(rows, key=lambda r: (r["uid"], r["ccache"])):
         renew = _when(t["renew_till"]) if t["renewable"] else "not renewable"
-        print(f"{t['uid']:>6}  {t['origin']:8} {_when(t['starttime']):17}  {_when(t['endtime']):17}  "
+        origin = ORIGINS.get(t["origin"], t["origin"])
+        print(f"{t['uid']:>6}  {origin:9} {_when(t['endtime']):17}  {_next_renewal(t):17}  "
               f"{renew:17}  {t['principal']}  {t['ccache']}")
 
 

@@ -30,7 +30,8 @@ from .pamwrap import PamWrapper
 SSHD = "/usr/sbin/sshd"
 PASSWORD = "password"
 KBDINT = "keyboard-interactive"
-MODES = (PASSWORD, KBDINT)
+GSSAPI = "gssapi-with-mic"
+MODES = (PASSWORD, KBDINT, GSSAPI)
 
 
 def available() -> str | None:
@@ -64,11 +65,16 @@ class Sshd:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.dir / "sshd.log"
         self.host_key = self.dir / "ssh_host_ed25519_key"
+        self.keytab: Path | None = None
+        self.krb5_config: str | None = None
 
     # -- server -----------------------------------------------------------
     def _config(self, mode: str, extra: list[str]) -> Path:
         password = "yes" if mode == PASSWORD else "no"
         kbdint = "yes" if mode == KBDINT else "no"
+        # GSSAPICleanupCredentials (default yes) stays on: sshd unlinks its FILE cache at logout.
+        gssapi = ["GSSAPIAuthentication yes", "GSSAPIStrictAcceptorCheck no",
+                  "GSSAPICleanupCredentials yes"] if mode == GSSAPI else ["GSSAPIAuthentication no"]
         lines = [
             f"Port {self.port}",
             "ListenAddress 127.0.0.1",
@@ -78,7 +84,7 @@ class Sshd:
             f"PasswordAuthentication {password}",
             f"KbdInteractiveAuthentication {kbdint}",
             "PubkeyAuthentication no",
-            "GSSAPIAuthentication no",
+            *gssapi,
             "HostbasedAuthentication no",
             "AuthorizedKeysFile none",
             "PermitRootLogin no",
@@ -97,10 +103,19 @@ class Sshd:
         return path
 
     def start(self, pam_stack_lines: list[str], mode: str = PASSWORD, extra_config: list[str] | None = None,
-              timeout: float = 20) -> Sshd:
-        """Write the ``sshd`` PAM service and config, start sshd -D, wait until it listens."""
+              timeout: float = 20, *, keytab: str | os.PathLike[str] | None = None,
+              krb5_config: str | os.PathLike[str] | None = None) -> Sshd:
+        """Write the ``sshd`` PAM service and config, start sshd -D, wait until it listens.
+
+        ``mode=GSSAPI`` needs ``keytab`` (host/localhost keys) and ``krb5_config`` (the realm's
+        krb5.conf): both reach sshd through its environment, as a login host's /etc would.
+        """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        if mode == GSSAPI and (keytab is None or krb5_config is None):
+            raise ValueError("mode=GSSAPI needs keytab= and krb5_config=")
+        self.keytab = Path(keytab) if keytab is not None else None
+        self.krb5_config = str(krb5_config) if krb5_config is not None else None
         if self.proc is not None:
             self.stop()
         self.mode = mode
@@ -119,7 +134,7 @@ class Sshd:
                 raise RuntimeError(f"sshd -t rejected the config: {check.stderr.strip()}")
             log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
             try:
-                self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], env=self.pamwrap.env(),
+                self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], env=self._server_env(),
                                              stdin=subprocess.DEVNULL, stdout=log, stderr=log)
             finally:
                 log.close()
@@ -133,6 +148,15 @@ class Sshd:
             last_error = self.log()[-2000:]
             self.stop()
         raise RuntimeError(f"private sshd did not start:\n{last_error}")
+
+    def _server_env(self) -> dict[str, str]:
+        env = self.pamwrap.env()
+        env.pop("KRB5CCNAME", None)
+        if self.keytab is not None:
+            env["KRB5_KTNAME"] = f"FILE:{self.keytab}"
+        if self.krb5_config is not None:
+            env["KRB5_CONFIG"] = self.krb5_config
+        return env
 
     def log(self) -> str:
         """sshd's own log (-e: everything it would send to syslog)."""
@@ -201,6 +225,46 @@ class Sshd:
                 pass_fds=(read_fd,), env=env, text=True, **popen)
         finally:
             os.close(read_fd)
+
+    def gss_argv(self, user: str, command: str, delegate: bool = True) -> list[str]:
+        """``ssh`` with GSSAPI only (``-o GSSAPIDelegateCredentials=yes|no``) to ``user@localhost``."""
+        return [
+            "ssh", "-F", "/dev/null", "-T", "-4",
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "PreferredAuthentications=gssapi-with-mic", "-o", "PubkeyAuthentication=no",
+            "-o", "PasswordAuthentication=no", "-o", "KbdInteractiveAuthentication=no",
+            "-o", "GSSAPIAuthentication=yes",
+            "-o", f"GSSAPIDelegateCredentials={'yes' if delegate else 'no'}",
+            "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR",
+            "-p", str(self.port), f"{user}@localhost", command,
+        ]
+
+    def gss_spawn(self, user: str, command: str, ccache: str, *, delegate: bool = True,
+                  krb5_config: str | None = None, **popen: object) -> subprocess.Popen[str]:
+        """Start a passwordless GSSAPI ``ssh user@localhost command`` with the client's ``ccache``.
+
+        The client (this process's uid) reads its TGT from ``ccache`` (KRB5CCNAME), never from
+        the user's persistent collection, so what arrives on the server is only the forwarded copy.
+        """
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.dir), "LANG": "C",
+               "KRB5CCNAME": ccache, "KRB5_CONFIG": krb5_config or self.krb5_config or ""}
+        popen.setdefault("stdin", subprocess.DEVNULL)
+        popen.setdefault("stdout", subprocess.PIPE)
+        popen.setdefault("stderr", subprocess.PIPE)
+        return subprocess.Popen(self.gss_argv(user, command, delegate), env=env, text=True,  # type: ignore[call-overload]
+                                **popen)
+
+    def gss_login(self, user: str, command: str, ccache: str, *, delegate: bool = True,
+                  timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """:meth:`gss_spawn` and wait for it."""
+        proc = self.gss_spawn(user, command, ccache, delegate=delegate)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
     def login(self, user: str, password: str, command: str, mode: str | None = None,
               timeout: float = 60) -> subprocess.CompletedProcess[str]:

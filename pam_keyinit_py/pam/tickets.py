@@ -3,7 +3,9 @@
 * ``authenticate`` gets the password (PAM_AUTHTOK from an earlier module, or a prompt
   through the application's conversation) and sends it to the service, which acquires
   the TGT for user@default_realm into KEYRING:persistent:<uid> with the user's uid.
-* ``open_session`` registers the session; ``close_session`` unregisters it.  The service
+* ``open_session`` registers the session, with a password or without (GSSAPI, publickey), and
+  hands over a delegated FILE cache of the user (sshd's GSSAPI KRB5CCNAME) to be moved into
+  the keyring; ``close_session`` unregisters it.  The service
   keeps the TGT of an auth as a *pending login* keyed by uid, so it does not matter that
   sshd (KbdInteractiveAuthentication) authenticates in a child that is gone by open_session.
 
@@ -173,22 +175,59 @@ def _authenticate(pamh: Any, opts: Any, login: Any = None) -> int:
     }.get(code, pamh.PAM_AUTH_ERR if code == P.DENIED else pamh.PAM_SERVICE_ERR)
 
 
+def _pam_getenv(pamh: Any, name: str) -> str | None:
+    """pam_getenv(3) through pam_python's ``pamh.env`` mapping; None when unset."""
+    try:
+        value = pamh.env[name]
+    except Exception:
+        return None
+    return value if isinstance(value, str) and value else None
+
+
 def open_session(pamh: Any, opts: Any, pw: pwd.struct_passwd, sids: list[int]) -> int:
     """Register the session with the service (the caller's pid is the session's anchor).
 
     ``sids`` belongs to this PAM handle: the service's session id is kept there for the
     close on the same handle (sshd's monitor), never shared with other handles.
+
+    A login without a password registers too.  If the PAM environment's KRB5CCNAME names a
+    per-login FILE cache of the user (sshd's delegated GSSAPI credentials), the service moves
+    it into KEYRING:persistent:<uid> and the hook points KRB5CCNAME (pam_putenv) at the
+    keyring.  Measured order in Debian 12's sshd (OpenSSH 9.2, sshd.c after authentication,
+    all in the monitor): ssh_gssapi_storecreds() writes FILE:/tmp/krb5cc_<uid>_XXXXXXXXXX as the
+    user and pam_putenv()s KRB5CCNAME, then pam_setcred(ESTABLISH), then pam_open_session (here:
+    file and variable are both there).  The session child's environment gets sshd's own
+    KRB5CCNAME (ssh_gssapi_do_child) *before* the PAM environment (session.c do_setup_env), so
+    the PAM value wins; removing the variable from the PAM environment would leave sshd's FILE
+    name in place, hence it is set to the keyring, never unset.
     """
     try:
         if pw.pw_uid < opts.minimum_uid:
             return pamh.PAM_IGNORE
-        reply = _request(opts, {"op": "open", "user": pw.pw_name, "uid": pw.pw_uid, "gid": pw.pw_gid},
-                         SESSION_TIMEOUT)
+        from .. import protocol as P
+
+        message = {"op": "open", "user": pw.pw_name, "uid": pw.pw_uid, "gid": pw.pw_gid}
+        delegated = _pam_getenv(pamh, "KRB5CCNAME")
+        if delegated is not None and P.is_delegated_ccache(delegated, pw.pw_uid):
+            message["ccache"] = delegated
+        reply = _request(opts, message, SESSION_TIMEOUT)
         if not reply.get("ok"):
             syslog(pamh, LOG_WARNING,
                    f"tickets: session of {pw.pw_name} not registered: {reply.get('error')}")
             return pamh.PAM_IGNORE
         sids.append(int(reply["sid"]))
+        name = reply.get("krb5ccname")
+        if isinstance(name, str) and name:
+            try:
+                pamh.env["KRB5CCNAME"] = name
+            except Exception as exc:
+                syslog(pamh, LOG_WARNING, f"tickets: cannot set KRB5CCNAME={name}: {exc.__class__.__name__}")
+            if opts.debug:
+                syslog(pamh, LOG_DEBUG,
+                       f"tickets: delegated TGT of {pw.pw_name} now in {reply.get('ccache')}")
+        elif "ccache" in message:
+            syslog(pamh, LOG_WARNING, f"tickets: delegated cache of {pw.pw_name} stays in {delegated}: "
+                                      f"{reply.get('delegation_error')}")
         return pamh.PAM_SUCCESS
     except Exception as exc:
         syslog(pamh, LOG_ERR, f"tickets: open_session failed: {exc.__class__.__name__}")

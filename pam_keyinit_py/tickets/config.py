@@ -53,6 +53,9 @@ class Config:
     pending_auth_timeout: float = 120.0
     #: Re-scan each logged-in user's persistent collection for caches they made with kinit.
     adopt_scan_interval: float = 300.0
+    #: Look at /proc/key-users this often and scan the collections of logged-in uids whose keys
+    #: changed (a kinit inside a session is adopted within about this long); 0 turns it off.
+    adopt_watch_interval: float = 10.0
     #: keyctl_get_persistent for each tracked uid this often (the kernel expires them after 3 days).
     persistent_touch_interval: float = 86400.0
     #: Retry a renewal the KDC did not answer after this long, doubling up to retry_max.
@@ -83,6 +86,7 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
     "clear_on_logout": str,
     "pending_auth_timeout": (int, float),
     "adopt_scan_interval": (int, float),
+    "adopt_watch_interval": (int, float),
     "persistent_touch_interval": (int, float),
     "retry_min": (int, float),
     "retry_max": (int, float),
@@ -152,6 +156,8 @@ def parse(data: dict[str, object]) -> Config:
     for key in ("pending_auth_timeout", "adopt_scan_interval", "persistent_touch_interval", "kdc_timeout"):
         if getattr(config, key) <= 0:
             raise ConfigError(f"{key} must be positive")
+    if config.adopt_watch_interval < 0:
+        raise ConfigError("adopt_watch_interval must be 0 (off) or positive")
     return config
 
 

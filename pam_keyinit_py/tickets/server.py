@@ -142,7 +142,7 @@ class Server:
                 old, new = m.pop("old_password"), m.pop("new_password", None)
                 return svc.chpass(m["user"], m["uid"], m.get("principal"), old, new)
             if op == "open":
-                return svc.open(m["user"], m["uid"], m["gid"], pid)
+                return svc.open(m["user"], m["uid"], m["gid"], pid, m.get("ccache"))
             if op == "close":
                 return svc.close(m["uid"], m.get("sid"), pid)
             if op == "status":

@@ -31,6 +31,11 @@ from .sessions import Reaper, Session, SessionTable
 log = logging.getLogger("keyinit-ticketd")
 
 LOGIN, ADOPTED, KEYTAB = "login", "adopted", "keytab"
+#: A TGT forwarded by the client (GSSAPI delegation) that sshd wrote to a FILE cache; the service
+#: moved it into the persistent collection at ``open``.  Cleared at the last logout like LOGIN.
+DELEGATED = "delegated"
+#: Origins the service brought in for a login: "own" clears these at the last logout.
+LOGIN_ORIGINS = frozenset({LOGIN, DELEGATED})
 #: What _renew returns when another thread is renewing the same cache right now.
 RENEWING = "renewal already in progress"
 
@@ -43,7 +48,8 @@ class Tracked:
     uid: int
     gid: int
     principal: str
-    origin: str  # LOGIN (acquired at a login), ADOPTED (the user's own kinit), KEYTAB ([[keytab]])
+    origin: str  # LOGIN (acquired at a login), DELEGATED (forwarded by ssh), ADOPTED (the user's own kinit),
+    # KEYTAB ([[keytab]])
     starttime: float = 0.0
     endtime: float = 0.0
     renew_till: float = 0.0
@@ -116,6 +122,8 @@ class Service:
         self._stopping = False
         self._writer_alive = True
         self._writer_thread = threading.Thread(target=self._writer, name="state-writer", daemon=True)
+        # The /proc/key-users watch (tickets/keywatch.py), made at start when adopt_watch_interval > 0.
+        self._keywatch_state: Any = None
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -126,6 +134,7 @@ class Service:
         self.restore()
         for index, _entry in enumerate(self.config.keytabs):
             self.scheduler.schedule(("keytab", index), time.time(), lambda i=index: self._keytab_job(i))
+        self._start_keywatch()
         self.scheduler.start()
 
     def stop(self) -> None:
@@ -458,8 +467,14 @@ class Service:
             log.info("chpass %s (uid %d): password changed through kpasswd", principal, uid)
         return P.reply_ok(principal=principal, changed=changing)
 
-    def open(self, user: str, uid: int, gid: int, pid: int) -> dict[str, Any]:
-        """Register a session opened by process ``pid`` (SO_PEERCRED of the caller)."""
+    def open(self, user: str, uid: int, gid: int, pid: int, ccache: str | None = None) -> dict[str, Any]:
+        """Register a session opened by process ``pid`` (SO_PEERCRED of the caller).
+
+        ``ccache``: a FILE cache of the uid holding a delegated TGT (sshd's GSSAPI
+        ``KRB5CCNAME``); it is moved into KEYRING:persistent:<uid> once the session is counted
+        (see :meth:`_take_delegated`), and the reply then carries the new cache and the
+        ``krb5ccname`` the session should use.
+        """
         pid_start = statefile.process_start_time(pid) or 0
         with self.lock:
             first = self.sessions.count(uid) == 0
@@ -475,11 +490,18 @@ class Service:
             log.warning("session %d of uid %d: opener %d already gone", session.sid, uid, pid)
             self._end_session(session, f"ended at once (opener {pid} already gone)")
             return P.reply_error(P.NOT_FOUND, f"process {pid} that opened the session is gone")
+        if self._keywatch_state is not None:
+            self._keywatch_state.forget(uid)
+        extra: dict[str, Any] = {}
+        if ccache:
+            extra = self._take_delegated(session, ccache)
         if first:
             self._refresh_uid(uid)
+        else:
+            self._adopt_soon(uid)
         log.info("open session %d for %s (uid %d, pid %d): %d open", session.sid, user, uid, pid,
                  self.sessions.count(uid))
-        return P.reply_ok(sid=session.sid, sessions=self.sessions.count(uid))
+        return P.reply_ok(sid=session.sid, sessions=self.sessions.count(uid), **extra)
 
     def close(self, uid: int, sid: int | None, pid: int) -> dict[str, Any]:
         """Unregister a session; at the uid's last one, clear its caches per clear_on_logout."""
@@ -493,7 +515,7 @@ class Service:
     def status(self, peer_uid: int) -> dict[str, Any]:
         with self.lock:
             mine = [s.to_json() for s in self.sessions.by_sid.values() if peer_uid in (0, s.uid)]
-            tickets = [t.to_json() for t in self.tickets.values() if peer_uid in (0, t.uid)]
+            tickets = [self._row(t) for t in self.tickets.values() if peer_uid in (0, t.uid)]
             service = {"pid": os.getpid(), "started": self.started, "sessions": len(self.sessions),
                        "tickets": len(self.tickets), "users": len(self.sessions.by_uid),
                        "renewals": self.renewals, "renew_failures": self.renew_failures,
@@ -504,8 +526,18 @@ class Service:
 
     def list_tickets(self, uid: int | None) -> dict[str, Any]:
         with self.lock:
-            rows = [t.to_json() for t in self.tickets.values() if uid is None or t.uid == uid]
+            rows = [self._row(t) for t in self.tickets.values() if uid is None or t.uid == uid]
         return P.reply_ok(tickets=rows)
+
+    def _row(self, t: Tracked) -> dict[str, Any]:
+        """A ticket as ``status``/``tickets`` show it: Tracked.to_json plus ``next_renewal``.
+
+        ``next_renewal`` is the wall-clock time of the scheduled renewal (for a [[keytab]]
+        entry, its next re-acquisition), 0 when none is scheduled (not renewable, past
+        renew_till, or renewing right now).
+        """
+        key = ("keytab", t.keytab) if t.origin == KEYTAB else ("renew", t.ccache)
+        return {**t.to_json(), "next_renewal": self.scheduler.due(key) or 0.0}
 
     def renew_now(self, uid: int | None) -> dict[str, Any]:
         """Renew the uid's (or, for root without uid, every) tracked ticket now."""
@@ -723,7 +755,7 @@ class Service:
             for t in mine:
                 self.tickets.pop(t.ccache, None)
             if policy == "own":
-                names = [t.ccache for t in mine if t.origin == LOGIN]
+                names = [t.ccache for t in mine if t.origin in LOGIN_ORIGINS]
             elif policy == "all":
                 names = [t.ccache for t in mine]
             else:
@@ -862,6 +894,85 @@ class Service:
         if self.scheduler.due(("touch", entry.uid)) is None:
             self._touch(entry.uid)
         log.info("keytab %s: TGT in %s until %s", entry.principal, t.ccache, _fmt(t.endtime))
+
+    # ---------------------------------------------------------------- passwordless logins
+
+    def _take_delegated(self, session: Session, source: str) -> dict[str, Any]:
+        """Move a delegated FILE cache into KEYRING:persistent:<uid> and track it (origin DELEGATED).
+
+        Runs after the session is counted, so a last close of another session cannot clear
+        the copy; if this session itself ended meanwhile (its opener died) and no other is
+        open, the copy is destroyed again.  Failures leave the file where it was and the
+        session open: the reply says why in ``delegation_error``.
+        """
+        uid, gid = session.uid, session.gid
+        if not P.is_delegated_ccache(source, uid):
+            log.warning("session %d of uid %d: %s is not a delegated cache of that uid; left alone",
+                        session.sid, uid, source)
+            return {"delegation_error": f"not a per-login cache of uid {uid}"}
+        try:
+            info = _ccache_api().import_file(source, uid, gid)
+        except Exception as exc:
+            log.warning("session %d of uid %d: delegated cache %s not taken: %s", session.sid, uid, source,
+                        exc)
+            return {"delegation_error": f"{exc.__class__.__name__}: {exc}"}
+        with self.lock:
+            if not self.sessions.count(uid):
+                log.info("session %d of uid %d ended while its delegated ticket was copied: destroying %s",
+                         session.sid, uid, info.ccache)
+                self._destroy_locked(info.ccache, uid, gid)
+                return {"delegation_error": "the session ended"}
+            t = self._track(info, gid, DELEGATED)
+            self.save()
+        self._schedule_renewal(t)
+        log.info("session %d of uid %d: delegated TGT of %s moved from %s into %s until %s", session.sid, uid,
+                 t.principal, source, t.ccache, _fmt(t.endtime))
+        return {"ccache": t.ccache, "krb5ccname": f"KEYRING:persistent:{uid}"}
+
+    def _adopt_soon(self, uid: int) -> None:
+        """Scan the uid's collection for caches to adopt now (on the scheduler thread)."""
+        self.scheduler.schedule(("scan", uid), time.time(), lambda: self._scan(uid))
+
+    def _start_keywatch(self) -> None:
+        """Say how the user's own kinit is noticed, and start the /proc/key-users watch."""
+        from . import keywatch
+
+        err = keywatch.notifications_errno()
+        interval = self.config.adopt_watch_interval
+        if err == 0:
+            why = "available but not used"
+        else:
+            why = f"unavailable: pipe2(O_NOTIFICATION_PIPE): {os.strerror(err)}"
+        if interval > 0:
+            self._keywatch_state = keywatch.KeyUsersWatch()
+            try:
+                # The baseline: the restored uids (each is scanned at restore); any uid whose
+                # session opens later is scanned at the first look that sees it.
+                with self.lock:
+                    self._keywatch_state.changed(list(self.sessions.by_uid))
+            except OSError as exc:
+                log.warning("reading /proc/key-users: %s", exc.strerror)
+            self.scheduler.schedule(("keywatch",), time.time() + interval, self._keywatch)
+            log.info("kernel key notifications %s; a user's own kinit is noticed through "
+                     "/proc/key-users every %gs (full rescans every %gs)", why, interval,
+                     self.config.adopt_scan_interval)
+        else:
+            log.info("kernel key notifications %s; a user's own kinit is adopted by rescans every %gs",
+                     why, self.config.adopt_scan_interval)
+
+    def _keywatch(self) -> None:
+        """One look at /proc/key-users: scan now the logged-in uids whose keys changed."""
+        with self.lock:
+            uids = list(self.sessions.by_uid)
+        try:
+            changed = self._keywatch_state.changed(uids)
+        except OSError as exc:
+            log.warning("reading /proc/key-users: %s", exc.strerror)
+            changed = []
+        for uid in changed:
+            log.debug("keys of uid %d changed: scanning its collection", uid)
+            self._adopt_soon(uid)
+        self.scheduler.schedule(("keywatch",), time.time() + self.config.adopt_watch_interval, self._keywatch)
 
 
 # -------------------------------------------------------------------- helpers

@@ -25,6 +25,8 @@ def test_make_demo_runs_all_six_steps() -> None:
     assert proc.returncode == 0, f"{out}\n{err}"
     for step in range(1, 7):
         assert f"[{step}/6]" in out
+    assert "local password locked" in out and "pam-auth-update --enable keyinit-krb5" in out  # step 1
+    assert "(validated with host/" in out  # step 2: the TGT was validated against the host keytab
     assert "\\_ keyring: _persistent." in out  # step 3: persistent keyring linked into _ses
     assert "krbtgt/DEMO.KEYINIT.TEST@DEMO.KEYINIT.TEST" in out  # step 4
     assert "renewed: new end time" in out  # step 5

@@ -40,11 +40,12 @@ CONF
 
 if live; then
     sysctl --system >/dev/null
-    step "pam-auth-update --enable keyinit"
-    pam-auth-update --enable keyinit
-    step "user $LAB_USER"
+    # The Kerberos login: the hook first (TGT validated with /etc/krb5.keytab's host/ key),
+    # pam_unix behind it.  The lab user has no local password, only the Kerberos one.
+    step "pam-auth-update --enable keyinit-krb5"
+    pam-auth-update --enable keyinit-krb5
+    step "user $LAB_USER (local password locked; logs in with the Kerberos password)"
     id "$LAB_USER" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$LAB_USER"
-    printf '%s:%s\n' "$LAB_USER" "$(cat "$SHARED/$LAB_USER.password")" | chpasswd
     step "services: keyinit-ticketd, ssh, rpc-gssd"
     systemd-tmpfiles --create /usr/lib/tmpfiles.d/keyinit.conf
     systemctl enable --now keyinit-ticketd.service
