@@ -352,13 +352,17 @@ class Service:
         """
         errors = _errors()
         try:
-            _principals().verify_changepw(principal, password, timeout=self.config.kdc_timeout)
+            _principals().verify_changepw(principal, password, timeout=self.config.kdc_timeout,
+                                          **self._fast_args())
         except errors.BadPassword:
             log.info("auth %s (uid %d): wrong password (password expired)", principal, uid)
             return P.reply_error(P.BAD_PASSWORD, "wrong password")
         except errors.KdcUnreachable:
             log.warning("auth %s (uid %d): password expired; no KDC answered the check", principal, uid)
             return P.reply_error(P.KDC_UNREACHABLE, "no KDC answered")
+        except errors.FastUnavailable as exc:
+            log.error("auth %s (uid %d): fast = \"require\" and %s; login refused", principal, uid, exc)
+            return P.reply_error(P.FAST_UNAVAILABLE, "no FAST armor for the password exchange")
         except errors.TicketError as exc:
             log.warning("auth %s (uid %d): password expired; check failed: %s", principal, uid,
                         exc.__class__.__name__)
@@ -368,6 +372,12 @@ class Service:
         log.info("auth %s (uid %d): password expired (the password itself is right): it must be changed",
                  principal, uid)
         return P.reply_error(P.PASSWORD_EXPIRED, "password expired: it must be changed first")
+
+    def _fast_args(self) -> dict[str, Any]:
+        """The login's FAST policy for the kadmin/changepw exchanges (same keytab and host principal)."""
+        cfg = self.config
+        return {"fast": cfg.fast, "armor_keytab": cfg.validate_keytab or None,
+                "armor_principal": cfg.validate_principal or None}
 
     def account(self, user: str, uid: int, principal: str | None, kuserok: bool = True,
                 kdc: bool = True) -> dict[str, Any]:
@@ -424,10 +434,10 @@ class Service:
         changing = new_password is not None
         try:
             if new_password is None:
-                principals.verify_changepw(principal, old_password, timeout=timeout)
+                principals.verify_changepw(principal, old_password, timeout=timeout, **self._fast_args())
             else:
                 principals.change_password(principal, old_password, new_password,
-                                           timeout=max(timeout, 5.0))
+                                           timeout=max(timeout, 5.0), **self._fast_args())
         except errors.BadPassword:
             log.info("chpass %s (uid %d): wrong current password", principal, uid)
             return P.reply_error(P.BAD_PASSWORD, "wrong current password")
@@ -442,6 +452,9 @@ class Service:
         except errors.AccessDenied as exc:
             log.info("chpass %s (uid %d): refused: %s", principal, uid, exc)
             return P.reply_error(P.DENIED, f"password change of {principal} refused")
+        except errors.FastUnavailable as exc:
+            log.error("chpass %s (uid %d): fast = \"require\" and %s; refused", principal, uid, exc)
+            return P.reply_error(P.FAST_UNAVAILABLE, "no FAST armor for the password exchange")
         except errors.KdcUnreachable:
             log.warning("chpass %s (uid %d): no KDC or kpasswd server answered", principal, uid)
             return P.reply_error(P.KDC_UNREACHABLE, "no KDC or kpasswd server answered")
