@@ -126,3 +126,44 @@ def test_ssh_wrong_password_for_an_expired_principal_is_refused(sshd_factory, pr
     res = server.login(svc_user.name, "wrong-" + svc_user.password, f"echo {MARK}")
     assert res.returncode != 0 and MARK not in res.stdout, res.stdout + res.stderr
     assert "Permission denied" in res.stderr, res.stderr
+
+
+def test_rogue_kdc_with_an_expired_password_cannot_log_in(sshd_factory, primary_stacks, realm, svc_user):
+    """An impostor KDC that says "expired" for the attacker's password: the change dialogue runs
+    (its kadmin/changepw ticket cannot be validated), but the TGT of the new password is, and
+    fails: the login is refused and nothing lands in the user's keyring."""
+    from pam_keyinit_py.lab.realm import Realm
+    from tests.kdc.ticketd import TEST_CONFIG, TicketD, persistent_caches, public_tmpdir
+
+    pexpect = _pexpect()
+    rogue = Realm.start(None, realm.realm, maxlife="60s", maxrenew="10m")
+    daemon = None
+    try:
+        rogue.start_kadmind()
+        attacker = "chosen-by-the-attacker-2"
+        rogue.add_principal(svc_user.name, attacker)
+        rogue.modify_principal(svc_user.name, "+needchange")
+        daemon = TicketD(public_tmpdir("pkd-rogue-exp-"), rogue.env, **TEST_CONFIG,
+                         validate_keytab=str(realm.keytab_path))
+        daemon.start()
+        server = sshd_factory(_profile(primary_stacks, daemon.socket), mode=KBDINT)
+        argv = server.ssh_argv(svc_user.name, f"echo {MARK}")
+        argv[argv.index("NumberOfPasswordPrompts=1")] = "NumberOfPasswordPrompts=6"
+        child = pexpect.spawn(argv[0], argv[1:], encoding="utf-8", timeout=30,
+                              env={"PATH": "/usr/bin:/bin", "HOME": str(server.dir)})
+        try:
+            _change_dialogue(child, attacker, "N3w-" + secrets.token_urlsafe(12))
+            # Refused: sshd asks again (keyboard-interactive allows more rounds) or hangs up.
+            seen = child.expect(["Password: ", pexpect.EOF])
+            transcript = (child.before or "") + (child.after if isinstance(child.after, str) else "")
+        finally:
+            child.close(force=True)
+        assert seen == 0 or child.exitstatus != 0, transcript
+        assert MARK not in transcript, transcript
+        log = daemon.log()
+        assert "TGT validation failed (validate=require), login refused" in log, log
+        assert persistent_caches(svc_user.uid) == {}
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        rogue.stop()
