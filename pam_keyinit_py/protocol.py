@@ -65,9 +65,13 @@ TOO_LARGE = "too_large"
 NOT_FOUND = "not_found"
 UNAVAILABLE = "service_unavailable"  # set by clients only: the service did not answer
 INTERNAL = "internal_error"
+BUSY = "busy"  # the connection was refused by a limit (per uid or in total): try again later
+# The change was made in memory but the state file could not be written, so a kill -9 would lose
+# it: the request is not acknowledged (the service keeps retrying the write in the background).
+STATE_NOT_SAVED = "state_not_saved"
 ERROR_CODES = frozenset(
     {BAD_PASSWORD, UNKNOWN_PRINCIPAL, KDC_UNREACHABLE, NOT_RENEWABLE, QUOTA, PASSWORD_EXPIRED, KDC_ERROR,
-     DENIED, BAD_REQUEST, TOO_LARGE, NOT_FOUND, UNAVAILABLE, INTERNAL}
+     DENIED, BAD_REQUEST, TOO_LARGE, NOT_FOUND, UNAVAILABLE, INTERNAL, BUSY, STATE_NOT_SAVED}
 )
 
 #: Operations only uid 0 may send: they create tickets and sessions for other users.
@@ -88,6 +92,49 @@ SCHEMA: dict[str, dict[str, tuple[type, bool]]] = {
     "destroy": {"ccache": _STR},
 }
 _MAX_STR = 4096
+#: Deepest nesting of arrays/objects a message may have (requests have none; replies two or three).
+MAX_DEPTH = 32
+#: Longest excerpt of a client-supplied value quoted in an error text or a log line.
+BRIEF = 40
+
+
+def brief(value: object, limit: int = BRIEF) -> str:
+    """``repr(value)`` cut to about ``limit`` characters: client values never go unbounded into a log."""
+    if isinstance(value, (dict, list, tuple)):
+        return f"<{type(value).__name__} of {len(value)}>"
+    if isinstance(value, str) and len(value) > limit:
+        return repr(value[:limit]) + f"...({len(value)} chars)"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _too_deep(body: bytes, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``body``'s arrays/objects nest deeper than ``limit``, found before any parsing.
+
+    Brackets inside strings do not count.  The exact scan runs only when the body holds more
+    opening brackets than the limit at all, so ordinary messages cost one bytes.count each.
+    """
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    depth = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return False
 
 
 def _dumps(value: object) -> str:
@@ -176,15 +223,22 @@ def encode(message: dict[str, Any], limit: int = MAX_MESSAGE) -> bytes:
 
 
 def decode(body: bytes) -> dict[str, Any]:
-    """Parse one frame body into a dict with a supported ``v``; no schema check."""
+    """Parse one frame body into a dict with a supported ``v``; no schema check.
+
+    Nesting deeper than :data:`MAX_DEPTH` is refused before parsing (the C scanner recurses).
+    """
+    if _too_deep(body):
+        raise ProtocolError(BAD_REQUEST, f"not JSON: nested deeper than {MAX_DEPTH}")
     try:
         message = _loads(body.decode())
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError(BAD_REQUEST, f"not JSON: {exc.__class__.__name__}") from None
     if not isinstance(message, dict):
         raise ProtocolError(BAD_REQUEST, "message is not a JSON object")
-    if message.get("v") != VERSION:
-        raise ProtocolError(BAD_REQUEST, f"unsupported protocol version {message.get('v')!r}")
+    version = message.get("v")
+    # Exact: true == 1 and 1.0 == 1 in Python, and neither is version 1.
+    if type(version) is not int or version != VERSION:
+        raise ProtocolError(BAD_REQUEST, f"unsupported protocol version {brief(version)}")
     return message
 
 
@@ -192,11 +246,11 @@ def validate_request(message: dict[str, Any]) -> dict[str, Any]:
     """Check a request against :data:`SCHEMA`; return it or raise ProtocolError(BAD_REQUEST)."""
     op = message.get("op")
     if not isinstance(op, str) or op not in SCHEMA:
-        raise ProtocolError(BAD_REQUEST, f"unknown op {op!r}")
+        raise ProtocolError(BAD_REQUEST, f"unknown op {brief(op)}")
     fields = SCHEMA[op]
     for key in message:
         if key not in ("v", "op") and key not in fields:
-            raise ProtocolError(BAD_REQUEST, f"{op}: unknown field {key!r}")
+            raise ProtocolError(BAD_REQUEST, f"{op}: unknown field {brief(key)}")
     for key, (kind, required) in fields.items():
         if key not in message or message[key] is None:
             if required:
@@ -285,7 +339,10 @@ def request(
         deadline = time.monotonic() + timeout
         try:
             sock.settimeout(timeout)
-            send_message(sock, message)
+            try:
+                send_message(sock, message)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # a refusing service replies (busy) and closes before reading: read its reply
             sock.settimeout(max(0.001, deadline - time.monotonic()))
             reply = recv_message(sock, MAX_REPLY)
         except (OSError, EOFError) as exc:

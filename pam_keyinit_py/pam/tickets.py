@@ -103,6 +103,10 @@ def _authenticate(pamh: Any, opts: Any) -> int:
         P.PASSWORD_EXPIRED: pamh.PAM_AUTH_ERR,
         # Clock skew, policy and other KDC/library refusals: the infrastructure, not the user.
         P.KDC_ERROR: pamh.PAM_AUTHINFO_UNAVAIL,
+        # The service refused the connection (a limit) or could not save the login: the service's
+        # trouble, not the user's; the login goes on without a ticket, as with the KDC down.
+        P.BUSY: pamh.PAM_AUTHINFO_UNAVAIL,
+        P.STATE_NOT_SAVED: pamh.PAM_AUTHINFO_UNAVAIL,
     }.get(code, pamh.PAM_AUTH_ERR if code == P.DENIED else pamh.PAM_SERVICE_ERR)
 
 

@@ -57,6 +57,16 @@ class Config:
     #: Bound on one password exchange with the KDC at login.
     kdc_timeout: float = 2.0
     log_level: str = "INFO"
+    #: Connections open at once, in total; the last root_reserved_connections are for uid 0 only.
+    max_connections: int = 256
+    root_reserved_connections: int = 32
+    #: Connections one non-root uid may hold open at once.
+    max_connections_per_uid: int = 8
+    #: Threads that run requests; root_reserved_workers of them run only uid 0's (logins).
+    workers: int = 16
+    root_reserved_workers: int = 4
+    #: A client has this long for each whole request (connect or last reply to the last byte).
+    request_timeout: float = 10.0
     keytabs: tuple[KeytabEntry, ...] = field(default_factory=tuple)
 
 
@@ -75,6 +85,12 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
     "retry_max": (int, float),
     "kdc_timeout": (int, float),
     "log_level": str,
+    "max_connections": int,
+    "root_reserved_connections": int,
+    "max_connections_per_uid": int,
+    "workers": int,
+    "root_reserved_workers": int,
+    "request_timeout": (int, float),
 }
 
 
@@ -128,9 +144,14 @@ def parse(data: dict[str, object]) -> Config:
         raise ConfigError("renew_fraction must be between 0.05 and 0.95")
     if config.retry_min <= 0 or config.retry_max < config.retry_min:
         raise ConfigError("need 0 < retry_min <= retry_max")
-    for key in ("pending_auth_timeout", "adopt_scan_interval", "persistent_touch_interval", "kdc_timeout"):
+    for key in ("pending_auth_timeout", "adopt_scan_interval", "persistent_touch_interval", "kdc_timeout",
+                "request_timeout", "max_connections_per_uid"):
         if getattr(config, key) <= 0:
             raise ConfigError(f"{key} must be positive")
+    if not 0 <= config.root_reserved_connections < config.max_connections:
+        raise ConfigError("need 0 <= root_reserved_connections < max_connections")
+    if not 0 <= config.root_reserved_workers < config.workers:
+        raise ConfigError("need 0 <= root_reserved_workers < workers")
     return config
 
 

@@ -1,12 +1,27 @@
-"""The service's Unix stream socket: framing, SO_PEERCRED authorisation, dispatch.
+"""The service's Unix stream socket: framing, SO_PEERCRED authorisation, limits, dispatch.
 
-Each connection gets a thread (a login's auth may wait on the KDC; others must not wait
-behind it).  The caller is identified by SO_PEERCRED (pid, uid, gid as the kernel saw them
-at connect), never by a field of the message:
+The caller is identified by SO_PEERCRED (pid, uid, gid as the kernel saw them at connect),
+never by a field of the message:
 
 * uid 0 may send everything, including the login and session messages
   (``auth``, ``open``, ``close``), which only a PAM stack running as root sends;
 * any other uid may query (``status``, ``tickets``), ``renew`` and ``destroy`` its own tickets.
+
+The socket is open to every local user, so nothing a client does may stop the service or
+keep root's logins waiting:
+
+* one thread runs a ``selectors`` event loop: it accepts, reads requests without blocking
+  and closes connections whose request is not complete by its deadline (the deadline is
+  for the whole request, so a client trickling one byte a second holds nothing for long);
+* complete requests go to a bounded pool of worker threads (a login's auth may wait on the
+  KDC); some workers serve only uid 0, so users keeping every other worker busy cannot
+  delay a login;
+* connections are capped per uid (``max_connections_per_uid``) and in total
+  (``max_connections``, of which ``root_reserved_connections`` only uid 0 may use).  A
+  refused connection gets a ``busy`` reply and is closed; refusals are logged by one
+  rate-limited line per uid;
+* ``accept()`` failures (EMFILE, ENFILE, ENOBUFS, ENOMEM: the process or the system is out of
+  something) pause accepting with a short back-off instead of ending the service.
 
 A malformed, oversized or unauthorised message gets an error reply; a malformed or
 oversized one also closes the connection.  The service carries on either way.
@@ -14,11 +29,17 @@ oversized one also closes the connection.  The service carries on either way.
 
 from __future__ import annotations
 
+import collections
+import errno
 import logging
 import os
+import resource
+import selectors
 import socket
 import struct
 import threading
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from .. import protocol as P
@@ -26,10 +47,16 @@ from .service import Service
 
 log = logging.getLogger("keyinit-ticketd")
 
-#: A client has this long to send a whole request (a stalled peer must not hold a thread forever).
-READ_TIMEOUT = 10.0
 _UCRED = struct.Struct("3i")
+_HEADER = struct.Struct(">I")
 _MUTATING = frozenset({"auth", "open", "close", "renew", "destroy"})
+#: Descriptors the service keeps for itself beyond connections (state file, pidfds, KDC sockets).
+FD_HEADROOM = 64
+#: Back-off of the accept loop after an accept() failure: doubling from MIN to MAX seconds.
+ACCEPT_BACKOFF_MIN = 0.05
+ACCEPT_BACKOFF_MAX = 1.0
+#: One refusal line per uid and reason at most this often (the rest are counted into it).
+REFUSAL_LOG_INTERVAL = 10.0
 
 
 def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
@@ -38,14 +65,161 @@ def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
     return _UCRED.unpack(raw)
 
 
+class RateLimitedLog:
+    """At most one line per key every ``interval`` seconds; the next line says how many were dropped.
+
+    The key table is bounded: it is cleared when it grows past ``max_keys`` (an attacker with
+    many uids then gets at most one extra line each).
+    """
+
+    def __init__(self, interval: float = REFUSAL_LOG_INTERVAL, max_keys: int = 4096) -> None:
+        self.interval = interval
+        self.max_keys = max_keys
+        self._last: dict[object, tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, key: object, level: int, msg: str, *args: object) -> bool:
+        """Log ``msg % args`` unless a line with this key was logged less than ``interval`` ago."""
+        now = time.monotonic()
+        with self._lock:
+            last, dropped = self._last.get(key, (-self.interval, 0))
+            if now - last < self.interval:
+                self._last[key] = (last, dropped + 1)
+                return False
+            if len(self._last) >= self.max_keys:
+                self._last.clear()
+            self._last[key] = (now, 0)
+        if dropped:
+            msg += f" ({dropped} more like it in the last {self.interval:.0f}s not logged)"
+        log.log(level, msg, *args)
+        return True
+
+
+@dataclass(eq=False)
+class _Conn:
+    """One client connection, owned by the loop thread except while a worker runs its request."""
+
+    sock: socket.socket
+    pid: int
+    uid: int
+    deadline: float
+    buf: bytearray = field(default_factory=bytearray)
+    want: int = _HEADER.size  # bytes the current frame part still needs
+    in_body: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The connection and worker limits the server enforces (see config.py for their meaning)."""
+
+    max_connections: int = 256
+    max_connections_per_uid: int = 8
+    root_reserved_connections: int = 32
+    workers: int = 16
+    root_reserved_workers: int = 4
+    request_timeout: float = 10.0
+
+    @classmethod
+    def from_config(cls, config: Any) -> Limits:
+        return cls(config.max_connections, config.max_connections_per_uid,
+                   config.root_reserved_connections, config.workers, config.root_reserved_workers,
+                   config.request_timeout)
+
+    def fitted_to_rlimit(self) -> Limits:
+        """These limits, with the total cap lowered to fit RLIMIT_NOFILE (each connection is an fd)."""
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            return self
+        room = max(4, (soft - FD_HEADROOM) // 2)  # half: pidfds of sessions and KDC sockets need fds too
+        if self.max_connections <= room:
+            return self
+        reserved = min(self.root_reserved_connections, max(1, room // 4))
+        log.warning("max_connections %d does not fit RLIMIT_NOFILE %d: using %d (%d for root only)",
+                    self.max_connections, soft, room, reserved)
+        return Limits(room, min(self.max_connections_per_uid, room - reserved), reserved, self.workers,
+                      self.root_reserved_workers, self.request_timeout)
+
+
+class _Pool:
+    """A bounded pool of worker threads, started on demand; uid 0's jobs go first.
+
+    Jobs of other uids run on at most ``size - root_reserved`` workers at once, so the
+    reserved workers are always free for root's requests (logins).
+    """
+
+    def __init__(self, size: int, root_reserved: int, run: Any) -> None:
+        self.size = size
+        self.user_max = max(1, size - root_reserved)
+        self._run = run
+        self._cond = threading.Condition()
+        self._root: collections.deque[Any] = collections.deque()
+        self._user: collections.deque[Any] = collections.deque()
+        self._threads = 0
+        self._idle = 0
+        self._user_busy = 0
+
+    def submit(self, job: Any, root: bool) -> None:
+        with self._cond:
+            (self._root if root else self._user).append(job)
+            if self._idle == 0 and self._threads < self.size:
+                self._threads += 1
+                threading.Thread(target=self._worker, name=f"worker-{self._threads}", daemon=True).start()
+            else:
+                self._cond.notify_all()
+
+    def _take(self) -> tuple[Any, bool]:
+        with self._cond:
+            while True:
+                if self._root:
+                    return self._root.popleft(), True
+                if self._user and self._user_busy < self.user_max:
+                    self._user_busy += 1
+                    return self._user.popleft(), False
+                self._idle += 1
+                self._cond.wait()
+                self._idle -= 1
+
+    def _worker(self) -> None:
+        while True:
+            job, root = self._take()
+            try:
+                self._run(job)
+            except Exception:  # a request handler must never take a worker down with it
+                log.exception("request handler failed")
+            finally:
+                if not root:
+                    with self._cond:
+                        self._user_busy -= 1
+                        if self._user:
+                            self._cond.notify_all()
+
+    @property
+    def threads(self) -> int:
+        return self._threads
+
+
 class Server:
     """Listens on the configured socket path and serves requests with a Service."""
 
-    def __init__(self, service: Service, path: str) -> None:
+    def __init__(self, service: Service, path: str, limits: Limits | None = None) -> None:
         self.service = service
         self.path = path
+        self.limits = (limits or Limits.from_config(service.config)).fitted_to_rlimit()
         self.sock: socket.socket | None = None
         self._stopping = False
+        self._sel: selectors.BaseSelector | None = None
+        self._wake_r, self._wake_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._done: collections.deque[tuple[_Conn, bool]] = collections.deque()
+        self._conns: set[_Conn] = set()
+        self._per_uid: collections.Counter[int] = collections.Counter()
+        self._pool = _Pool(self.limits.workers, self.limits.root_reserved_workers, self._handle)
+        self._accept_paused_until = 0.0
+        self._accept_backoff = 0.0
+        self._refusals = RateLimitedLog()
+        self.refused = 0  # connections refused by a limit, since start
+        self.accept_errors = 0
 
     def listen(self) -> None:
         """Create the socket directory and bind; the socket is 0666: SO_PEERCRED decides, not the mode."""
@@ -59,75 +233,273 @@ class Server:
         sock.bind(self.path)
         os.chmod(self.path, 0o666)
         sock.listen(128)
+        sock.setblocking(False)
         self.sock = sock
 
+    # ------------------------------------------------------------------ the event loop
+
     def serve_forever(self) -> None:
+        """Run the event loop until shutdown(); no client behaviour and no accept() error ends it."""
         assert self.sock is not None
+        sel = self._sel = selectors.DefaultSelector()
+        sel.register(self.sock, selectors.EVENT_READ, None)
+        sel.register(self._wake_r, selectors.EVENT_READ, self._wake_r)
+        listening = True
         while not self._stopping:
+            now = time.monotonic()
+            if not listening and now >= self._accept_paused_until:
+                sel.register(self.sock, selectors.EVENT_READ, None)
+                listening = True
+            timeout = self._next_timeout(now, listening)
             try:
-                conn, _ = self.sock.accept()
-            except InterruptedError:
+                events = sel.select(timeout)
+            except OSError as exc:  # ENOMEM from epoll_wait: wait and go on
+                log.error("select: %s", exc.strerror or exc)
+                time.sleep(ACCEPT_BACKOFF_MAX)
                 continue
-            except OSError:
-                if self._stopping:
-                    return
-                raise
-            threading.Thread(target=self._serve_conn, args=(conn,), daemon=True).start()
+            for key, _mask in events:
+                try:
+                    if key.data is None:
+                        if not self._accept():
+                            sel.unregister(self.sock)
+                            listening = False
+                    elif key.data is self._wake_r:
+                        self._drain_wakeups()
+                    else:
+                        self._read(key.data)
+                except Exception as exc:  # e.g. epoll_ctl's ENOMEM: drop that connection, never the loop
+                    self._refusals(("loop", exc.__class__), logging.ERROR, "event loop: %s: %s",
+                                   exc.__class__.__name__, P.brief(str(exc), 200))
+                    if isinstance(key.data, _Conn):
+                        self._close(key.data)
+            self._expire(time.monotonic())
+        for conn in list(self._conns):
+            self._close(conn)
+
+    def _next_timeout(self, now: float, listening: bool) -> float:
+        timeout = 1.0
+        if not listening:
+            timeout = min(timeout, max(0.0, self._accept_paused_until - now))
+        for conn in self._conns:
+            if conn.deadline:
+                timeout = min(timeout, max(0.0, conn.deadline - now))
+        return timeout
 
     def shutdown(self) -> None:
+        """Stop the loop (safe from a signal handler: it only sets a flag and wakes the loop)."""
         self._stopping = True
-        if self.sock is not None:
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"x")
+        except (BlockingIOError, InterruptedError):
+            pass  # the loop has wake-ups pending already
+        except OSError:
+            pass
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        while self._done:
+            conn, keep = self._done.popleft()
+            if keep and not self._stopping:
+                conn.deadline = time.monotonic() + self.limits.request_timeout
+                assert self._sel is not None
+                self._sel.register(conn.sock, selectors.EVENT_READ, conn)
+            else:
+                self._close(conn)
+
+    def _accept(self) -> bool:
+        """Accept every waiting connection; False when accept() failed and accepting must pause."""
+        assert self.sock is not None
+        for _ in range(64):  # bounded, so reads and deadlines are not starved by a connect storm
             try:
-                self.sock.shutdown(socket.SHUT_RDWR)
+                sock, _addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if self._stopping:
+                    return True
+                # EMFILE/ENFILE (out of descriptors), ENOBUFS/ENOMEM (out of memory), ECONNABORTED...:
+                # the connection stays in the backlog (or is gone); try again after a back-off.
+                self.accept_errors += 1
+                if exc.errno == errno.ECONNABORTED:
+                    continue
+                backoff = max(ACCEPT_BACKOFF_MIN, self._accept_backoff * 2)
+                self._accept_backoff = min(ACCEPT_BACKOFF_MAX, backoff)
+                self._accept_paused_until = time.monotonic() + self._accept_backoff
+                self._refusals(("accept", exc.errno), logging.ERROR,
+                               "accept() failed: %s; pausing %.2fs (%d connections open)",
+                               os.strerror(exc.errno or 0), self._accept_backoff, len(self._conns))
+                return False
+            self._accept_backoff = 0.0
+            self._admit(sock)
+        return True
+
+    def _admit(self, sock: socket.socket) -> None:
+        try:
+            pid, uid, _gid = peer_credentials(sock)
+        except OSError:
+            sock.close()
+            return
+        lim = self.limits
+        why = None
+        if len(self._conns) >= lim.max_connections:
+            why = f"{len(self._conns)} connections open (max_connections={lim.max_connections})"
+        elif uid != 0 and len(self._conns) >= lim.max_connections - lim.root_reserved_connections:
+            why = (f"{len(self._conns)} connections open, the last {lim.root_reserved_connections} "
+                   "are for root")
+        elif uid != 0 and self._per_uid[uid] >= lim.max_connections_per_uid:
+            why = f"{self._per_uid[uid]} connections of this uid open (max_connections_per_uid=" \
+                  f"{lim.max_connections_per_uid})"
+        if why is not None:
+            self.refused += 1
+            self._refusals(("refuse", uid), logging.WARNING,
+                           "refused a connection of uid %d (pid %d): %s", uid, pid, why)
+            try:  # a small reply fits the empty socket buffer: never blocks
+                sock.setblocking(False)
+                sock.send(P.encode(P.reply_error(P.BUSY, "too many connections; try again later")))
             except OSError:
                 pass
-            self.sock.close()
+            sock.close()
+            return
+        sock.setblocking(False)
+        conn = _Conn(sock, pid, uid, time.monotonic() + lim.request_timeout)
+        self._conns.add(conn)
+        self._per_uid[uid] += 1
+        assert self._sel is not None
+        self._sel.register(sock, selectors.EVENT_READ, conn)
 
-    def _serve_conn(self, conn: socket.socket) -> None:
-        with conn:
-            try:
-                pid, uid, _gid = peer_credentials(conn)
-            except OSError:
-                return
-            conn.settimeout(READ_TIMEOUT)
-            while True:
-                try:
-                    message = P.recv_message(conn)
-                    P.validate_request(message)
-                except EOFError:
-                    return
-                except P.ProtocolError as exc:
-                    log.warning("bad message from pid %d uid %d: %s; connection closed", pid, uid, exc)
-                    self._send(conn, P.reply_error(exc.code, str(exc)))
-                    return
-                except OSError:  # timeout or reset
-                    return
-                reply = self.dispatch(message, pid, uid)
-                if message["op"] in _MUTATING and not self.service.commit():
-                    # A reply promises the change survives a kill -9; the writer is gone.
-                    log.error("%s from pid %d uid %d: done, but the state file was not written",
-                              message["op"], pid, uid)
-                del message  # may hold a password
-                if not self._send(conn, reply):
-                    return
-
-    @staticmethod
-    def _send(conn: socket.socket, reply: dict[str, Any]) -> bool:
+    def _read(self, conn: _Conn) -> None:
+        """Read what the frame still needs (never more: a request costs at most MAX_MESSAGE)."""
         try:
-            P.send_message(conn, reply, P.MAX_REPLY)
+            chunk = conn.sock.recv(conn.want)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn)
+            return
+        if not chunk:
+            self._close(conn)
+            return
+        conn.buf += chunk
+        conn.want -= len(chunk)
+        if conn.want:
+            return
+        if not conn.in_body:
+            (length,) = _HEADER.unpack(conn.buf)
+            if length > P.MAX_MESSAGE:
+                self._reject(conn, P.ProtocolError(P.TOO_LARGE, f"message of {length} bytes exceeds "
+                                                                f"{P.MAX_MESSAGE}"))
+                return
+            conn.buf.clear()
+            conn.in_body, conn.want = True, length
+            if length:
+                return
+        body = bytes(conn.buf)
+        conn.buf.clear()
+        conn.in_body, conn.want = False, _HEADER.size
+        conn.deadline = 0.0  # the service's own time does not count against the client
+        assert self._sel is not None
+        self._sel.unregister(conn.sock)
+        self._pool.submit((conn, body), conn.uid == 0)
+
+    def _reject(self, conn: _Conn, exc: P.ProtocolError) -> None:
+        self._refusals(("bad", conn.uid), logging.WARNING, "bad message from pid %d uid %d: %s; connection "
+                       "closed", conn.pid, conn.uid, exc)
+        try:
+            conn.sock.send(P.encode(P.reply_error(exc.code, str(exc))))
+        except OSError:
+            pass
+        self._close(conn)
+
+    def _expire(self, now: float) -> None:
+        for conn in [c for c in self._conns if c.deadline and c.deadline <= now]:
+            if conn.buf or conn.in_body:
+                self._refusals(("slow", conn.uid), logging.WARNING,
+                               "pid %d uid %d did not send its request within %.0fs: connection closed",
+                               conn.pid, conn.uid, self.limits.request_timeout)
+            self._close(conn)
+
+    def _close(self, conn: _Conn) -> None:
+        if conn not in self._conns:
+            return
+        self._conns.discard(conn)
+        self._per_uid[conn.uid] -= 1
+        if self._per_uid[conn.uid] <= 0:
+            del self._per_uid[conn.uid]
+        if self._sel is not None:
+            try:
+                self._sel.unregister(conn.sock)
+            except (KeyError, ValueError):
+                pass
+        conn.sock.close()
+
+    # ------------------------------------------------------------------ workers
+
+    def _handle(self, job: tuple[_Conn, bytes]) -> None:
+        """Run one request on a worker thread, reply, and hand the connection back to the loop."""
+        conn, body = job
+        keep = False
+        try:
+            keep = self._serve_request(conn, body)
+        finally:
+            del body  # may hold a password
+            self._done.append((conn, keep))
+            self._wake()
+
+    def _serve_request(self, conn: _Conn, body: bytes) -> bool:
+        try:
+            message = P.decode(body)
+            P.validate_request(message)
+        except P.ProtocolError as exc:
+            self._refusals(("bad", conn.uid), logging.WARNING, "bad message from pid %d uid %d: %s; "
+                           "connection closed", conn.pid, conn.uid, exc)
+            self._send(conn, P.reply_error(exc.code, str(exc)))
+            return False
+        op = message["op"]
+        reply = self.dispatch(message, conn.pid, conn.uid)
+        del message  # may hold a password
+        if op in _MUTATING and reply.get("ok") and not self.service.commit():
+            # A success reply promises the change survives a kill -9: without the write, it may not.
+            log.error("%s from pid %d uid %d: done in memory, but the state file was not written: "
+                      "answered %s", op, conn.pid, conn.uid, P.STATE_NOT_SAVED)
+            reply = P.reply_error(P.STATE_NOT_SAVED, f"{op}: the service could not save its state "
+                                                     "(it keeps retrying); not acknowledged")
+        return self._send(conn, reply)
+
+    def _send(self, conn: _Conn, reply: dict[str, Any]) -> bool:
+        """Send a reply within request_timeout (a client that does not read is dropped)."""
+        try:
+            data = P.encode(reply, P.MAX_REPLY)
+        except P.ProtocolError:
+            data = P.encode(P.reply_error(P.TOO_LARGE, "reply too large"))
+        try:
+            conn.sock.settimeout(self.limits.request_timeout)
+            conn.sock.sendall(data)
+            conn.sock.setblocking(False)
             return True
-        except (OSError, P.ProtocolError):
+        except OSError:
             return False
 
     def dispatch(self, m: dict[str, Any], pid: int, uid: int) -> dict[str, Any]:
         """Authorise by peer uid, then run the op.  Never raises."""
         op = m["op"]
         if op in P.ROOT_OPS and uid != 0:
-            log.warning("uid %d (pid %d) sent %r, which only root may send: refused", uid, pid, op)
+            self._refusals(("denied", uid), logging.WARNING,
+                           "uid %d (pid %d) sent %r, which only root may send: refused", uid, pid, op)
             return P.reply_error(P.DENIED, f"only root may send {op!r}")
         target = m.get("uid")
         if op in ("tickets", "renew") and uid != 0 and target not in (None, uid):
-            return P.reply_error(P.DENIED, f"uid {uid} may not {op} tickets of uid {target}")
+            verb = "list" if op == "tickets" else "renew"
+            return P.reply_error(P.DENIED, f"uid {uid} may not {verb} the tickets of uid {target}")
         if op in ("tickets", "renew") and uid != 0:
             target = uid
         svc = self.service
@@ -140,7 +512,14 @@ class Server:
             if op == "close":
                 return svc.close(m["uid"], m.get("sid"), pid)
             if op == "status":
-                return svc.status(uid)
+                reply = svc.status(uid)
+                if uid == 0:
+                    reply["service"]["connections"] = {
+                        "open": len(self._conns), "refused": self.refused,
+                        "accept_errors": self.accept_errors,
+                        "workers": self._pool.threads, "max_connections": self.limits.max_connections,
+                        "max_connections_per_uid": self.limits.max_connections_per_uid}
+                return reply
             if op == "tickets":
                 return svc.list_tickets(target)
             if op == "renew":
@@ -150,7 +529,7 @@ class Server:
         except Exception as exc:
             # Only the exception's class and text are logged, and for auth the class alone: the
             # text of an error raised while handling the password may quote part of it.
-            detail = "" if op == "auth" else f": {exc}"
+            detail = "" if op == "auth" else f": {P.brief(str(exc))}"
             log.error("%s from pid %d uid %d failed: %s%s", op, pid, uid, exc.__class__.__name__, detail)
             return P.reply_error(P.INTERNAL, f"{op} failed: {exc.__class__.__name__}")
-        return P.reply_error(P.BAD_REQUEST, f"unknown op {op!r}")
+        return P.reply_error(P.BAD_REQUEST, f"unknown op {P.brief(op)}")
