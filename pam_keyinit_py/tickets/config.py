@@ -54,6 +54,8 @@ class Config:
     #: Retry a renewal the KDC did not answer after this long, doubling up to retry_max.
     retry_min: float = 1.0
     retry_max: float = 60.0
+    #: A cache replaced by a renewal stays this long for readers that resolved it just before.
+    renew_grace: float = 2.0
     #: Bound on one password exchange with the KDC at login.
     kdc_timeout: float = 2.0
     log_level: str = "INFO"
@@ -84,6 +86,7 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
     "retry_min": (int, float),
     "retry_max": (int, float),
     "kdc_timeout": (int, float),
+    "renew_grace": (int, float),
     "log_level": str,
     "max_connections": int,
     "root_reserved_connections": int,
@@ -148,6 +151,8 @@ def parse(data: dict[str, object]) -> Config:
                 "request_timeout", "max_connections_per_uid"):
         if getattr(config, key) <= 0:
             raise ConfigError(f"{key} must be positive")
+    if config.renew_grace < 0:
+        raise ConfigError("renew_grace must not be negative")
     if not 0 <= config.root_reserved_connections < config.max_connections:
         raise ConfigError("need 0 <= root_reserved_connections < max_connections")
     if not 0 <= config.root_reserved_workers < config.workers:

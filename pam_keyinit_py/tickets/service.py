@@ -283,6 +283,7 @@ class Service:
             log.info("restored %d session(s), %d ticket(s), %d pending login(s) from %s", live,
                      len(self.tickets), len(self.pending), self.config.state_file)
         # Outside the lock: these talk to the kernel / KDC.
+        self._sweep_retired()
         for uid, p in list(self.pending.items()):
             self.scheduler.schedule(("pending", uid), p.deadline, lambda u=uid: self._pending_expired(u))
         for uid in had_sessions:
@@ -295,6 +296,51 @@ class Service:
                 self._schedule_renewal(t)
         with self.lock:
             self.save()
+
+    def _sweep_retired(self) -> None:
+        """Destroy the caches a renewal had retired when the last process died (kill -9 during the
+        grace period), and follow a tracked one to the cache that replaced it.
+
+        The deferred destroy lived in the dead process's memory; the RETIRED_MARK in the cache
+        itself survives.  Without this the next scan adopted them as extra tickets.
+        """
+        api = _ccache_api()
+        with self.lock:
+            uids = {t.uid for t in self.tickets.values()} | set(self.sessions.uids()) | set(self.pending)
+        for uid in sorted(uids):
+            try:
+                swept = api.sweep_retired(uid)
+            except Exception as exc:
+                log.warning("looking for retired caches of uid %d: %s", uid, exc)
+                continue
+            if not swept:
+                continue
+            log.info("destroyed %d cache(s) of uid %d retired by a renewal before the restart: %s",
+                     len(swept), uid, ", ".join(swept))
+            try:
+                infos = api.list_caches(uid)
+            except Exception:
+                infos = []
+            with self.lock:
+                for name in swept:
+                    t = self.tickets.pop(name, None)
+                    if t is None:
+                        continue
+                    # Its successor: a cache of the same principal, written by this service (or the
+                    # adopted copy of the user's own), not tracked yet; the freshest one.
+                    heirs = [i for i in infos if i.ccache not in self.tickets
+                             and str(i.principal) == t.principal and (i.service or t.origin == ADOPTED)]
+                    if heirs:
+                        heir = max(heirs, key=lambda i: i.endtime)
+                        t.ccache = heir.ccache
+                        _update(t, heir)
+                        self.tickets[heir.ccache] = t
+                    for p in self.pending.values():
+                        if name in p.ccaches:
+                            p.ccaches.discard(name)
+                            if heirs:
+                                p.ccaches.add(t.ccache)
+                self.save()
 
     # ---------------------------------------------------------------- requests
 
@@ -529,7 +575,8 @@ class Service:
         errors = _errors()
         try:
             api = _ccache_api()
-            info = api.renew(name, t.uid, t.gid, timeout=self.config.kdc_timeout)
+            info = api.renew(name, t.uid, t.gid, timeout=self.config.kdc_timeout,
+                             grace=self.config.renew_grace)
         except errors.KdcUnreachable:
             t.attempts += 1
             self.renew_failures += 1

@@ -21,7 +21,7 @@ from tests.conftest import require_root
 from tests.kdc import ticketd as td
 from tests.kdc.ticketd import SessionHolder, TicketD, public_tmpdir
 
-svc_user = td.svc_user
+svc_user, user_krb5 = td.svc_user, td.user_krb5
 
 
 @pytest.fixture
@@ -137,3 +137,51 @@ def test_temp_file_does_not_follow_a_planted_symlink(tmp_path, monkeypatch):
     assert statefile.remove_leftovers(str(target)) == 2
     assert not planted.is_symlink() and not old_name.is_symlink()
     assert victim.read_text() == "precious" and target.exists()
+
+
+def test_kill9_during_the_renewal_grace_leaves_one_cache_per_user(realm, user_krb5):
+    """A renewal retires each user's old cache with a grace period (here 120 s); kill -9 inside it;
+    after the restart each user has exactly one cache, the new one, tracked once and renewed once
+    (the old daemon adopted the retired caches as extra tickets and renewed both)."""
+    require_root()
+    from tests.kdc.ticketd import SvcUser, klist_ok, persistent_caches
+
+    directory = public_tmpdir("pkd-grace-")
+    daemon = TicketD(directory, realm.env, **{**td.TEST_CONFIG, "renew_grace": 120})
+    # 10-minute tickets: no scheduled renewal (at 0.2 of the life) interferes with the test's own.
+    users = [SvcUser(realm, maxlife="10m") for _ in range(2)]
+    holders: list[SessionHolder] = []
+    daemon.start()
+    try:
+        for u in users:
+            assert u.auth(daemon)["ok"]
+            holders.append(SessionHolder(daemon, u.user))
+            assert holders[-1].opened["ok"]
+        before = {u.uid: set(persistent_caches(u.uid)) for u in users}
+        assert all(len(c) == 1 for c in before.values()), before
+        renewed = daemon.request({"op": "renew"})
+        assert renewed["ok"] and renewed["errors"] == [], renewed
+        during = {u.uid: set(persistent_caches(u.uid)) for u in users}
+        assert all(len(c) == 2 and before[uid] < c for uid, c in during.items()), during  # in grace
+        daemon.kill9()
+        daemon.start()
+        after = {u.uid: set(persistent_caches(u.uid)) for u in users}
+        assert after == {uid: during[uid] - before[uid] for uid in during}, (before, during, after)
+        assert "retired by a renewal before the restart" in daemon.log()
+        tracked = daemon.request({"op": "tickets"})["tickets"]
+        assert sorted(t["uid"] for t in tracked) == sorted(u.uid for u in users), tracked
+        for u in users:
+            # `renew` for one uid first scans the collection (adoption), then renews what is tracked.
+            reply = daemon.request({"op": "renew", "uid": u.uid})
+            assert reply["ok"] and reply["errors"] == [] and len(reply["tickets"]) == 1, reply
+            assert klist_ok(u.user, user_krb5)
+    finally:
+        for h in holders:
+            h.kill()
+        daemon.stop()
+        print(daemon.log())
+        for u in users:
+            u.cleanup()
+        import shutil
+
+        shutil.rmtree(directory, ignore_errors=True)
