@@ -37,7 +37,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -47,6 +47,7 @@ from .. import keyutils
 from . import errors
 from .accounts import primary_gid
 from .errors import KdcUnreachable, TicketError, from_krb5
+from .kdclimit import SLOTS
 
 #: Subsidiary-name prefix of caches this service creates ("KEYRING:persistent:1000:keyinit_3f2a…").
 SERVICE_PREFIX = "keyinit_"
@@ -179,13 +180,19 @@ class _as_user:  # noqa: N801 - used like a function
                 pass
 
 
-def _bounded(func: Callable[[], _T], timeout: float | None, what: str) -> _T:
+def _bounded(func: Callable[[], _T], timeout: float | None, what: str, key: Hashable | None = None) -> _T:
     """Run a KDC exchange, giving up after ``timeout`` seconds (None: wait as long as libkrb5 does).
 
-    The helper thread cannot be cancelled; when it finishes late its result is dropped.
+    The helper thread cannot be cancelled; when it finishes late its result is dropped.  It
+    holds a slot of ``kdclimit.SLOTS`` until it ends, so blocked helpers are bounded in number
+    (max_kdc_calls) and one ``key`` (a cache) has at most one exchange in flight; without a
+    slot the exchange fails at once with KdcUnreachable.
     """
     if timeout is None:
         return func()
+    why = SLOTS.acquire(key)
+    if why is not None:
+        raise KdcUnreachable(f"{what}: not started: {why}", errors.KRB5_KDC_UNREACH)
     box: dict[str, object] = {}
     done = threading.Event()
 
@@ -195,6 +202,7 @@ def _bounded(func: Callable[[], _T], timeout: float | None, what: str) -> _T:
         except BaseException as exc:  # noqa: BLE001 - handed to the caller below
             box["error"] = exc
         finally:
+            SLOTS.release(key)
             done.set()
 
     threading.Thread(target=run, name="krb5-kdc", daemon=True).start()
@@ -597,7 +605,7 @@ def acquire_keytab(
         except krb5.Krb5Error as exc:
             raise from_krb5(exc, what) from None
 
-    princ, creds = _bounded(exchange, timeout, what)
+    princ, creds = _bounded(exchange, timeout, what, key=("keytab", principal, target))
     ctx = context or _context(krb5_config)
     if target.startswith("KEYRING:"):
         if _subsidiary(target):
@@ -645,7 +653,7 @@ def renew(
             except krb5.Krb5Error as exc:
                 raise from_krb5(exc, what) from None
 
-    princ, creds, primary = _bounded(exchange, timeout, what)
+    princ, creds, primary = _bounded(exchange, timeout, what, key=("renew", ccache_name))
     ctx = context or _context(krb5_config)
     if not ccache_name.startswith("KEYRING:"):
         return _install(ctx, ccache_name, princ, creds, uid, gid, prefix="", make_primary=False,

@@ -67,6 +67,10 @@ class Config:
     #: Threads that run requests; root_reserved_workers of them run only uid 0's (logins).
     workers: int = 16
     root_reserved_workers: int = 4
+    #: Renewals (and other timed jobs) running at once; a silent KDC holds one each at most.
+    renew_workers: int = 4
+    #: KDC exchanges waiting at once (each is a thread libkrb5 blocks); more fail as "no KDC answered".
+    max_kdc_calls: int = 16
     #: A client has this long for each whole request (connect or last reply to the last byte).
     request_timeout: float = 10.0
     keytabs: tuple[KeytabEntry, ...] = field(default_factory=tuple)
@@ -94,6 +98,8 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
     "workers": int,
     "root_reserved_workers": int,
     "request_timeout": (int, float),
+    "renew_workers": int,
+    "max_kdc_calls": int,
 }
 
 
@@ -148,7 +154,7 @@ def parse(data: dict[str, object]) -> Config:
     if config.retry_min <= 0 or config.retry_max < config.retry_min:
         raise ConfigError("need 0 < retry_min <= retry_max")
     for key in ("pending_auth_timeout", "adopt_scan_interval", "persistent_touch_interval", "kdc_timeout",
-                "request_timeout", "max_connections_per_uid"):
+                "request_timeout", "max_connections_per_uid", "renew_workers", "max_kdc_calls"):
         if getattr(config, key) <= 0:
             raise ConfigError(f"{key} must be positive")
     if config.renew_grace < 0:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import protocol as P
+from . import kdclimit
 from . import state as statefile
 from .accounts import primary_gid
 from .config import Config
@@ -99,7 +100,7 @@ class Service:
         self.sessions = SessionTable()
         self.tickets: dict[str, Tracked] = {}
         self.pending: dict[int, Pending] = {}
-        self.scheduler = Scheduler()
+        self.scheduler = Scheduler(workers=config.renew_workers)
         self.reaper: Reaper | None = None
         self.started = time.time()
         self.renewals = 0
@@ -127,6 +128,7 @@ class Service:
     def start(self) -> None:
         """Restore the saved state, start the reaper and the scheduler, and the keytab entries."""
         self.reaper = Reaper(self._reaped)
+        kdclimit.SLOTS.configure(self.config.max_kdc_calls)
         statefile.remove_leftovers(self.config.state_file)
         self._writer_thread.start()
         self.restore()
@@ -456,7 +458,8 @@ class Service:
                     "pid": os.getpid(), "started": self.started, "sessions": len(self.sessions),
                     "tickets": len(self.tickets), "users": len(self.sessions.by_uid),
                     "renewals": self.renewals, "renew_failures": self.renew_failures,
-                    "timers": len(self.scheduler),
+                    "timers": len(self.scheduler), "jobs_running": self.scheduler.running,
+                    "kdc_calls": kdclimit.SLOTS.snapshot(),
                     "state_file": {"path": self.config.state_file, "saved": self.write_error is None,
                                    "error": self.write_error, "failing_since": self.write_failing_since,
                                    "failed_attempts": self.write_failures,

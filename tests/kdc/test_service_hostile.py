@@ -358,5 +358,63 @@ def test_shipped_limits_fit_the_shipped_unit():
     tasks = int(re.search(r"^TasksMax=(\d+)$", unit, re.M).group(1))
     assert shipped.max_connections * 2 + 64 <= nofile
     # Workers, loop, scheduler, writer, reaper, deferred destroy, plus KDC exchanges in flight.
-    assert shipped.workers + 8 <= tasks // 2
+    assert 5 + shipped.workers + shipped.renew_workers + shipped.max_kdc_calls <= tasks // 2
     assert shipped.max_connections_per_uid <= shipped.max_connections - shipped.root_reserved_connections
+
+
+def _threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("Threads:"))
+
+
+def test_a_silent_kdc_does_not_pile_up_threads(realm, svc_user):
+    """The KDC SIGSTOPped (it accepts TCP and never answers): 12 concurrent logins and the
+    scheduled renewals keep failing for several seconds, yet the daemon's threads never exceed
+    its fixed five (loop, scheduler, state writer, two reapers) plus its three bounded pools
+    (request workers 3, renewal workers 2, KDC exchanges 3); refused exchanges fail at once as
+    "no KDC answered".  Once the KDC answers again, logins and renewals work.  (The old daemon:
+    one thread per connection plus one per blocked exchange, without bound.)"""
+    import signal
+
+    daemon = _start_limited(realm, request_timeout=30, renew_workers=2, max_kdc_calls=3, max_connections=32)
+    assert daemon.proc is not None
+    pid = daemon.proc.pid
+    bound = 5 + LIMITS["workers"] + 2 + 3
+    kdc_pid = int((realm.dir / "krb5kdc.pid").read_text())
+    holder = None
+    try:
+        assert svc_user.auth(daemon)["ok"]
+        holder = SessionHolder(daemon, svc_user.user)
+        replies: list[dict] = []
+        os.kill(kdc_pid, signal.SIGSTOP)
+        try:
+            logins = [threading.Thread(target=lambda: replies.append(svc_user.auth(daemon)))
+                      for _ in range(12)]
+            for t in logins:
+                t.start()
+            peak = 0
+            while any(t.is_alive() for t in logins):
+                peak = max(peak, _threads(pid))
+                threading.Event().wait(0.05)
+            # The renewal scheduled at 0.2 of the 30 s life fails meanwhile, too (and retries).
+            daemon.wait_for(lambda: "renewing" in daemon.log() and "no KDC answered" in daemon.log(), 20,
+                            "a renewal attempt against the silent KDC")
+            peak = max(peak, _threads(pid))
+            kdc = daemon.request({"op": "status"})["service"]["kdc_calls"]
+        finally:
+            os.kill(kdc_pid, signal.SIGCONT)
+        assert [r.get("code") for r in replies] == [P.KDC_UNREACHABLE] * 12, replies
+        print(f"peak threads {peak} (bound {bound}), KDC slots {kdc}")
+        assert peak <= bound, (peak, bound)
+        assert kdc["peak"] <= 3 and kdc["refused"] >= 1, kdc
+        assert "exchanges are already waiting for the KDC" in daemon.log()
+        assert daemon.alive()
+        # The KDC answers again: the blocked exchanges end, logins and renewals succeed.
+        daemon.wait_for(lambda: svc_user.auth(daemon)["ok"], 30, "a login once the KDC answers")
+        daemon.wait_for(lambda: daemon.request({"op": "renew", "uid": svc_user.uid})["errors"] == [], 30,
+                        "a renewal once the KDC answers")
+    finally:
+        os.kill(kdc_pid, signal.SIGCONT)
+        if holder is not None:
+            holder.kill()
+        _stop_limited(daemon)
