@@ -314,6 +314,12 @@ def reply_error(code: str, error: str) -> dict[str, Any]:
     return {"v": VERSION, "ok": False, "code": code, "error": error}
 
 
+def _timeval(seconds: float) -> bytes:
+    """A struct timeval for SO_SNDTIMEO/SO_RCVTIMEO."""
+    whole = int(seconds)
+    return struct.pack("@ll", whole, int((seconds - whole) * 1_000_000))
+
+
 def request(
     message: dict[str, Any],
     path: str = DEFAULT_SOCKET,
@@ -331,11 +337,15 @@ def request(
     validate_request({"v": VERSION, **message})
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
-        sock.settimeout(connect_timeout)
+        # A blocking connect with SO_SNDTIMEO: when the listen backlog is full (users flooding the
+        # socket), Linux queues the connector and wakes it when there is room, up to the timeout.
+        # A socket with a Python timeout is non-blocking underneath and fails at once (EAGAIN).
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO, _timeval(connect_timeout))
         try:
             sock.connect(path)
         except OSError as exc:
             return reply_error(UNAVAILABLE, f"cannot connect to {path}: {exc.strerror or exc}")
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO, _timeval(0))
         deadline = time.monotonic() + timeout
         try:
             sock.settimeout(timeout)

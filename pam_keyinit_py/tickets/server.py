@@ -232,7 +232,9 @@ class Server:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         sock.bind(self.path)
         os.chmod(self.path, 0o666)
-        sock.listen(128)
+        # The kernel caps it at net.core.somaxconn: a flood of connects must fill a deep queue
+        # before a login's connect(2) has to wait for room (see protocol.request).
+        sock.listen(socket.SOMAXCONN)
         sock.setblocking(False)
         self.sock = sock
 
@@ -319,7 +321,7 @@ class Server:
     def _accept(self) -> bool:
         """Accept every waiting connection; False when accept() failed and accepting must pause."""
         assert self.sock is not None
-        for _ in range(64):  # bounded, so reads and deadlines are not starved by a connect storm
+        for _ in range(256):  # bounded, so reads and deadlines are not starved by a connect storm
             try:
                 sock, _addr = self.sock.accept()
             except (BlockingIOError, InterruptedError):
