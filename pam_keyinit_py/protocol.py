@@ -1,6 +1,8 @@
 """The one definition of the messages between the PAM hook, the ticket service and ``keyinit``.
 
-Transport: a Unix stream socket (``/run/keyinit/ticketd.sock`` by default).
+Transport: a Unix stream socket (``/run/keyinit/ticketd.sock`` by default, mode 0666), and
+beside it a root-only one (``ticketd.root.sock``, mode 0600) that root's clients try first
+(:func:`root_socket`), so users flooding the public socket cannot delay a login's connect.
 Framing: each message is a 4-byte big-endian length followed by that many
 bytes of UTF-8 JSON holding one object.  Every message carries ``"v": 1``.
 
@@ -30,6 +32,7 @@ every login, twice under sshd's keyboard-interactive split.
 from __future__ import annotations
 
 import _socket
+import os as _os
 import struct
 import time
 
@@ -314,6 +317,11 @@ def reply_error(code: str, error: str) -> dict[str, Any]:
     return {"v": VERSION, "ok": False, "code": code, "error": error}
 
 
+def root_socket(path: str) -> str:
+    """The root-only socket beside the public one: ``ticketd.sock`` -> ``ticketd.root.sock``."""
+    return (path[:-5] if path.endswith(".sock") else path) + ".root.sock"
+
+
 def _timeval(seconds: float) -> bytes:
     """A struct timeval for SO_SNDTIMEO/SO_RCVTIMEO."""
     whole = int(seconds)
@@ -335,16 +343,25 @@ def request(
     exchange after it.
     """
     validate_request({"v": VERSION, **message})
-    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
-    try:
-        # A blocking connect with SO_SNDTIMEO: when the listen backlog is full (users flooding the
-        # socket), Linux queues the connector and wakes it when there is room, up to the timeout.
-        # A socket with a Python timeout is non-blocking underneath and fails at once (EAGAIN).
+    sock = None
+    # Root (the PAM stack of a login) goes through the root-only socket, whose backlog no user
+    # can fill; a service without one (older, or not running) is tried on the public path.
+    for candidate in ((root_socket(path), path) if _os.geteuid() == 0 else (path,)):
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+        # A blocking connect with SO_SNDTIMEO: when the listen backlog is full, Linux queues the
+        # connector and wakes it when there is room, up to the timeout.  A socket with a Python
+        # timeout is non-blocking underneath and fails at once (EAGAIN).
         sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO, _timeval(connect_timeout))
         try:
-            sock.connect(path)
+            sock.connect(candidate)
+            break
         except OSError as exc:
-            return reply_error(UNAVAILABLE, f"cannot connect to {path}: {exc.strerror or exc}")
+            sock.close()
+            sock = None
+            if candidate == path:
+                return reply_error(UNAVAILABLE, f"cannot connect to {path}: {exc.strerror or exc}")
+    assert sock is not None
+    try:
         sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO, _timeval(0))
         deadline = time.monotonic() + timeout
         try:

@@ -205,7 +205,9 @@ class Server:
         self.service = service
         self.path = path
         self.limits = (limits or Limits.from_config(service.config)).fitted_to_rlimit()
+        self.root_path = P.root_socket(path)
         self.sock: socket.socket | None = None
+        self.root_sock: socket.socket | None = None
         self._stopping = False
         self._sel: selectors.BaseSelector | None = None
         self._wake_r, self._wake_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -222,35 +224,62 @@ class Server:
         self.accept_errors = 0
 
     def listen(self) -> None:
-        """Create the socket directory and bind; the socket is 0666: SO_PEERCRED decides, not the mode."""
+        """Create the socket directory and bind both sockets.
+
+        The public socket is 0666: SO_PEERCRED decides what a caller may do, not the mode.  The
+        root socket (:func:`protocol.root_socket`) is 0600, so only root can connect(2) to it:
+        however fast users connect to the public one, they cannot fill the backlog that the
+        logins' PAM stacks (root) connect through.
+        """
         directory = os.path.dirname(self.path) or "."
         os.makedirs(directory, mode=0o755, exist_ok=True)
+        self.sock = self._bind(self.path, 0o666)
+        self.root_sock = self._bind(self.root_path, 0o600)
+
+    @staticmethod
+    def _bind(path: str, mode: int) -> socket.socket:
         try:
-            os.unlink(self.path)
+            os.unlink(path)
         except FileNotFoundError:
             pass
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        sock.bind(self.path)
-        os.chmod(self.path, 0o666)
+        # Bound under umask 0777 (no window where the root socket is reachable), then chmod.
+        old = os.umask(0o777)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, mode)
         # The kernel caps it at net.core.somaxconn: a flood of connects must fill a deep queue
-        # before a login's connect(2) has to wait for room (see protocol.request).
+        # before a connect(2) has to wait for room (see protocol.request).
         sock.listen(socket.SOMAXCONN)
         sock.setblocking(False)
-        self.sock = sock
+        return sock
+
+    def remove_sockets(self) -> None:
+        """Unlink both socket paths (at exit)."""
+        for path in (self.path, self.root_path):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
     # ------------------------------------------------------------------ the event loop
 
     def serve_forever(self) -> None:
         """Run the event loop until shutdown(); no client behaviour and no accept() error ends it."""
-        assert self.sock is not None
+        assert self.sock is not None and self.root_sock is not None
+        listeners = (self.sock, self.root_sock)
         sel = self._sel = selectors.DefaultSelector()
-        sel.register(self.sock, selectors.EVENT_READ, None)
+        for listener in listeners:
+            sel.register(listener, selectors.EVENT_READ, listener)
         sel.register(self._wake_r, selectors.EVENT_READ, self._wake_r)
         listening = True
         while not self._stopping:
             now = time.monotonic()
             if not listening and now >= self._accept_paused_until:
-                sel.register(self.sock, selectors.EVENT_READ, None)
+                for listener in listeners:
+                    sel.register(listener, selectors.EVENT_READ, listener)
                 listening = True
             timeout = self._next_timeout(now, listening)
             try:
@@ -261,9 +290,11 @@ class Server:
                 continue
             for key, _mask in events:
                 try:
-                    if key.data is None:
-                        if not self._accept():
-                            sel.unregister(self.sock)
+                    if key.data in listeners:
+                        if listening and not self._accept(key.data):
+                            # Out of descriptors or memory is the process's state: pause both.
+                            for listener in listeners:
+                                sel.unregister(listener)
                             listening = False
                     elif key.data is self._wake_r:
                         self._drain_wakeups()
@@ -277,6 +308,8 @@ class Server:
             self._expire(time.monotonic())
         for conn in list(self._conns):
             self._close(conn)
+        for listener in listeners:
+            listener.close()
 
     def _next_timeout(self, now: float, listening: bool) -> float:
         timeout = 1.0
@@ -318,12 +351,11 @@ class Server:
             else:
                 self._close(conn)
 
-    def _accept(self) -> bool:
+    def _accept(self, listener: socket.socket) -> bool:
         """Accept every waiting connection; False when accept() failed and accepting must pause."""
-        assert self.sock is not None
         for _ in range(256):  # bounded, so reads and deadlines are not starved by a connect storm
             try:
-                sock, _addr = self.sock.accept()
+                sock, _addr = listener.accept()
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:

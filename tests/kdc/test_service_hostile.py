@@ -424,3 +424,21 @@ def test_a_silent_kdc_does_not_pile_up_threads(realm, svc_user):
         if holder is not None:
             holder.kill()
         _stop_limited(daemon)
+
+
+def test_the_root_socket_is_root_only(limited, svc_user):
+    """Root's clients connect through ticketd.root.sock (0600), which a user cannot even connect
+    to, so a user flooding the public socket's backlog cannot make a login's connect wait."""
+    root_path = P.root_socket(limited.socket)
+    assert root_path.endswith(".root.sock") and os.stat(root_path).st_mode & 0o777 == 0o600
+    code = ("import socket,sys\ns=socket.socket(socket.AF_UNIX)\n"
+            "try:\n    s.connect(sys.argv[1]); print('connected')\n"
+            "except PermissionError:\n    print('EACCES')\n")
+    proc = svc_user.user.run([str(VENV_BIN / "python"), "-c", code, root_path])
+    assert proc.stdout.strip() == "EACCES", (proc.stdout, proc.stderr)
+    # Root's request is served there: the public socket's path is not even needed.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(root_path)
+        P.send_message(sock, {"op": "status"})
+        assert P.recv_message(sock, P.MAX_REPLY)["service"]["pid"] == limited.proc.pid
