@@ -17,7 +17,7 @@ import pytest
 
 from pam_keyinit_py import protocol as P
 from pam_keyinit_py.tickets import state as statefile
-from tests.conftest import require_root
+from tests.conftest import VENV_BIN, require_root
 from tests.kdc import ticketd as td
 from tests.kdc.ticketd import SessionHolder, TicketD, public_tmpdir
 
@@ -79,6 +79,9 @@ def test_open_is_not_acknowledged_when_the_state_cannot_be_written(realm, svc_us
         assert state["saved"] is False and state["error"] == os.strerror(errno.ENOSPC), state
         assert state["unsaved_changes"] >= 1 and state["failed_attempts"] >= 1, state
         assert "cannot write state file" in daemon.log()
+        cli = subprocess.run([str(VENV_BIN / "keyinit"), "status", "--socket", daemon.socket],
+                             capture_output=True, text=True)
+        assert cli.returncode == 0 and "STATE FILE NOT WRITTEN" in cli.stdout, (cli.stdout, cli.stderr)
         assert _temp_files(small_tmpfs) == []  # the partial temporary file was removed
         daemon.kill9()
         filler.unlink()
@@ -182,6 +185,29 @@ def test_kill9_during_the_renewal_grace_leaves_one_cache_per_user(realm, user_kr
         print(daemon.log())
         for u in users:
             u.cleanup()
+        import shutil
+
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_the_hook_maps_state_not_saved_to_authinfo_unavail(pamwrap, realm, svc_user, small_tmpfs):
+    """Through real libpam (pamtester, pam_python): a login whose TGT the service got but could
+    not record is not reported as a success: PAM_AUTHINFO_UNAVAIL, as with the KDC down."""
+    from tests.kdc.test_service_pam import STRERROR, _pamtester, _service
+
+    directory = public_tmpdir("pkd-ticketd-")
+    daemon = TicketD(directory, realm.env, **td.TEST_CONFIG, state_file=str(small_tmpfs / "state.json"))
+    daemon.start()
+    try:
+        _fill(small_tmpfs)
+        service = _service(pamwrap, "pkd-unsaved", daemon.socket, "/dev/null")
+        res, _ = _pamtester(pamwrap, service, svc_user.name, svc_user.password, "authenticate")
+        assert res.returncode != 0 and STRERROR["authinfo_unavail"] in res.stderr, res.stderr
+        assert f"answered {P.STATE_NOT_SAVED}" in daemon.log()
+        assert svc_user.password not in daemon.log()
+    finally:
+        daemon.stop()
+        print(daemon.log())
         import shutil
 
         shutil.rmtree(directory, ignore_errors=True)
