@@ -144,7 +144,7 @@ class Scheduler:
             with self._cond:
                 self._running.add(item[0])
                 self._ready.append(item)
-                if self._idle == 0 and self._threads < self.workers:
+                if len(self._ready) > self._idle and self._threads < self.workers:
                     self._threads += 1
                     name = f"renewer-{self._threads}"
                     threading.Thread(target=self._worker, name=name, daemon=True).start()

@@ -21,7 +21,9 @@ keep root's logins waiting:
   refused connection gets a ``busy`` reply and is closed; refusals are logged by one
   rate-limited line per uid;
 * ``accept()`` failures (EMFILE, ENFILE, ENOBUFS, ENOMEM: the process or the system is out of
-  something) pause accepting with a short back-off instead of ending the service.
+  something) pause accepting with a short back-off instead of ending the service;
+* root's clients connect through a second, root-only socket (mode 0600, ``ticketd.root.sock``)
+  whose listen backlog no user can fill.
 
 A malformed, oversized or unauthorised message gets an error reply; a malformed or
 oversized one also closes the connection.  The service carries on either way.
@@ -161,7 +163,8 @@ class _Pool:
     def submit(self, job: Any, root: bool) -> None:
         with self._cond:
             (self._root if root else self._user).append(job)
-            if self._idle == 0 and self._threads < self.size:
+            # More queued than idle workers to take them (an idle one may be woken already): grow.
+            if len(self._root) + len(self._user) > self._idle and self._threads < self.size:
                 self._threads += 1
                 threading.Thread(target=self._worker, name=f"worker-{self._threads}", daemon=True).start()
             else:
@@ -271,19 +274,13 @@ class Server:
         assert self.sock is not None and self.root_sock is not None
         listeners = (self.sock, self.root_sock)
         sel = self._sel = selectors.DefaultSelector()
-        for listener in listeners:
-            sel.register(listener, selectors.EVENT_READ, listener)
         sel.register(self._wake_r, selectors.EVENT_READ, self._wake_r)
-        listening = True
+        registered: set[socket.socket] = set()
         while not self._stopping:
             now = time.monotonic()
-            if not listening and now >= self._accept_paused_until:
-                for listener in listeners:
-                    sel.register(listener, selectors.EVENT_READ, listener)
-                listening = True
-            timeout = self._next_timeout(now, listening)
+            self._sync_listeners(registered, now)
             try:
-                events = sel.select(timeout)
+                events = sel.select(self._next_timeout(now))
             except OSError as exc:  # ENOMEM from epoll_wait: wait and go on
                 log.error("select: %s", exc.strerror or exc)
                 time.sleep(ACCEPT_BACKOFF_MAX)
@@ -291,11 +288,8 @@ class Server:
             for key, _mask in events:
                 try:
                     if key.data in listeners:
-                        if listening and not self._accept(key.data):
-                            # Out of descriptors or memory is the process's state: pause both.
-                            for listener in listeners:
-                                sel.unregister(listener)
-                            listening = False
+                        if key.data in registered and time.monotonic() >= self._accept_paused_until:
+                            self._accept(key.data)
                     elif key.data is self._wake_r:
                         self._drain_wakeups()
                     else:
@@ -311,10 +305,28 @@ class Server:
         for listener in listeners:
             listener.close()
 
-    def _next_timeout(self, now: float, listening: bool) -> float:
+    def _sync_listeners(self, registered: set[socket.socket], now: float) -> None:
+        """Watch each listener when it may accept: neither paused after an accept() failure (that
+        is the process's state: both pause) nor, for the root socket, at max_connections.
+
+        A full service leaves root's connections in the root socket's backlog, where connect(2)
+        waits for room (protocol.request), rather than answering them "busy".
+        """
+        assert self._sel is not None and self.sock is not None and self.root_sock is not None
+        paused = now < self._accept_paused_until
+        for listener in (self.sock, self.root_sock):
+            want = not paused and (listener is self.sock or len(self._conns) < self.limits.max_connections)
+            if want and listener not in registered:
+                self._sel.register(listener, selectors.EVENT_READ, listener)
+                registered.add(listener)
+            elif not want and listener in registered:
+                self._sel.unregister(listener)
+                registered.discard(listener)
+
+    def _next_timeout(self, now: float) -> float:
         timeout = 1.0
-        if not listening:
-            timeout = min(timeout, max(0.0, self._accept_paused_until - now))
+        if now < self._accept_paused_until:
+            timeout = min(timeout, self._accept_paused_until - now)
         for conn in self._conns:
             if conn.deadline:
                 timeout = min(timeout, max(0.0, conn.deadline - now))
@@ -351,16 +363,18 @@ class Server:
             else:
                 self._close(conn)
 
-    def _accept(self, listener: socket.socket) -> bool:
-        """Accept every waiting connection; False when accept() failed and accepting must pause."""
+    def _accept(self, listener: socket.socket) -> None:
+        """Accept the waiting connections; an accept() failure pauses accepting (see _sync_listeners)."""
         for _ in range(256):  # bounded, so reads and deadlines are not starved by a connect storm
+            if listener is self.root_sock and len(self._conns) >= self.limits.max_connections:
+                return  # the rest wait in the root backlog
             try:
                 sock, _addr = listener.accept()
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
                 if self._stopping:
-                    return True
+                    return
                 # EMFILE/ENFILE (out of descriptors), ENOBUFS/ENOMEM (out of memory), ECONNABORTED...:
                 # the connection stays in the backlog (or is gone); try again after a back-off.
                 self.accept_errors += 1
@@ -372,10 +386,9 @@ class Server:
                 self._refusals(("accept", exc.errno), logging.ERROR,
                                "accept() failed: %s; pausing %.2fs (%d connections open)",
                                os.strerror(exc.errno or 0), self._accept_backoff, len(self._conns))
-                return False
+                return
             self._accept_backoff = 0.0
             self._admit(sock)
-        return True
 
     def _admit(self, sock: socket.socket) -> None:
         try:

@@ -178,7 +178,8 @@ def test_users_holding_their_maximum_do_not_stop_root_logins(limited, svc_user):
             assert svc_user.auth(daemon)["ok"]
             holder = SessionHolder(daemon, svc_user.user)
             assert holder.opened["ok"], holder.opened
-            assert holder.close()["ok"]
+            closed = holder.close()
+            assert closed["ok"], closed
         finally:
             for s in extra:
                 s.close()
@@ -442,3 +443,23 @@ def test_the_root_socket_is_root_only(limited, svc_user):
         sock.connect(root_path)
         P.send_message(sock, {"op": "status"})
         assert P.recv_message(sock, P.MAX_REPLY)["service"]["pid"] == limited.proc.pid
+
+
+def test_root_waits_for_room_instead_of_being_refused(limited):
+    """At max_connections (8), root's next connect waits in the root socket's backlog instead of
+    getting "busy", and is served as soon as a connection closes."""
+    root_path = P.root_socket(limited.socket)
+    held = _root_connections(root_path, 8)
+    replies: list[dict] = []
+    try:
+        waiter = threading.Thread(target=lambda: replies.append(
+            P.request({"op": "status"}, limited.socket, connect_timeout=20, timeout=20)))
+        waiter.start()
+        waiter.join(1.0)
+        assert waiter.is_alive() and replies == [], replies  # not refused: waiting for room
+        held.pop().close()
+        waiter.join(20)
+        assert replies and replies[0]["ok"], replies
+    finally:
+        for s in held:
+            s.close()
