@@ -57,6 +57,8 @@ FD_HEADROOM = 64
 #: Back-off of the accept loop after an accept() failure: doubling from MIN to MAX seconds.
 ACCEPT_BACKOFF_MIN = 0.05
 ACCEPT_BACKOFF_MAX = 1.0
+#: The reply to a refused connection, framed once: refusing is what a flood makes the loop do most.
+_BUSY_FRAME = P.encode(P.reply_error(P.BUSY, "too many connections; try again later"))
 #: One refusal line per uid and reason at most this often (the rest are counted into it).
 REFUSAL_LOG_INTERVAL = 10.0
 
@@ -411,8 +413,7 @@ class Server:
             self._refusals(("refuse", uid), logging.WARNING,
                            "refused a connection of uid %d (pid %d): %s", uid, pid, why)
             try:  # a small reply fits the empty socket buffer: never blocks
-                sock.setblocking(False)
-                sock.send(P.encode(P.reply_error(P.BUSY, "too many connections; try again later")))
+                sock.send(_BUSY_FRAME, socket.MSG_DONTWAIT)
             except OSError:
                 pass
             sock.close()
