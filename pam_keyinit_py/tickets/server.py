@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import protocol as P
+from .ratelimit import RateLimitedLog
 from .service import Service
 
 log = logging.getLogger("keyinit-ticketd")
@@ -59,44 +60,14 @@ ACCEPT_BACKOFF_MIN = 0.05
 ACCEPT_BACKOFF_MAX = 1.0
 #: The reply to a refused connection, framed once: refusing is what a flood makes the loop do most.
 _BUSY_FRAME = P.encode(P.reply_error(P.BUSY, "too many connections; try again later"))
-#: One refusal line per uid and reason at most this often (the rest are counted into it).
-REFUSAL_LOG_INTERVAL = 10.0
+#: A user may ask for a renewal pass of their tickets at most this often (each one is KDC traffic).
+USER_RENEW_INTERVAL = 5.0
 
 
 def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
     """(pid, uid, gid) of the peer from SO_PEERCRED."""
     raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     return _UCRED.unpack(raw)
-
-
-class RateLimitedLog:
-    """At most one line per key every ``interval`` seconds; the next line says how many were dropped.
-
-    The key table is bounded: it is cleared when it grows past ``max_keys`` (an attacker with
-    many uids then gets at most one extra line each).
-    """
-
-    def __init__(self, interval: float = REFUSAL_LOG_INTERVAL, max_keys: int = 4096) -> None:
-        self.interval = interval
-        self.max_keys = max_keys
-        self._last: dict[object, tuple[float, int]] = {}
-        self._lock = threading.Lock()
-
-    def __call__(self, key: object, level: int, msg: str, *args: object) -> bool:
-        """Log ``msg % args`` unless a line with this key was logged less than ``interval`` ago."""
-        now = time.monotonic()
-        with self._lock:
-            last, dropped = self._last.get(key, (-self.interval, 0))
-            if now - last < self.interval:
-                self._last[key] = (last, dropped + 1)
-                return False
-            if len(self._last) >= self.max_keys:
-                self._last.clear()
-            self._last[key] = (now, 0)
-        if dropped:
-            msg += f" ({dropped} more like it in the last {self.interval:.0f}s not logged)"
-        log.log(level, msg, *args)
-        return True
 
 
 @dataclass(eq=False)
@@ -225,6 +196,8 @@ class Server:
         self._accept_paused_until = 0.0
         self._accept_backoff = 0.0
         self._refusals = RateLimitedLog()
+        self._user_renewed: dict[int, float] = {}  # uid -> when its last renew request ran
+        self._renew_lock = threading.Lock()
         self.refused = 0  # connections refused by a limit, since start
         self.accept_errors = 0
 
@@ -537,6 +510,18 @@ class Server:
         except OSError:
             return False
 
+    def _user_renew_allowed(self, uid: int) -> bool:
+        """At most one renewal pass per user every USER_RENEW_INTERVAL: each is KDC traffic and log."""
+        now = time.monotonic()
+        with self._renew_lock:
+            if now - self._user_renewed.get(uid, -USER_RENEW_INTERVAL) < USER_RENEW_INTERVAL:
+                return False
+            if len(self._user_renewed) > 4096:
+                self._user_renewed = {u: t for u, t in self._user_renewed.items()
+                                      if now - t < USER_RENEW_INTERVAL}
+            self._user_renewed[uid] = now
+            return True
+
     def dispatch(self, m: dict[str, Any], pid: int, uid: int) -> dict[str, Any]:
         """Authorise by peer uid, then run the op.  Never raises."""
         op = m["op"]
@@ -550,6 +535,8 @@ class Server:
             return P.reply_error(P.DENIED, f"uid {uid} may not {verb} the tickets of uid {target}")
         if op in ("tickets", "renew") and uid != 0:
             target = uid
+        if op == "renew" and uid != 0 and not self._user_renew_allowed(uid):
+            return P.reply_error(P.BUSY, f"renewed less than {USER_RENEW_INTERVAL:g} s ago; try again later")
         svc = self.service
         try:
             if op == "auth":

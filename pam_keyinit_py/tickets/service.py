@@ -26,6 +26,7 @@ from . import kdclimit
 from . import state as statefile
 from .accounts import primary_gid
 from .config import Config
+from .ratelimit import RateLimitedLog
 from .scheduler import Scheduler, backoff, renew_due
 from .sessions import Reaper, Session, SessionTable
 
@@ -105,6 +106,7 @@ class Service:
         self.started = time.time()
         self.renewals = 0
         self.renew_failures = 0
+        self.ratelimited = RateLimitedLog()  # for lines any user's request can cause
         # Caches whose renewal is in flight (a renew request and the scheduler must not both
         # renew one cache: two new caches, one of them never tracked).
         self._renewing: set[str] = set()
@@ -498,7 +500,9 @@ class Service:
             return P.reply_error(P.NOT_FOUND, f"{P.brief(name, 120)}: not a tracked cache nor a "
                                               "KEYRING:persistent one")
         if peer_uid not in (0, owner):
-            log.warning("uid %d tried to destroy %s of uid %d: refused", peer_uid, P.brief(name, 120), owner)
+            self.ratelimited(("destroy-denied", peer_uid), logging.WARNING,
+                             "uid %d tried to destroy %s of uid %d: refused", peer_uid, P.brief(name, 120),
+                             owner)
             return P.reply_error(P.DENIED, f"{P.brief(name, 120)} belongs to uid {owner}")
         gid = t.gid if t else primary_gid(owner)
         if t is not None:

@@ -463,3 +463,25 @@ def test_root_waits_for_room_instead_of_being_refused(limited):
     finally:
         for s in held:
             s.close()
+
+
+def test_repeated_requests_of_a_user_cost_one_log_line_and_one_renewal(limited, svc_user):
+    """30 refused destroys of another user's cache log one line; of 10 renew requests in a row
+    only the first renews (each is KDC traffic), the others are answered busy."""
+    ccache = svc_user.auth(limited)["ccache"]
+    holder = SessionHolder(limited, svc_user.user)
+    other = make_user("pkd")
+    code = ("import json,sys\nfrom pam_keyinit_py import protocol as P\n"
+            "msg=json.loads(sys.argv[2])\n"
+            "print(json.dumps([P.request(msg, sys.argv[1]).get('code') for _ in range(int(sys.argv[3]))]))\n")
+    try:
+        proc = other.run([str(VENV_BIN / "python"), "-c", code, limited.socket,
+                          json.dumps({"op": "destroy", "ccache": ccache}), "30"])
+        assert json.loads(proc.stdout) == [P.DENIED] * 30, (proc.stdout, proc.stderr)
+        assert limited.log().count(f"uid {other.uid} tried to destroy") == 1, limited.log()
+        proc = svc_user.user.run([str(VENV_BIN / "python"), "-c", code, limited.socket,
+                                  json.dumps({"op": "renew"}), "10"])
+        assert json.loads(proc.stdout) == [None] + [P.BUSY] * 9, (proc.stdout, proc.stderr)
+    finally:
+        delete_user(other)
+        holder.close()
