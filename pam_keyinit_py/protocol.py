@@ -225,13 +225,15 @@ def encode(message: dict[str, Any], limit: int = MAX_MESSAGE) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-def decode(body: bytes) -> dict[str, Any]:
+def decode(body: bytes, max_depth: int | None = MAX_DEPTH) -> dict[str, Any]:
     """Parse one frame body into a dict with a supported ``v``; no schema check.
 
-    Nesting deeper than :data:`MAX_DEPTH` is refused before parsing (the C scanner recurses).
+    Nesting deeper than ``max_depth`` is refused before parsing (the C scanner recurses); with
+    None (a reply of the service, which may be megabytes) only the scanner's own RecursionError
+    guards, and becomes a ProtocolError like any bad input.
     """
-    if _too_deep(body):
-        raise ProtocolError(BAD_REQUEST, f"not JSON: nested deeper than {MAX_DEPTH}")
+    if max_depth is not None and _too_deep(body, max_depth):
+        raise ProtocolError(BAD_REQUEST, f"not JSON: nested deeper than {max_depth}")
     try:
         message = _loads(body.decode())
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -299,7 +301,8 @@ def recv_message(sock: _socket.socket, limit: int = MAX_MESSAGE) -> dict[str, An
     (length,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size))
     if length > limit:
         raise ProtocolError(TOO_LARGE, f"message of {length} bytes exceeds {limit}")
-    return decode(_recv_exact(sock, length))
+    # Requests (untrusted, at most MAX_MESSAGE) get the nesting pre-scan; large replies do not.
+    return decode(_recv_exact(sock, length), MAX_DEPTH if limit <= MAX_MESSAGE else None)
 
 
 def send_message(sock: _socket.socket, message: dict[str, Any], limit: int = MAX_MESSAGE) -> None:
