@@ -485,3 +485,55 @@ def test_repeated_requests_of_a_user_cost_one_log_line_and_one_renewal(limited, 
     finally:
         delete_user(other)
         holder.close()
+
+
+FUZZ = r"""
+import random, socket, struct, sys
+path, n = sys.argv[1], int(sys.argv[2])
+rng = random.Random(11)
+answered = 0
+for i in range(n):
+    kind = i % 5
+    body = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))
+    if kind == 0:   # a frame of random bytes
+        data = struct.pack(">I", len(body)) + body
+    elif kind == 1:  # a length that lies (longer than what follows), then close
+        data = struct.pack(">I", len(body) + 50) + body
+    elif kind == 2:  # half a header
+        data = body[:2]
+    elif kind == 3:  # JSON-ish garbage
+        data = b'{"v":1,"op":' + body
+        data = struct.pack(">I", len(data)) + data
+    else:            # a huge length
+        data = struct.pack(">I", rng.randrange(1 << 17, 1 << 32)) + body
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    try:
+        s.connect(path)
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        if s.recv(4096):
+            answered += 1
+    except OSError:
+        pass
+    finally:
+        s.close()
+print(answered)
+"""
+
+
+def test_malformed_traffic_leaves_no_fd_or_thread_behind(limited, svc_user):
+    """2,000 malformed messages of five kinds from a user: answered or closed, the daemon alive,
+    its descriptors back to where they were, its threads within the pools."""
+    assert limited.proc is not None
+    pid = limited.proc.pid
+    assert limited.request({"op": "status"})["ok"]
+    before = _fds(pid)
+    proc = svc_user.user.run([str(VENV_BIN / "python"), "-c", FUZZ, limited.socket, "2000"], timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) >= 1200, proc.stdout  # kinds 0, 3, 4 are answered with an error reply
+    assert limited.alive()
+    limited.wait_for(lambda: _fds(pid) <= before, 10, "the daemon's descriptors to return to their count")
+    assert _threads(pid) <= 5 + LIMITS["workers"] + 4 + 16  # loop, writer, reapers, scheduler + pools
+    assert limited.request({"op": "status"})["ok"]
+    assert "Traceback" not in limited.log()
