@@ -205,7 +205,11 @@ def _bounded(func: Callable[[], _T], timeout: float | None, what: str, key: Hash
             SLOTS.release(key)
             done.set()
 
-    threading.Thread(target=run, name="krb5-kdc", daemon=True).start()
+    try:
+        threading.Thread(target=run, name="krb5-kdc", daemon=True).start()
+    except RuntimeError:  # out of tasks (TasksMax): a failed attempt, not a broken cache
+        SLOTS.release(key)
+        raise KdcUnreachable(f"{what}: not started: cannot start a thread", errors.KRB5_KDC_UNREACH) from None
     if not done.wait(timeout):
         raise KdcUnreachable(f"{what}: no KDC answered within {timeout:g} s", errors.KRB5_KDC_UNREACH)
     if "error" in box:
@@ -320,8 +324,14 @@ class _Reaper:
         with self._cond:
             heapq.heappush(self._heap, (time.monotonic() + delay, name, uid, gid, krb5_config))
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="ccache-reaper", daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._run, name="ccache-reaper", daemon=True)
+                try:
+                    thread.start()
+                    self._thread = thread
+                except RuntimeError:
+                    # Out of tasks: the entry waits for the next add() that can start the thread
+                    # (or flush() at exit); it is never adopted meanwhile (pending, RETIRED_MARK).
+                    pass
             self._cond.notify()
 
     def _run(self) -> None:

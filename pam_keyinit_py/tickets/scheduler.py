@@ -141,15 +141,24 @@ class Scheduler:
             item = self._next()
             if item is None:
                 return
+            inline = False
             with self._cond:
                 self._running.add(item[0])
                 self._ready.append(item)
                 if len(self._ready) > self._idle and self._threads < self.workers:
-                    self._threads += 1
-                    name = f"renewer-{self._threads}"
-                    threading.Thread(target=self._worker, name=name, daemon=True).start()
-                else:
-                    self._work.notify()
+                    try:
+                        name = f"renewer-{self._threads + 1}"
+                        threading.Thread(target=self._worker, name=name, daemon=True).start()
+                        self._threads += 1
+                    except RuntimeError:  # out of tasks (TasksMax): no pool, the timer thread runs it
+                        inline = self._threads == 0
+                        if inline:
+                            self._ready.remove(item)
+                self._work.notify()
+            if inline:
+                log.error("cannot start a renewal worker (out of tasks): running %r on the timer thread",
+                          item[0])
+                self._run_job(*item)
 
     def _worker(self) -> None:
         while True:
@@ -161,16 +170,19 @@ class Scheduler:
                 if self._stopped:
                     return
                 key, job = self._ready.popleft()
-            try:
-                job()
-            except Exception:  # one failing job must not stop the others' renewals
-                log.exception("scheduled job failed")
-            finally:
-                with self._cond:
-                    self._running.discard(key)
-                    entry = self._waiting.pop(key, None)
-                    if entry is not None and key not in self._jobs:
-                        seq, due, _job = entry
-                        self._jobs[key] = entry
-                        heapq.heappush(self._heap, (due, seq, key))
-                        self._cond.notify()
+            self._run_job(key, job)
+
+    def _run_job(self, key: Hashable, job: Callable[[], None]) -> None:
+        try:
+            job()
+        except Exception:  # one failing job must not stop the others' renewals
+            log.exception("scheduled job failed")
+        finally:
+            with self._cond:
+                self._running.discard(key)
+                entry = self._waiting.pop(key, None)
+                if entry is not None and key not in self._jobs:
+                    seq, due, _job = entry
+                    self._jobs[key] = entry
+                    heapq.heappush(self._heap, (due, seq, key))
+                    self._cond.notify()

@@ -133,15 +133,23 @@ class _Pool:
         self._idle = 0
         self._user_busy = 0
 
-    def submit(self, job: Any, root: bool) -> None:
+    def submit(self, job: Any, root: bool) -> bool:
+        """Queue ``job``; False (job not queued) when no worker exists and none can be started."""
         with self._cond:
-            (self._root if root else self._user).append(job)
+            queue = self._root if root else self._user
+            queue.append(job)
             # More queued than idle workers to take them (an idle one may be woken already): grow.
             if len(self._root) + len(self._user) > self._idle and self._threads < self.size:
-                self._threads += 1
-                threading.Thread(target=self._worker, name=f"worker-{self._threads}", daemon=True).start()
-            else:
-                self._cond.notify_all()
+                try:
+                    threading.Thread(target=self._worker, name=f"worker-{self._threads + 1}",
+                                     daemon=True).start()
+                    self._threads += 1
+                except RuntimeError:  # out of tasks (TasksMax, pids cgroup): the workers there are do it
+                    if self._threads == 0:
+                        queue.pop()
+                        return False
+            self._cond.notify_all()
+            return True
 
     def _take(self) -> tuple[Any, bool]:
         with self._cond:
@@ -430,7 +438,14 @@ class Server:
         conn.deadline = 0.0  # the service's own time does not count against the client
         assert self._sel is not None
         self._sel.unregister(conn.sock)
-        self._pool.submit((conn, body), conn.uid == 0)
+        if not self._pool.submit((conn, body), conn.uid == 0):
+            self._refusals(("no-worker",), logging.ERROR, "cannot start a worker thread (out of tasks): "
+                           "request of pid %d uid %d answered busy", conn.pid, conn.uid)
+            try:
+                conn.sock.send(_BUSY_FRAME, socket.MSG_DONTWAIT)
+            except OSError:
+                pass
+            self._close(conn)
 
     def _reject(self, conn: _Conn, exc: P.ProtocolError) -> None:
         self._refusals(("bad", conn.uid), logging.WARNING, "bad message from pid %d uid %d: %s; connection "

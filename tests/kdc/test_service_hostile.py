@@ -537,3 +537,30 @@ def test_malformed_traffic_leaves_no_fd_or_thread_behind(limited, svc_user):
     assert _threads(pid) <= 5 + LIMITS["workers"] + 4 + 16  # loop, writer, reapers, scheduler + pools
     assert limited.request({"op": "status"})["ok"]
     assert "Traceback" not in limited.log()
+
+
+PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
+
+
+def test_out_of_tasks_the_daemon_answers_busy_and_serves_later(limited):
+    """The daemon moved into a pids cgroup (what TasksMax= sets) with no room for one more thread:
+    a request that needs a worker is answered busy instead of hanging, nothing exits; with room
+    again, requests are served.  (The old daemon exited when thread creation failed.)"""
+    require((PIDS_CGROUP / "cgroup.procs").exists(), "no cgroup v1 pids controller")
+    assert limited.proc is not None
+    pid = limited.proc.pid
+    group = PIDS_CGROUP / f"pkd-test-{os.getpid()}-{pid}"
+    group.mkdir()
+    try:
+        (group / "cgroup.procs").write_text(str(pid))
+        (group / "pids.max").write_text(str(_threads(pid)))  # no room for one more task
+        reply = limited.request({"op": "status"}, timeout=10)
+        assert reply.get("code") == P.BUSY, reply  # the pool has no worker yet and cannot start one
+        assert limited.alive()
+        assert "cannot start a worker thread" in limited.log()
+        (group / "pids.max").write_text("max")
+        assert limited.request({"op": "status"})["ok"]
+    finally:
+        if limited.alive():
+            (PIDS_CGROUP / "cgroup.procs").write_text(str(pid))
+        group.rmdir()
