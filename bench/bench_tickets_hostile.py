@@ -7,6 +7,9 @@ each keeps trying to hold TRIES connections, reconnecting whatever the service r
 closes (the request deadline closes idle ones).  The service runs with the shipped defaults
 (ticketd.toml: 256 connections, the last 32 for root, 8 per uid).
 
+First one uid alone tries 1,000 connections for 5 s (what it holds is reported), then the
+flood of USERS uids runs while root logs in.
+
 A root "login" here is what the PAM hook sends: ``auth`` (a real AS exchange with the lab KDC),
 ``open``, ``close``.  Reported: connections held by the users, connections refused, failed
 logins, and the median / worst login time, idle vs flooded.
@@ -84,6 +87,21 @@ def _logins(sock: str, user: lab_users.LabUser, password: str) -> tuple[list[flo
     return times, failed
 
 
+def _one_user(sock: str) -> int:
+    """Connections one uid holds when it tries 1,000 (status counts its own request's, less one)."""
+    proc = subprocess.Popen([sys.executable, "-c", FLOOD, sock, str(UID_BASE - 1), "1", "1000"],
+                            stdin=subprocess.PIPE)
+    try:
+        held = 0
+        for _ in range(50):
+            time.sleep(0.1)
+            held = max(held, P.request({"op": "status"}, sock)["service"]["connections"]["open"] - 1)
+    finally:
+        proc.stdin.close()  # type: ignore[union-attr]
+        proc.wait(30)
+    return held
+
+
 def main() -> None:
     if os.geteuid() != 0 or not available():
         print("skipped: needs root and the MIT KDC tools")
@@ -101,6 +119,7 @@ def main() -> None:
         sock = daemon.socket
         _logins(sock, user, password)  # warm up (libkrb5 loaded, pyc files read)
         idle, idle_failed = _logins(sock, user, password)
+        single = _one_user(sock)
         flood = subprocess.Popen([sys.executable, "-c", FLOOD, sock, str(UID_BASE), str(USERS), str(TRIES)],
                                  stdin=subprocess.PIPE)
         deadline = time.monotonic() + 60
@@ -129,9 +148,10 @@ def main() -> None:
         realm.stop()
         shutil.rmtree(directory, ignore_errors=True)
     held = conns["open"] - 1  # the status request's own connection
+    print(f"one uid trying 1,000 connections holds: {single} (max_connections_per_uid 8)")
     print(f"connection flood: {USERS} uids x {TRIES} connections each, reconnecting "
           "(defaults: max_connections 256, 32 for root, 8 per uid)")
-    print(f"  held by the users at once      : {held}  (refused so far: {conns['refused']}, "
+    print(f"  held by the users at once      : {held}  (refused since start: {conns['refused']}, "
           f"accept errors: {conns['accept_errors']})")
     print(f"  root logins (auth+open+close)  : {LOGINS} idle, {LOGINS} flooded; failed: "
           f"{idle_failed} idle, {flooded_failed} flooded; daemon alive: {alive}")
