@@ -109,7 +109,11 @@ def _start_limited(realm, **overrides):  # noqa: ANN001, ANN202
     require_root()
     directory = public_tmpdir("pkd-hostile-")
     daemon = TicketD(directory, realm.env, **{**td.TEST_CONFIG, **LIMITS, **overrides})
-    daemon.start()
+    try:
+        daemon.start()
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
     return daemon
 
 
