@@ -65,8 +65,8 @@ class Config:
     #: Connections one non-root uid may hold open at once.
     max_connections_per_uid: int = 8
     #: Threads that run requests; root_reserved_workers of them run only uid 0's (logins).
-    workers: int = 16
-    root_reserved_workers: int = 4
+    workers: int = 32
+    root_reserved_workers: int = 8
     #: Renewals (and other timed jobs) running at once; a silent KDC holds one each at most.
     renew_workers: int = 4
     #: KDC exchanges waiting at once (each is a thread libkrb5 blocks); more fail as "no KDC answered".

@@ -90,8 +90,8 @@ class Limits:
     max_connections: int = 256
     max_connections_per_uid: int = 8
     root_reserved_connections: int = 32
-    workers: int = 16
-    root_reserved_workers: int = 4
+    workers: int = 32
+    root_reserved_workers: int = 8
     request_timeout: float = 10.0
 
     @classmethod
