@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +31,14 @@ def encode(data: dict[str, Any], raw: dict[str, list[str]] | None = None) -> byt
     return "".join(parts).encode()
 
 
+def _suffix() -> str:
+    """64 random bits (getrandom(2)); not ``secrets``, whose hmac import loads libcrypto (~3 MiB)."""
+    return os.urandom(8).hex()
+
+
 def _temp_name(target: Path) -> Path:
     """``.<name>.<random>.tmp`` beside the target: nobody can guess it to plant a link there."""
-    return target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
+    return target.with_name(f".{target.name}.{_suffix()}.tmp")
 
 
 def save(path: str, data: dict[str, Any], raw: dict[str, list[str]] | None = None) -> None:

@@ -129,7 +129,7 @@ def test_temp_file_does_not_follow_a_planted_symlink(tmp_path, monkeypatch):
     assert victim.read_text() == "precious"
     assert statefile.load(str(target))["tickets"] == []
 
-    monkeypatch.setattr(statefile.secrets, "token_hex", lambda n: "guessed")
+    monkeypatch.setattr(statefile, "_suffix", lambda: "guessed")
     planted = tmp_path / ".state.json.guessed.tmp"
     planted.symlink_to(victim)
     with pytest.raises(FileExistsError):
