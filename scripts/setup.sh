@@ -18,6 +18,8 @@ PACKAGES=(
   krb5-kdc krb5-admin-server krb5-user libkrb5-dev
   # process tools used by the tests
   procps passwd
+  # a real systemd for the unit's test: debootstrap builds its root filesystem once (cached)
+  debootstrap
 )
 
 # docker-credential-keyctl is tested by the real docker CLI; bring one only if none is there.
