@@ -21,6 +21,7 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,6 +126,32 @@ def _journal(box: sd.SystemdContainer) -> str:
     return box.run(["journalctl", "--no-pager", "-o", "short-monotonic", "-u", UNIT], check=False).stdout
 
 
+def _login(box: sd.SystemdContainer, pam_service: str, user: str, password: str) -> subprocess.Popen[str]:
+    """pamtester inside through ``pam_service``, the password on its stdin; wait until the probe saw
+    the open session (which the probe then holds open until :data:`RELEASE` exists)."""
+    box.run(["rm", "-f", PROBE_OUT, RELEASE])
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, password.encode() + b"\n")
+    os.close(write_fd)
+    proc = subprocess.Popen(
+        ["nsenter", "-t", str(box.pid), "-m", "-p", "-u", "-i", "-r", "-w", "env", "-i",
+         f"PATH={sd.PATH_IN}", "pamtester", "-v", pam_service, user, "authenticate", "acct_mgmt",
+         "open_session", "close_session"],
+        stdin=read_fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    os.close(read_fd)
+    probe = box.path(PROBE_OUT)
+    _wait("the session's probe", lambda: probe.exists() or proc.poll() is not None, 30, box)
+    assert probe.exists(), f"pamtester ended early: {proc.communicate()}\n{_journal(box)}"
+    return proc
+
+
+def _user_inside(box: sd.SystemdContainer, host_user: users.LabUser) -> None:
+    """The same name, uid and gid inside, local password locked (only the KDC can let it in)."""
+    box.run(["groupadd", "-g", str(host_user.gid), host_user.name])
+    box.run(["useradd", "-u", str(host_user.uid), "-g", str(host_user.gid), "-m", "-s", "/bin/sh",
+             host_user.name])
+
+
 def test_unit_reaches_active_through_notify(service: sd.SystemdContainer) -> None:
     props = service.show(UNIT, "ActiveState", "SubState", "Type", "NotifyAccess", "MainPID", "Result",
                          "ExecMainStartTimestampMonotonic", "ActiveEnterTimestampMonotonic",
@@ -161,27 +188,12 @@ def test_login_renew_kill9_logout_under_the_sandbox(service: sd.SystemdContainer
     pamtester: subprocess.Popen[str] | None = None
     try:
         uid, gid, name = host_user.uid, host_user.gid, host_user.name
-        service.run(["groupadd", "-g", str(gid), name])
-        # Its local password stays locked: only the KDC can let it in (keyinit-krb5 is Primary).
-        service.run(["useradd", "-u", str(uid), "-g", str(gid), "-m", "-s", "/bin/sh", name])
+        _user_inside(service, host_user)
         password = "Pw-" + os.urandom(9).hex()
         principal = realm.add_principal(name, password, maxlife=20, maxrenew=600)  # renewed about every 10 s
-        service.run(["rm", "-f", PROBE_OUT, RELEASE])
-
-        # The login: pamtester inside, the password on its stdin, through common-auth/-session.
-        read_fd, write_fd = os.pipe()
-        os.write(write_fd, password.encode() + b"\n")
-        os.close(write_fd)
-        pamtester = subprocess.Popen(
-            ["nsenter", "-t", str(service.pid), "-m", "-p", "-u", "-i", "-r", "-w", "env", "-i",
-             f"PATH={sd.PATH_IN}", "pamtester", "-v", "pkk-login", name, "authenticate", "acct_mgmt",
-             "open_session", "close_session"],
-            stdin=read_fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        os.close(read_fd)
-        probe = service.path(PROBE_OUT)
-        _wait("the session's probe", lambda: probe.exists() or pamtester.poll() is not None, 30, service)
-        assert probe.exists(), f"pamtester ended early: {pamtester.communicate()}\n{_journal(service)}"
-        seen = probe.read_text()
+        # The login: pamtester inside, through the stacks pam-auth-update wrote.
+        pamtester = _login(service, "pkk-login", name, password)
+        seen = service.path(PROBE_OUT).read_text()
         assert f"keyring;{uid};{gid};" in seen and ";_ses" in seen, seen  # the user's own session keyring
         assert f"Ticket cache: KEYRING:persistent:{uid}:" in seen, seen
         assert f"Default principal: {principal}" in seen, seen
@@ -228,3 +240,51 @@ def test_security_exposure(service: sd.SystemdContainer) -> None:
     print(f"\n{match.group(0)}")
     # 10 is an unsandboxed root service; systemd calls < 4.0 "OK" (2.0 and less "SAFE").
     assert float(match.group(1)) < 4.0, out
+
+
+#: A login that brings its own TGT (sshd's GSSAPI delegation): the stack only has the PAM
+#: environment's KRB5CCNAME naming a FILE cache in /tmp, as sshd's ssh_gssapi_storecreds leaves it.
+PAM_DELEGATED = """\
+auth required pam_permit.so
+account required pam_permit.so
+session required pam_env.so readenv=0 user_readenv=0 conffile=/etc/pkk-delegated.env
+@include common-session
+session optional pam_exec.so /usr/local/sbin/pkk-probe
+"""
+
+
+def test_delegated_file_cache_is_moved_into_the_keyring(service: sd.SystemdContainer, realm) -> None:  # noqa: ANN001
+    """The service must see the host's /tmp: a delegated FILE:/tmp/krb5cc_<uid>_* is read and removed."""
+    host_user = users.create("pks")
+    pamtester: subprocess.Popen[str] | None = None
+    try:
+        uid, gid, name = host_user.uid, host_user.gid, host_user.name
+        _user_inside(service, host_user)
+        password = "Pw-" + os.urandom(9).hex()
+        principal = realm.add_principal(name, password)
+        cache = f"/tmp/krb5cc_{uid}_pkkdeleg"
+        with tempfile.TemporaryDirectory() as tmp:
+            kinit = subprocess.run(["kinit", "-c", f"FILE:{tmp}/cc", principal], input=password + "\n",
+                                   env={**realm.env, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
+                                   check=False)
+            assert kinit.returncode == 0, kinit.stderr
+            service.write(cache, Path(tmp, "cc").read_bytes(), 0o600)
+        os.chown(service.path(cache), uid, gid)
+        service.write("/etc/pkk-delegated.env", f"KRB5CCNAME DEFAULT=FILE:{cache}\n")
+        service.write("/etc/pam.d/pkk-delegated", PAM_DELEGATED)
+        pamtester = _login(service, "pkk-delegated", name, "")
+        seen = service.path(PROBE_OUT).read_text()
+        assert f"Ticket cache: KEYRING:persistent:{uid}:" in seen, seen + _journal(service)
+        assert f"Default principal: {principal}" in seen, seen
+        assert not service.path(cache).exists(), "the delegated FILE cache was not moved"
+        tickets = _status(service)["tickets"]
+        assert [t.get("origin") for t in tickets if t.get("uid") == uid] == ["delegated"], tickets
+        service.write(RELEASE, "")
+        out, err = pamtester.communicate(timeout=30)
+        assert pamtester.returncode == 0, out + err + _journal(service)
+        _wait("the caches cleared", lambda: persistent_caches(uid) == {}, 10, service)
+    finally:
+        if pamtester is not None and pamtester.poll() is None:
+            pamtester.kill()
+            pamtester.wait()
+        users.remove(host_user)
