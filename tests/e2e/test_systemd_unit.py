@@ -288,3 +288,34 @@ def test_delegated_file_cache_is_moved_into_the_keyring(service: sd.SystemdConta
             pamtester.kill()
             pamtester.wait()
         users.remove(host_user)
+
+
+def test_k5login_in_home_is_honoured(service: sd.SystemdContainer, realm) -> None:  # noqa: ANN001
+    """The account step's krb5_kuserok reads ~/.k5login in the service: the unit must let it see /home.
+
+    A user whose .k5login does not list their own principal may not log in with it (MIT kuserok).
+    The same user without that file may (an2ln).  Under ProtectHome=yes /home is empty for the
+    service, so the refusal silently became a success.
+    """
+    host_user = users.create("pks")
+    try:
+        name = host_user.name
+        _user_inside(service, host_user)
+        password = "Pw-" + os.urandom(9).hex()
+        realm.add_principal(name, password)
+        k5login = service.path(f"/home/{name}/.k5login")
+        k5login.write_text(f"nobody-else@{realm.realm}\n")
+        os.chown(k5login, host_user.uid, host_user.gid)
+
+        def pamtester() -> subprocess.CompletedProcess[str]:
+            return service.run(["pamtester", "-v", "pkk-login", name, "authenticate", "acct_mgmt"],
+                               input=password + "\n", check=False)
+
+        refused = pamtester()
+        assert refused.returncode != 0 and "acct_mgmt" in refused.stderr, refused.stdout + refused.stderr
+        assert "may not log in to it" in _journal(service)
+        k5login.unlink()
+        allowed = pamtester()
+        assert allowed.returncode == 0, allowed.stdout + allowed.stderr + _journal(service)
+    finally:
+        users.remove(host_user)
