@@ -145,11 +145,22 @@ def _login(box: sd.SystemdContainer, pam_service: str, user: str, password: str)
     return proc
 
 
-def _user_inside(box: sd.SystemdContainer, host_user: users.LabUser) -> None:
-    """The same name, uid and gid inside, local password locked (only the KDC can let it in)."""
-    box.run(["groupadd", "-g", str(host_user.gid), host_user.name])
-    box.run(["useradd", "-u", str(host_user.uid), "-g", str(host_user.gid), "-m", "-s", "/bin/sh",
-             host_user.name])
+@pytest.fixture
+def host_user(service: sd.SystemdContainer) -> Iterator[users.LabUser]:
+    """A user made on the host (that reserves the uid there: keyrings are per uid, not per namespace)
+    and the same name, uid and gid inside with a locked local password (only the KDC lets it in).
+    Removed from both afterwards, with its keys."""
+    box = service
+    host_user = users.create("pks")
+    try:
+        box.run(["groupadd", "-g", str(host_user.gid), host_user.name])
+        box.run(["useradd", "-u", str(host_user.uid), "-g", str(host_user.gid), "-m", "-s", "/bin/sh",
+                 host_user.name])
+        yield host_user
+    finally:
+        box.run(["userdel", "-r", host_user.name], check=False)
+        box.run(["groupdel", host_user.name], check=False)
+        users.remove(host_user)
 
 
 def test_unit_reaches_active_through_notify(service: sd.SystemdContainer) -> None:
@@ -167,11 +178,11 @@ def test_unit_reaches_active_through_notify(service: sd.SystemdContainer) -> Non
     print(f"exec to READY=1: {ready:.3f} s")
     assert ready > 0
     # The sandbox is really in force on that process (a container could have quietly dropped it):
-    # seccomp filter mode, no_new_privs, and the bounding set of exactly the four capabilities.
+    # seccomp filter mode, no_new_privs, and the bounding set of exactly the unit's capabilities.
     proc = dict(line.split(":\t", 1) for line in
                 service.run(["cat", f"/proc/{props['MainPID']}/status"]).stdout.splitlines() if ":\t" in line)
     assert proc["Seccomp"].strip() == "2" and proc["NoNewPrivs"].strip() == "1", proc
-    caps = {1: "CAP_DAC_OVERRIDE", 2: "CAP_DAC_READ_SEARCH", 6: "CAP_SETGID", 7: "CAP_SETUID"}
+    caps = {2: "CAP_DAC_READ_SEARCH", 6: "CAP_SETGID", 7: "CAP_SETUID"}
     assert int(proc["CapBnd"], 16) == sum(1 << bit for bit in caps), proc["CapBnd"]
     # `keyinit status` answers over the unit's socket, from the unit's main process.
     status = _status(service)
@@ -182,13 +193,11 @@ def test_unit_reaches_active_through_notify(service: sd.SystemdContainer) -> Non
                                         "/opt/pam-keyinit-py/bin/keyinit-ticketd")
 
 
-def test_login_renew_kill9_logout_under_the_sandbox(service: sd.SystemdContainer, realm) -> None:  # noqa: ANN001
-    # Made on the host too, to reserve the uid there: keyrings are per uid, not per namespace.
-    host_user = users.create("pks")
+def test_login_renew_kill9_logout_under_the_sandbox(service: sd.SystemdContainer, realm,  # noqa: ANN001
+        host_user: users.LabUser) -> None:
     pamtester: subprocess.Popen[str] | None = None
     try:
         uid, gid, name = host_user.uid, host_user.gid, host_user.name
-        _user_inside(service, host_user)
         password = "Pw-" + os.urandom(9).hex()
         principal = realm.add_principal(name, password, maxlife=20, maxrenew=600)  # renewed about every 10 s
         # The login: pamtester inside, through the stacks pam-auth-update wrote.
@@ -229,7 +238,6 @@ def test_login_renew_kill9_logout_under_the_sandbox(service: sd.SystemdContainer
         if pamtester is not None and pamtester.poll() is None:
             pamtester.kill()
             pamtester.wait()
-        users.remove(host_user)
 
 
 def test_security_exposure(service: sd.SystemdContainer) -> None:
@@ -253,13 +261,12 @@ session optional pam_exec.so /usr/local/sbin/pkk-probe
 """
 
 
-def test_delegated_file_cache_is_moved_into_the_keyring(service: sd.SystemdContainer, realm) -> None:  # noqa: ANN001
+def test_delegated_file_cache_is_moved_into_the_keyring(service: sd.SystemdContainer, realm,  # noqa: ANN001
+        host_user: users.LabUser) -> None:
     """The service must see the host's /tmp: a delegated FILE:/tmp/krb5cc_<uid>_* is read and removed."""
-    host_user = users.create("pks")
     pamtester: subprocess.Popen[str] | None = None
     try:
         uid, gid, name = host_user.uid, host_user.gid, host_user.name
-        _user_inside(service, host_user)
         password = "Pw-" + os.urandom(9).hex()
         principal = realm.add_principal(name, password)
         cache = f"/tmp/krb5cc_{uid}_pkkdeleg"
@@ -287,35 +294,30 @@ def test_delegated_file_cache_is_moved_into_the_keyring(service: sd.SystemdConta
         if pamtester is not None and pamtester.poll() is None:
             pamtester.kill()
             pamtester.wait()
-        users.remove(host_user)
 
 
-def test_k5login_in_home_is_honoured(service: sd.SystemdContainer, realm) -> None:  # noqa: ANN001
+def test_k5login_in_home_is_honoured(service: sd.SystemdContainer, realm,  # noqa: ANN001
+        host_user: users.LabUser) -> None:
     """The account step's krb5_kuserok reads ~/.k5login in the service: the unit must let it see /home.
 
     A user whose .k5login does not list their own principal may not log in with it (MIT kuserok).
     The same user without that file may (an2ln).  Under ProtectHome=yes /home is empty for the
     service, so the refusal silently became a success.
     """
-    host_user = users.create("pks")
-    try:
-        name = host_user.name
-        _user_inside(service, host_user)
-        password = "Pw-" + os.urandom(9).hex()
-        realm.add_principal(name, password)
-        k5login = service.path(f"/home/{name}/.k5login")
-        k5login.write_text(f"nobody-else@{realm.realm}\n")
-        os.chown(k5login, host_user.uid, host_user.gid)
+    name = host_user.name
+    password = "Pw-" + os.urandom(9).hex()
+    realm.add_principal(name, password)
+    k5login = service.path(f"/home/{name}/.k5login")
+    k5login.write_text(f"nobody-else@{realm.realm}\n")
+    os.chown(k5login, host_user.uid, host_user.gid)
 
-        def pamtester() -> subprocess.CompletedProcess[str]:
-            return service.run(["pamtester", "-v", "pkk-login", name, "authenticate", "acct_mgmt"],
-                               input=password + "\n", check=False)
+    def pamtester() -> subprocess.CompletedProcess[str]:
+        return service.run(["pamtester", "-v", "pkk-login", name, "authenticate", "acct_mgmt"],
+                           input=password + "\n", check=False)
 
-        refused = pamtester()
-        assert refused.returncode != 0 and "acct_mgmt" in refused.stderr, refused.stdout + refused.stderr
-        assert "may not log in to it" in _journal(service)
-        k5login.unlink()
-        allowed = pamtester()
-        assert allowed.returncode == 0, allowed.stdout + allowed.stderr + _journal(service)
-    finally:
-        users.remove(host_user)
+    refused = pamtester()
+    assert refused.returncode != 0 and "acct_mgmt" in refused.stderr, refused.stdout + refused.stderr
+    assert "may not log in to it" in _journal(service)
+    k5login.unlink()
+    allowed = pamtester()
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr + _journal(service)
