@@ -321,3 +321,30 @@ def test_k5login_in_home_is_honoured(service: sd.SystemdContainer, realm,  # noq
     k5login.unlink()
     allowed = pamtester()
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr + _journal(service)
+
+
+def _journal_json(box: sd.SystemdContainer, *match: str) -> list[dict[str, Any]]:
+    out = box.run(["journalctl", "--no-pager", "-o", "json", "-u", UNIT, *match]).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_journal_lines_carry_structured_fields(service: sd.SystemdContainer,
+                                               host_user: users.LabUser) -> None:
+    """Under systemd the service logs to journald natively: PRIORITY per level, its identifier,
+    the code location, KEYINIT_* fields to match on, and no stderr prefix inside MESSAGE."""
+    ready = _journal_json(service, "KEYINIT_EVENT=ready")  # journalctl's own field match
+    assert ready, _journal(service)
+    line = ready[-1]
+    assert line["MESSAGE"].startswith("listening on /run/keyinit/ticketd.sock"), line
+    assert line["PRIORITY"] == "6" and line["SYSLOG_IDENTIFIER"] == "keyinit-ticketd", line
+    assert line["CODE_FUNC"] == "main" and line["CODE_FILE"].endswith("/tickets/daemon.py"), line
+    # A warning is a warning for journald too: a delegated cache that is not there (priority 4).
+    service.write("/etc/pkk-delegated.env", f"KRB5CCNAME DEFAULT=FILE:/tmp/krb5cc_{host_user.uid}_missing\n")
+    service.write("/etc/pam.d/pkk-delegated", PAM_DELEGATED)
+    pamtester = _login(service, "pkk-delegated", host_user.name, "")
+    service.write(RELEASE, "")
+    pamtester.communicate(timeout=30)
+    warnings = [x for x in _journal_json(service, "PRIORITY=4") if "_missing" in x["MESSAGE"]]
+    assert warnings and warnings[-1]["MESSAGE"].startswith("session "), _journal(service)
+    mine = _journal_json(service, "SYSLOG_IDENTIFIER=keyinit-ticketd")
+    assert mine and not any("keyinit-ticketd[" in x["MESSAGE"] for x in mine), mine
