@@ -34,6 +34,9 @@ from pam_keyinit_py.lab import users
 from tests.conftest import REPO, require, require_root
 from tests.kdc.ticketd import persistent_caches
 
+# The first run on a machine builds the root filesystem (debootstrap, about a minute) in the fixture.
+pytestmark = pytest.mark.timeout(900)
+
 UNIT = "keyinit-ticketd.service"
 LAB_KRB5 = "/etc/keyinit-lab/krb5.conf"
 PROBE_OUT = "/run/pkk-probe.out"
