@@ -10,14 +10,14 @@
 #
 # What the container needs beyond systemd: /usr/bin/python3 with venv and a compiler, so that
 # `keyinit install` builds the package and its cffi extensions there exactly as on a user's host;
-# pam_python, pam-auth-update and pamtester for a real login through the installed stack;
+# pam_python, pam-auth-update, pamtester and sshd for real logins through the installed stack;
 # keyutils and the krb5 client tools to look at what the service wrote.
 set -euo pipefail
 
 CACHE=${1:-/var/cache/pam-keyinit-py}
 SUITE=bookworm
 MIRROR=${DEBOOTSTRAP_MIRROR:-http://deb.debian.org/debian}
-PACKAGES=systemd,systemd-sysv,dbus,python3,python3-venv,python3-dev,gcc,libc6-dev,libffi-dev,pkg-config,libkeyutils-dev,keyutils,libkrb5-dev,krb5-user,libpam-python,libpam-runtime,pamtester,ca-certificates
+PACKAGES=systemd,systemd-sysv,dbus,python3,python3-venv,python3-dev,gcc,libc6-dev,libffi-dev,pkg-config,libkeyutils-dev,keyutils,libkrb5-dev,krb5-user,libpam-python,libpam-runtime,pamtester,openssh-server,ca-certificates
 
 command -v debootstrap >/dev/null || { echo "systemd-rootfs: debootstrap is not installed (make setup)" >&2; exit 1; }
 hash=$(printf '%s %s %s\n' "$SUITE" "$PACKAGES" "v1" | sha256sum | cut -c1-12)
@@ -41,6 +41,11 @@ if [ ! -f "$ROOT/.pkk-rootfs-complete" ]; then
     for unit in getty@tty1.service console-getty.service; do
         rm -f "$tmp/etc/systemd/system/getty.target.wants/$unit"
     done
+    # The container shares the host's network: Debian's ssh.service would take port 22 from the
+    # host.  Tests start their own sshd on a free loopback port (systemd-run).
+    rm -f "$tmp/etc/systemd/system/multi-user.target.wants/ssh.service" "$tmp/etc/systemd/system/sshd.service"
+    ln -sf /dev/null "$tmp/etc/systemd/system/ssh.service"
+    ln -sf /dev/null "$tmp/etc/systemd/system/ssh.socket"
     touch "$tmp/.pkk-rootfs-complete"
     rm -rf "$ROOT"
     mv "$tmp" "$ROOT"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import tempfile
 import time
@@ -31,6 +32,7 @@ import pytest
 
 from pam_keyinit_py.lab import systemd as sd
 from pam_keyinit_py.lab import users
+from pam_keyinit_py.lab.sshd import free_port as sshd_free_port
 from tests.conftest import REPO, require, require_root
 from tests.kdc.ticketd import persistent_caches
 
@@ -351,3 +353,49 @@ def test_journal_lines_carry_structured_fields(service: sd.SystemdContainer,
     assert warnings and warnings[-1]["MESSAGE"].startswith("session "), _journal(service)
     mine = _journal_json(service, "SYSLOG_IDENTIFIER=keyinit-ticketd")
     assert mine and not any("keyinit-ticketd[" in x["MESSAGE"] for x in mine), mine
+
+
+def test_ssh_login_through_the_containers_sshd(service: sd.SystemdContainer, host_user: users.LabUser,
+                                               realm) -> None:  # noqa: ANN001
+    """An ssh password login to the container's own sshd (Debian's /etc/pam.d/sshd, the stacks of
+    pam-auth-update) on a loopback port: the session's klist shows the TGT the unit wrote as the
+    user, and the logout clears it."""
+    uid, name = host_user.uid, host_user.name
+    password = "Pw-" + os.urandom(9).hex()
+    principal = realm.add_principal(name, password)
+    port = sshd_free_port()
+    service.run(["mkdir", "-p", "/run/sshd"])
+    service.run(["systemd-run", "--unit", "pkk-sshd",
+                 "/usr/sbin/sshd", "-D", "-e", "-o", f"Port={port}", "-o", "ListenAddress=127.0.0.1",
+                 "-o", "PasswordAuthentication=yes", "-o", "KbdInteractiveAuthentication=no",
+                 "-o", "UsePAM=yes"])
+    try:
+        _wait("sshd listening", lambda: _listening(port), 20, service)
+        read_fd, write_fd = os.pipe()
+        os.write(write_fd, password.encode() + b"\n")
+        os.close(write_fd)
+        try:
+            res = subprocess.run(
+                ["sshpass", "-d", str(read_fd), "ssh", "-F", "/dev/null", "-T",
+                 "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                 "-o", "PreferredAuthentications=password", "-o", "PubkeyAuthentication=no",
+                 "-o", "GSSAPIAuthentication=no", "-o", "NumberOfPasswordPrompts=1", "-o", "LogLevel=ERROR",
+                 "-p", str(port), f"{name}@127.0.0.1", f"KRB5_CONFIG={LAB_KRB5} klist; keyctl rdescribe @s"],
+                pass_fds=(read_fd,), env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "LANG": "C"},
+                capture_output=True, text=True, timeout=60, check=False)
+        finally:
+            os.close(read_fd)
+        sshd_log = service.run(["journalctl", "--no-pager", "-u", "pkk-sshd"], check=False).stdout
+        assert res.returncode == 0, res.stdout + res.stderr + sshd_log + _journal(service)
+        assert f"Ticket cache: KEYRING:persistent:{uid}:" in res.stdout, res.stdout
+        assert f"Default principal: {principal}" in res.stdout, res.stdout
+        assert f"keyring;{uid};" in res.stdout and ";_ses" in res.stdout, res.stdout
+        assert password not in sshd_log + _journal(service)
+        _wait("the caches cleared at logout", lambda: persistent_caches(uid) == {}, 15, service)
+    finally:
+        service.run(["systemctl", "stop", "pkk-sshd"], check=False)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
