@@ -18,6 +18,8 @@ PACKAGES=(
   krb5-kdc krb5-admin-server krb5-user libkrb5-dev
   # process tools used by the tests
   procps passwd
+  # a real systemd for the unit's test: debootstrap builds its root filesystem once (cached)
+  debootstrap
   # the anchor for docker-credential-keyctl's error texts: upstream's Go helpers
   # (docker-credential-secretservice decodes stdin with encoding/json before any D-Bus call)
   golang-docker-credential-helpers

@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 
+from . import journal
 from .config import DEFAULT_CONFIG, ConfigError, load
 
 log = logging.getLogger("keyinit-ticketd")
@@ -48,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"keyinit-ticketd: {exc}", file=sys.stderr)
         return 78  # EX_CONFIG, as systemd's exit status table names it
-    logging.basicConfig(stream=sys.stderr, level=getattr(logging, config.log_level.upper(), logging.INFO),
-                        format="keyinit-ticketd[%(process)d]: %(levelname)s %(message)s")
+    # Under systemd: journald's native protocol with PRIORITY and KEYINIT_* fields; else stderr lines.
+    journal.setup(getattr(logging, config.log_level.upper(), logging.INFO))
     if os.geteuid() != 0:
         log.warning("not running as root: logins and other users' tickets will fail")
 
@@ -65,14 +66,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     def stop(signum: int, _frame: object) -> None:
-        log.info("signal %d: stopping", signum)
+        log.info("signal %d: stopping", signum, extra=journal.fields(event="stopping"))
         sd_notify("STOPPING=1")
         server.shutdown()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     service.start()
-    log.info("listening on %s (KRB5_CONFIG=%s)", config.socket, os.environ.get("KRB5_CONFIG", "default"))
+    log.info("listening on %s (KRB5_CONFIG=%s)", config.socket, os.environ.get("KRB5_CONFIG", "default"),
+             extra=journal.fields(event="ready"))
     sd_notify("READY=1")
     try:
         server.serve_forever()

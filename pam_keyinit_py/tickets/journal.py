@@ -1,0 +1,120 @@
+"""Logging to journald with structured fields, when systemd started the service; plain stderr otherwise.
+
+The handler speaks journald's native protocol (systemd.journal-fields(7), "Native Journal
+Protocol"): one datagram per record to ``/run/systemd/journal/socket``, each field ``NAME=value\\n``,
+or ``NAME\\n`` + 64-bit little-endian length + value + ``\\n`` when the value holds a newline.  It is
+what sd_journal_send() does, in a few lines of stdlib, so the venv needs no libsystemd build
+(python-systemd's wheel is built from source against libsystemd-dev).
+
+Every record carries PRIORITY (syslog level of the Python level), SYSLOG_IDENTIFIER, CODE_FILE,
+CODE_LINE, CODE_FUNC; journald adds the trusted _PID, _UID, _SYSTEMD_UNIT.  A record's
+``keyinit_*`` attributes (``log.info(..., extra=fields(uid=1001, event="auth"))``) become
+``KEYINIT_*`` fields, so ``journalctl KEYINIT_UID=1001`` finds a user's lines.
+
+Under systemd, stderr is a stream to journald too (``$JOURNAL_STREAM`` names its device and inode);
+that is how :func:`under_journald` knows to switch.  A record the socket refuses (too large for one
+datagram, journald restarting) is written to stderr instead, never lost and never raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import struct
+import sys
+from typing import Any
+
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+IDENTIFIER = "keyinit-ticketd"
+#: Python level -> syslog priority (syslog(3): 2 crit, 3 err, 4 warning, 6 info, 7 debug).
+_PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
+#: The structured fields the service's log calls may pass (see :func:`fields`).
+FIELDS = ("event", "uid", "user", "principal", "ccache", "code", "sid")
+
+
+def fields(**values: Any) -> dict[str, Any]:
+    """``extra=`` for a log call: ``fields(event="renew", uid=1001)`` -> KEYINIT_EVENT, KEYINIT_UID.
+
+    Only the names in :data:`FIELDS`; None values are left out.  Never pass a secret.
+    """
+    unknown = set(values) - set(FIELDS)
+    if unknown:
+        raise ValueError(f"unknown journal field(s): {sorted(unknown)}")
+    return {f"keyinit_{k}": v for k, v in values.items() if v is not None}
+
+
+def under_journald(stream: Any = None) -> bool:
+    """True when ``stream`` (stderr) is the journal stream systemd connected ($JOURNAL_STREAM dev:ino)."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    dev, _, ino = value.partition(":")
+    if not dev.isdigit() or not ino.isdigit():
+        return False
+    try:
+        st = os.fstat((stream or sys.stderr).fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return st.st_dev == int(dev) and st.st_ino == int(ino)
+
+
+def _field(name: str, value: object) -> bytes:
+    data = str(value).encode("utf-8", "replace")
+    key = name.encode()
+    if b"\n" in data:
+        return key + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
+    return key + b"=" + data + b"\n"
+
+
+class JournalHandler(logging.Handler):
+    """A logging handler that sends each record to journald as one native-protocol datagram."""
+
+    def __init__(self, address: str = JOURNAL_SOCKET, identifier: str = IDENTIFIER) -> None:
+        super().__init__()
+        self.address = address
+        self.identifier = identifier
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.fallback = logging.StreamHandler(sys.stderr)
+        self.fallback.setFormatter(logging.Formatter(f"{identifier}[%(process)d]: %(levelname)s %(message)s"))
+
+    def encode(self, record: logging.LogRecord) -> bytes:
+        """The datagram for ``record``: MESSAGE, PRIORITY, SYSLOG_IDENTIFIER, CODE_*, KEYINIT_*."""
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + logging.Formatter().formatException(record.exc_info)
+        parts = [
+            _field("MESSAGE", message),
+            _field("PRIORITY", _PRIORITY.get(record.levelno, 6 if record.levelno < logging.WARNING else 3)),
+            _field("SYSLOG_IDENTIFIER", self.identifier),
+            _field("CODE_FILE", record.pathname),
+            _field("CODE_LINE", record.lineno),
+            _field("CODE_FUNC", record.funcName),
+            _field("LOGGER", record.name),
+        ]
+        for name, value in vars(record).items():
+            if name.startswith("keyinit_") and value is not None:
+                parts.append(_field(name.upper(), value))
+        return b"".join(parts)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.sock.sendto(self.encode(record), self.address)
+        except OSError:
+            self.fallback.handle(record)
+        except Exception:  # noqa: BLE001 - logging must never take the service down
+            self.handleError(record)
+
+    def close(self) -> None:
+        self.sock.close()
+        super().close()
+
+
+def setup(level: int) -> None:
+    """Root logging: journald with fields under systemd, else ``keyinit-ticketd[pid]:`` lines on stderr."""
+    if under_journald() and os.path.exists(JOURNAL_SOCKET):
+        handler: logging.Handler = JournalHandler()
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"{IDENTIFIER}[%(process)d]: %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
