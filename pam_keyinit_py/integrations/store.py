@@ -161,12 +161,20 @@ class KeyStore:
         ring = self.ring()
         if ring is None:
             return None
-        key = self._search(ring, "user", description)
-        if key is None:
+        for _attempt in range(8):
+            key = self._search(ring, "user", description)
+            if key is not None:
+                return key
             key = self._search(ring, "keyring", description)
-            if key is not None and key not in self._members(ring):
-                key = None  # a look-alike deeper down, not one of our items
-        return key
+            if key is None:
+                # put() adds an item's new shape before it removes the old one: an item that
+                # turned from a chunk keyring into a user key between the two searches is here.
+                return self._search(ring, "user", description)
+            if key in self._members(ring):
+                return key
+            # Not a member: a look-alike deeper down, or a chunk keyring that a newer one
+            # displaced since the search.  Search again; only a look-alike stays this way.
+        return None
 
     @staticmethod
     def _members(ring: int) -> list[int]:
