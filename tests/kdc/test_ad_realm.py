@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from pam_keyinit_py import doctor
 from pam_keyinit_py import protocol as P
 from pam_keyinit_py.keyutils import proc
 from pam_keyinit_py.lab.adrealm import AdRealm
@@ -253,6 +254,14 @@ def test_300_group_user_renews_for_hours_under_the_default_quota(daemons, ad_rea
 def test_own_keys_leaving_no_room_give_a_clear_warning_and_keep_the_ticket(daemons, ad_realm, big_user):
     daemon = _ad_daemon(daemons, ad_realm)
     assert _auth(daemon, big_user)["ok"]
+    assert daemon.request({"op": "open", "user": big_user.name, "uid": big_user.uid,
+                           "gid": big_user.gid})["ok"]
+    check = doctor.check_quota_headroom(daemon.socket)
+    assert check.ok, check
+    free = DEFAULT_MAXBYTES - _bytes(big_user.uid)
+    assert f"{big_user.name}: {free} of {DEFAULT_MAXBYTES} bytes" in check.detail, check
+    gen = int(check.detail.split("a ticket cache takes ")[1].split()[0])
+    assert 3000 < gen < free  # a 300-group TGT's cache, and room for the next generation
     (before,) = _caches(big_user.uid)
     # The user's own keys fill the quota (add_key until EDQUOT, in smaller and smaller keys):
     # less room is left than one generation needs.
@@ -268,6 +277,9 @@ def test_own_keys_leaving_no_room_give_a_clear_warning_and_keep_the_ticket(daemo
     res = big_user.user.run([str(TEST_PYTHON), "-c", code])
     assert res.returncode == 0, res.stderr
     assert DEFAULT_MAXBYTES - _bytes(big_user.uid) < 1000
+    # keyinit doctor sees it: no room for the generation a renewal writes.
+    check = doctor.check_quota_headroom(daemon.socket)
+    assert not check.ok and f"no room to renew for {big_user.name}" in check.detail, check
     reply = daemon.request({"op": "renew", "uid": big_user.uid})
     assert reply["ok"] and reply["errors"], reply
     assert "key quota exceeded" in reply["errors"][0]["error"]
