@@ -99,8 +99,13 @@ def make_ad_user(ad: AdRealm, groups: int = 0, prefix: str = "pka") -> AdUser:
 
 
 def remove_ad_user(ad: AdRealm, u: AdUser) -> None:
-    """Drop the AD account, its groups, the local user and its caches."""
+    """Drop the AD account, its groups, the local user, its caches and its user keyring's keys.
+
+    The user keyring (@u) outlives userdel and its keys stay charged to the uid: the next
+    useradd that reuses the uid would start with them (a quota test fills @u).
+    """
     clear_persistent(u.uid)
+    u.user.run(["keyctl", "clear", "@u"])
     try:
         ad.delete_user(u.name)
     finally:

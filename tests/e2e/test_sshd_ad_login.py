@@ -143,3 +143,35 @@ def test_ad_ticket_renewed_in_the_session_within_the_dc_limit(sshd_factory, stac
     finally:
         long.wait(30)
     ad_ticketd.wait_for(lambda: persistent_caches(ad_user.uid) == {}, 10, "the ticket cleared at last logout")
+
+
+def test_delegated_ad_ticket_lands_in_the_persistent_keyring_and_is_cleared(sshd_factory, ad_realm,
+                                                                           ad_user, tmp_path):
+    """GSSAPI ssh with a forwarded AD TGT (sshd accepting with the AD-exported host keytab)."""
+    from pam_keyinit_py.lab.sshd import GSSAPI
+
+    daemon = _daemon(ad_realm.env, str(ad_realm.keytab_path))
+    try:
+        sock = daemon.socket
+
+        def stack(pamwrap) -> list[str]:  # noqa: ANN001
+            return [pamwrap.hook_line("auth", "optional", f"use_first_pass socket={sock}"),
+                    "account required pam_permit.so",
+                    pamwrap.hook_line("session", "required", f"force revoke tickets socket={sock}")]
+
+        server = sshd_factory(stack, mode=GSSAPI, keytab=ad_realm.keytab_path, krb5_config=ad_realm.krb5_conf)
+        cc = f"FILE:{tmp_path}/client-cc"
+        kinit = subprocess.run(["kinit", "-f", ad_user.principal], input=ad_user.password + "\n",
+                               env={**ad_realm.env, "KRB5CCNAME": cc, "PATH": "/usr/bin:/bin"},
+                               capture_output=True, text=True, check=False)
+        assert kinit.returncode == 0, kinit.stderr
+        res = server.gss_login(ad_user.name, f"KRB5_CONFIG={ad_realm.krb5_conf} klist", cc)
+        assert res.returncode == 0, f"{res.stderr}\n{server.log()[-3000:]}\n{daemon.log()}"
+        assert f"Ticket cache: KEYRING:persistent:{ad_user.uid}:" in res.stdout, res.stdout
+        assert f"Default principal: {ad_user.principal}" in res.stdout
+        assert "delegated" in daemon.log()
+        daemon.wait_for(lambda: persistent_caches(ad_user.uid) == {}, 15, "the ticket cleared at logout")
+    finally:
+        daemon.stop()
+        print(daemon.log())
+        shutil.rmtree(daemon.dir, ignore_errors=True)
