@@ -100,6 +100,34 @@ def test_a_second_dc_is_refused_while_port_88_is_taken(ad_realm):
     assert ad_realm.running()  # the session's DC is untouched
 
 
+def test_stop_and_start_again_keep_the_domain(ad_realm, ad_user):
+    """``stop`` takes samba down (status says so, exit 3); ``start`` brings it back on the same database."""
+    import subprocess
+
+    from pam_keyinit_py.lab.adrealm import AD_REALM_SH
+
+    env_lines = subprocess.run(["/bin/bash", str(AD_REALM_SH), "env", str(ad_realm.dir)], capture_output=True,
+                               text=True, check=True).stdout
+    assert f"export KRB5_CONFIG={ad_realm.krb5_conf}" in env_lines and "export KDC_PORT=88" in env_lines
+    kinit = ["kinit", "-c", "MEMORY:t", ad_user.name]
+    env = {**ad_realm.env, "PATH": "/usr/bin:/bin"}
+    ad_realm.stop_kdc()
+    try:
+        assert not ad_realm.running()
+        status = subprocess.run(["/bin/bash", str(AD_REALM_SH), "status", str(ad_realm.dir)],
+                                capture_output=True, text=True, check=False)
+        assert status.returncode == 3 and "stopped" in status.stdout
+        down = subprocess.run(kinit, input=ad_user.password + "\n", env=env, capture_output=True, text=True,
+                              check=False)
+        assert down.returncode != 0
+    finally:
+        ad_realm.start_kdc()
+    assert ad_realm.running()
+    up = subprocess.run(kinit, input=ad_user.password + "\n", env=env, capture_output=True, text=True,
+                        check=False)
+    assert up.returncode == 0, up.stderr  # the user made before the restart is still there
+
+
 def test_host_keytab_holds_only_aes_keys_of_host_spns(ad_realm):
     import krb5
 
