@@ -1,6 +1,8 @@
 """The one definition of the messages between the PAM hook, the ticket service and ``keyinit``.
 
-Transport: a Unix stream socket (``/run/keyinit/ticketd.sock`` by default).
+Transport: a Unix stream socket (``/run/keyinit/ticketd.sock`` by default, mode 0666), and
+beside it a root-only one (``ticketd.root.sock``, mode 0600) that root's clients try first
+(:func:`root_socket`), so users flooding the public socket cannot delay a login's connect.
 Framing: each message is a 4-byte big-endian length followed by that many
 bytes of UTF-8 JSON holding one object.  Every message carries ``"v": 1``.
 
@@ -49,6 +51,7 @@ every login, twice under sshd's keyboard-interactive split.
 from __future__ import annotations
 
 import _socket
+import os as _os
 import struct
 import time
 
@@ -88,10 +91,14 @@ TOO_LARGE = "too_large"
 NOT_FOUND = "not_found"
 UNAVAILABLE = "service_unavailable"  # set by clients only: the service did not answer
 INTERNAL = "internal_error"
+BUSY = "busy"  # the connection was refused by a limit (per uid or in total): try again later
+# The change was made in memory but the state file could not be written, so a kill -9 would lose
+# it: the request is not acknowledged (the service keeps retrying the write in the background).
+STATE_NOT_SAVED = "state_not_saved"
 ERROR_CODES = frozenset(
     {BAD_PASSWORD, UNKNOWN_PRINCIPAL, KDC_UNREACHABLE, NOT_RENEWABLE, QUOTA, PASSWORD_EXPIRED, KDC_ERROR,
      ACCOUNT_EXPIRED, PASSWORD_REJECTED, VALIDATION_FAILED, FAST_UNAVAILABLE, DENIED, BAD_REQUEST, TOO_LARGE,
-     NOT_FOUND, UNAVAILABLE, INTERNAL}
+     NOT_FOUND, UNAVAILABLE, INTERNAL, BUSY, STATE_NOT_SAVED}
 )
 
 #: Delegated caches the hook hands to ``open``: ``FILE:/tmp/krb5cc_<uid>_<suffix>``, the per-login name
@@ -129,6 +136,49 @@ SCHEMA: dict[str, dict[str, tuple[type, bool]]] = {
     "destroy": {"ccache": _STR},
 }
 _MAX_STR = 4096
+#: Deepest nesting of arrays/objects a message may have (requests have none; replies two or three).
+MAX_DEPTH = 32
+#: Longest excerpt of a client-supplied value quoted in an error text or a log line.
+BRIEF = 40
+
+
+def brief(value: object, limit: int = BRIEF) -> str:
+    """``repr(value)`` cut to about ``limit`` characters: client values never go unbounded into a log."""
+    if isinstance(value, (dict, list, tuple)):
+        return f"<{type(value).__name__} of {len(value)}>"
+    if isinstance(value, str) and len(value) > limit:
+        return repr(value[:limit]) + f"...({len(value)} chars)"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _too_deep(body: bytes, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``body``'s arrays/objects nest deeper than ``limit``, found before any parsing.
+
+    Brackets inside strings do not count.  The exact scan runs only when the body holds more
+    opening brackets than the limit at all, so ordinary messages cost one bytes.count each.
+    """
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    depth = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return False
 
 
 def _dumps(value: object) -> str:
@@ -216,16 +266,25 @@ def encode(message: dict[str, Any], limit: int = MAX_MESSAGE) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-def decode(body: bytes) -> dict[str, Any]:
-    """Parse one frame body into a dict with a supported ``v``; no schema check."""
+def decode(body: bytes, max_depth: int | None = MAX_DEPTH) -> dict[str, Any]:
+    """Parse one frame body into a dict with a supported ``v``; no schema check.
+
+    Nesting deeper than ``max_depth`` is refused before parsing (the C scanner recurses); with
+    None (a reply of the service, which may be megabytes) only the scanner's own RecursionError
+    guards, and becomes a ProtocolError like any bad input.
+    """
+    if max_depth is not None and _too_deep(body, max_depth):
+        raise ProtocolError(BAD_REQUEST, f"not JSON: nested deeper than {max_depth}")
     try:
         message = _loads(body.decode())
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError(BAD_REQUEST, f"not JSON: {exc.__class__.__name__}") from None
     if not isinstance(message, dict):
         raise ProtocolError(BAD_REQUEST, "message is not a JSON object")
-    if message.get("v") != VERSION:
-        raise ProtocolError(BAD_REQUEST, f"unsupported protocol version {message.get('v')!r}")
+    version = message.get("v")
+    # Exact: true == 1 and 1.0 == 1 in Python, and neither is version 1.
+    if type(version) is not int or version != VERSION:
+        raise ProtocolError(BAD_REQUEST, f"unsupported protocol version {brief(version)}")
     return message
 
 
@@ -233,11 +292,11 @@ def validate_request(message: dict[str, Any]) -> dict[str, Any]:
     """Check a request against :data:`SCHEMA`; return it or raise ProtocolError(BAD_REQUEST)."""
     op = message.get("op")
     if not isinstance(op, str) or op not in SCHEMA:
-        raise ProtocolError(BAD_REQUEST, f"unknown op {op!r}")
+        raise ProtocolError(BAD_REQUEST, f"unknown op {brief(op)}")
     fields = SCHEMA[op]
     for key in message:
         if key not in ("v", "op") and key not in fields:
-            raise ProtocolError(BAD_REQUEST, f"{op}: unknown field {key!r}")
+            raise ProtocolError(BAD_REQUEST, f"{op}: unknown field {brief(key)}")
     for key, (kind, required) in fields.items():
         if key not in message or message[key] is None:
             if required:
@@ -283,7 +342,8 @@ def recv_message(sock: _socket.socket, limit: int = MAX_MESSAGE) -> dict[str, An
     (length,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size))
     if length > limit:
         raise ProtocolError(TOO_LARGE, f"message of {length} bytes exceeds {limit}")
-    return decode(_recv_exact(sock, length))
+    # Requests (untrusted, at most MAX_MESSAGE) get the nesting pre-scan; large replies do not.
+    return decode(_recv_exact(sock, length), MAX_DEPTH if limit <= MAX_MESSAGE else None)
 
 
 def send_message(sock: _socket.socket, message: dict[str, Any], limit: int = MAX_MESSAGE) -> None:
@@ -301,6 +361,17 @@ def reply_error(code: str, error: str) -> dict[str, Any]:
     return {"v": VERSION, "ok": False, "code": code, "error": error}
 
 
+def root_socket(path: str) -> str:
+    """The root-only socket beside the public one: ``ticketd.sock`` -> ``ticketd.root.sock``."""
+    return (path[:-5] if path.endswith(".sock") else path) + ".root.sock"
+
+
+def _timeval(seconds: float) -> bytes:
+    """A struct timeval for SO_SNDTIMEO/SO_RCVTIMEO."""
+    whole = int(seconds)
+    return struct.pack("@ll", whole, int((seconds - whole) * 1_000_000))
+
+
 def request(
     message: dict[str, Any],
     path: str = DEFAULT_SOCKET,
@@ -316,17 +387,33 @@ def request(
     exchange after it.
     """
     validate_request({"v": VERSION, **message})
-    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
-    try:
-        sock.settimeout(connect_timeout)
+    sock = None
+    # Root (the PAM stack of a login) goes through the root-only socket, whose backlog no user
+    # can fill; a service without one (older, or not running) is tried on the public path.
+    for candidate in ((root_socket(path), path) if _os.geteuid() == 0 else (path,)):
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+        # A blocking connect with SO_SNDTIMEO: when the listen backlog is full, Linux queues the
+        # connector and wakes it when there is room, up to the timeout.  A socket with a Python
+        # timeout is non-blocking underneath and fails at once (EAGAIN).
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO, _timeval(connect_timeout))
         try:
-            sock.connect(path)
+            sock.connect(candidate)
+            break
         except OSError as exc:
-            return reply_error(UNAVAILABLE, f"cannot connect to {path}: {exc.strerror or exc}")
+            sock.close()
+            sock = None
+            if candidate == path:
+                return reply_error(UNAVAILABLE, f"cannot connect to {path}: {exc.strerror or exc}")
+    assert sock is not None
+    try:
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO, _timeval(0))
         deadline = time.monotonic() + timeout
         try:
             sock.settimeout(timeout)
-            send_message(sock, message)
+            try:
+                send_message(sock, message)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # a refusing service replies (busy) and closes before reading: read its reply
             sock.settimeout(max(0.001, deadline - time.monotonic()))
             reply = recv_message(sock, MAX_REPLY)
         except (OSError, EOFError) as exc:

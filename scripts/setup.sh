@@ -20,6 +20,9 @@ PACKAGES=(
   samba samba-ad-dc samba-ad-provision winbind smbclient ldb-tools
   # process tools used by the tests
   procps passwd
+  # the anchor for docker-credential-keyctl's error texts: upstream's Go helpers
+  # (docker-credential-secretservice decodes stdin with encoding/json before any D-Bus call)
+  golang-docker-credential-helpers
 )
 
 # docker-credential-keyctl is tested by the real docker CLI; bring one only if none is there.

@@ -76,6 +76,11 @@ def _pairs(args: list[str]) -> dict[str, str]:
         raise UsageError("must specify attribute and value pairs")
     if len(args) % 2:
         raise UsageError(f"must specify attributes and values in pairs (attribute {args[-1]!r} has no value)")
+    for arg in args:
+        try:
+            arg.encode()
+        except UnicodeEncodeError:  # undecodable argv bytes (surrogateescape): no item can match
+            raise UsageError("attributes and values must be valid UTF-8") from None
     return dict(zip(args[::2], args[1::2], strict=True))
 
 

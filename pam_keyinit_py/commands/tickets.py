@@ -83,9 +83,17 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(reply, indent=2))
         return 0
     s = reply["service"]
-    print(f"keyinit-ticketd: running (pid {s['pid']}, since {_when(s['started'])}), socket {args.socket}")
-    print(f"  {s['sessions']} session(s) of {s['users']} user(s), {s['tickets']} tracked ticket(s), "
-          f"{s['renewals']} renewal(s), {s['renew_failures']} failed; clear_on_logout={s['clear_on_logout']}")
+    if "pid" in s:  # root's view: the whole service
+        print(f"keyinit-ticketd: running (pid {s['pid']}, since {_when(s['started'])}), socket {args.socket}")
+        print(f"  {s['sessions']} session(s) of {s['users']} user(s), {s['tickets']} tracked ticket(s), "
+              f"{s['renewals']} renewal(s), {s['renew_failures']} failed; "
+              f"clear_on_logout={s['clear_on_logout']}")
+        state = s.get("state_file") or {}
+        if state and not state.get("saved", True):
+            print(f"  STATE FILE NOT WRITTEN since {_when(state['failing_since'])}: {state['error']} "
+                  f"({state['failed_attempts']} failed attempts; retrying)")
+    else:  # a user's view: only their own sessions and tickets
+        print(f"keyinit-ticketd: running, socket {args.socket}; clear_on_logout={s.get('clear_on_logout')}")
     sessions = reply["sessions"]
     print(f"Sessions ({len(sessions)}):")
     for x in sessions:

@@ -23,17 +23,32 @@ the old.  The keyring location is ``$KEYINIT_STORE_LOCATION`` (default
 persistent); Docker passes the environment through.  Set it in the
 environment of the docker client (e.g. ``~/.profile``).
 
+Input is read as credentials.go reads it: bytes, split into lines by
+``bufio.Scanner`` (a line of 65,536 bytes or more is ``bufio.Scanner: token
+too long``), line breaks dropped, then decoded by Go's ``encoding/json`` rules
+and texts (:mod:`.gojson`; the README lists which input gets which message).
+A server URL that is not UTF-8 cannot have been stored, so ``get`` and
+``erase`` answer ``credentials not found in native keychain``.  Secrets up to
+the protocol's line limit (about 64 KiB) are stored, across several keys when
+one ``user`` key (32,767 bytes) is too small.
+
 Configure Docker with ``{"credsStore": "keyctl"}`` in ``~/.docker/config.json``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
-from typing import IO
 
+from .gojson import GoJSONError, decode_struct
 from .secret_store import SecretStore
 from .store import StoreError
+
+# Names for annotations only: importing typing costs every helper start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import IO
 
 NAME = "docker-credential-keyctl"
 PACKAGE = "pam_keyinit_py"
@@ -58,36 +73,55 @@ def go_json(value: object) -> str:
     return text + "\n"
 
 
-def parse_credentials(data: str) -> dict[str, str]:
+MAX_LINE = 64 * 1024  # bufio.MaxScanTokenSize: a line (without its \n) must be shorter
+ERR_TOO_LONG = "bufio.Scanner: token too long"
+_GO_SPACE = " \t\n\v\f\r\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008" \
+    "\u2009\u200a\u2028\u2029\u202f\u205f\u3000"  # unicode.IsSpace, as strings.TrimSpace
+
+
+def read_input(stream: IO[bytes]) -> bytes:
+    """stdin as credentials.go's bufio.Scanner loop sees it: lines joined, "\n" and a final "\r" dropped.
+
+    Reading stops at the first line of MAX_LINE bytes or more (HelperError
+    ``bufio.Scanner: token too long``), as the Go helpers stop.
+    """
+    lines: list[bytes] = []
+    pending = b""
+    while True:
+        chunk = stream.read(MAX_LINE)
+        if not chunk:
+            break
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            if len(line) >= MAX_LINE:
+                raise HelperError(ERR_TOO_LONG)
+            lines.append(line[:-1] if line.endswith(b"\r") else line)
+        if len(pending) >= MAX_LINE:
+            raise HelperError(ERR_TOO_LONG)
+    if pending:
+        lines.append(pending[:-1] if pending.endswith(b"\r") else pending)
+    return b"".join(lines)
+
+
+def parse_credentials(data: bytes) -> dict[str, str]:
     """Decode a Credentials object as Go does: case-insensitive keys, unknown keys ignored.
 
-    Only the first JSON value counts (Go's Decoder.Decode).  Messages carry
-    positions, never the input (it holds the secret).
+    Only the first JSON value counts (Go's Decoder.Decode).  Error texts are
+    encoding/json's; they never carry the input beyond one character.
     """
-    # bufio.Scanner drops the line breaks between lines before decoding.
-    data = data.replace("\r\n", "").replace("\n", "")
     try:
-        value, _end = json.JSONDecoder().raw_decode(data.lstrip(" \t"))
-    except json.JSONDecodeError as exc:
-        if not data.strip():
-            raise HelperError("invalid credentials: empty input, expected a JSON object") from None
-        raise HelperError(f"invalid credentials JSON: {exc.msg} at offset {exc.pos}") from None
-    if not isinstance(value, dict):
-        raise HelperError(
-            f"invalid credentials JSON: expected an object, got {type(value).__name__}"
-        )
-    creds = {"ServerURL": "", "Username": "", "Secret": ""}
-    for key, item in value.items():
-        for field in creds:
-            if key.lower() == field.lower():
-                if item is None:
-                    continue
-                if not isinstance(item, str):
-                    raise HelperError(
-                        f"invalid credentials JSON: {field} must be a string, got {type(item).__name__}"
-                    )
-                creds[field] = item
-    return creds
+        return decode_struct(data, ("ServerURL", "Username", "Secret"), "Credentials", "credentials")
+    except GoJSONError as exc:
+        raise HelperError(str(exc)) from None
+
+
+def server_url(data: bytes) -> str | None:
+    """strings.TrimSpace of the input; None when it is not UTF-8 (no such URL can be stored)."""
+    try:
+        return data.decode().strip(_GO_SPACE)
+    except UnicodeDecodeError:
+        return None
 
 
 class KeyctlHelper:
@@ -136,19 +170,19 @@ def _version() -> str:
         return "0.0.0+unknown"
 
 
-def handle(action: str, stdin: IO[str], stdout: IO[str]) -> None:
+def handle(action: bytes, stdin: IO[bytes], stdout: IO[bytes]) -> None:
     """Run one action of the protocol (HandleCommand in credentials.go)."""
-    if action == "version":
-        stdout.write(f"{NAME} ({PACKAGE}) {_version()}\n")
+    if action == b"version":
+        stdout.write(f"{NAME} ({PACKAGE}) {_version()}\n".encode())
         return
-    if action not in ("store", "get", "erase", "list"):
-        raise HelperError(f"{NAME}: unknown action: {action}")
+    if action not in (b"store", b"get", b"erase", b"list"):
+        raise HelperError(NAME.encode() + b": unknown action: " + action)
     helper = KeyctlHelper()
-    if action == "list":
-        stdout.write(go_json(helper.list()))
+    if action == b"list":
+        stdout.write(go_json(helper.list()).encode())
         return
-    data = stdin.read()
-    if action == "store":
+    data = read_input(stdin)
+    if action == b"store":
         creds = parse_credentials(data)
         if not creds["ServerURL"]:
             raise HelperError(ERR_MISSING_URL)
@@ -156,38 +190,53 @@ def handle(action: str, stdin: IO[str], stdout: IO[str]) -> None:
             raise HelperError(ERR_MISSING_USERNAME)
         helper.add(creds)
         return
-    server_url = data.strip()
-    if not server_url:
+    url = server_url(data)
+    if url == "":
         raise HelperError(ERR_MISSING_URL)
-    if action == "get":
-        username, secret = helper.get(server_url)
-        stdout.write(go_json({"ServerURL": server_url, "Username": username, "Secret": secret}))
+    if url is None:
+        raise HelperError(ERR_NOT_FOUND)
+    if action == b"get":
+        username, secret = helper.get(url)
+        stdout.write(go_json({"ServerURL": url, "Username": username, "Secret": secret}).encode())
     else:
-        helper.delete(server_url)
+        helper.delete(url)
+
+
+def _say(message: str | bytes) -> None:
+    """One line on stdout, as credentials.Serve's fmt.Fprintln(os.Stdout, err)."""
+    data = message if isinstance(message, bytes) else message.encode(errors="surrogateescape")
+    sys.stdout.buffer.write(data + b"\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``docker-credential-keyctl`` (credentials.Serve)."""
-    args = sys.argv[1:] if argv is None else argv
+    """Entry point of ``docker-credential-keyctl`` (credentials.Serve): errors on stdout, exit 1."""
+    args = [os.fsencode(a) for a in (sys.argv[1:] if argv is None else argv)]
+    code = 0
     usage = f"Usage: {NAME} <store|get|erase|list|version>"
     if len(args) != 1:
-        print(usage)
-        return 1
-    if args[0] in ("--version", "-v"):
-        args = ["version"]
-    elif args[0] in ("--help", "-h"):
-        print(usage)
-        return 0
+        _say(usage)
+        code = 1
+    elif args[0] in (b"--help", b"-h"):
+        _say(usage)
+    else:
+        if args[0] in (b"--version", b"-v"):
+            args = [b"version"]
+        try:
+            handle(args[0], sys.stdin.buffer, sys.stdout.buffer)
+        except HelperError as exc:
+            _say(exc.args[0])
+            code = 1
+        except StoreError as exc:
+            _say(str(exc))
+            code = 1
+        except Exception as exc:  # noqa: BLE001 - Docker shows stdout; never a traceback, never the input
+            _say(f"{NAME}: internal error: {type(exc).__name__}")
+            code = 1
     try:
-        handle(args[0], sys.stdin, sys.stdout)
-    except (HelperError, StoreError) as exc:
-        print(exc)
-        return 1
-    except UnicodeDecodeError:
-        print("invalid input: not valid UTF-8")
-        return 1
-    sys.stdout.flush()
-    return 0
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = 1
+    return code
 
 
 if __name__ == "__main__":

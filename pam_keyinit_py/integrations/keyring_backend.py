@@ -41,6 +41,48 @@ from .store import StoreError, resolve_location
 APPLICATION = "Python keyring library"
 
 
+def _under_keyring_cli() -> bool:
+    """True inside keyring's own command-line tool (``keyring ...`` or ``python -m keyring``)."""
+    import os
+    import sys
+
+    main = getattr(sys.modules.get("__main__"), "__file__", None) or ""
+    return os.path.basename(sys.argv[0] if sys.argv else "") == "keyring" or main.endswith(
+        os.path.join("keyring", "__main__.py"))
+
+
+def _report_keyring_errors() -> None:
+    """Make keyring's CLI print this backend's errors as one line, not a traceback.
+
+    keyring's CommandLineTool catches no backend error (a failed set or del is
+    an uncaught PasswordSetError/PasswordDeleteError), so every message here,
+    the quota hint included, would reach the user inside a traceback.  Only
+    KeyringError raised *by this backend* is shortened; anything else, and any
+    program other than keyring's CLI, keeps Python's default handling.
+    """
+    import sys
+
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):  # noqa: ANN001, ANN202 - sys.excepthook's signature
+        if isinstance(value, errors.KeyringError) and getattr(value, "_keyinit", False):
+            sys.stderr.write(f"keyring: {kind.__name__}: {value}\n")
+            return
+        previous(kind, value, tb)
+
+    sys.excepthook = hook
+
+
+def _error(kind: type[errors.KeyringError], message: str) -> errors.KeyringError:
+    exc = kind(message)
+    exc._keyinit = True  # type: ignore[attr-defined]
+    return exc
+
+
+if _under_keyring_cli():
+    _report_keyring_errors()
+
+
 class KernelKeyring(KeyringBackend):
     """Python keyring backend storing passwords as possessor-only ``user`` keys in the kernel."""
 
@@ -75,7 +117,7 @@ class KernelKeyring(KeyringBackend):
         try:
             return SecretStore(self.location)
         except StoreError as exc:
-            raise failure(str(exc)) from None
+            raise _error(failure, str(exc)) from None
 
     @staticmethod
     def _query(service: str, username: str | None = None) -> dict[str, str]:
@@ -94,7 +136,7 @@ class KernelKeyring(KeyringBackend):
             store = self._store(errors.KeyringError)
             return store.lookup(self._query(service, username), self._attributes(service, username))
         except StoreError as exc:
-            raise errors.KeyringError(str(exc)) from None
+            raise _error(errors.KeyringError, str(exc)) from None
 
     def set_password(self, service: str, username: str, password: str) -> None:
         """Store the password; any older item for (service, username) is replaced."""
@@ -105,16 +147,16 @@ class KernelKeyring(KeyringBackend):
                 attributes, label, password, replace=self._query(service, username)
             )
         except StoreError as exc:
-            raise errors.PasswordSetError(str(exc)) from None
+            raise _error(errors.PasswordSetError, str(exc)) from None
 
     def delete_password(self, service: str, username: str) -> None:
         """Delete the password; PasswordDeleteError if there is none."""
         try:
             removed = self._store(errors.PasswordDeleteError).clear(self._query(service, username))
         except StoreError as exc:
-            raise errors.PasswordDeleteError(str(exc)) from None
+            raise _error(errors.PasswordDeleteError, str(exc)) from None
         if not removed:
-            raise errors.PasswordDeleteError("Password not found")
+            raise _error(errors.PasswordDeleteError, "Password not found")
 
     def get_credential(self, service: str, username: str | None) -> credentials.Credential | None:
         """(username, password) for the service; with username None, the most recent one."""
@@ -127,5 +169,5 @@ class KernelKeyring(KeyringBackend):
                 if "username" in item.attributes:
                     return credentials.SimpleCredential(item.attributes["username"], item.secret)
         except StoreError as exc:
-            raise errors.KeyringError(str(exc)) from None
+            raise _error(errors.KeyringError, str(exc)) from None
         return None

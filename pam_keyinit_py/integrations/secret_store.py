@@ -24,11 +24,24 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 
 from .store import KeyStore, StoreError
 
 __all__ = ["Item", "SecretStore", "StoreError"]
+
+
+def is_text(*values: str) -> bool:
+    """True when every value is valid Unicode (no lone surrogate, e.g. from undecodable argv bytes)."""
+    try:
+        for value in values:
+            value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _storable(attributes: dict[str, str]) -> bool:
+    return is_text(*attributes, *attributes.values())
 
 
 def encode_attributes(attributes: dict[str, str]) -> str:
@@ -49,16 +62,34 @@ def decode_attributes(description: str) -> dict[str, str] | None:
     return value
 
 
-@dataclass
 class Item:
-    """One stored item; ``secret`` is loaded with it (reading it is one KEYCTL_READ)."""
+    """One stored item; ``secret`` is loaded with it (reading it is one KEYCTL_READ).
 
-    key: int
-    attributes: dict[str, str]
-    label: str = ""
-    secret: str = field(default="", repr=False)  # never shown by repr(), so never in a traceback
-    created: int = 0
-    modified: int = 0
+    A plain class, not a dataclass: importing dataclasses (and with it inspect) cost
+    the Docker helper about a third of its start-up.  repr() never shows the secret.
+    """
+
+    __slots__ = ("key", "attributes", "label", "secret", "created", "modified")
+
+    def __init__(self, key: int, attributes: dict[str, str], label: str = "", secret: str = "",
+                 created: int = 0, modified: int = 0) -> None:
+        self.key = key
+        self.attributes = attributes
+        self.label = label
+        self.secret = secret
+        self.created = created
+        self.modified = modified
+
+    def __repr__(self) -> str:
+        return (f"Item(key={self.key!r}, attributes={self.attributes!r}, label={self.label!r}, "
+                f"created={self.created!r}, modified={self.modified!r})")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Item):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment] - mutable, as the dataclass was
 
 
 def _unpack(key: int, attributes: dict[str, str], payload: bytes | None) -> Item | None:
@@ -102,6 +133,10 @@ class SecretStore:
         attributes an older item had).
         """
         self._check(attributes)
+        if not _storable(attributes) or not is_text(label):
+            raise StoreError("attributes and label must be valid UTF-8 text")
+        if not is_text(secret):
+            raise StoreError("secret must be valid UTF-8 text")
         description = encode_attributes(attributes)
         now = int(time.time())
         created = now
@@ -146,13 +181,21 @@ class SecretStore:
         """
         self._check(query)
         guess = query if likely is None else likely
-        exact = self.keys.find(encode_attributes(guess))
-        if exact is not None:
-            item = _unpack(exact, dict(guess), self.keys.read(exact))
-            if item is not None:
-                return item
-        found = self.search(query)
-        return found[0] if found else None
+        if not _storable(query) or not _storable(guess):
+            return None  # no item can carry such an attribute (store() refuses it)
+        # An item replaced between finding and reading it reads as None: look again.
+        for _attempt in range(3):
+            exact = self.keys.find(encode_attributes(guess))
+            if exact is not None:
+                item = _unpack(exact, dict(guess), self.keys.read(exact))
+                if item is not None:
+                    return item
+            found = self.search(query)
+            if found:
+                return found[0]
+            if exact is None:
+                return None
+        return None
 
     def lookup(self, query: dict[str, str], likely: dict[str, str] | None = None) -> str | None:
         """The secret of the best item matching ``query``, or None."""

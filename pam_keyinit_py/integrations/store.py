@@ -13,6 +13,15 @@ through its serial number alone (the kernel looks for it from @t/@p/@s), so
 the found keyring is linked into ``@p`` (KEYCTL_SEARCH with a destination, or
 KEYCTL_GET_PERSISTENT into @p), as MIT krb5's KEYRING ccache does.
 The process keyring vanishes with the process; nothing else is touched.
+
+One ``user`` key holds at most 32,767 bytes and this kernel has no
+``big_key`` type, so a larger payload is stored as a **chunk keyring**: a
+possessor-only keyring with the item's description whose members are
+``user`` keys named ``<index>/<count>``.  It is built in ``@p`` first and
+linked into the store last (KEYCTL_LINK displaces an older keyring of the same
+description in one step), so a reader sees the old payload or the new one,
+never a part.  A payload that shrinks back under the cap goes into a plain
+``user`` key again and the chunk keyring is removed after it.
 """
 
 from __future__ import annotations
@@ -29,6 +38,9 @@ RING_NAME = "keyinit:secrets"
 # No user/group/other bits: reading needs possession, not only the uid.
 POSSESSOR_ONLY = keyutils.KEY_POS_ALL
 MAX_DESCRIPTION = 4095  # the kernel refuses longer key descriptions (EINVAL)
+MAX_USER_PAYLOAD = 32767  # user_preparse() refuses a larger payload (EINVAL); no big_key here
+MAX_CHUNKS = 64  # ~2 MiB per item: far beyond any quota, but bounds a hostile chunk keyring
+SYSCTL_FILE = "/etc/sysctl.d/60-keyinit-keys.conf"
 
 
 class StoreError(Exception):
@@ -50,19 +62,40 @@ def resolve_location(location: str | None = None) -> str:
     return value
 
 
+def quota_hint() -> str:
+    """Which kernel.keys sysctl stops the caller's uid, from /proc/key-users and the sysctls."""
+    uid = os.geteuid()
+    root = "root_" if uid == 0 else ""
+    try:
+        from pam_keyinit_py.keyutils.proc import key_user
+
+        usage = key_user(uid)
+    except (OSError, ValueError):
+        usage = None
+    if usage is not None and usage.qnkeys >= usage.maxkeys:
+        limit = f"kernel.keys.{root}maxkeys"
+        used = f"{usage.qnkeys}/{usage.maxkeys} keys in use"
+    else:
+        limit = f"kernel.keys.{root}maxbytes"
+        used = "" if usage is None else f"{usage.qnbytes}/{usage.maxbytes} bytes in use"
+    detail = f" ({used})" if used else ""
+    return (f"key quota exceeded for uid {uid}{detail}: raise {limit} "
+            f"(e.g. in {SYSCTL_FILE}, then sysctl --system)")
+
+
 def explain(exc: keyutils.KeyutilsError) -> StoreError:
     """A readable StoreError for a failed keyctl call (errno text only, never payloads)."""
     if isinstance(exc, keyutils.QuotaExceededError):
-        return StoreError(
-            "key quota exceeded: a non-root user may own 200 keys and 20000 bytes "
-            "(see /proc/key-users and /proc/sys/kernel/keys/maxkeys, maxbytes)"
-        )
+        return StoreError(quota_hint())
     if isinstance(exc, keyutils.KeyNotSupportedError) and exc.operation == "keyctl_get_persistent":
         return StoreError(
             "persistent keyrings are not supported by this kernel; "
             f"set {LOCATION_ENV}=user or session"
         )
     return StoreError(f"kernel keyring error: {exc}")
+
+
+_GONE = (keyutils.NoKeyError, keyutils.KeyExpiredError, keyutils.KeyRevokedError)
 
 
 class KeyStore:
@@ -115,20 +148,37 @@ class KeyStore:
         except keyutils.KeyutilsError as exc:
             raise explain(exc) from None
 
-    def find(self, description: str) -> int | None:
-        """KEYCTL_SEARCH for the ``user`` key ``description`` in our keyring; None if absent."""
-        ring = self.ring()
-        if ring is None:
-            return None
+    def _search(self, ring: int, type_: str, description: str) -> int | None:
         try:
-            return keyutils.search(ring, "user", description)
-        except (keyutils.NoKeyError, keyutils.KeyExpiredError, keyutils.KeyRevokedError):
+            return keyutils.search(ring, type_, description)
+        except _GONE:
             return None
         except keyutils.KeyutilsError as exc:
             raise explain(exc) from None
 
+    def find(self, description: str) -> int | None:
+        """KEYCTL_SEARCH for item ``description`` (a ``user`` key, else a chunk keyring); None if absent."""
+        ring = self.ring()
+        if ring is None:
+            return None
+        key = self._search(ring, "user", description)
+        if key is None:
+            key = self._search(ring, "keyring", description)
+            if key is not None and key not in self._members(ring):
+                key = None  # a look-alike deeper down, not one of our items
+        return key
+
+    @staticmethod
+    def _members(ring: int) -> list[int]:
+        try:
+            return keyutils.keyring_ids(ring)
+        except _GONE:
+            return []
+        except keyutils.KeyutilsError as exc:
+            raise explain(exc) from None
+
     def put(self, description: str, payload: bytes) -> int:
-        """add_key(2) ``user`` key: create, or atomically replace the payload of, ``description``.
+        """Store ``payload`` under ``description``: one ``user`` key, or a chunk keyring if larger.
 
         add_key on an existing (type, description) updates that key in place, so
         readers never see a missing item.  KEYCTL_SETPERM then makes it
@@ -137,46 +187,107 @@ class KeyStore:
         """
         if not description or len(description.encode()) > MAX_DESCRIPTION:
             raise StoreError(f"item attributes too long: at most {MAX_DESCRIPTION} bytes once encoded")
+        if len(payload) > MAX_USER_PAYLOAD * MAX_CHUNKS:
+            raise StoreError(f"item too large: at most {MAX_USER_PAYLOAD * MAX_CHUNKS} bytes")
         ring = self.ring(create=True)
+        assert ring is not None
         try:
-            key = keyutils.add_key("user", description, payload, ring)  # type: ignore[arg-type]
-            keyutils.setperm(key, POSSESSOR_ONLY)
-            return key
+            if len(payload) <= MAX_USER_PAYLOAD:
+                key = keyutils.add_key("user", description, payload, ring)
+                keyutils.setperm(key, POSSESSOR_ONLY)
+                stale = self._search(ring, "keyring", description)
+            else:
+                key = self._put_chunks(ring, description, payload)
+                stale = self._search(ring, "user", description)
         except keyutils.KeyutilsError as exc:
             raise explain(exc) from None
+        if stale is not None and stale != key and stale in self._members(ring):
+            self.remove(stale)  # the other shape of the same item, now superseded
+        return key
+
+    def _put_chunks(self, ring: int, description: str, payload: bytes) -> int:
+        """Build a chunk keyring in @p, then KEYCTL_LINK it into ``ring`` (the publishing step)."""
+        spec = keyutils.KEY_SPEC_PROCESS_KEYRING
+        pieces = [payload[i : i + MAX_USER_PAYLOAD] for i in range(0, len(payload), MAX_USER_PAYLOAD)]
+        # A keyring has no update operation, so add_key always makes a new one here.
+        chunks = keyutils.add_key("keyring", description, None, spec)
+        try:
+            keyutils.setperm(chunks, POSSESSOR_ONLY)
+            for index, piece in enumerate(pieces):
+                key = keyutils.add_key("user", f"{index}/{len(pieces)}", piece, chunks)
+                keyutils.setperm(key, POSSESSOR_ONLY)
+            keyutils.link(chunks, ring)  # displaces the previous chunk keyring of this item
+        except BaseException:
+            self._drop_chunks(chunks)
+            raise
+        finally:
+            try:
+                keyutils.unlink(chunks, spec)
+            except keyutils.KeyutilsError:
+                pass
+        return chunks
+
+    def _drop_chunks(self, chunks: int) -> None:
+        """Invalidate the chunks first (their quota is freed at once), then the keyring."""
+        try:
+            for key in keyutils.keyring_ids(chunks):
+                try:
+                    keyutils.invalidate(key)
+                except keyutils.KeyutilsError:
+                    pass
+            keyutils.invalidate(chunks)
+        except keyutils.KeyutilsError:
+            pass
 
     def read(self, key: int) -> bytes | None:
-        """KEYCTL_READ a key's payload; None if it vanished meanwhile."""
+        """KEYCTL_READ an item's payload (joining a chunk keyring); None if gone or incomplete."""
         try:
-            return keyutils.read(key)
-        except (keyutils.NoKeyError, keyutils.KeyExpiredError, keyutils.KeyRevokedError):
+            kind = keyutils.describe(key).split(b";", 1)[0]
+            if kind != b"keyring":
+                return keyutils.read(key)
+            parts: dict[int, bytes] = {}
+            count = None
+            for chunk in keyutils.keyring_ids(key):
+                fields = keyutils.describe(chunk).split(b";", 4)
+                index, _, total = fields[-1].partition(b"/")
+                if fields[0] != b"user" or not index.isdigit() or not total.isdigit():
+                    return None
+                if count is None:
+                    count = int(total)
+                if int(total) != count:
+                    return None
+                parts[int(index)] = keyutils.read(chunk)
+        except (*_GONE, keyutils.KeyPermissionError):
+            # Replaced meanwhile: a displaced chunk keyring is no longer possessed (EACCES).
             return None
         except keyutils.KeyutilsError as exc:
             raise explain(exc) from None
+        if count is None or count > MAX_CHUNKS or sorted(parts) != list(range(count)):
+            return None
+        return b"".join(parts[i] for i in range(count))
 
     def remove(self, key: int) -> None:
-        """KEYCTL_INVALIDATE: drop the key from every keyring and free its payload now."""
+        """KEYCTL_INVALIDATE: drop the item from every keyring and free its payload now."""
         try:
+            if keyutils.describe(key).startswith(b"keyring;"):
+                self._drop_chunks(key)
+                return
             keyutils.invalidate(key)
-        except (keyutils.NoKeyError, keyutils.KeyExpiredError, keyutils.KeyRevokedError):
+        except _GONE:
             pass
         except keyutils.KeyutilsError as exc:
             raise explain(exc) from None
 
     def entries(self) -> Iterator[tuple[int, str]]:
-        """(serial, description) of each ``user`` key in our keyring (KEYCTL_READ + DESCRIBE)."""
+        """(serial, description) of each item in our keyring: ``user`` keys and chunk keyrings."""
         ring = self.ring()
         if ring is None:
             return
-        try:
-            members = keyutils.keyring_ids(ring)
-        except keyutils.KeyutilsError as exc:
-            raise explain(exc) from None
-        for key in members:
+        for key in self._members(ring):
             try:
                 raw = keyutils.describe(key)
             except keyutils.KeyutilsError:
                 continue  # gone meanwhile, or a foreign key we may not view
             type_, _uid, _gid, _perm, description = raw.decode(errors="surrogateescape").split(";", 4)
-            if type_ == "user":
+            if type_ in ("user", "keyring"):
                 yield key, description

@@ -128,7 +128,8 @@ FORMATS: list[tuple[str, str]] = [
     ("--test", "..."),
 ]
 
-_TRAILER = (
+# The key-specifier help after the command table, shared with ``--test``'s own table.
+TRAILER = (
     "\n"
     "Key/keyring ID:\n"
     "  <nnn>   numeric keyring ID\n"
@@ -147,6 +148,6 @@ _TRAILER = (
 
 def usage() -> Exit:
     """keyctl's format(): the command table on stderr, exit status 2."""
-    text = "Format:\n" + "".join(f"  keyctl {name} {fmt}\n" for name, fmt in FORMATS) + _TRAILER
+    text = "Format:\n" + "".join(f"  keyctl {name} {fmt}\n" for name, fmt in FORMATS) + TRAILER
     err(text.encode())
     return Exit(2)

@@ -732,5 +732,26 @@ def act_supports(argv: Argv) -> int:
 
 
 def act_unsupported(argv: Argv) -> int:
-    """dh_compute, pkey_*, watch*, --test: recognised (for prefix matching) but not provided."""
+    """dh_compute*, pkey_*: recognised (keyctl's command table) but not provided."""
     raise die(b"pykeyctl: " + argv[0] + b": not supported; use keyctl(1)\n", 1)
+
+
+
+def _lazy(module: str, name: str, doc: str) -> Callable[[Argv], int]:
+    """A command whose code is imported only when it runs (keeps every other command's start fast)."""
+
+    def run(argv: Argv) -> int:
+        from importlib import import_module
+
+        return getattr(import_module(module, __package__), name)(argv)
+
+    run.__doc__ = doc
+    return run
+
+
+act_test = _lazy(".testing", "act_test", "--test limits|limits2: keyctl's built-in limit tests.")
+act_watch = _lazy(".watch", "act_watch", "watch [-f<filters>] key: print the key's notifications.")
+act_watch_add = _lazy(".watch", "act_watch_add", "watch_add fd key: KEYCTL_WATCH_KEY onto a queue.")
+act_watch_rm = _lazy(".watch", "act_watch_rm", "watch_rm fd key: KEYCTL_WATCH_KEY removal.")
+act_watch_session = _lazy(".watch", "act_watch_session", "watch_session ...: a watched new session.")
+act_watch_sync = _lazy(".watch", "act_watch_sync", "watch_sync fd: wait for the monitor to drain.")

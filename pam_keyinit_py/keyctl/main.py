@@ -65,6 +65,12 @@ def _actions() -> dict[str, Callable[..., int]]:
         "timeout": c.act_timeout,
         "unlink": c.act_unlink,
         "update": c.act_update,
+        "--test": c.act_test,
+        "watch": c.act_watch,
+        "watch_add": c.act_watch_add,
+        "watch_rm": c.act_watch_rm,
+        "watch_session": c.act_watch_session,
+        "watch_sync": c.act_watch_sync,
     }
     return table
 

@@ -37,6 +37,7 @@ from .calls import (
     unlink,
     update,
     version,
+    watch_key,
 )
 from .constants import *  # noqa: F403
 from .creds import (

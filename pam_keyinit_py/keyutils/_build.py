@@ -51,6 +51,7 @@ long keyctl_capabilities(unsigned char *buffer, size_t buflen);
 long keyctl_describe(key_serial_t id, char *buffer, size_t buflen);
 long keyctl_read(key_serial_t id, char *buffer, size_t buflen);
 long keyctl_get_security(key_serial_t key, char *buffer, size_t buflen);
+long keyctl_watch_key(key_serial_t id, int watch_queue_fd, int watch_id);
 
 long pk_thread_setresuid(uid_t ruid, uid_t euid, uid_t suid);
 long pk_thread_setresgid(gid_t rgid, gid_t egid, gid_t sgid);

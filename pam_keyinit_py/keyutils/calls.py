@@ -19,11 +19,13 @@ _READ_GUESS = 512
 
 
 
-def _b(value: bytes | str | None) -> object:
+def _b(value: bytes | bytearray | memoryview | str | None) -> object:
     if value is None:
         return _NULL
     if isinstance(value, str):
         return value.encode()
+    if isinstance(value, (bytearray, memoryview)):
+        return _ffi.from_buffer(value)  # no copy: a slice of a large buffer is passed as is
     return value
 
 
@@ -34,9 +36,13 @@ def _check(ret: int, operation: str) -> int:
 
 
 def add_key(
-    type: bytes | str, description: bytes | str, payload: bytes | str | None, ringid: int
+    type: bytes | str, description: bytes | str, payload: bytes | bytearray | memoryview | str | None,
+    ringid: int,
 ) -> int:
-    """add_key(2): create or update a key of ``type`` in keyring ``ringid``; return its id."""
+    """add_key(2): create or update a key of ``type`` in keyring ``ringid``; return its id.
+
+    A bytearray or memoryview payload is passed without a copy.
+    """
     data = _b(payload)
     size = 0 if data is _NULL else len(data)  # type: ignore[arg-type]
     ret = _lib.add_key(_b(type), _b(description), data, size, ringid)
@@ -145,6 +151,14 @@ def set_timeout(key_id: int, timeout: int) -> None:
 def invalidate(key_id: int) -> None:
     """KEYCTL_INVALIDATE: mark a key invalid; the garbage collector removes it."""
     _check(_lib.keyctl_invalidate(key_id), "keyctl_invalidate")
+
+
+def watch_key(key_id: int, watch_queue_fd: int, watch_id: int) -> None:
+    """KEYCTL_WATCH_KEY: post the key's changes to a notification pipe as ``watch_id`` (-1 removes).
+
+    EOPNOTSUPP on a kernel without CONFIG_KEY_NOTIFICATIONS.
+    """
+    _check(_lib.keyctl_watch_key(key_id, watch_queue_fd, watch_id), "keyctl_watch_key")
 
 
 def get_persistent(uid: int, destringid: int) -> int:

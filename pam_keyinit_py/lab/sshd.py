@@ -31,7 +31,8 @@ SSHD = "/usr/sbin/sshd"
 PASSWORD = "password"
 KBDINT = "keyboard-interactive"
 GSSAPI = "gssapi-with-mic"
-MODES = (PASSWORD, KBDINT, GSSAPI)
+PUBKEY = "publickey"
+MODES = (PASSWORD, KBDINT, GSSAPI, PUBKEY)
 
 
 def available() -> str | None:
@@ -65,6 +66,9 @@ class Sshd:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.dir / "sshd.log"
         self.host_key = self.dir / "ssh_host_ed25519_key"
+        #: mode=PUBKEY: the client's key pair, and root-owned authorized_keys/<user> files.
+        self.client_key = self.dir / "client_ed25519_key"
+        self.authorized = self.dir / "authorized_keys"
         self.keytab: Path | None = None
         self.krb5_config: str | None = None
 
@@ -83,10 +87,10 @@ class Sshd:
             "UsePAM yes",
             f"PasswordAuthentication {password}",
             f"KbdInteractiveAuthentication {kbdint}",
-            "PubkeyAuthentication no",
+            f"PubkeyAuthentication {'yes' if mode == PUBKEY else 'no'}",
             *gssapi,
             "HostbasedAuthentication no",
-            "AuthorizedKeysFile none",
+            f"AuthorizedKeysFile {self.authorized}/%u" if mode == PUBKEY else "AuthorizedKeysFile none",
             "PermitRootLogin no",
             "PermitEmptyPasswords no",
             "UseDNS no",
@@ -225,6 +229,34 @@ class Sshd:
                 pass_fds=(read_fd,), env=env, text=True, **popen)
         finally:
             os.close(read_fd)
+
+    def authorize(self, user: str) -> None:
+        """mode=PUBKEY: let the client key log in as ``user`` (authorized_keys/<user>, root-owned)."""
+        if not self.client_key.exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.client_key)],
+                           check=True, capture_output=True)
+        # sshd reads the file as the user: the directories on the way must let the user through.
+        self.dir.chmod(0o711)
+        self.authorized.mkdir(mode=0o755, exist_ok=True)
+        keys = self.authorized / user
+        keys.write_text(self.client_key.with_suffix(".pub").read_text())
+        keys.chmod(0o644)
+
+    def pubkey_spawn(self, user: str, command: str, **popen: object) -> subprocess.Popen[str]:
+        """Start a public-key ``ssh user@127.0.0.1 command`` (no password, no ticket).
+
+        Call :meth:`authorize` for the user first.
+        """
+        argv = ["ssh", "-F", "/dev/null", "-T", "-i", str(self.client_key), "-o", "IdentitiesOnly=yes",
+                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "PreferredAuthentications=publickey", "-o", "GSSAPIAuthentication=no",
+                "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR",
+                "-p", str(self.port), f"{user}@127.0.0.1", command]
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.dir), "LANG": "C"}
+        popen.setdefault("stdin", subprocess.DEVNULL)
+        popen.setdefault("stdout", subprocess.PIPE)
+        popen.setdefault("stderr", subprocess.PIPE)
+        return subprocess.Popen(argv, env=env, text=True, **popen)  # type: ignore[call-overload]
 
     def gss_argv(self, user: str, command: str, delegate: bool = True) -> list[str]:
         """``ssh`` with GSSAPI only (``-o GSSAPIDelegateCredentials=yes|no``) to ``user@localhost``."""

@@ -104,12 +104,16 @@ def create(prefix: str, password: bool = False) -> LabUser:
 
 
 def remove(user: LabUser) -> None:
-    """Kill the user's processes, clear its persistent keyring, userdel --remove it.
+    """Kill the user's processes, clear its user and persistent keyrings, userdel --remove it.
 
     Cleared once more after userdel: anything that still wrote a ccache meanwhile (a service
     renewing it) must not leave keys charged to a uid the next useradd may reuse.
     """
     subprocess.run(["pkill", "-KILL", "-u", user.name], check=False)
+    # The kernel keeps a uid's user and user-session keyrings after userdel: keys left there
+    # would greet the next useradd that reuses the uid.  Only the uid itself may clear them.
+    subprocess.run(["sh", "-c", "keyctl clear @u; keyctl clear @us"], preexec_fn=become(user.uid, user.gid),
+                   check=False, capture_output=True)
     clear_persistent(user.uid)
     subprocess.run(["userdel", "--remove", user.name], check=False, capture_output=True)
     clear_persistent(user.uid)

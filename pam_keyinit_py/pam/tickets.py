@@ -172,6 +172,10 @@ def _authenticate(pamh: Any, opts: Any, login: Any = None) -> int:
         # As pam_krb5 when krb5_verify_init_creds fails: the TGT may come from an impostor.
         P.VALIDATION_FAILED: pamh.PAM_AUTH_ERR,
         P.FAST_UNAVAILABLE: pamh.PAM_AUTHINFO_UNAVAIL,
+        # The service refused the connection (a limit) or could not save the login: the service's
+        # trouble, not the user's; the login goes on without a ticket, as with the KDC down.
+        P.BUSY: pamh.PAM_AUTHINFO_UNAVAIL,
+        P.STATE_NOT_SAVED: pamh.PAM_AUTHINFO_UNAVAIL,
     }.get(code, pamh.PAM_AUTH_ERR if code == P.DENIED else pamh.PAM_SERVICE_ERR)
 
 

@@ -34,7 +34,8 @@ int pk_verify_marshalled(const unsigned char *data, size_t len, const char *serv
                          size_t server_outlen, char *err, size_t errlen);
 int pk_host_principal(const char *profile_path, char *out, size_t outlen);
 int pk_set_password(const char *profile_path, const char *principal, const char *oldpw,
-                    const char *newpw, int *result_code, char *msg, size_t msglen, char *err, size_t errlen);
+                    const char *newpw, const char *armor_ccache, int fast_required,
+                    int *result_code, char *msg, size_t msglen, char *err, size_t errlen);
 int pk_kuserok(const char *profile_path, const char *principal, const char *luser, char *err, size_t errlen);
 """
 
@@ -63,13 +64,14 @@ static krb5_error_code pk_context(const char *profile_path, krb5_context *ctx)
     return ret;
 }
 
-/* krb5_get_init_creds_password(old password, in_tkt_service kadmin/changepw), then
+/* krb5_get_init_creds_password(old password, in_tkt_service kadmin/changepw, FAST armor from
+ * armor_ccache when given), then
  * krb5_set_password(new password) for the same principal.  Returns a krb5 code (err gets its
  * message); on 0, *result_code is the kpasswd result and msg its text (result string and
  * krb5_chpw_message of the server's answer).  No password is ever copied into msg or err. */
 static int pk_set_password(const char *profile_path, const char *principal, const char *oldpw,
-                           const char *newpw, int *result_code, char *msg, size_t msglen,
-                           char *err, size_t errlen)
+                           const char *newpw, const char *armor_ccache, int fast_required,
+                           int *result_code, char *msg, size_t msglen, char *err, size_t errlen)
 {
     krb5_context ctx = NULL;
     krb5_principal princ = NULL;
@@ -101,6 +103,18 @@ static int pk_set_password(const char *profile_path, const char *principal, cons
     krb5_get_init_creds_opt_set_forwardable(opt, 0);
     krb5_get_init_creds_opt_set_proxiable(opt, 0);
     krb5_get_init_creds_opt_set_renew_life(opt, 0);
+    if (armor_ccache != NULL) {
+        /* FAST: the old password travels inside the armor of the host's TGT (a MEMORY cache,
+         * which every context of this process sees). */
+        ret = krb5_get_init_creds_opt_set_fast_ccache_name(ctx, opt, armor_ccache);
+        if (ret)
+            goto out;
+        if (fast_required) {
+            ret = krb5_get_init_creds_opt_set_fast_flags(ctx, opt, KRB5_FAST_REQUIRED);
+            if (ret)
+                goto out;
+        }
+    }
     ret = krb5_get_init_creds_password(ctx, &creds, princ, oldpw, NULL, NULL, 0,
                                        "kadmin/changepw", opt);
     if (ret)
@@ -144,7 +158,8 @@ out:
 /* krb5_kuserok(principal, luser): 1 allowed, 0 refused, -1 when the principal does not parse
  * or no context could be made (err says why). */
 static int pk_set_password(const char *profile_path, const char *principal, const char *oldpw,
-                    const char *newpw, int *result_code, char *msg, size_t msglen, char *err, size_t errlen);
+                    const char *newpw, const char *armor_ccache, int fast_required,
+                    int *result_code, char *msg, size_t msglen, char *err, size_t errlen);
 int pk_kuserok(const char *profile_path, const char *principal, const char *luser,
                       char *err, size_t errlen)
 {

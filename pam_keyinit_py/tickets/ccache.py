@@ -24,6 +24,8 @@ API (names are stable; the service, CLI and tests import them):
 - ``is_service_cache(name)``: True for caches this service created (their subsidiary name starts
   with :data:`SERVICE_PREFIX`; the mark survives a restart of the service).
 - ``flush_deferred()``: destroy now the old caches still waiting for their grace period.
+- ``sweep_retired(uid)``: destroy the caches an earlier process retired (marked with the
+  :data:`RETIRED_MARK` cache config entry) but died before destroying; returns their names.
 
 Every ccache operation runs with the thread's real and effective uid/gid switched to the user
 (``keyutils.thread_credentials(uid, gid, effective=True)``: raw per-thread setresuid), so the
@@ -44,7 +46,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -55,6 +57,7 @@ from . import errors
 from .accounts import primary_gid
 from .config import FAST_MODES, VALIDATE_MODES
 from .errors import KdcUnreachable, TicketError, from_krb5
+from .kdclimit import SLOTS
 
 #: Subsidiary-name prefix of caches this service creates ("KEYRING:persistent:1000:keyinit_3f2a…").
 SERVICE_PREFIX = "keyinit_"
@@ -63,6 +66,10 @@ ADOPTED_PREFIX = "keyinit-adopted_"
 #: Seconds an old cache stays after the switch, for readers that resolved the old primary name.
 DEFAULT_GRACE = 2.0
 _CONF_REALM = "X-CACHECONF:"
+#: Cache config entry (krb5_cc_set_config) written into a cache when a renewal or login replaces
+#: it: the deferred destroy lives in memory, the mark in the kernel, so a service killed during
+#: the grace period recognises the cache after a restart (``sweep_retired``) and never adopts it.
+RETIRED_MARK = b"keyinit-retired"
 _T = TypeVar("_T")
 
 
@@ -80,6 +87,7 @@ class TicketInfo:
     renewable: bool
     primary: bool = False
     service: bool = False  # created by this service (see is_service_cache)
+    retired: bool = False  # replaced by a newer cache, to be destroyed (carries RETIRED_MARK)
     #: The host principal the TGT was validated with ("" when validation did not run).
     validated: str = ""
     #: What the caller should log as a warning (validation skipped, FAST armor unavailable).
@@ -187,13 +195,19 @@ class _as_user:  # noqa: N801 - used like a function
                 pass
 
 
-def _bounded(func: Callable[[], _T], timeout: float | None, what: str) -> _T:
+def _bounded(func: Callable[[], _T], timeout: float | None, what: str, key: Hashable | None = None) -> _T:
     """Run a KDC exchange, giving up after ``timeout`` seconds (None: wait as long as libkrb5 does).
 
-    The helper thread cannot be cancelled; when it finishes late its result is dropped.
+    The helper thread cannot be cancelled; when it finishes late its result is dropped.  It
+    holds a slot of ``kdclimit.SLOTS`` until it ends, so blocked helpers are bounded in number
+    (max_kdc_calls) and one ``key`` (a cache) has at most one exchange in flight; without a
+    slot the exchange fails at once with KdcUnreachable.
     """
     if timeout is None:
         return func()
+    why = SLOTS.acquire(key)
+    if why is not None:
+        raise KdcUnreachable(f"{what}: not started: {why}", errors.KRB5_KDC_UNREACH)
     box: dict[str, object] = {}
     done = threading.Event()
 
@@ -203,9 +217,14 @@ def _bounded(func: Callable[[], _T], timeout: float | None, what: str) -> _T:
         except BaseException as exc:  # noqa: BLE001 - handed to the caller below
             box["error"] = exc
         finally:
+            SLOTS.release(key)
             done.set()
 
-    threading.Thread(target=run, name="krb5-kdc", daemon=True).start()
+    try:
+        threading.Thread(target=run, name="krb5-kdc", daemon=True).start()
+    except RuntimeError:  # out of tasks (TasksMax): a failed attempt, not a broken cache
+        SLOTS.release(key)
+        raise KdcUnreachable(f"{what}: not started: cannot start a thread", errors.KRB5_KDC_UNREACH) from None
     if not done.wait(timeout):
         raise KdcUnreachable(f"{what}: no KDC answered within {timeout:g} s", errors.KRB5_KDC_UNREACH)
     if "error" in box:
@@ -276,21 +295,25 @@ def _tgt_info(ctx: krb5.Context, cc: krb5.CCache, uid: int, primary: bool = Fals
         raise from_krb5(exc, f"reading {name}") from None
     client = str(princ)
     chosen: krb5.Creds | None = None
-    for creds in cc:
+    retired = False
+    for creds in cc:  # all of them: the keyring's order is not the order of writing
         if _is_config(creds):
+            comps = creds.server.components
+            retired = retired or (len(comps) >= 2 and comps[1] == RETIRED_MARK)
             continue
         server = creds.server
         if server.components and server.components[0] == b"krbtgt":
-            chosen = creds
-            break
-        if chosen is None:
+            if chosen is None or not (chosen.server.components and chosen.server.components[0] == b"krbtgt"):
+                chosen = creds
+        elif chosen is None:
             chosen = creds
     if chosen is None:
-        return TicketInfo(uid, name, client, "", 0, 0, 0, False, primary, is_service_cache(name))
+        return TicketInfo(uid, name, client, "", 0, 0, 0, False, primary, is_service_cache(name), retired)
     t = chosen.times
     renewable = bool(chosen.ticket_flags & krb5.TicketFlags.renewable)
     return TicketInfo(uid, name, client, str(chosen.server), t.starttime or t.authtime, t.endtime,
-                      t.renew_till if renewable else 0, renewable, primary, is_service_cache(name))
+                      t.renew_till if renewable else 0, renewable, primary, is_service_cache(name),
+                      retired)
 
 
 def _primary_name(ctx: krb5.Context, collection: str) -> str:
@@ -316,8 +339,14 @@ class _Reaper:
         with self._cond:
             heapq.heappush(self._heap, (time.monotonic() + delay, name, uid, gid, krb5_config))
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="ccache-reaper", daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._run, name="ccache-reaper", daemon=True)
+                try:
+                    thread.start()
+                    self._thread = thread
+                except RuntimeError:
+                    # Out of tasks: the entry waits for the next add() that can start the thread
+                    # (or flush() at exit); it is never adopted meanwhile (pending, RETIRED_MARK).
+                    pass
             self._cond.notify()
 
     def _run(self) -> None:
@@ -447,6 +476,8 @@ def _install(ctx: krb5.Context, target: str, princ: krb5.Principal, creds: krb5.
             if make_primary:
                 krb5.cc_switch(ctx, cc)  # writes krb_ccache:primary: EDQUOT can strike here too
             info = _tgt_info(ctx, cc, uid, primary=make_primary)
+            if replace and replace != new_name and replace.startswith("KEYRING:"):
+                _mark_retired(ctx, replace)
         except BaseException as exc:
             try:
                 _cc_destroy(ctx, cc)
@@ -461,6 +492,52 @@ def _install(ctx: krb5.Context, target: str, princ: krb5.Principal, creds: krb5.
         else:
             _destroy_quiet(replace, uid, gid, krb5_config)
     return info
+
+
+def _mark_retired(ctx: krb5.Context, name: str) -> None:
+    """krb5_cc_set_config(RETIRED_MARK) on a replaced cache; caller runs as the user.
+
+    Best effort: without the mark (EDQUOT, the cache already gone) a crash during the grace
+    period leaves the cache to be adopted as before, which costs KDC traffic, not a ticket.
+    """
+    try:
+        krb5.cc_set_config(ctx, krb5.cc_resolve(ctx, name.encode()), None, RETIRED_MARK, b"1")
+    except krb5.Krb5Error:
+        pass
+
+
+def sweep_retired(uid: int, gid: int | None = None, *, krb5_config: str | None = None,
+                  context: krb5.Context | None = None) -> list[str]:
+    """Destroy the caches of ``uid``'s collection that carry RETIRED_MARK and that no deferred
+    destroy of this process holds: leftovers of a service killed during their grace period.
+
+    Returns the names destroyed.  Run at start, before anything adopts the collection's caches.
+    """
+    ctx = context or _context(krb5_config)
+    if gid is None:
+        gid = primary_gid(uid)
+    collection = collection_name(uid)
+    retiring = _reaper.pending(uid)
+    swept: list[str] = []
+    with _as_user(uid, gid):
+        krb5.cc_set_default_name(ctx, collection.encode())
+        try:
+            for cc in krb5.cccol_iter(ctx):
+                name = _full_name(cc)
+                if cc.cache_type != b"KEYRING" or _collection_of(name) != collection or name in retiring:
+                    continue
+                try:
+                    if not _tgt_info(ctx, cc, uid).retired:
+                        continue
+                    _cc_destroy(ctx, cc)
+                except (TicketError, krb5.Krb5Error):
+                    continue
+                swept.append(name)
+        except krb5.Krb5Error as exc:
+            raise from_krb5(exc, f"listing {collection}") from None
+        finally:
+            krb5.cc_set_default_name(ctx, None)
+    return swept
 
 
 def _gic_options(ctx: krb5.Context, lifetime: int | None, renew_lifetime: int | None,
@@ -747,7 +824,7 @@ def acquire_keytab(
         except krb5.Krb5Error as exc:
             raise from_krb5(exc, what) from None
 
-    princ, creds = _bounded(exchange, timeout, what)
+    princ, creds = _bounded(exchange, timeout, what, key=("keytab", principal, target))
     ctx = context or _context(krb5_config)
     if target.startswith("KEYRING:"):
         if _subsidiary(target):
@@ -795,7 +872,7 @@ def renew(
             except krb5.Krb5Error as exc:
                 raise from_krb5(exc, what) from None
 
-    princ, creds, primary = _bounded(exchange, timeout, what)
+    princ, creds, primary = _bounded(exchange, timeout, what, key=("renew", ccache_name))
     ctx = context or _context(krb5_config)
     if not ccache_name.startswith("KEYRING:"):
         return _install(ctx, ccache_name, princ, creds, uid, gid, prefix="", make_primary=False,
@@ -841,8 +918,8 @@ def list_caches(uid: int, gid: int | None = None, *, krb5_config: str | None = N
     """Every cache in ``KEYRING:persistent:<uid>`` with its principal and TGT times.
 
     Iterates the collection (krb5_cccol_cursor over the KEYRING type, with the context's default
-    name set to the collection) as the user.  Caches waiting for deferred destruction and empty
-    ones (no principal) are left out.
+    name set to the collection) as the user.  Caches waiting for deferred destruction, caches
+    marked retired (RETIRED_MARK) and empty ones (no principal) are left out.
     """
     ctx = context or _context(krb5_config)
     collection = collection_name(uid)
@@ -861,9 +938,11 @@ def list_caches(uid: int, gid: int | None = None, *, krb5_config: str | None = N
                 if _collection_of(name) != collection or name in retiring:
                     continue
                 try:
-                    out.append(_tgt_info(ctx, cc, uid, primary=(name == primary)))
+                    found = _tgt_info(ctx, cc, uid, primary=(name == primary))
                 except TicketError:
                     continue
+                if not found.retired:  # replaced, never to be adopted (see sweep_retired)
+                    out.append(found)
         except krb5.Krb5Error as exc:
             raise from_krb5(exc, f"listing {collection}") from None
         finally:

@@ -61,6 +61,8 @@ class Config:
     #: Retry a renewal the KDC did not answer after this long, doubling up to retry_max.
     retry_min: float = 1.0
     retry_max: float = 60.0
+    #: A cache replaced by a renewal stays this long for readers that resolved it just before.
+    renew_grace: float = 2.0
     #: Bound on one password exchange with the KDC at login.
     kdc_timeout: float = 2.0
     log_level: str = "INFO"
@@ -80,6 +82,20 @@ class Config:
     #: (AD: local name == sAMAccountName); without ``@`` the default realm is appended; a
     #: lower-case domain ("{user}@example.com") is a UPN, sent as an enterprise name.
     principal_name: str = "{user}"
+    #: Connections open at once, in total; the last root_reserved_connections are for uid 0 only.
+    max_connections: int = 256
+    root_reserved_connections: int = 32
+    #: Connections one non-root uid may hold open at once.
+    max_connections_per_uid: int = 8
+    #: Threads that run requests; root_reserved_workers of them run only uid 0's (logins).
+    workers: int = 32
+    root_reserved_workers: int = 8
+    #: Renewals (and other timed jobs) running at once; a silent KDC holds one each at most.
+    renew_workers: int = 4
+    #: KDC exchanges waiting at once (each is a thread libkrb5 blocks); more fail as "no KDC answered".
+    max_kdc_calls: int = 16
+    #: A client has this long for each whole request (connect or last reply to the last byte).
+    request_timeout: float = 10.0
     keytabs: tuple[KeytabEntry, ...] = field(default_factory=tuple)
 
 
@@ -98,6 +114,7 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
     "retry_min": (int, float),
     "retry_max": (int, float),
     "kdc_timeout": (int, float),
+    "renew_grace": (int, float),
     "log_level": str,
     "validate": str,
     "validate_keytab": str,
@@ -105,6 +122,14 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
     "fast": str,
     "canonicalize": bool,
     "principal_name": str,
+    "max_connections": int,
+    "root_reserved_connections": int,
+    "max_connections_per_uid": int,
+    "workers": int,
+    "root_reserved_workers": int,
+    "request_timeout": (int, float),
+    "renew_workers": int,
+    "max_kdc_calls": int,
 }
 
 
@@ -164,11 +189,18 @@ def parse(data: dict[str, object]) -> Config:
         raise ConfigError("renew_fraction must be between 0.05 and 0.95")
     if config.retry_min <= 0 or config.retry_max < config.retry_min:
         raise ConfigError("need 0 < retry_min <= retry_max")
-    for key in ("pending_auth_timeout", "adopt_scan_interval", "persistent_touch_interval", "kdc_timeout"):
+    for key in ("pending_auth_timeout", "adopt_scan_interval", "persistent_touch_interval", "kdc_timeout",
+                "request_timeout", "max_connections_per_uid", "renew_workers", "max_kdc_calls"):
         if getattr(config, key) <= 0:
             raise ConfigError(f"{key} must be positive")
     if config.adopt_watch_interval < 0:
         raise ConfigError("adopt_watch_interval must be 0 (off) or positive")
+    if config.renew_grace < 0:
+        raise ConfigError("renew_grace must not be negative")
+    if not 0 <= config.root_reserved_connections < config.max_connections:
+        raise ConfigError("need 0 <= root_reserved_connections < max_connections")
+    if not 0 <= config.root_reserved_workers < config.workers:
+        raise ConfigError("need 0 <= root_reserved_workers < workers")
     return config
 
 

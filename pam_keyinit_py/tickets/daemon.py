@@ -78,10 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         server.serve_forever()
     finally:
         service.stop()
-        try:
-            os.unlink(config.socket)
-        except OSError:
-            pass
+        server.remove_sockets()
     return 0
 
 

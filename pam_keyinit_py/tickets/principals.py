@@ -80,29 +80,58 @@ def account_state(principal: str, *, timeout: float | None = 2.0, krb5_config: s
     _bounded(exchange, timeout, what)
 
 
-def _changepw_creds(ctx: krb5.Context, principal: str, password: bytes) -> krb5.Creds:
+def _armor(ctx: krb5.Context, fast: str, keytab: str | None, host: str | None,
+           krb5_config: str | None) -> krb5.CCache | None:
+    """The FAST armor cache as the login's ``auth`` uses it (ccache.fast_armor), per ``fast``.
+
+    None when ``fast`` is "never", or "try" and no armor could be had; FastUnavailable when
+    "require" and none could be had: the password is then never sent unarmored.
+    """
+    if fast == "never":
+        return None
+    from .ccache import fast_armor
+
+    try:
+        return fast_armor(ctx, keytab=keytab or None, principal=host or None, krb5_config=krb5_config)
+    except errors.FastUnavailable:
+        if fast == "require":
+            raise
+        return None
+
+
+def _changepw_creds(ctx: krb5.Context, principal: str, password: bytes, armor: krb5.CCache | None = None,
+                    fast_required: bool = False) -> krb5.Creds:
     princ = krb5.parse_name_flags(ctx, principal.encode())
     opt = krb5.get_init_creds_opt_alloc(ctx)
     # A kadmin/changepw ticket is used once, here: nothing to forward, proxy or renew.
     krb5.get_init_creds_opt_set_forwardable(opt, False)
     krb5.get_init_creds_opt_set_proxiable(opt, False)
     krb5.get_init_creds_opt_set_renew_life(opt, 0)
+    if armor is not None:
+        krb5.get_init_creds_opt_set_fast_ccache(ctx, opt, armor)
+        if fast_required:
+            krb5.get_init_creds_opt_set_fast_flags(ctx, opt, krb5.FastFlags.required)
     return krb5.get_init_creds_password(ctx, princ, opt, password, in_tkt_service=CHANGEPW_SERVICE)
 
 
 def verify_changepw(principal: str, password: str, *, timeout: float | None = 2.0,
-                    krb5_config: str | None = None) -> None:
+                    krb5_config: str | None = None, fast: str = "never", armor_keytab: str | None = None,
+                    armor_principal: str | None = None) -> None:
     """Prove ``password`` by getting a kadmin/changepw ticket (allowed for an expired password).
 
-    Raises BadPassword, UnknownPrincipal, AccessDenied, AccountExpired, KdcUnreachable, TicketError.
+    ``fast`` ("try", "require", "never") armors the exchange as the login's ``auth`` does, with
+    the host principal's TGT from ``armor_keytab``.  Raises BadPassword, UnknownPrincipal,
+    AccessDenied, AccountExpired, KdcUnreachable, FastUnavailable, TicketError.
     """
     secret = [password.encode()]
     del password
     what = f"password check of {principal} (kadmin/changepw)"
 
     def exchange() -> None:
+        ctx = _context(krb5_config)
+        armor = _armor(ctx, fast, armor_keytab, armor_principal, krb5_config)
         try:
-            _changepw_creds(_context(krb5_config), principal, secret[0])
+            _changepw_creds(ctx, principal, secret[0], armor, fast == "require")
         except krb5.Krb5Error as exc:
             raise from_krb5(exc, what) from None
 
@@ -113,11 +142,13 @@ def verify_changepw(principal: str, password: str, *, timeout: float | None = 2.
 
 
 def change_password(principal: str, old_password: str, new_password: str, *,
-                    timeout: float | None = 5.0, krb5_config: str | None = None) -> None:
+                    timeout: float | None = 5.0, krb5_config: str | None = None, fast: str = "never",
+                    armor_keytab: str | None = None, armor_principal: str | None = None) -> None:
     """Change ``principal``'s password through kpasswd (a kadmin/changepw ticket, krb5_set_password).
 
     Runs in the GIL-free C helper (tickets/_renew_build.py: pykrb5's set_password holds the
-    GIL for the whole kpasswd exchange).  Raises BadPassword (old password wrong),
+    GIL for the whole kpasswd exchange); ``fast`` armors the AS exchange as in
+    :func:`verify_changepw`.  Raises BadPassword (old password wrong), FastUnavailable,
     PasswordRejected (the server's quality/history message, safe to show the user),
     AccessDenied, KdcUnreachable, TicketError.
     """
@@ -129,11 +160,15 @@ def change_password(principal: str, old_password: str, new_password: str, *,
     profile = krb5_config.encode() if krb5_config else ffi.NULL
 
     def exchange() -> tuple[int, str]:
+        from .ccache import _full_name
+
+        armor = _armor(_context(krb5_config), fast, armor_keytab, armor_principal, krb5_config)
+        armor_name = _full_name(armor).encode() if armor is not None else ffi.NULL
         result = ffi.new("int *")
         msg = ffi.new("char[]", 1024)
         err = ffi.new("char[]", 512)
-        code = lib.pk_set_password(profile, principal.encode(), secret[0], secret[1], result, msg, 1024,
-                                   err, 512)
+        code = lib.pk_set_password(profile, principal.encode(), secret[0], secret[1], armor_name,
+                                   int(fast == "require"), result, msg, 1024, err, 512)
         if code:
             text = ffi.string(err).decode("utf-8", "replace")
             raise from_krb5(_Krb5Failure(code, text), what)

@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import protocol as P
+from . import kdclimit
 from . import state as statefile
 from .accounts import primary_gid
 from .config import Config
+from .ratelimit import RateLimitedLog
 from .scheduler import Scheduler, backoff, renew_due
 from .sessions import Reaper, Session, SessionTable
 
@@ -38,6 +40,13 @@ DELEGATED = "delegated"
 LOGIN_ORIGINS = frozenset({LOGIN, DELEGATED})
 #: What _renew returns when another thread is renewing the same cache right now.
 RENEWING = "renewal already in progress"
+#: A request waits at most this long for its change to reach the state file.
+COMMIT_TIMEOUT = 5.0
+#: A failed state write is retried after this long, doubling up to the max (or at the next change).
+WRITE_RETRY_MIN = 0.25
+WRITE_RETRY_MAX = 5.0
+#: While writes keep failing, the error is logged again this often.
+WRITE_ERROR_LOG_INTERVAL = 60.0
 
 
 @dataclass(slots=True)
@@ -104,11 +113,12 @@ class Service:
         self.sessions = SessionTable()
         self.tickets: dict[str, Tracked] = {}
         self.pending: dict[int, Pending] = {}
-        self.scheduler = Scheduler()
+        self.scheduler = Scheduler(workers=config.renew_workers)
         self.reaper: Reaper | None = None
         self.started = time.time()
         self.renewals = 0
         self.renew_failures = 0
+        self.ratelimited = RateLimitedLog()  # for lines any user's request can cause
         # Caches whose renewal is in flight (a renew request and the scheduler must not both
         # renew one cache: two new caches, one of them never tracked).
         self._renewing: set[str] = set()
@@ -118,7 +128,11 @@ class Service:
         # Group commit of the state file (see save/commit).
         self._written_cv = threading.Condition(self.lock)
         self._dirty = 0
-        self._written = 0
+        self._written = 0  # the last generation that reached the file
+        self._attempted = 0  # the last generation the writer tried to write (written or not)
+        self.write_error: str | None = None  # why the last write failed; None once one succeeds
+        self.write_failing_since = 0.0
+        self.write_failures = 0
         self._stopping = False
         self._writer_alive = True
         self._writer_thread = threading.Thread(target=self._writer, name="state-writer", daemon=True)
@@ -130,6 +144,8 @@ class Service:
     def start(self) -> None:
         """Restore the saved state, start the reaper and the scheduler, and the keytab entries."""
         self.reaper = Reaper(self._reaped)
+        kdclimit.SLOTS.configure(self.config.max_kdc_calls)
+        statefile.remove_leftovers(self.config.state_file)
         self._writer_thread.start()
         self.restore()
         for index, _entry in enumerate(self.config.keytabs):
@@ -156,14 +172,22 @@ class Service:
         self._written_cv.notify_all()
 
     def commit(self) -> bool:
-        """Block until every change made so far is in the state file (or writing it failed).
+        """Block until every change made so far is in the state file; False if it is not.
 
-        False if the writer thread is gone and the change never reached the file.
+        False when the write attempt that covered these changes failed (the writer keeps
+        retrying in the background), when the writer thread is gone, or after
+        :data:`COMMIT_TIMEOUT`.  A request is acknowledged only when this returned True.
         """
         with self.lock:
             target = self._dirty
+            deadline = time.monotonic() + COMMIT_TIMEOUT
             while self._written < target and self._writer_alive:
-                self._written_cv.wait(5.0)
+                if self._attempted >= target and self.write_error is not None:
+                    return False  # the attempt that included this change failed
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._written_cv.wait(left)
             return self._written >= target
 
     def _snapshot(self) -> tuple[dict[str, Any], dict[str, list[str]]]:
@@ -177,9 +201,14 @@ class Service:
     def _writer(self) -> None:
         """The state-file writer: snapshot under the lock, write (atomically) outside it.
 
-        Whatever ends this thread, waiters in commit() are woken and see it gone: a request
-        must never hang on a writer that died.
+        A failed write is retried: at once when another change comes, else after a back-off
+        (WRITE_RETRY_MIN doubling to WRITE_RETRY_MAX).  The first failure and the recovery are
+        logged, and a reminder every WRITE_ERROR_LOG_INTERVAL while it lasts.  Whatever ends
+        this thread, waiters in commit() are woken and see it gone: a request must never hang
+        on a writer that died.
         """
+        delay = WRITE_RETRY_MIN
+        last_logged = 0.0
         try:
             while True:
                 with self.lock:
@@ -189,16 +218,43 @@ class Service:
                         return
                     generation = self._dirty
                     data, raw = self._snapshot()
+                error = None
                 try:
                     statefile.save(self.config.state_file, data, raw)
                 except OSError as exc:
-                    log.error("cannot write state file %s: %s", self.config.state_file, exc.strerror)
+                    error = exc.strerror or exc.__class__.__name__
                 except Exception as exc:  # the state holds no secret; only the class is logged anyway
-                    log.error("cannot write state file %s: %s", self.config.state_file,
-                              exc.__class__.__name__)
+                    error = exc.__class__.__name__
                 with self.lock:
-                    self._written = max(self._written, generation)
+                    self._attempted = max(self._attempted, generation)
+                    if error is None:
+                        self._written = max(self._written, generation)
+                        if self.write_error is not None:
+                            log.warning("state file %s written again after %d failed attempt(s) since %s",
+                                        self.config.state_file, self.write_failures,
+                                        _fmt(self.write_failing_since))
+                        self.write_error, self.write_failures, self.write_failing_since = None, 0, 0.0
+                        delay = WRITE_RETRY_MIN
+                    else:
+                        now = time.time()
+                        if self.write_error is None:
+                            self.write_failing_since = now
+                        self.write_failures += 1
+                        if self.write_error != error or now - last_logged >= WRITE_ERROR_LOG_INTERVAL:
+                            last_logged = now
+                            log.error("cannot write state file %s: %s; changes since %s are not "
+                                      "acknowledged to clients; retrying (%d failed attempt(s))",
+                                      self.config.state_file, error, _fmt(self.write_failing_since),
+                                      self.write_failures)
+                        self.write_error = error
                     self._written_cv.notify_all()
+                    if error is not None:
+                        if self._stopping:
+                            log.error("stopping with changes not in the state file: %s", error)
+                            return
+                        # A new change (save() notifies) cuts the wait short: its request waits.
+                        self._written_cv.wait(delay)
+                        delay = min(WRITE_RETRY_MAX, delay * 2)
         except Exception as exc:
             log.critical("state writer stopped: %s; changes are no longer saved", exc.__class__.__name__)
         finally:
@@ -246,6 +302,7 @@ class Service:
             log.info("restored %d session(s), %d ticket(s), %d pending login(s) from %s", live,
                      len(self.tickets), len(self.pending), self.config.state_file)
         # Outside the lock: these talk to the kernel / KDC.
+        self._sweep_retired()
         for uid, p in list(self.pending.items()):
             self.scheduler.schedule(("pending", uid), p.deadline, lambda u=uid: self._pending_expired(u))
         for uid in had_sessions:
@@ -258,6 +315,51 @@ class Service:
                 self._schedule_renewal(t)
         with self.lock:
             self.save()
+
+    def _sweep_retired(self) -> None:
+        """Destroy the caches a renewal had retired when the last process died (kill -9 during the
+        grace period), and follow a tracked one to the cache that replaced it.
+
+        The deferred destroy lived in the dead process's memory; the RETIRED_MARK in the cache
+        itself survives.  Without this the next scan adopted them as extra tickets.
+        """
+        api = _ccache_api()
+        with self.lock:
+            uids = {t.uid for t in self.tickets.values()} | set(self.sessions.uids()) | set(self.pending)
+        for uid in sorted(uids):
+            try:
+                swept = api.sweep_retired(uid)
+            except Exception as exc:
+                log.warning("looking for retired caches of uid %d: %s", uid, exc)
+                continue
+            if not swept:
+                continue
+            log.info("destroyed %d cache(s) of uid %d retired by a renewal before the restart: %s",
+                     len(swept), uid, ", ".join(swept))
+            try:
+                infos = api.list_caches(uid)
+            except Exception:
+                infos = []
+            with self.lock:
+                for name in swept:
+                    t = self.tickets.pop(name, None)
+                    if t is None:
+                        continue
+                    # Its successor: a cache of the same principal, written by this service (or the
+                    # adopted copy of the user's own), not tracked yet; the freshest one.
+                    heirs = [i for i in infos if i.ccache not in self.tickets
+                             and str(i.principal) == t.principal and (i.service or t.origin == ADOPTED)]
+                    if heirs:
+                        heir = max(heirs, key=lambda i: i.endtime)
+                        t.ccache = heir.ccache
+                        _update(t, heir)
+                        self.tickets[heir.ccache] = t
+                    for p in self.pending.values():
+                        if name in p.ccaches:
+                            p.ccaches.discard(name)
+                            if heirs:
+                                p.ccaches.add(t.ccache)
+                self.save()
 
     # ---------------------------------------------------------------- requests
 
@@ -358,13 +460,17 @@ class Service:
         """
         errors = _errors()
         try:
-            _principals().verify_changepw(principal, password, timeout=self.config.kdc_timeout)
+            _principals().verify_changepw(principal, password, timeout=self.config.kdc_timeout,
+                                          **self._fast_args())
         except errors.BadPassword:
             log.info("auth %s (uid %d): wrong password (password expired)", principal, uid)
             return P.reply_error(P.BAD_PASSWORD, "wrong password")
         except errors.KdcUnreachable:
             log.warning("auth %s (uid %d): password expired; no KDC answered the check", principal, uid)
             return P.reply_error(P.KDC_UNREACHABLE, "no KDC answered")
+        except errors.FastUnavailable as exc:
+            log.error("auth %s (uid %d): fast = \"require\" and %s; login refused", principal, uid, exc)
+            return P.reply_error(P.FAST_UNAVAILABLE, "no FAST armor for the password exchange")
         except errors.TicketError as exc:
             log.warning("auth %s (uid %d): password expired; check failed: %s", principal, uid,
                         exc.__class__.__name__)
@@ -374,6 +480,12 @@ class Service:
         log.info("auth %s (uid %d): password expired (the password itself is right): it must be changed",
                  principal, uid)
         return P.reply_error(P.PASSWORD_EXPIRED, "password expired: it must be changed first")
+
+    def _fast_args(self) -> dict[str, Any]:
+        """The login's FAST policy for the kadmin/changepw exchanges (same keytab and host principal)."""
+        cfg = self.config
+        return {"fast": cfg.fast, "armor_keytab": cfg.validate_keytab or None,
+                "armor_principal": cfg.validate_principal or None}
 
     def account(self, user: str, uid: int, principal: str | None, kuserok: bool = True,
                 kdc: bool = True) -> dict[str, Any]:
@@ -430,10 +542,10 @@ class Service:
         changing = new_password is not None
         try:
             if new_password is None:
-                principals.verify_changepw(principal, old_password, timeout=timeout)
+                principals.verify_changepw(principal, old_password, timeout=timeout, **self._fast_args())
             else:
                 principals.change_password(principal, old_password, new_password,
-                                           timeout=max(timeout, 5.0))
+                                           timeout=max(timeout, 5.0), **self._fast_args())
         except errors.BadPassword:
             log.info("chpass %s (uid %d): wrong current password", principal, uid)
             return P.reply_error(P.BAD_PASSWORD, "wrong current password")
@@ -448,6 +560,9 @@ class Service:
         except errors.AccessDenied as exc:
             log.info("chpass %s (uid %d): refused: %s", principal, uid, exc)
             return P.reply_error(P.DENIED, f"password change of {principal} refused")
+        except errors.FastUnavailable as exc:
+            log.error("chpass %s (uid %d): fast = \"require\" and %s; refused", principal, uid, exc)
+            return P.reply_error(P.FAST_UNAVAILABLE, "no FAST armor for the password exchange")
         except errors.KdcUnreachable:
             log.warning("chpass %s (uid %d): no KDC or kpasswd server answered", principal, uid)
             return P.reply_error(P.KDC_UNREACHABLE, "no KDC or kpasswd server answered")
@@ -506,13 +621,27 @@ class Service:
         return P.reply_ok(sessions=self.sessions.count(uid), cleared=cleared)
 
     def status(self, peer_uid: int) -> dict[str, Any]:
+        """Root sees the whole service; any other uid only its own sessions and tickets.
+
+        A user's reply holds no pid and no global count: how many others are logged in, or
+        which process to aim at, is not theirs to know.
+        """
         with self.lock:
             mine = [s.to_json() for s in self.sessions.by_sid.values() if peer_uid in (0, s.uid)]
             tickets = [self._row(t) for t in self.tickets.values() if peer_uid in (0, t.uid)]
-            service = {"pid": os.getpid(), "started": self.started, "sessions": len(self.sessions),
-                       "tickets": len(self.tickets), "users": len(self.sessions.by_uid),
-                       "renewals": self.renewals, "renew_failures": self.renew_failures,
-                       "timers": len(self.scheduler), "clear_on_logout": self.config.clear_on_logout}
+            service: dict[str, Any] = {"clear_on_logout": self.config.clear_on_logout}
+            if peer_uid == 0:
+                service.update({
+                    "pid": os.getpid(), "started": self.started, "sessions": len(self.sessions),
+                    "tickets": len(self.tickets), "users": len(self.sessions.by_uid),
+                    "renewals": self.renewals, "renew_failures": self.renew_failures,
+                    "timers": len(self.scheduler), "jobs_running": self.scheduler.running,
+                    "kdc_calls": kdclimit.SLOTS.snapshot(),
+                    "state_file": {"path": self.config.state_file, "saved": self.write_error is None,
+                                   "error": self.write_error, "failing_since": self.write_failing_since,
+                                   "failed_attempts": self.write_failures,
+                                   "unsaved_changes": self._dirty - self._written},
+                })
         if peer_uid != 0:
             mine = [{k: v for k, v in s.items() if k != "pid_start"} for s in mine]
         return P.reply_ok(service=service, sessions=mine, tickets=tickets)
@@ -553,10 +682,13 @@ class Service:
             t = self.tickets.get(name)
         owner = t.uid if t else _ccache_uid(name)
         if owner is None:
-            return P.reply_error(P.NOT_FOUND, f"{name}: not a tracked cache nor a KEYRING:persistent one")
+            return P.reply_error(P.NOT_FOUND, f"{P.brief(name, 120)}: not a tracked cache nor a "
+                                              "KEYRING:persistent one")
         if peer_uid not in (0, owner):
-            log.warning("uid %d tried to destroy %s of uid %d: refused", peer_uid, name, owner)
-            return P.reply_error(P.DENIED, f"{name} belongs to uid {owner}")
+            self.ratelimited(("destroy-denied", peer_uid), logging.WARNING,
+                             "uid %d tried to destroy %s of uid %d: refused", peer_uid, P.brief(name, 120),
+                             owner)
+            return P.reply_error(P.DENIED, f"{P.brief(name, 120)} belongs to uid {owner}")
         gid = t.gid if t else primary_gid(owner)
         if t is not None:
             t.cleared = True  # a renewal in flight must not put it back
@@ -564,8 +696,8 @@ class Service:
         try:
             _ccache_api().destroy(name, owner, gid)
         except Exception as exc:
-            return P.reply_error(P.NOT_FOUND, f"{name}: {exc}")
-        log.info("destroyed %s (uid %d) at the request of uid %d", name, owner, peer_uid)
+            return P.reply_error(P.NOT_FOUND, f"{P.brief(name, 120)}: {P.brief(str(exc), 200)}")
+        log.info("destroyed %s (uid %d) at the request of uid %d", P.brief(name, 120), owner, peer_uid)
         return P.reply_ok(destroyed=name)
 
     # ---------------------------------------------------------------- internals
@@ -635,7 +767,8 @@ class Service:
         errors = _errors()
         try:
             api = _ccache_api()
-            info = api.renew(name, t.uid, t.gid, timeout=self.config.kdc_timeout)
+            info = api.renew(name, t.uid, t.gid, timeout=self.config.kdc_timeout,
+                             grace=self.config.renew_grace)
         except errors.KdcUnreachable:
             t.attempts += 1
             self.renew_failures += 1

@@ -31,27 +31,75 @@ def encode(data: dict[str, Any], raw: dict[str, list[str]] | None = None) -> byt
     return "".join(parts).encode()
 
 
+def _suffix() -> str:
+    """64 random bits (getrandom(2)); not ``secrets``, whose hmac import loads libcrypto (~3 MiB)."""
+    return os.urandom(8).hex()
+
+
+def _temp_name(target: Path) -> Path:
+    """``.<name>.<random>.tmp`` beside the target: nobody can guess it to plant a link there."""
+    return target.with_name(f".{target.name}.{_suffix()}.tmp")
+
+
 def save(path: str, data: dict[str, Any], raw: dict[str, list[str]] | None = None) -> None:
-    """Replace ``path`` with the state as JSON in one rename(2); mode 0600, owned by root."""
+    """Replace ``path`` with the state as JSON in one rename(2); mode 0600, owned by root.
+
+    The temporary file is created with O_CREAT|O_EXCL|O_NOFOLLOW at an unpredictable name, so
+    a file or symlink planted in the directory is never opened, let alone written through.
+    A failed write (ENOSPC, EROFS, EIO...) removes the temporary file and raises OSError: the
+    old state file stays whole.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp = _temp_name(target)
     body = encode(data, raw)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        view = memoryview(body)
-        while view:  # write(2) may write less than asked
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, target)
+        try:
+            view = memoryview(body)
+            while view:  # write(2) may write less than asked
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     # The rename is durable only once the directory entry is on disk.
     dirfd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(dirfd)
     finally:
         os.close(dirfd)
+
+
+def remove_leftovers(path: str) -> int:
+    """Unlink temporary files of earlier runs (``.<name>.*.tmp`` beside ``path``); return how many.
+
+    A process killed between creating its temporary file and the rename leaves one behind.
+    Only the directory entries are removed (unlink never follows a symlink).
+    """
+    target = Path(path)
+    removed = 0
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return 0
+    prefix = f".{target.name}."
+    for entry in entries:
+        if entry.name.startswith(prefix) and entry.name.endswith(".tmp"):
+            try:
+                os.unlink(entry.path)
+                removed += 1
+            except OSError as exc:
+                log.warning("cannot remove leftover %s: %s", entry.path, exc.strerror)
+    if removed:
+        log.info("removed %d leftover temporary state file(s) beside %s", removed, path)
+    return removed
 
 
 def load(path: str) -> dict[str, Any]:

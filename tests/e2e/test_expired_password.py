@@ -1,10 +1,12 @@
 """An expired Kerberos password (kadmin modprinc +needchange) is changed in the login itself.
 
 Real hosts on a pty (pexpect): a private sshd in KbdInteractiveAuthentication mode and
-/bin/login, both reading their PAM stack from a pam_wrapper service directory, with the hook
-first (the Primary profile's shape), a real keyinit-ticketd, a real MIT KDC and a real kadmind
-(kpasswd).  Where the client cannot be asked (sshd PasswordAuthentication: sshpass, no tty),
-the login is refused with sshd's message and the command never runs.
+/bin/login, both reading from a pam_wrapper service directory the stack that
+``pam-auth-update --enable keyinit-krb5`` writes (lab/pamconfigs.py: the hook first in
+common-auth, its account line, first in common-password), a real keyinit-ticketd, a real MIT
+KDC and a real kadmind (kpasswd).  Where the client cannot be asked (sshd
+PasswordAuthentication: sshpass, no tty), the login is refused with sshd's message and the
+command never runs.
 """
 
 from __future__ import annotations
@@ -13,12 +15,19 @@ import secrets
 
 import pytest
 
+from pam_keyinit_py.lab import pamconfigs
 from pam_keyinit_py.lab.sshd import KBDINT, PASSWORD
 from tests.conftest import require
+from tests.e2e import test_sshd_krb5_login as krb5_login
 from tests.kdc import ticketd as td
-from tests.kdc.test_account_password import kinit_ok, stack
+from tests.kdc.test_account_password import kinit_ok
 
 svc_user, ticketd, user_krb5 = td.svc_user, td.ticketd, td.user_krb5
+primary_stacks = krb5_login.primary_stacks
+
+
+def _profile(stacks: dict[str, list[str]], sock: str):
+    return lambda pamwrap: pamconfigs.service_lines(stacks, pamwrap, f"socket={sock}")
 
 MARK = "pkb-session-ran"
 
@@ -52,11 +61,11 @@ def _assert_changed(realm, svc_user, new: str, transcript: str) -> None:
     assert not kinit_ok(realm, svc_user.principal, svc_user.password)
 
 
-def test_ssh_keyboard_interactive_changes_an_expired_password(sshd_factory, kadmind, ticketd, svc_user,
-                                                              user_krb5):
+def test_ssh_keyboard_interactive_changes_an_expired_password(sshd_factory, primary_stacks, kadmind, ticketd,
+                                                              svc_user, user_krb5):
     pexpect = _pexpect()
     kadmind.modify_principal(svc_user.principal, "+needchange")
-    server = sshd_factory(lambda pw: stack(pw, ticketd.socket), mode=KBDINT)
+    server = sshd_factory(_profile(primary_stacks, ticketd.socket), mode=KBDINT)
     new = "N3w-" + secrets.token_urlsafe(12)
     argv = server.ssh_argv(svc_user.name, f"echo {MARK}; KRB5_CONFIG={user_krb5['KRB5_CONFIG']} klist")
     # Four keyboard-interactive rounds (password, current, new, retype): allow them.
@@ -77,10 +86,11 @@ def test_ssh_keyboard_interactive_changes_an_expired_password(sshd_factory, kadm
     assert svc_user.password not in log and new not in log and new not in server.log()
 
 
-def test_login_on_a_pty_changes_an_expired_password(pamwrap, kadmind, ticketd, svc_user, user_krb5):
+def test_login_on_a_pty_changes_an_expired_password(pamwrap, primary_stacks, kadmind, ticketd, svc_user,
+                                                     user_krb5):
     pexpect = _pexpect()
     kadmind.modify_principal(svc_user.principal, "+needchange")
-    pamwrap.service("login", stack(pamwrap, ticketd.socket))
+    pamwrap.service("login", _profile(primary_stacks, ticketd.socket)(pamwrap))
     new = "N3w-" + secrets.token_urlsafe(12)
     child = pexpect.spawn("/bin/login", [svc_user.name], encoding="utf-8", timeout=30, env=pamwrap.env())
     try:
@@ -95,10 +105,10 @@ def test_login_on_a_pty_changes_an_expired_password(pamwrap, kadmind, ticketd, s
     _assert_changed(kadmind, svc_user, new, transcript)
 
 
-def test_ssh_password_mode_refuses_an_expired_password_with_a_message(sshd_factory, kadmind, ticketd,
-                                                                       svc_user):
+def test_ssh_password_mode_refuses_an_expired_password_with_a_message(sshd_factory, primary_stacks, kadmind,
+                                                                       ticketd, svc_user):
     kadmind.modify_principal(svc_user.principal, "+needchange")
-    server = sshd_factory(lambda pw: stack(pw, ticketd.socket), mode=PASSWORD)
+    server = sshd_factory(_profile(primary_stacks, ticketd.socket), mode=PASSWORD)
     res = server.login(svc_user.name, svc_user.password, f"echo {MARK}")
     assert res.returncode != 0, res.stdout + res.stderr
     assert MARK not in res.stdout
@@ -109,10 +119,51 @@ def test_ssh_password_mode_refuses_an_expired_password_with_a_message(sshd_facto
 
 
 @pytest.mark.parametrize("mode", [PASSWORD, KBDINT])
-def test_ssh_wrong_password_for_an_expired_principal_is_refused(sshd_factory, kadmind, ticketd, svc_user,
-                                                                mode):
+def test_ssh_wrong_password_for_an_expired_principal_is_refused(sshd_factory, primary_stacks, kadmind,
+                                                                ticketd, svc_user, mode):
     kadmind.modify_principal(svc_user.principal, "+needchange")
-    server = sshd_factory(lambda pw: stack(pw, ticketd.socket), mode=mode)
+    server = sshd_factory(_profile(primary_stacks, ticketd.socket), mode=mode)
     res = server.login(svc_user.name, "wrong-" + svc_user.password, f"echo {MARK}")
     assert res.returncode != 0 and MARK not in res.stdout, res.stdout + res.stderr
     assert "Permission denied" in res.stderr, res.stderr
+
+
+def test_rogue_kdc_with_an_expired_password_cannot_log_in(sshd_factory, primary_stacks, realm, svc_user):
+    """An impostor KDC that says "expired" for the attacker's password: the change dialogue runs
+    (its kadmin/changepw ticket cannot be validated), but the TGT of the new password is, and
+    fails: the login is refused and nothing lands in the user's keyring."""
+    from pam_keyinit_py.lab.realm import Realm
+    from tests.kdc.ticketd import TEST_CONFIG, TicketD, persistent_caches, public_tmpdir
+
+    pexpect = _pexpect()
+    rogue = Realm.start(None, realm.realm, maxlife="60s", maxrenew="10m")
+    daemon = None
+    try:
+        rogue.start_kadmind()
+        attacker = "chosen-by-the-attacker-2"
+        rogue.add_principal(svc_user.name, attacker)
+        rogue.modify_principal(svc_user.name, "+needchange")
+        daemon = TicketD(public_tmpdir("pkd-rogue-exp-"), rogue.env, **TEST_CONFIG,
+                         validate_keytab=str(realm.keytab_path))
+        daemon.start()
+        server = sshd_factory(_profile(primary_stacks, daemon.socket), mode=KBDINT)
+        argv = server.ssh_argv(svc_user.name, f"echo {MARK}")
+        argv[argv.index("NumberOfPasswordPrompts=1")] = "NumberOfPasswordPrompts=6"
+        child = pexpect.spawn(argv[0], argv[1:], encoding="utf-8", timeout=30,
+                              env={"PATH": "/usr/bin:/bin", "HOME": str(server.dir)})
+        try:
+            _change_dialogue(child, attacker, "N3w-" + secrets.token_urlsafe(12))
+            # Refused: sshd asks again (keyboard-interactive allows more rounds) or hangs up.
+            seen = child.expect(["Password: ", pexpect.EOF])
+            transcript = (child.before or "") + (child.after if isinstance(child.after, str) else "")
+        finally:
+            child.close(force=True)
+        assert seen == 0 or child.exitstatus != 0, transcript
+        assert MARK not in transcript, transcript
+        log = daemon.log()
+        assert "TGT validation failed (validate=require), login refused" in log, log
+        assert persistent_caches(svc_user.uid) == {}
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        rogue.stop()

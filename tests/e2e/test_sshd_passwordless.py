@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from pam_keyinit_py.commands.tickets import _when
-from pam_keyinit_py.lab.sshd import GSSAPI
+from pam_keyinit_py.lab.sshd import GSSAPI, PUBKEY
 from tests.conftest import VENV_BIN
 from tests.kdc import ticketd as td
 from tests.kdc.ticketd import TicketD, klist_ok, persistent_caches, public_tmpdir
@@ -264,6 +264,37 @@ def test_gssapi_login_without_delegation_then_kinit_is_adopted_within_30s(
         # clear_on_logout = "all": the user's own cache goes too.
         daemon.wait_for(lambda: persistent_caches(uid) == {}, 15, "the adopted ticket cleared at logout")
         assert svc_user.password not in daemon.log() and svc_user.password not in server.log()
+    finally:
+        _stop(daemon)
+
+
+def test_publickey_login_then_kinit_is_adopted_renewed_and_cleared(realm, sshd_factory, svc_user, user_krb5,
+                                                                    workdir):
+    """The issue's own case: a public-key login (no password, no ticket), then kinit inside it."""
+    daemon = _daemon(realm, adopt_scan_interval=3600.0, adopt_watch_interval=10.0, clear_on_logout="all")
+    try:
+        server = sshd_factory(_stack(daemon.socket), mode=PUBKEY)
+        server.authorize(svc_user.name)
+        conf, py = user_krb5["KRB5_CONFIG"], VENV_BIN / "python"
+        report = f"KRB5_CONFIG={conf} {py} {workdir / 'report.py'}"
+        kinit = f"KRB5_CONFIG={conf} kinit -r 5m {svc_user.principal} >/dev/null && echo kinit-ok"
+        session = Session(server.pubkey_spawn(svc_user.name, f"{report}; {kinit}; read done || true",
+                                              stdin=subprocess.PIPE))
+        uid = svc_user.uid
+        try:
+            seen = session.report()
+            assert seen["uid"] == uid and "principal" not in seen, seen
+            assert _sessions(daemon) == 1 and _rows(daemon, uid) == []
+            session.send(svc_user.password)
+            assert session.line() == "kinit-ok"
+            rows = daemon.wait_for(lambda: _rows(daemon, uid), 30, "the user's own kinit to be adopted")
+            assert [r["origin"] for r in rows] == ["adopted"]
+            daemon.wait_for(lambda: [r for r in _rows(daemon, uid) if r["renewed"] >= 1], 30,
+                            "a renewal of the adopted ticket")
+        finally:
+            assert session.end() == 0
+        daemon.wait_for(lambda: _sessions(daemon) == 0, 15, "the session to close")
+        daemon.wait_for(lambda: persistent_caches(uid) == {}, 15, "the adopted ticket cleared at logout")
     finally:
         _stop(daemon)
 

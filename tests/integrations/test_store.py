@@ -6,7 +6,15 @@ import pytest
 
 from pam_keyinit_py import keyutils
 from pam_keyinit_py.integrations.secret_store import SecretStore
-from pam_keyinit_py.integrations.store import RING_NAME, KeyStore, LocationError, StoreError, resolve_location
+from pam_keyinit_py.integrations.store import (
+    MAX_CHUNKS,
+    MAX_USER_PAYLOAD,
+    RING_NAME,
+    KeyStore,
+    LocationError,
+    StoreError,
+    resolve_location,
+)
 
 POS_ONLY = keyutils.KEY_POS_ALL
 
@@ -91,9 +99,77 @@ def test_too_long_attributes_are_refused_cleanly() -> None:
 
 
 def test_oversized_secret_is_refused_without_echoing_it(fresh_session_keyring: int) -> None:
-    # A payload over the 32767-byte user-key maximum is refused by the kernel (EINVAL).
+    # Over MAX_CHUNKS user keys' worth: refused before any key is written.
     store = SecretStore("session")
-    secret = "Z" * 40000
-    with pytest.raises(StoreError) as info:
+    secret = "Z" * (MAX_USER_PAYLOAD * MAX_CHUNKS + 1)
+    with pytest.raises(StoreError, match="too large") as info:
         store.store({"a": "b"}, "label", secret)
     assert "ZZZZ" not in str(info.value)
+    assert list(KeyStore("session").entries()) == []
+
+
+def _chunks(ring: int) -> list[tuple[bytes, int]]:
+    out = []
+    for key in keyutils.keyring_ids(ring):
+        raw = keyutils.describe(key)
+        out.append((raw.split(b";", 4)[4] + b" " + raw.split(b";", 1)[0], len(keyutils.read(key))))
+    return sorted(out)
+
+
+def test_payload_over_one_user_key_is_a_possessor_only_chunk_keyring(fresh_session_keyring: int) -> None:
+    store = KeyStore("session")
+    big = bytes(range(256)) * 280  # 71,680 bytes: three user keys
+    key = store.put('{"a":"b"}', big)
+    ring = store.ring()
+    assert key in keyutils.keyring_ids(ring)
+    assert keyutils.describe(key).startswith(b"keyring;") and _perm(key) == POS_ONLY
+    assert _chunks(key) == [(b"0/3 user", 32767), (b"1/3 user", 32767), (b"2/3 user", 71680 - 2 * 32767)]
+    assert all(_perm(k) == POS_ONLY for k in keyutils.keyring_ids(key))
+    assert store.read(key) == big and store.find('{"a":"b"}') == key
+    assert list(store.entries()) == [(key, '{"a":"b"}')]
+    # Shrinking back: one user key, and the chunk keyring is gone from the store.
+    small = store.put('{"a":"b"}', b"small")
+    assert keyutils.describe(small).startswith(b"user;")
+    assert list(store.entries()) == [(small, '{"a":"b"}')] and store.read(small) == b"small"
+    # Growing again: the user key is removed after the chunk keyring is published.
+    again = store.put('{"a":"b"}', big[:40000])
+    assert list(store.entries()) == [(again, '{"a":"b"}')] and store.read(again) == big[:40000]
+    store.remove(again)
+    assert list(store.entries()) == [] and store.find('{"a":"b"}') is None
+
+
+def test_an_incomplete_chunk_keyring_reads_as_absent(fresh_session_keyring: int) -> None:
+    store = KeyStore("session")
+    key = store.put('{"a":"b"}', b"x" * 70000)
+    keyutils.unlink(keyutils.keyring_ids(key)[0], key)  # one chunk lost: never a partial secret
+    assert store.read(key) is None
+    assert SecretStore("session").lookup({"a": "b"}) is None
+
+
+def test_readers_see_the_old_or_the_new_large_secret_never_a_mix(fresh_session_keyring: int) -> None:
+    """A writer replaces a chunked secret over and over; a reader must only ever see a whole one."""
+    import threading
+
+    secrets = ["A" * 40000, "B" * 65000, "C" * 33000, "D" * 100]
+    store = SecretStore("session")
+    store.store({"k": "v"}, "L", secrets[0])
+    stop = threading.Event()
+
+    def writer() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            SecretStore("session").store({"k": "v"}, "L", secrets[n % len(secrets)])
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    seen: set[str] = set()
+    try:
+        for _ in range(2000):
+            value = store.lookup({"k": "v"})
+            assert value in secrets, None if value is None else (len(value), value[:1], value[-1:])
+            seen.add(value[:1])
+    finally:
+        stop.set()
+        thread.join()
+    assert len(seen) > 1, seen  # the writer really replaced it while we read

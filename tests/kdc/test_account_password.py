@@ -22,10 +22,12 @@ from pam_keyinit_py.lab.pamwrap import PamWrapper
 from pam_keyinit_py.lab.realm import Realm
 from tests import conftest
 from tests.conftest import delete_user, make_user
+from tests.kdc import test_validation as tv
 from tests.kdc import ticketd as td
 from tests.kdc.ticketd import persistent_caches
 
 svc_user, ticketd, user_krb5 = td.svc_user, td.ticketd, td.user_krb5
+daemons, fast_realm, fast_user = tv.daemons, tv.fast_realm, tv.fast_user
 
 STRERROR = {
     "success": "successfully",
@@ -324,3 +326,65 @@ def test_passwd_of_a_local_user_without_principal_is_left_to_pam_unix(pamwrap, t
         assert after.split(":")[1] != before.split(":")[1]  # pam_unix stored the new hash
     finally:
         delete_user(local)
+
+
+def test_fast_armors_the_password_change(daemons, fast_realm, fast_user, tmp_path):
+    """fast = "require" armors the kadmin/changepw exchange as it armors the login's.
+
+    kadmin/changepw in this realm requires the KDC's FAST mark (require_auth fast, set by the
+    encrypted-challenge preauth that only an armored exchange can use): an unarmored change is
+    refused by the KDC, an armored one goes through kpasswd.
+    """
+    fast_realm.start_kadmind()
+    fast_realm.set_string(f"kadmin/changepw@{fast_realm.realm}", "require_auth", "fast")
+    ask = {"op": "chpass", "user": fast_user.name, "uid": fast_user.uid, "old_password": fast_user.password}
+
+    unarmored = daemons(fast_realm.env, validate_principal=tv.FAST_HOST, fast="never")
+    reply = unarmored.request(ask)
+    assert not reply["ok"] and reply["code"] != P.BAD_PASSWORD, reply  # the KDC, not the password
+    assert "Required auth indicators not present" in (fast_realm.dir / "kdc.log").read_text()
+
+    armored = daemons(fast_realm.env, validate_principal=tv.FAST_HOST, fast="require")
+    assert armored.request(ask)["ok"], armored.log()
+    new = new_password()
+    reply = armored.request({**ask, "new_password": new})
+    assert reply["ok"] and reply["changed"], f"{reply}\n{armored.log()}"
+    assert kinit_ok(fast_realm, fast_user.principal, new)
+
+    # No host keytab and fast = "require": refused before any password leaves the host.
+    bare = daemons(fast_realm.env, fast="require", validate="never", validate_keytab=str(tmp_path / "none"))
+    reply = bare.request({**ask, "old_password": new})
+    assert reply["code"] == P.FAST_UNAVAILABLE, reply
+
+
+def test_passwd_through_the_keyinit_krb5_profile(pamwrap, kadmind, ticketd, svc_user):
+    """The common-password that ``pam-auth-update --enable keyinit-krb5`` writes: the hook first."""
+    from pam_keyinit_py.lab import pamconfigs
+    from tests.conftest import require
+
+    missing = pamconfigs.available()
+    require(missing is None, missing or "")
+    stacks = pamconfigs.render_stacks(("keyinit-krb5",))
+    service = pamwrap.service("pkb-passwd-profile",
+                              pamconfigs.service_lines(stacks, pamwrap, f"socket={ticketd.socket}"))
+    new = new_password()
+    res = pamtester(pamwrap, service, svc_user.name, [svc_user.password, new, new], "chauthtok")
+    assert res.returncode == 0, res.stdout + res.stderr + ticketd.log()
+    assert kinit_ok(kadmind, svc_user.principal, new)
+    assert not kinit_ok(kadmind, svc_user.principal, svc_user.password)
+
+
+def test_acct_mgmt_of_another_modules_login_with_the_kdc_down_is_not_blocked(pamwrap, realm, ticketd,
+                                                                            svc_user):
+    """The login was not Kerberos's (a public key): a silent KDC must not lock the user out."""
+    service = pamwrap.service("pkb-acct-kdc-down", [
+        pamwrap.hook_line("account", "required", f"socket={ticketd.socket}"),
+        "account required pam_permit.so",
+    ])
+    realm.stop_kdc()
+    try:
+        res = pamtester(pamwrap, service, svc_user.name, [], "acct_mgmt")
+    finally:
+        realm.start_kdc()
+    assert res.returncode == 0, res.stderr + ticketd.log()  # PAM_IGNORE, then pam_permit
+    assert f"account {svc_user.name} (uid {svc_user.uid}): no KDC answered" in ticketd.log()

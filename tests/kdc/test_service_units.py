@@ -93,3 +93,75 @@ def test_request_schema():
     with pytest.raises(P.ProtocolError):
         P.request({"op": "nope"}, "/nonexistent")
     assert P.request({"op": "status"}, "/nonexistent/sock")["code"] == P.UNAVAILABLE
+
+
+def test_scheduler_pool_runs_other_keys_while_one_blocks_and_never_one_key_twice():
+    """A job blocked (as on a silent KDC) does not hold the others; a job due while its key's
+    previous one still runs waits for it instead of running beside it."""
+    sched = Scheduler(workers=2)
+    release = threading.Event()
+    other_ran = threading.Event()
+    running: list[str] = []
+    overlap: list[str] = []
+    lock = threading.Lock()
+
+    def blocked(tag: str) -> None:
+        with lock:
+            if "a" in running:
+                overlap.append(tag)
+            running.append("a")
+        release.wait(5)
+        with lock:
+            running.remove("a")
+
+    sched.start()
+    try:
+        now = time.time()
+        sched.schedule("a", now, lambda: blocked("first"))
+        time.sleep(0.2)
+        sched.schedule("a", now, lambda: blocked("second"))  # due at once, while "a" runs
+        sched.schedule("b", now, other_ran.set)
+        assert other_ran.wait(3), "a blocked job held the other key's job"
+        time.sleep(0.3)
+        assert running == ["a"] and sched.due("a") is not None  # the second waits, not beside it
+        release.set()
+        deadline = time.time() + 3
+        while (sched.due("a") is not None or running) and time.time() < deadline:
+            time.sleep(0.05)
+        assert sched.due("a") is None and running == []  # and ran after the first ended
+        assert overlap == []
+    finally:
+        release.set()
+        sched.stop()
+
+
+def test_kdc_slots_bound_helpers_and_one_per_key():
+    from pam_keyinit_py.tickets import ccache, errors
+    from pam_keyinit_py.tickets.kdclimit import SLOTS
+
+    SLOTS.configure(2)
+    release = threading.Event()
+    results: list[object] = []
+
+    def call(key: object) -> None:
+        try:
+            results.append(ccache._bounded(lambda: release.wait(10), 0.2, "test", key=key))
+        except errors.KdcUnreachable as exc:
+            results.append(str(exc))
+
+    try:
+        call(("renew", "x"))  # gives up after 0.2 s; its helper still blocks, holding the key
+        assert "no KDC answered" in str(results[-1])
+        call(("renew", "x"))
+        assert "previous exchange for it is still waiting" in str(results[-1])
+        call(None)  # the second slot; the helper blocks too
+        call(None)
+        assert "already waiting for the KDC" in str(results[-1])
+        assert SLOTS.snapshot()["in_flight"] == 2
+    finally:
+        release.set()
+        SLOTS.configure(16)
+    deadline = time.time() + 3
+    while SLOTS.snapshot()["in_flight"] and time.time() < deadline:
+        time.sleep(0.05)
+    assert SLOTS.snapshot()["in_flight"] == 0

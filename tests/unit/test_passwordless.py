@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from pam_keyinit_py import protocol as P
+from pam_keyinit_py.lab.users import become
 from pam_keyinit_py.tickets import config as cfg
 from pam_keyinit_py.tickets import keywatch
 
@@ -37,11 +39,20 @@ def test_key_users_watch_sees_a_new_key_of_a_watched_uid(test_user) -> None:  # 
     watch = keywatch.KeyUsersWatch()
     assert watch.changed([test_user.uid]) == []  # the first look is the baseline
     assert watch.changed([test_user.uid]) == []  # nothing happened
-    # What a kinit does to the counts: the user adds keys of its own.
-    res = test_user.run(["keyctl", "add", "user", "pkw-probe", "x" * 100, "@u"])
-    assert res.returncode == 0, res.stderr
-    assert watch.changed([test_user.uid]) == [test_user.uid]
-    assert watch.changed([test_user.uid]) == []
+    # What a kinit does to the counts: the user adds keys of its own.  The process stays alive
+    # while the watch looks: once the uid's last process exits, the kernel may already have
+    # collected its user keyring (and the key) by the time /proc/key-users is read.
+    add = 'keyctl add user "pkw-probe-$$" "$1" @u >/dev/null && echo added && exec sleep 30'
+    holder = subprocess.Popen(["sh", "-c", add, "sh", "x" * 100],
+                              preexec_fn=become(test_user.uid, test_user.gid),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "added"
+        assert watch.changed([test_user.uid]) == [test_user.uid]
+        assert watch.changed([test_user.uid]) == []
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_key_users_watch_reports_a_uid_it_had_not_seen(tmp_path) -> None:  # noqa: ANN001

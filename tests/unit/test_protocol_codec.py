@@ -53,3 +53,26 @@ def test_account_and_chpass_schema_types() -> None:
             P.validate_request(bad)
         assert info.value.code == P.BAD_REQUEST
     assert {"account", "chpass"} <= P.ROOT_OPS
+
+
+def test_nesting_is_bounded_before_parsing_and_brackets_in_strings_do_not_count() -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(P.ProtocolError, match="nested deeper"):
+        P.decode(deep)
+    # Without the pre-scan (a reply), the C scanner's RecursionError is still a ProtocolError.
+    with pytest.raises(P.ProtocolError, match="RecursionError"):
+        P.decode(deep, max_depth=None)
+    password = "[{" * 500 + '\\"]' * 10
+    ok = P.decode(json.dumps({"v": 1, "op": "status", "p": password, "l": [[[1]]]}).encode())
+    assert ok["p"] == password
+    assert P._too_deep(b"[" * 33) and not P._too_deep(b"[" * 32)
+
+
+def test_version_is_exact_and_client_values_are_clipped() -> None:
+    for version in ("true", "1.0", '"1"', "[1]"):
+        with pytest.raises(P.ProtocolError, match="unsupported protocol version"):
+            P.decode(f'{{"v": {version}, "op": "status"}}'.encode())
+    with pytest.raises(P.ProtocolError) as err:
+        P.validate_request({"v": 1, "op": "status", "x" * 60_000: 1})
+    assert len(str(err.value)) < 120
+    assert len(P.brief("y" * 10_000)) < 70 and len(P.brief({"a": 1})) < 20

@@ -1,0 +1,570 @@
+"""The ticket service against hostile local users: connection floods, slow clients, descriptor
+exhaustion, log floods, deeply nested JSON.  A real keyinit-ticketd, real users (SO_PEERCRED),
+a real MIT KDC for root's logins, the real kernel's RLIMIT_NOFILE (prlimit).
+
+Every limit is configured small, so the attack traffic in each test is a few dozen connections
+and a few seconds.  What is asserted: the attacker gets exactly its share and then "busy", its
+slow requests end at the request deadline, root's status/auth/open are answered meanwhile, and
+the daemon never exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pam_keyinit_py import protocol as P
+from pam_keyinit_py.lab.users import become
+from pam_keyinit_py.tickets.server import _Pool
+from tests.conftest import VENV_BIN, delete_user, make_user, require, require_root
+from tests.kdc import ticketd as td
+from tests.kdc.ticketd import SessionHolder, TicketD, public_tmpdir
+
+svc_user, user_krb5 = td.svc_user, td.user_krb5
+
+#: Small limits: 3 connections per user, 5 for all users together, 3 more for root only.
+LIMITS = {"max_connections": 8, "root_reserved_connections": 3, "max_connections_per_uid": 3,
+          "workers": 3, "root_reserved_workers": 1, "request_timeout": 3}
+
+# Run as a non-root user: open N connections, see which are refused ("busy"); then, with SECONDS
+# > 0, trickle one byte a second into each held one (a request that never completes) for at
+# most SECONDS and report how many the server closed; with SECONDS 0, hold them idle until told
+# to stop.  Bounded: N connections, SECONDS seconds.
+ATTACKER = r"""
+import json, select, socket, struct, sys, time
+path, n, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+held, codes = [], []
+for _ in range(n):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    r, _, _ = select.select([s], [], [], 0.5)   # a refused connection is answered at once
+    if r:
+        data = s.recv(4096)
+        codes.append(json.loads(data[4:]).get("code") if data else "closed")
+        s.close()
+    else:
+        held.append(s)
+print(json.dumps({"held": len(held), "codes": codes}), flush=True)
+if seconds <= 0:
+    sys.stdin.readline()                        # hold until the test says stop
+    sys.exit(0)
+frame = struct.pack(">I", 100) + b"x" * 100     # a valid-length request, sent one byte a second
+closed, sent, t0 = set(), 0, time.monotonic()
+while time.monotonic() - t0 < seconds and len(closed) < len(held):
+    for i, s in enumerate(held):
+        if i in closed:
+            continue
+        try:
+            s.send(frame[sent:sent + 1])
+            r, _, _ = select.select([s], [], [], 0)
+            if r and s.recv(4096) == b"":
+                closed.add(i)
+        except OSError:
+            closed.add(i)
+    sent += 1
+    time.sleep(1.0)
+print(json.dumps({"closed_by_server": len(closed), "bytes_sent_each": sent,
+                  "seconds": round(time.monotonic() - t0, 1)}), flush=True)
+"""
+
+
+class Attacker:
+    """A process of ``user`` holding connections to the daemon (see ATTACKER)."""
+
+    def __init__(self, daemon: TicketD, user, n: int, seconds: float) -> None:  # noqa: ANN001
+        self.proc = subprocess.Popen([str(VENV_BIN / "python"), "-c", ATTACKER, daemon.socket, str(n),
+                                      str(seconds)], preexec_fn=become(user.uid, user.gid),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.opened = json.loads(self.proc.stdout.readline())
+
+    def stop(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("stop\n")
+        self.proc.stdin.flush()
+        self.proc.wait(10)
+
+    def result(self, timeout: float) -> dict:
+        assert self.proc.stdout is not None
+        out, _ = self.proc.communicate(timeout=timeout)
+        return json.loads(out.strip().splitlines()[-1])
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def _start_limited(realm, **overrides):  # noqa: ANN001, ANN202
+    require_root()
+    directory = public_tmpdir("pkd-hostile-")
+    daemon = TicketD(directory, realm.env, **{**td.TEST_CONFIG, **LIMITS, **overrides})
+    try:
+        daemon.start()
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return daemon
+
+
+def _stop_limited(daemon: TicketD) -> None:
+    from tests.fixtures_krb5 import clear_persistent_caches
+
+    tracked = daemon.request({"op": "tickets"}).get("tickets", []) if daemon.alive() else []
+    daemon.stop()
+    for uid in {t["uid"] for t in tracked}:
+        clear_persistent_caches(uid)
+    print(daemon.log())
+    shutil.rmtree(daemon.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def limited(realm):  # noqa: ANN001
+    """A keyinit-ticketd with the small LIMITS (request deadline 60 s: idle connections stay)."""
+    daemon = _start_limited(realm, request_timeout=60)
+    try:
+        yield daemon
+    finally:
+        _stop_limited(daemon)
+
+
+@pytest.fixture
+def hasty(realm):  # noqa: ANN001
+    """A keyinit-ticketd with the small LIMITS and a 2 s request deadline."""
+    daemon = _start_limited(realm, request_timeout=2)
+    try:
+        yield daemon
+    finally:
+        _stop_limited(daemon)
+
+
+def _root_connections(path: str, n: int) -> list[socket.socket]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(path)
+        socks.append(s)
+    return socks
+
+
+def test_users_holding_their_maximum_do_not_stop_root_logins(limited, svc_user):
+    """Two users try 20 and 3 connections: they get 3 and 2 (per-uid cap 3, the users' total 5),
+    the rest "busy".  While they hold them, root's status, auth (real KDC) and open are answered,
+    also on root-only slots with more root connections held; the 17 refusals of one uid log one
+    line; once the users let go, they are served again."""
+    daemon = limited
+    other = make_user("pkd")
+    first = second = None
+    try:
+        first = Attacker(daemon, other, 20, seconds=0)
+        assert first.opened["held"] == 3, first.opened
+        assert first.opened["codes"] == [P.BUSY] * 17, first.opened
+        second = Attacker(daemon, svc_user.user, 3, seconds=0)
+        # The users' share of the total (8 - 3 reserved for root) is 5: the third is refused.
+        assert second.opened == {"held": 2, "codes": [P.BUSY]}, second.opened
+        status = daemon.request({"op": "status"})
+        assert status["ok"] and status["service"]["connections"]["open"] == 6, status
+        assert status["service"]["connections"]["refused"] == 18, status
+        # A user's request on a new connection is refused, root's is not (two more root ones held).
+        assert daemon.request_as(other, {"op": "status"})["code"] == P.BUSY
+        extra = _root_connections(daemon.socket, 2)
+        try:
+            assert svc_user.auth(daemon)["ok"]
+            holder = SessionHolder(daemon, svc_user.user)
+            assert holder.opened["ok"], holder.opened
+            closed = holder.close()
+            assert closed["ok"], closed
+        finally:
+            for s in extra:
+                s.close()
+        assert daemon.alive()
+        first.stop()
+        second.stop()
+        daemon.wait_for(lambda: daemon.request_as(other, {"op": "status"})["ok"], 10,
+                        "the user to be served again once its connections are closed")
+        log = daemon.log()
+        refusals = re.findall(rf"refused a connection of uid {other.uid} ", log)
+        # 18 refusals of this uid: one line per 10 s (two if this machine took >10 s to get here).
+        assert 1 <= len(refusals) <= 2, log
+    finally:
+        for a in (first, second):
+            if a is not None:
+                a.kill()
+        delete_user(other)
+
+
+def test_a_trickled_request_ends_at_its_deadline(hasty, svc_user):
+    """A user sends one byte a second into each of 3 connections, for up to 12 s: the server closes
+    them at the whole-request deadline (2 s), although bytes keep coming (a per-recv timeout would
+    never fire); root is served meanwhile and the daemon lives."""
+    daemon = hasty
+    attacker = Attacker(daemon, svc_user.user, 3, seconds=12)
+    try:
+        assert attacker.opened == {"held": 3, "codes": []}, attacker.opened
+        assert daemon.request({"op": "status"})["ok"]
+        result = attacker.result(timeout=30)
+        assert result["closed_by_server"] == 3, result
+        assert result["bytes_sent_each"] < 12, result  # cut off before the attacker gave up
+        assert daemon.alive()
+        assert "did not send its request within 2s" in daemon.log()
+        assert daemon.request_as(svc_user.user, {"op": "status"})["ok"]
+    finally:
+        attacker.kill()
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_out_of_descriptors_the_daemon_pauses_accepting_and_serves_again(limited):
+    """RLIMIT_NOFILE of the running daemon lowered with prlimit(1) to 3 above what it uses: root's
+    connections beyond that make accept() fail with EMFILE.  The daemon logs it, keeps running,
+    and serves once descriptors are free again (the old daemon exited 1 here)."""
+    require(shutil.which("prlimit"), "prlimit (util-linux) missing")
+    daemon = limited
+    assert daemon.proc is not None
+    pid = daemon.proc.pid
+    assert daemon.request({"op": "status"})["ok"]
+    limit = _fds(pid) + 3
+    subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={limit}:{limit}"], check=True)
+    socks = _root_connections(daemon.socket, 6)  # root: no per-uid cap; beyond the fds, the backlog
+    try:
+        daemon.wait_for(lambda: "accept() failed: Too many open files" in daemon.log(), 10,
+                        "accept() to fail with EMFILE")
+        assert daemon.alive()
+    finally:
+        for s in socks:
+            s.close()
+    # Descriptors free again (the limit stays low): the backlog drains and new requests are served.
+    reply = daemon.wait_for(lambda: (r := daemon.request({"op": "status"}, timeout=5))["ok"] and r, 15,
+                            "status to be answered after EMFILE")
+    assert reply["service"]["connections"]["accept_errors"] >= 1
+    assert daemon.alive()
+
+
+def test_pool_keeps_workers_for_root():
+    """Users' requests blocking every worker they may use do not delay root's (in-process, real threads)."""
+    release = threading.Event()
+    ran: list[str] = []
+    root_done = threading.Event()
+
+    def run(job: str) -> None:
+        if job.startswith("user"):
+            ran.append(job)
+            release.wait(10)
+        else:
+            ran.append(job)
+            root_done.set()
+
+    pool = _Pool(3, 1, run)
+    for i in range(5):
+        pool.submit(f"user{i}", root=False)
+    try:
+        deadline = time.monotonic() + 5
+        while len(ran) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)
+        assert sorted(ran) == ["user0", "user1"], ran  # 3 workers - 1 for root: the rest queue
+        pool.submit("root", root=True)
+        assert root_done.wait(5), ran
+        assert pool.threads == 3
+    finally:
+        release.set()
+
+
+def _raw(path: str, payload: bytes) -> dict | None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(path)
+        sock.sendall(payload)
+        try:
+            return P.recv_message(sock)
+        except (EOFError, P.ProtocolError, OSError):
+            return None
+
+
+def _frame(body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + body
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * 100_000 + b"]" * 100_000,
+     b'{"v": 1, "op": "status", "x": ' + b'{"a":' * 5000 + b"1" + b"}" * 5000 + b"}",
+     b'{"v": true, "op": "status"}', b'{"v": 1.0, "op": "status"}'],
+    ids=["nested-arrays", "nested-objects", "version-true", "version-float"],
+)
+def test_nested_json_and_inexact_versions_get_an_error_reply(limited, body):
+    body = body[: P.MAX_MESSAGE]
+    reply = _raw(limited.socket, _frame(body))
+    assert reply is not None and reply["code"] == P.BAD_REQUEST, reply
+    assert limited.alive()
+    assert "RecursionError" not in limited.log() and "Traceback" not in limited.log()
+
+
+def test_client_values_are_not_echoed_unbounded_into_the_log(limited, svc_user):
+    """60 KB field names, op names and versions cost the log a bounded line each, and the repeats
+    from one uid are rate-limited (the old daemon wrote ~65 KB per request)."""
+    big = "A" * 60_000
+    bodies = [json.dumps({"v": 1, "op": "status", big: 1}), json.dumps({"v": 1, "op": big}),
+              json.dumps({"v": big, "op": "status"})]
+    before = len(limited.log())
+    code = ("import socket,struct,sys\n"
+            "for body in sys.argv[2:]:\n"
+            "    for _ in range(20):\n"
+            "        s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); b=body.encode()\n"
+            "        s.sendall(struct.pack('>I',len(b))+b); s.recv(65536); s.close()\n")
+    proc = svc_user.user.run([str(VENV_BIN / "python"), "-c", code, limited.socket, *bodies], timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    grown = len(limited.log()) - before
+    assert grown < 2_000, limited.log()[before:][:3000]  # 60 requests, ~180 KB of values sent
+    assert "AAAAAAAAAA" * 10 not in limited.log()
+    assert limited.alive()
+
+
+def test_a_users_status_shows_only_their_own(limited, svc_user):
+    daemon = limited
+    assert svc_user.auth(daemon)["ok"]
+    holder = SessionHolder(daemon, svc_user.user)
+    other = make_user("pkd")
+    try:
+        theirs = daemon.request_as(other, {"op": "status"})
+        assert theirs["ok"] and theirs["sessions"] == [] and theirs["tickets"] == [], theirs
+        assert set(theirs["service"]) == {"clear_on_logout"}, theirs  # no pid, no global counts
+        mine = daemon.request_as(svc_user.user, {"op": "status"})
+        assert [s["uid"] for s in mine["sessions"]] == [svc_user.uid], mine
+        assert [t["uid"] for t in mine["tickets"]] == [svc_user.uid], mine
+        assert "pid" not in mine["service"] and "sessions" not in mine["service"], mine
+        root = daemon.request({"op": "status"})
+        assert root["service"]["pid"] == daemon.proc.pid and root["service"]["sessions"] == 1
+        denied = daemon.request_as(other, {"op": "tickets", "uid": svc_user.uid})
+        assert denied["code"] == P.DENIED and "may not list the tickets of uid" in denied["error"], denied
+        # The CLI prints a user's view without the root-only fields.
+        cli = other.run([str(VENV_BIN / "keyinit"), "status", "--socket", daemon.socket])
+        assert cli.returncode == 0 and "running" in cli.stdout, (cli.stdout, cli.stderr)
+    finally:
+        delete_user(other)
+        holder.close()
+
+
+def test_shipped_limits_fit_the_shipped_unit():
+    """etc/keyinit/ticketd.toml documents the defaults, and they fit the unit's LimitNOFILE/TasksMax."""
+    from pam_keyinit_py.tickets import config as cfg
+
+    root = Path(__file__).resolve().parents[2]
+    shipped = cfg.load(str(root / "etc/keyinit/ticketd.toml"))
+    assert shipped == cfg.Config()
+    unit = (root / "etc/systemd/keyinit-ticketd.service").read_text()
+    nofile = int(re.search(r"^LimitNOFILE=(\d+)$", unit, re.M).group(1))
+    tasks = int(re.search(r"^TasksMax=(\d+)$", unit, re.M).group(1))
+    assert shipped.max_connections * 2 + 64 <= nofile
+    # Workers, loop, scheduler, writer, reaper, deferred destroy, plus KDC exchanges in flight.
+    assert 5 + shipped.workers + shipped.renew_workers + shipped.max_kdc_calls <= tasks // 2
+    assert shipped.max_connections_per_uid <= shipped.max_connections - shipped.root_reserved_connections
+
+
+def _threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("Threads:"))
+
+
+def test_a_silent_kdc_does_not_pile_up_threads(realm, svc_user):
+    """The KDC SIGSTOPped (it accepts TCP and never answers): 12 concurrent logins and the
+    scheduled renewals keep failing for several seconds, yet the daemon's threads never exceed
+    its fixed five (loop, scheduler, state writer, two reapers) plus its three bounded pools
+    (request workers 3, renewal workers 2, KDC exchanges 3); refused exchanges fail at once as
+    "no KDC answered".  Once the KDC answers again, logins and renewals work.  (The old daemon:
+    one thread per connection plus one per blocked exchange, without bound.)"""
+    import signal
+
+    daemon = _start_limited(realm, request_timeout=30, renew_workers=2, max_kdc_calls=3, max_connections=32)
+    assert daemon.proc is not None
+    pid = daemon.proc.pid
+    bound = 5 + LIMITS["workers"] + 2 + 3
+    kdc_pid = int((realm.dir / "krb5kdc.pid").read_text())
+    holder = None
+    try:
+        assert svc_user.auth(daemon)["ok"]
+        holder = SessionHolder(daemon, svc_user.user)
+        replies: list[dict] = []
+        os.kill(kdc_pid, signal.SIGSTOP)
+        try:
+            logins = [threading.Thread(target=lambda: replies.append(svc_user.auth(daemon)))
+                      for _ in range(12)]
+            for t in logins:
+                t.start()
+            peak = 0
+            while any(t.is_alive() for t in logins):
+                peak = max(peak, _threads(pid))
+                threading.Event().wait(0.05)
+            # The renewal scheduled at 0.2 of the 30 s life fails meanwhile, too (and retries).
+            daemon.wait_for(lambda: "renewing" in daemon.log() and "no KDC answered" in daemon.log(), 20,
+                            "a renewal attempt against the silent KDC")
+            peak = max(peak, _threads(pid))
+            kdc = daemon.request({"op": "status"})["service"]["kdc_calls"]
+        finally:
+            os.kill(kdc_pid, signal.SIGCONT)
+        assert [r.get("code") for r in replies] == [P.KDC_UNREACHABLE] * 12, replies
+        print(f"peak threads {peak} (bound {bound}), KDC slots {kdc}")
+        assert peak <= bound, (peak, bound)
+        assert kdc["peak"] <= 3 and kdc["refused"] >= 1, kdc
+        assert "exchanges are already waiting for the KDC" in daemon.log()
+        assert daemon.alive()
+        # The KDC answers again: the blocked exchanges end, logins and renewals succeed.
+        daemon.wait_for(lambda: svc_user.auth(daemon)["ok"], 30, "a login once the KDC answers")
+        daemon.wait_for(lambda: daemon.request({"op": "renew", "uid": svc_user.uid})["errors"] == [], 30,
+                        "a renewal once the KDC answers")
+    finally:
+        os.kill(kdc_pid, signal.SIGCONT)
+        if holder is not None:
+            holder.kill()
+        _stop_limited(daemon)
+
+
+def test_the_root_socket_is_root_only(limited, svc_user):
+    """Root's clients connect through ticketd.root.sock (0600), which a user cannot even connect
+    to, so a user flooding the public socket's backlog cannot make a login's connect wait."""
+    root_path = P.root_socket(limited.socket)
+    assert root_path.endswith(".root.sock") and os.stat(root_path).st_mode & 0o777 == 0o600
+    code = ("import socket,sys\ns=socket.socket(socket.AF_UNIX)\n"
+            "try:\n    s.connect(sys.argv[1]); print('connected')\n"
+            "except PermissionError:\n    print('EACCES')\n")
+    proc = svc_user.user.run([str(VENV_BIN / "python"), "-c", code, root_path])
+    assert proc.stdout.strip() == "EACCES", (proc.stdout, proc.stderr)
+    # Root's request is served there: the public socket's path is not even needed.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(root_path)
+        P.send_message(sock, {"op": "status"})
+        assert P.recv_message(sock, P.MAX_REPLY)["service"]["pid"] == limited.proc.pid
+
+
+def test_root_waits_for_room_instead_of_being_refused(limited):
+    """At max_connections (8), root's next connect waits in the root socket's backlog instead of
+    getting "busy", and is served as soon as a connection closes."""
+    root_path = P.root_socket(limited.socket)
+    held = _root_connections(root_path, 8)
+    replies: list[dict] = []
+    try:
+        waiter = threading.Thread(target=lambda: replies.append(
+            P.request({"op": "status"}, limited.socket, connect_timeout=20, timeout=20)))
+        waiter.start()
+        waiter.join(1.0)
+        assert waiter.is_alive() and replies == [], replies  # not refused: waiting for room
+        held.pop().close()
+        waiter.join(20)
+        assert replies and replies[0]["ok"], replies
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_repeated_requests_of_a_user_cost_one_log_line_and_one_renewal(limited, svc_user):
+    """30 refused destroys of another user's cache log one line; of 10 renew requests in a row
+    only the first renews (each is KDC traffic), the others are answered busy."""
+    ccache = svc_user.auth(limited)["ccache"]
+    holder = SessionHolder(limited, svc_user.user)
+    other = make_user("pkd")
+    code = ("import json,sys\nfrom pam_keyinit_py import protocol as P\n"
+            "msg=json.loads(sys.argv[2])\n"
+            "print(json.dumps([P.request(msg, sys.argv[1]).get('code') for _ in range(int(sys.argv[3]))]))\n")
+    try:
+        proc = other.run([str(VENV_BIN / "python"), "-c", code, limited.socket,
+                          json.dumps({"op": "destroy", "ccache": ccache}), "30"])
+        assert json.loads(proc.stdout) == [P.DENIED] * 30, (proc.stdout, proc.stderr)
+        assert limited.log().count(f"uid {other.uid} tried to destroy") == 1, limited.log()
+        proc = svc_user.user.run([str(VENV_BIN / "python"), "-c", code, limited.socket,
+                                  json.dumps({"op": "renew"}), "10"])
+        assert json.loads(proc.stdout) == [None] + [P.BUSY] * 9, (proc.stdout, proc.stderr)
+    finally:
+        delete_user(other)
+        holder.close()
+
+
+FUZZ = r"""
+import random, socket, struct, sys
+path, n = sys.argv[1], int(sys.argv[2])
+rng = random.Random(11)
+answered = 0
+for i in range(n):
+    kind = i % 5
+    body = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))
+    if kind == 0:   # a frame of random bytes
+        data = struct.pack(">I", len(body)) + body
+    elif kind == 1:  # a length that lies (longer than what follows), then close
+        data = struct.pack(">I", len(body) + 50) + body
+    elif kind == 2:  # half a header
+        data = body[:2]
+    elif kind == 3:  # JSON-ish garbage
+        data = b'{"v":1,"op":' + body
+        data = struct.pack(">I", len(data)) + data
+    else:            # a huge length
+        data = struct.pack(">I", rng.randrange(1 << 17, 1 << 32)) + body
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    try:
+        s.connect(path)
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        if s.recv(4096):
+            answered += 1
+    except OSError:
+        pass
+    finally:
+        s.close()
+print(answered)
+"""
+
+
+def test_malformed_traffic_leaves_no_fd_or_thread_behind(limited, svc_user):
+    """2,000 malformed messages of five kinds from a user: answered or closed, the daemon alive,
+    its descriptors back to where they were, its threads within the pools."""
+    assert limited.proc is not None
+    pid = limited.proc.pid
+    assert limited.request({"op": "status"})["ok"]
+    before = _fds(pid)
+    proc = svc_user.user.run([str(VENV_BIN / "python"), "-c", FUZZ, limited.socket, "2000"], timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) >= 1200, proc.stdout  # kinds 0, 3, 4 are answered with an error reply
+    assert limited.alive()
+    limited.wait_for(lambda: _fds(pid) <= before, 10, "the daemon's descriptors to return to their count")
+    assert _threads(pid) <= 5 + LIMITS["workers"] + 4 + 16  # loop, writer, reapers, scheduler + pools
+    assert limited.request({"op": "status"})["ok"]
+    assert "Traceback" not in limited.log()
+
+
+PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
+
+
+def test_out_of_tasks_the_daemon_answers_busy_and_serves_later(limited):
+    """The daemon moved into a pids cgroup (what TasksMax= sets) with no room for one more thread:
+    a request that needs a worker is answered busy instead of hanging, nothing exits; with room
+    again, requests are served.  (The old daemon exited when thread creation failed.)"""
+    require((PIDS_CGROUP / "cgroup.procs").exists(), "no cgroup v1 pids controller")
+    assert limited.proc is not None
+    pid = limited.proc.pid
+    group = PIDS_CGROUP / f"pkd-test-{os.getpid()}-{pid}"
+    group.mkdir()
+    try:
+        (group / "cgroup.procs").write_text(str(pid))
+        (group / "pids.max").write_text(str(_threads(pid)))  # no room for one more task
+        reply = limited.request({"op": "status"}, timeout=10)
+        assert reply.get("code") == P.BUSY, reply  # the pool has no worker yet and cannot start one
+        assert limited.alive()
+        assert "cannot start a worker thread" in limited.log()
+        (group / "pids.max").write_text("max")
+        assert limited.request({"op": "status"})["ok"]
+    finally:
+        if limited.alive():
+            (PIDS_CGROUP / "cgroup.procs").write_text(str(pid))
+        group.rmdir()
