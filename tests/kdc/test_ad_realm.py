@@ -93,6 +93,19 @@ def test_ad_dc_serves_only_kerberos_on_loopback_with_its_own_smb_conf(ad_realm, 
     assert host_snapshot() == host_state
 
 
+def test_installing_samba_left_no_winbind_in_the_hosts_stacks_or_nsswitch(ad_realm):
+    """What make setup undoes after samba's packages (pam-auth-update --disable winbind krb5, nsswitch)."""
+    from pathlib import Path
+
+    for kind in ("auth", "account", "password", "session", "session-noninteractive"):
+        text = Path(f"/etc/pam.d/common-{kind}").read_text()
+        active = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        assert not [line for line in active if "pam_winbind" in line or "pam_krb5" in line], (kind, active)
+    for line in Path("/etc/nsswitch.conf").read_text().splitlines():
+        if line.split(":")[0].strip() in ("passwd", "group", "shadow"):
+            assert "winbind" not in line, line
+
+
 def test_a_second_dc_is_refused_while_port_88_is_taken(ad_realm):
     """Samba's KDC has no port setting: ad-realm.sh names who holds 88 instead of half-starting."""
     with pytest.raises(AdRealmError, match=r"cannot start the AD KDC: 127\.0\.0\.1 port 88/tcp"):
