@@ -168,6 +168,84 @@ def check_service(sock_path: str = DEFAULT_SOCKET) -> Check:
     return Check("keyinit-ticketd", True, f"{sock_path} answers (pid {service.get('pid', '?')})")
 
 
+def _generation_bytes(uid: int) -> int:
+    """Quota bytes of the uid's largest ccache in KEYRING:persistent:<uid>: one cache generation.
+
+    Walks ``_persistent.<uid>`` -> ``_krb`` -> ``krb_ccache_*`` (keyctl_get_persistent into this
+    thread's keyring, which makes the keys possessed, so keyctl_read may read them) and counts what
+    the kernel charges a key: its description plus NUL plus its payload.
+    """
+    from . import keyutils
+
+    thread = keyutils.KEY_SPEC_THREAD_KEYRING
+    try:
+        ring = keyutils.get_persistent(uid, thread)
+    except OSError:
+        return 0
+    largest = 0
+    try:
+        for krb in keyutils.keyring_ids(ring):
+            ktype, _u, _g, _p, desc = keyutils.describe(krb).split(b";", 4)
+            if ktype != b"keyring" or desc != b"_krb":
+                continue
+            for cache in keyutils.keyring_ids(krb):
+                try:
+                    ctype, _u, _g, _p, cdesc = keyutils.describe(cache).split(b";", 4)
+                    if ctype != b"keyring":
+                        continue
+                    size = len(cdesc) + 1
+                    for key in keyutils.keyring_ids(cache):
+                        size += len(keyutils.describe(key).split(b";", 4)[4]) + 1 + len(keyutils.read(key))
+                except OSError:
+                    continue  # a cache retired under us
+                largest = max(largest, size)
+    finally:
+        try:
+            keyutils.unlink(ring, thread)
+        except OSError:
+            pass
+    return largest
+
+
+def check_quota_headroom(sock_path: str = DEFAULT_SOCKET) -> Check:
+    """Key quota headroom of each logged-in user: room for one more ticket cache generation?
+
+    A renewal writes the new cache before it retires the old one (no empty-cache window), so
+    for that moment the user holds two generations; the room left must hold one more.
+    """
+    from . import protocol
+
+    name = "key quota headroom"
+    reply = protocol.request({"op": "status"}, sock_path, connect_timeout=1.0, timeout=2.0)
+    if not reply.get("ok"):
+        return Check(name, False, f"keyinit-ticketd: {reply.get('error', 'no answer')}",
+                     "start keyinit-ticketd (run doctor as root to see every user)")
+    uids = sorted({int(s["uid"]) for s in reply.get("sessions", [])})
+    if not uids:
+        return Check(name, True, "no user logged in")
+    parts, short = [], []
+    for uid in uids:
+        user = proc.key_user(uid)
+        try:
+            who = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            who = str(uid)
+        if user is None:
+            parts.append(f"{who}: no keys")
+            continue
+        gen = _generation_bytes(uid)
+        parts.append(f"{who}: {user.bytes_left} of {user.maxbytes} bytes and {user.keys_left} keys free,"
+                     f" a ticket cache takes {gen} bytes")
+        if user.bytes_left < gen or user.keys_left < 2:
+            short.append(who)
+    if short:
+        return Check(name, False, "; ".join(parts) + f" -- no room to renew for {', '.join(short)}",
+                     "raise kernel.keys.maxbytes/maxkeys (etc/sysctl.d/60-keyinit-keys.conf, "
+                     "sysctl --system), or have the user remove keys or caches they no longer need "
+                     "(kdestroy -A, keyctl clear)")
+    return Check(name, True, "; ".join(parts))
+
+
 def check_kdc() -> Check:
     """An AS-REQ for a probe principal reaches a KDC of the default realm."""
     import krb5
@@ -310,7 +388,8 @@ def run_checks(user: str | None = None, services: tuple[str, ...] = ("sshd", "lo
     """All checks in login order; a check that crashes is reported as failed, not raised."""
     steps = [check_keyrings, check_quotas, check_shim]
     steps += [lambda s=s: check_pam(s, pam_dir) for s in services]
-    steps += [check_default_ccache, lambda: check_service(sock_path), check_kdc,
+    steps += [check_default_ccache, lambda: check_service(sock_path),
+              lambda: check_quota_headroom(sock_path), check_kdc,
               lambda: check_host_keytab(config_path)]
     if test_principal and test_password is not None:
         steps.append(lambda: check_validation(test_principal, test_password, config_path))

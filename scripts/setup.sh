@@ -16,6 +16,8 @@ PACKAGES=(
   sudo
   # Kerberos: a real MIT KDC on loopback, the client tools, pykrb5's headers
   krb5-kdc krb5-admin-server krb5-user libkrb5-dev
+  # Active Directory: a Samba AD DC on loopback (krb5/ad-realm.sh), provisioned privately
+  samba samba-ad-dc samba-ad-provision winbind smbclient ldb-tools
   # process tools used by the tests
   procps passwd
   # a real systemd for the unit's test: debootstrap builds its root filesystem once (cached)
@@ -43,8 +45,26 @@ if ((${#missing[@]})); then
     printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null && $SUDO chmod 755 "$policy"
     created_policy=1
   fi
+  # samba's packages change the host (measured on Debian 12): libpam-winbind's postinst puts
+  # pam_winbind into every common-* file and re-enables pam_krb5; libnss-winbind adds `winbind`
+  # to nsswitch.conf.  The lab's AD DC needs none of that, so undo it at once.
+  nss_saved=$(mktemp)
+  cp -p /etc/nsswitch.conf "$nss_saved"
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
   [ -n "$created_policy" ] && $SUDO rm -f "$policy"
+  # --disable, never --remove: a removed profile comes back at the next `pam-auth-update --package`.
+  if command -v pam-auth-update >/dev/null 2>&1; then
+    for profile in winbind krb5; do
+      if [ -e "/usr/share/pam-configs/$profile" ]; then
+        $SUDO env DEBIAN_FRONTEND=noninteractive pam-auth-update --disable "$profile"
+      fi
+    done
+  fi
+  if ! cmp -s "$nss_saved" /etc/nsswitch.conf; then
+    echo "setup: restoring /etc/nsswitch.conf (samba's libnss-winbind added winbind)"
+    $SUDO cp "$nss_saved" /etc/nsswitch.conf
+  fi
+  rm -f "$nss_saved"
 fi
 
 VENV=.venv

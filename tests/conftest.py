@@ -14,7 +14,7 @@ from pam_keyinit_py.lab import users
 from pam_keyinit_py.lab.users import LabUser
 
 # Fixture modules, one per real component: the KDC realm and the PAM hosts.
-pytest_plugins = ["tests.fixtures_krb5", "tests.fixtures_pam"]
+pytest_plugins = ["tests.fixtures_krb5", "tests.fixtures_pam", "tests.fixtures_ad"]
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"

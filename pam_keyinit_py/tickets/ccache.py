@@ -431,6 +431,24 @@ def _write_new(ctx: krb5.Context, target: str, princ: krb5.Principal, creds: krb
     return cc
 
 
+def _retry_after_key_gc(write: Callable[[], krb5.CCache], timeout: float = 1.0) -> krb5.CCache:
+    """Call ``write`` until the kernel has uncharged destroyed keys (EDQUOT till then), ``timeout`` s at most.
+
+    keyctl_clear/unlink of a cache only drops references: the kernel's key garbage collector
+    (a workqueue, key_gc_unused_keys) frees the keys and uncharges the quota a moment later.
+    A write retried at once after destroying old generations still gets EDQUOT (measured with
+    a 300-group AD user under the default 20,000-byte quota).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return write()
+        except errors.QuotaExceeded:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _install(ctx: krb5.Context, target: str, princ: krb5.Principal, creds: krb5.Creds, uid: int,
              gid: int, *, prefix: str, make_primary: bool, replace: str | None,
              krb5_config: str | None, grace: float) -> TicketInfo:
@@ -447,7 +465,7 @@ def _install(ctx: krb5.Context, target: str, princ: krb5.Principal, creds: krb5.
             if not _reaper.pending(uid):
                 raise
             _reaper.flush(uid)
-            cc = _write_new(ctx, target, princ, creds, prefix)
+            cc = _retry_after_key_gc(lambda: _write_new(ctx, target, princ, creds, prefix))
         new_name = _full_name(cc)
         try:
             if new_name.startswith("FILE:"):
@@ -686,8 +704,14 @@ def acquire_password(
     validate_keytab: str | None = None,
     validate_principal: str | None = None,
     fast: str = "never",
+    canonicalize: bool = False,
 ) -> TicketInfo:
     """krb5_get_init_creds_password, then store the TGT as the user's new primary persistent cache.
+
+    With ``canonicalize`` the request carries the canonicalize flag
+    (krb5_get_init_creds_opt_set_canonicalize) and the cache is made for the client name the KDC
+    answers with, so ``alice``, ``ALICE`` and the UPN ``alice@example.com`` (parsed as an
+    enterprise name, see :func:`parse_login_name`) all give one ``alice@REALM`` cache.
 
     ``validate`` ("require", "if-keytab", "never") checks the TGT with :func:`verify_creds`
     against ``validate_keytab``/``validate_principal`` before anything is stored; ``fast``
@@ -708,8 +732,11 @@ def acquire_password(
     try:
         def exchange() -> tuple[krb5.Principal, krb5.Creds, str, tuple[str, ...]]:
             c = context if (context is not None and timeout is None) else _context(krb5_config)
-            princ = krb5.parse_name_flags(c, principal.encode())
+            princ = parse_login_name(c, principal) if canonicalize else krb5.parse_name_flags(
+                c, principal.encode())
             opt = _gic_options(c, lifetime, renew_lifetime, forwardable, renewable)
+            if canonicalize:
+                krb5.get_init_creds_opt_set_canonicalize(opt, True)
             notes: tuple[str, ...] = ()
             if fast != "never":
                 try:
@@ -729,6 +756,8 @@ def acquire_password(
                 raise from_krb5(exc, what) from None
             finally:
                 secret.clear()  # drop the password as soon as the TGT exists (or cannot)
+            if canonicalize:
+                princ = creds.client  # the KDC's name for the user: one cache, whatever was typed
             validated, warned = _validated(c, creds, validate, validate_keytab, validate_principal,
                                            krb5_config)
             return princ, creds, validated, notes + warned
@@ -742,6 +771,22 @@ def acquire_password(
     info = _install(ctx, collection, princ, creds, uid, gid, prefix=SERVICE_PREFIX, make_primary=True,
                     replace=old, krb5_config=krb5_config, grace=grace)
     return dataclasses.replace(info, validated=validated, warnings=notes)
+
+
+def is_enterprise_name(name: str) -> bool:
+    """True for a UPN-style name (``alice@example.com``): its realm part has a lower-case letter.
+
+    Realm names are upper case (AD's is its DNS domain upper-cased), a UPN suffix is a DNS
+    name as the user types it; ``alice@EXAMPLE.COM`` stays an ordinary principal.
+    """
+    _user, at, domain = name.rpartition("@")
+    return bool(at) and domain != domain.upper()
+
+
+def parse_login_name(ctx: krb5.Context, name: str) -> krb5.Principal:
+    """krb5_parse_name_flags, with KRB5_PRINCIPAL_PARSE_ENTERPRISE for a UPN (NT-ENTERPRISE, RFC 6806)."""
+    flags = krb5.PrincipalParseFlags.enterprise if is_enterprise_name(name) else krb5.PrincipalParseFlags.none
+    return krb5.parse_name_flags(ctx, name.encode(), flags)
 
 
 def acquire_keytab(

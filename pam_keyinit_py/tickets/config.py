@@ -75,6 +75,13 @@ class Config:
     validate_principal: str = ""
     #: Armor the password exchange (FAST) with the host principal's TGT from validate_keytab.
     fast: str = "try"
+    #: Ask the KDC for the canonical client name (AD: ``ALICE`` or a UPN -> ``alice@REALM``) and
+    #: store the cache under it: one cache per user, not one per spelling.
+    canonicalize: bool = True
+    #: The principal of a local user when the PAM hook names none: ``{user}`` is the local name
+    #: (AD: local name == sAMAccountName); without ``@`` the default realm is appended; a
+    #: lower-case domain ("{user}@example.com") is a UPN, sent as an enterprise name.
+    principal_name: str = "{user}"
     #: Connections open at once, in total; the last root_reserved_connections are for uid 0 only.
     max_connections: int = 256
     root_reserved_connections: int = 32
@@ -113,6 +120,8 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
     "validate_keytab": str,
     "validate_principal": str,
     "fast": str,
+    "canonicalize": bool,
+    "principal_name": str,
     "max_connections": int,
     "root_reserved_connections": int,
     "max_connections_per_uid": int,
@@ -174,6 +183,8 @@ def parse(data: dict[str, object]) -> Config:
         raise ConfigError(f"validate must be one of {', '.join(VALIDATE_MODES)}")
     if config.fast not in FAST_MODES:
         raise ConfigError(f"fast must be one of {', '.join(FAST_MODES)}")
+    if config.principal_name.count("{user}") != 1 or config.principal_name.replace("{user}", "").count("{"):
+        raise ConfigError("principal_name must hold {user} once and no other {field}")
     if not 0.05 <= config.renew_fraction <= 0.95:
         raise ConfigError("renew_fraction must be between 0.05 and 0.95")
     if config.retry_min <= 0 or config.retry_max < config.retry_min:

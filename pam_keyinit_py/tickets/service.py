@@ -382,9 +382,11 @@ class Service:
     def _auth(self, user: str, uid: int, gid: int, password: str, principal: str | None) -> dict[str, Any]:
         ccache = _ccache_api()
         errors = _errors()
-        if not principal:
-            principal = f"{user}@{default_realm()}"
         cfg = self.config
+        if not principal:
+            principal = cfg.principal_name.replace("{user}", user)
+            if "@" not in principal:
+                principal = f"{principal}@{default_realm()}"
         try:
             info = ccache.acquire_password(
                 principal, password, uid, gid,
@@ -392,6 +394,7 @@ class Service:
                 forwardable=cfg.forwardable, timeout=cfg.kdc_timeout,
                 validate=cfg.validate, validate_keytab=cfg.validate_keytab or None,
                 validate_principal=cfg.validate_principal or None, fast=cfg.fast,
+                canonicalize=cfg.canonicalize,
             )
         except errors.BadPassword:
             log.info("auth %s (uid %d): wrong password", principal, uid)
@@ -429,6 +432,9 @@ class Service:
             return P.reply_error(P.KDC_ERROR, f"no ticket: {exc.__class__.__name__}")
         finally:
             del password  # the only reference the service held
+        if info.principal != principal:
+            log.info("auth %s (uid %d): the KDC's name for it is %s", principal, uid, info.principal)
+            principal = info.principal
         for warning in info.warnings:
             log.warning("auth %s (uid %d): %s", principal, uid, warning)
         with self.lock:

@@ -1,0 +1,60 @@
+"""Principal names for AD: the principal_name/canonicalize settings and how a typed name is parsed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import krb5
+from pam_keyinit_py.tickets import ccache
+from pam_keyinit_py.tickets import config as cfg
+
+SHIPPED = Path(__file__).resolve().parents[2] / "etc" / "keyinit" / "ticketd.toml"
+
+
+def test_defaults_map_the_local_name_and_canonicalize(tmp_path) -> None:  # noqa: ANN001
+    path = tmp_path / "t.toml"
+    path.write_text("")
+    c = cfg.load(str(path))
+    assert c.principal_name == "{user}" and c.canonicalize is True
+    shipped = cfg.load(str(SHIPPED))  # the shipped file documents the defaults
+    assert (shipped.principal_name, shipped.canonicalize) == (c.principal_name, c.canonicalize)
+
+
+@pytest.mark.parametrize("bad", ["alice", "{user}{user}", "{user}@{domain}", ""])
+def test_principal_name_needs_exactly_one_user_field(tmp_path, bad) -> None:  # noqa: ANN001
+    path = tmp_path / "t.toml"
+    path.write_text(f'principal_name = "{bad}"\n')
+    with pytest.raises(cfg.ConfigError, match="principal_name"):
+        cfg.load(str(path))
+
+
+def test_principal_name_with_a_upn_suffix_is_accepted(tmp_path) -> None:  # noqa: ANN001
+    path = tmp_path / "t.toml"
+    path.write_text('principal_name = "{user}@example.com"\ncanonicalize = false\n')
+    c = cfg.load(str(path))
+    assert c.principal_name == "{user}@example.com" and c.canonicalize is False
+
+
+@pytest.mark.parametrize(("name", "enterprise"), [
+    ("alice", False),
+    ("alice@EXAMPLE.ORG", False),
+    ("ALICE@EXAMPLE.ORG", False),
+    ("alice@example.org", True),
+    ("alice@Example.Org", True),
+])
+def test_a_lower_case_domain_is_a_upn(name: str, enterprise: bool) -> None:
+    assert ccache.is_enterprise_name(name) is enterprise
+
+
+def test_a_upn_parses_as_an_enterprise_principal_of_the_default_realm(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    conf = tmp_path / "krb5.conf"
+    conf.write_text("[libdefaults]\n default_realm = AD.EXAMPLE.ORG\n")
+    monkeypatch.setenv("KRB5_CONFIG", str(conf))
+    ctx = krb5.init_context()
+    upn = ccache.parse_login_name(ctx, "alice@example.org")
+    assert upn.type == 10  # KRB5_NT_ENTERPRISE_PRINCIPAL
+    assert upn.realm == b"AD.EXAMPLE.ORG" and upn.components == [b"alice@example.org"]
+    plain = ccache.parse_login_name(ctx, "alice@OTHER.ORG")
+    assert plain.realm == b"OTHER.ORG" and plain.components == [b"alice"]
