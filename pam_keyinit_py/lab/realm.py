@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 #: krb5/realm.sh in a source checkout (the package is installed editable).
@@ -151,6 +152,12 @@ class Realm:
     def kdc_pid(self) -> int:
         """The primary krb5kdc's pid (0 when it does not run): for SIGSTOP/SIGKILL in failover tests."""
         return _pid(self.dir / "krb5kdc.pid", "krb5kdc")
+
+    def wait_stopped(self, timeout: float = 10.0) -> None:
+        """Wait until the primary krb5kdc has exited (after a signal sent by the caller)."""
+        deadline = time.monotonic() + timeout
+        while self.kdc_pid() and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     # -- the replica -------------------------------------------------------------------------
     def start_replica(self) -> None:

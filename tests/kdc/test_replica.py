@@ -81,7 +81,8 @@ def test_kprop_carries_a_new_principal_to_the_replica(replicated: Realm, tmp_pat
     after = _kinit(conf, principal, password, f"FILE:{tmp_path}/cc1")
     assert after.returncode == 0, after.stderr
     # and the ticket came from the replica's krb5kdc (its own log), not the primary's
-    assert f"{principal} for krbtgt/{replicated.realm}" in (replicated.dir / "replica" / "kdc.log").read_text()
+    replica_log = (replicated.dir / "replica" / "kdc.log").read_text()
+    assert f"{principal} for krbtgt/{replicated.realm}" in replica_log
 
 
 class KlistPoller:
@@ -132,7 +133,8 @@ def test_primary_down_logins_and_renewals_fail_over(replicated: Realm, pamwrap, 
         daemon.wait_for(lambda: poller.polls >= 3, 10, "klist polls")
 
         if outage == "killed":
-            replicated.stop_kdc()
+            os.kill(replicated.kdc_pid(), signal.SIGKILL)
+            replicated.wait_stopped()
         else:
             stopped = replicated.kdc_pid()
             os.kill(stopped, signal.SIGSTOP)
@@ -149,7 +151,8 @@ def test_primary_down_logins_and_renewals_fail_over(replicated: Realm, pamwrap, 
                            auth_opts=f"auth_timeout={int(KDC_TIMEOUT) + 2}")
         res, pam_delay = _pamtester(pamwrap, service, pam_user.name, pam_user.password,
                                     "authenticate", "open_session", "close_session")
-        assert res.returncode == 0 and STRERROR["success"] in res.stdout + res.stderr, res.stderr + daemon.log()
+        assert res.returncode == 0, res.stderr + daemon.log()
+        assert STRERROR["success"] in res.stdout + res.stderr
         assert f"Default principal: {pam_user.principal}" in res.stdout, res.stdout
         print(f"primary {outage}: service auth {auth_delay:.2f} s, pamtester login {pam_delay:.2f} s")
 
