@@ -75,7 +75,10 @@ class Sshd:
         # GSSAPICleanupCredentials (default yes) stays on: sshd unlinks its FILE cache at logout.
         gssapi = ["GSSAPIAuthentication yes", "GSSAPIStrictAcceptorCheck no",
                   "GSSAPICleanupCredentials yes"] if mode == GSSAPI else ["GSSAPIAuthentication no"]
+        # sshd takes the first value of a keyword: the caller's extra lines come first, so they win
+        # over the defaults below (MaxStartups for a load test).
         lines = [
+            *extra,
             f"Port {self.port}",
             "ListenAddress 127.0.0.1",
             f"HostKey {self.host_key}",
@@ -96,7 +99,6 @@ class Sshd:
             "LoginGraceTime 30",
             "MaxStartups 20:50:40",
             "LogLevel VERBOSE",
-            *extra,
         ]
         path = self.dir / "sshd_config"
         path.write_text("\n".join(lines) + "\n")

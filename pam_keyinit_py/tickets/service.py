@@ -630,6 +630,7 @@ class Service:
                     "tickets": len(self.tickets), "users": len(self.sessions.by_uid),
                     "renewals": self.renewals, "renew_failures": self.renew_failures,
                     "timers": len(self.scheduler), "jobs_running": self.scheduler.running,
+                    "renew_threads": self.scheduler.threads,
                     "kdc_calls": kdclimit.SLOTS.snapshot(),
                     "state_file": {"path": self.config.state_file, "saved": self.write_error is None,
                                    "error": self.write_error, "failing_since": self.write_failing_since,
