@@ -200,14 +200,17 @@ def _bounded(func: Callable[[], _T], timeout: float | None, what: str, key: Hash
 
     The helper thread cannot be cancelled; when it finishes late its result is dropped.  It
     holds a slot of ``kdclimit.SLOTS`` until it ends, so blocked helpers are bounded in number
-    (max_kdc_calls) and one ``key`` (a cache) has at most one exchange in flight; without a
-    slot the exchange fails at once with KdcUnreachable.
+    (max_kdc_calls) and one ``key`` (a cache) has at most one exchange in flight.  Waiting
+    for a free slot counts against ``timeout``; without one by then, or with ``key`` in flight,
+    the exchange fails with KdcUnreachable.
     """
     if timeout is None:
         return func()
-    why = SLOTS.acquire(key)
+    start = time.monotonic()
+    why = SLOTS.acquire(key, wait=timeout)  # a burst of logins queues for a slot within the bound
     if why is not None:
         raise KdcUnreachable(f"{what}: not started: {why}", errors.KRB5_KDC_UNREACH)
+    timeout = max(0.0, timeout - (time.monotonic() - start))
     box: dict[str, object] = {}
     done = threading.Event()
 
