@@ -669,6 +669,37 @@ def _validated(ctx: krb5.Context, creds: krb5.Creds, mode: str, keytab: str | No
         raise
 
 
+# ------------------------------------------------------------------ the password buffer
+
+def secret_buffer(password: str | bytes | bytearray) -> bytearray:
+    """The password as UTF-8 in a new NUL-terminated ``bytearray`` that :func:`wipe` zeroes.
+
+    The buffer is sized first and filled in place, one character at a time, so no full-length
+    ``bytes`` copy is made here (``str.encode`` would make one that cannot be zeroed, and a
+    growing bytearray leaves its old allocations behind).  For ASCII, ``c.encode()`` returns
+    CPython's cached one-byte objects; other characters leave 2-4 byte fragments.  What the
+    caller passed (a ``str`` from the JSON request) cannot be zeroed: it is only dropped.
+    """
+    if not isinstance(password, str):
+        buf = bytearray(len(password) + 1)
+        buf[:len(password)] = password
+        return buf
+    size = sum(1 if ord(ch) < 0x80 else len(ch.encode()) for ch in password)
+    buf = bytearray(size + 1)
+    i = 0
+    for ch in password:
+        piece = ch.encode()
+        buf[i:i + len(piece)] = piece
+        i += len(piece)
+    return buf
+
+
+def wipe(buf: bytearray) -> None:
+    """Overwrite ``buf`` with zeros in place (its length, and so its allocation, stays)."""
+    for i in range(len(buf)):
+        buf[i] = 0
+
+
 # ------------------------------------------------------------------ the API
 
 def acquire_password(
@@ -704,8 +735,9 @@ def acquire_password(
         raise ValueError(f"validate must be one of {VALIDATE_MODES}")
     if fast not in FAST_MODES:
         raise ValueError(f"fast must be one of {FAST_MODES}")
-    # One holder for the secret, emptied in ``finally``: no other reference outlives the exchange.
-    secret = [password.encode() if isinstance(password, str) else bytes(password)]
+    # One zeroable buffer for the secret, wiped as soon as the TGT exists (or cannot), and again in
+    # ``finally``: no other copy made here outlives the exchange.
+    secret = secret_buffer(password)
     del password
     what = f"initial ticket for {principal}"
     try:
@@ -727,18 +759,20 @@ def acquire_password(
                     if fast == "require":
                         krb5.get_init_creds_opt_set_fast_flags(c, opt, krb5.FastFlags.required)
             try:
-                creds = krb5.get_init_creds_password(c, princ, opt, secret[0])
+                # pykrb5 takes any buffer (``const unsigned char[:]``) and hands libkrb5 a pointer
+                # to its first byte as a C string: the buffer ends in NUL (secret_buffer).
+                creds = krb5.get_init_creds_password(c, princ, opt, secret)
             except krb5.Krb5Error as exc:
                 raise from_krb5(exc, what) from None
             finally:
-                secret.clear()  # drop the password as soon as the TGT exists (or cannot)
+                wipe(secret)  # drop the password as soon as the TGT exists (or cannot)
             validated, warned = _validated(c, creds, validate, validate_keytab, validate_principal,
                                            krb5_config)
             return princ, creds, validated, notes + warned
 
         princ, creds, validated, notes = _bounded(exchange, timeout, what)
     finally:
-        secret.clear()
+        wipe(secret)
     ctx = context or _context(krb5_config)
     collection = collection_name(uid)
     old = _old_primary(ctx, collection, uid, gid)
