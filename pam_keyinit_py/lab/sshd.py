@@ -75,10 +75,7 @@ class Sshd:
         # GSSAPICleanupCredentials (default yes) stays on: sshd unlinks its FILE cache at logout.
         gssapi = ["GSSAPIAuthentication yes", "GSSAPIStrictAcceptorCheck no",
                   "GSSAPICleanupCredentials yes"] if mode == GSSAPI else ["GSSAPIAuthentication no"]
-        # sshd takes the first value of a keyword: the caller's extra lines come first, so they win
-        # over the defaults below (MaxStartups for a load test).
         lines = [
-            *extra,
             f"Port {self.port}",
             "ListenAddress 127.0.0.1",
             f"HostKey {self.host_key}",
@@ -100,6 +97,10 @@ class Sshd:
             "MaxStartups 20:50:40",
             "LogLevel VERBOSE",
         ]
+        # A keyword the caller sets replaces the default: sshd keeps the first value of most
+        # keywords but the last of some (MaxStartups, OpenSSH 9.2), so never give both.
+        mine = {line.split(None, 1)[0].lower() for line in extra if line.strip()}
+        lines = [line for line in lines if line.split(None, 1)[0].lower() not in mine] + list(extra)
         path = self.dir / "sshd_config"
         path.write_text("\n".join(lines) + "\n")
         return path
