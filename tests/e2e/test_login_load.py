@@ -32,7 +32,9 @@ ticketd, user_krb5 = td.ticketd, td.user_krb5
 
 USERS = 20
 LOGINS = 100
-#: Logins in flight at once.
+#: Logins in flight at once: 2 cores here, and pam_wrapper (which the private sshd and pamtester
+#: run under) names each process's config dir /tmp/pam.<one of 62 characters>, so more than 62
+#: live sshd processes fail in pwrap_init (bench/bench_login_load.py: 30-36 of 100 at once).
 PARALLEL = 25
 #: The service's request pool (ticketd.toml ``workers``, shipped default).
 WORKERS = 32
