@@ -66,6 +66,7 @@ def main() -> None:
             "[libdefaults]\n", "[libdefaults]\n    udp_preference_limit = 1\n", 1))
         os.chmod(daemon.dir, 0o755)
         daemon.start()
+        cc = f"FILE:{work}/cc"
         msg = {"op": "auth", "user": user.name, "uid": user.uid, "gid": user.gid, "password": password}
 
         def ours() -> float:
@@ -84,7 +85,6 @@ def main() -> None:
                 realm.start_kdc()
                 stopped = realm.kdc_pid()
                 os.kill(stopped, signal.SIGSTOP)
-            cc = f"FILE:{work}/cc"
             rows[state] = tuple(statistics.median(f() for _ in range(ROUNDS)) for f in (  # type: ignore[assignment]
                 ours,
                 lambda: _kinit(realm.krb5_conf, principal, password, cc),
