@@ -29,6 +29,15 @@
 #       host validates TGTs with, and sshd's GSSAPI acceptor keytab.  Prints the keytab's path.
 #   realm.sh kadmind DIR [start|stop]    Start (default) or stop kadmind on the realm's loopback
 #       kadmind_listen and kpasswd_listen ports: the kpasswd service that password changes use.
+#   realm.sh replica DIR [start|stop|kprop|status]
+#       start (default): give the realm a replica KDC: DIR/replica holds its own kdc.conf, database
+#       and a copy of the stash; kpropd listens on a loopback port with DIR/krb5.keytab (the host/
+#       keys) and a kpropd.acl naming the primary's host/ principals; the primary's database goes
+#       over with `kdb5_util dump` + kprop; then a second krb5kdc serves it on its own port.
+#       krb5.conf then lists both KDCs (primary first) and primary_kdc/master_kdc, and lets
+#       libkrb5 use UDP (see krb5.conf.in).  kprop: dump the primary and propagate it again.
+#       stop: stop the replica's krb5kdc and kpropd (its database stays).
+#       status: exit 0 if the replica's krb5kdc runs, 3 if not.
 #   realm.sh env DIR                Print `export KRB5_CONFIG=... KRB5_KDC_PROFILE=...` lines.
 #   realm.sh status DIR             Print realm, port and pid; exit 0 if the KDC runs, 3 if not.
 #
@@ -37,15 +46,16 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PROG="realm.sh"
+REPLICA_PORT="" KPROP_PORT=""
 
 die() { echo "$PROG: $*" >&2; exit 1; }
-usage() { sed -n '4,35p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '4,44p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 need() {
     local tool
     for tool in "$@"; do
         command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] ||
-            die "$tool not found (apt-get install krb5-kdc krb5-admin-server krb5-user)"
+            die "$tool not found (apt-get install krb5-kdc krb5-admin-server krb5-kpropd krb5-user)"
     done
 }
 
@@ -89,7 +99,12 @@ print_env() {
 }
 
 render() { # template output
-    sed -e "s|@REALM@|$REALM|g" -e "s|@DIR@|$DIR|g" -e "s|@PORT@|$PORT|g" \
+    local replica=(-e '/^@REPLICA_KDC@$/d') udp=(-e 's|^@UDP_PREF@$|    udp_preference_limit = 1|')
+    if [ -n "${REPLICA_PORT:-}" ]; then
+        replica=(-e "s|^@REPLICA_KDC@\$|        kdc = $ADDR:$REPLICA_PORT\n        primary_kdc = $ADDR:$PORT\n        master_kdc = $ADDR:$PORT|")
+        udp=(-e 's|^@UDP_PREF@$|    # udp_preference_limit: the default (UDP first): a replica is listed|')
+    fi
+    sed "${replica[@]}" "${udp[@]}" -e "s|@REALM@|$REALM|g" -e "s|@DIR@|$DIR|g" -e "s|@PORT@|$PORT|g" \
         -e "s|@KADMIN_PORT@|$KADMIN_PORT|g" -e "s|@KPASSWD_PORT@|$KPASSWD_PORT|g" \
         -e "s|@MAXLIFE@|$MAXLIFE|g" -e "s|@MAXRENEW@|$MAXRENEW|g" -e "s|@ADDR@|$ADDR|g" "$1" >"$2.tmp"
     mv -f "$2.tmp" "$2"
@@ -187,6 +202,7 @@ cmd_stop() {
     load "$1"
     local pid i
     pid="$(kdc_pid)" || { rm -f "$DIR/krb5kdc.pid"; return 0; }
+    kill -CONT "$pid" 2>/dev/null || true  # a SIGSTOPped KDC (failover tests) cannot act on SIGTERM
     kill "$pid"
     for i in $(seq 1 250); do
         kill -0 "$pid" 2>/dev/null || break
@@ -202,6 +218,9 @@ cmd_destroy() {
     kadmind_stop "$1"
     cmd_stop "$1"
     load "$1"
+    replica_stop
+    rm -rf "$DIR/replica"
+    rm -f "$DIR"/replica_datatrans*
     rm -f "$DIR"/principal* "$DIR/stash" "$DIR/kdc.conf" "$DIR/krb5.conf" "$DIR/kadm5.acl" "$DIR/krb5.keytab" \
         "$DIR"/*.log "$DIR/krb5kdc.out" "$DIR/kadmind.out" "$DIR/kadmind.pid" "$DIR/realm.env"
     rmdir "$DIR" 2>/dev/null || true
@@ -346,6 +365,111 @@ cmd_kadmind() {
     die "kadmind did not listen on ${ADDR:-127.0.0.1}:$KPASSWD_PORT; see $DIR/kadmind.log and $DIR/kadmind.out"
 }
 
+# ---- the replica: a second krb5kdc fed by kprop/kpropd (all under DIR/replica) ----
+
+pid_of() { # PIDFILE COMM: the pid in PIDFILE if that process is alive and is COMM
+    local pid
+    [ -f "$1" ] || return 1
+    pid="$(cat "$1" 2>/dev/null)" || return 1
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+    grep -qx "$2" "/proc/$pid/comm" 2>/dev/null || return 1
+    echo "$pid"
+}
+
+stop_pidfile() { # PIDFILE COMM
+    local pid i
+    pid="$(pid_of "$1" "$2")" || { rm -f "$1"; return 0; }
+    kill -CONT "$pid" 2>/dev/null || true  # a SIGSTOPped process cannot act on SIGTERM
+    kill "$pid"
+    for i in $(seq 1 250); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.02
+    done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+    rm -f "$1"
+}
+
+# kdb5_util dump of the primary, sent to the replica's kpropd with kprop (host/ key from the
+# realm keytab, to host/localhost on the kpropd port).
+replica_kprop() {
+    local rdir="$DIR/replica"
+    (umask 077; "$(sbin kdb5_util)" -r "$REALM" dump "$DIR/replica_datatrans") >"$rdir/kprop.log" 2>&1 ||
+        die "kdb5_util dump failed: $(tail -n 3 "$rdir/kprop.log")"
+    "$(sbin kprop)" -r "$REALM" -f "$DIR/replica_datatrans" -P "$KPROP_PORT" -s "$DIR/krb5.keytab" localhost \
+        >>"$rdir/kprop.log" 2>&1 || die "kprop failed: $(tail -n 3 "$rdir/kprop.log")"
+    grep -q SUCCEEDED "$rdir/kprop.log" || die "kprop: $(tail -n 3 "$rdir/kprop.log")"
+}
+
+replica_start() {
+    need krb5kdc kdb5_util kprop kpropd
+    local rdir="$DIR/replica" i
+    mkdir -p "$rdir"
+    chmod 0700 "$rdir"
+    if [ -z "${REPLICA_PORT:-}" ]; then
+        REPLICA_PORT="$(free_port)" KPROP_PORT="$(free_port)"
+        [ -n "$REPLICA_PORT" ] && [ -n "$KPROP_PORT" ] || die "no free port on 127.0.0.1"
+        printf 'REPLICA_PORT=%q\nKPROP_PORT=%q\n' "$REPLICA_PORT" "$KPROP_PORT" >>"$DIR/realm.env"
+        # Both KDCs in krb5.conf, primary first, and primary_kdc for password errors.
+        render "$HERE/krb5.conf.in" "$DIR/krb5.conf"
+        chmod 0644 "$DIR/krb5.conf"
+        # The replica's kdc.conf is the primary's (with any -x relations) on its own files and port.
+        sed -e "s|$DIR/|$rdir/|g" -e "s|:$PORT\$|:$REPLICA_PORT|" "$DIR/kdc.conf" >"$rdir/kdc.conf"
+        # Same master key: the dump carries keys encrypted in it.
+        (umask 077; cp "$DIR/stash" "$rdir/stash")
+        # kprop authenticates as host/<this host>: accept every host/ key of the realm keytab.
+        "$(sbin klist)" -k "$DIR/krb5.keytab" 2>/dev/null | awk '$2 ~ /^host\// {print $2}' | sort -u \
+            >"$rdir/kpropd.acl" || true
+        [ -s "$rdir/kpropd.acl" ] || die "replica: no host/ key in $DIR/krb5.keytab for kprop"
+    fi
+    if ! pid_of "$rdir/kpropd.pid" kpropd >/dev/null; then
+        rm -f "$rdir/kpropd.pid"
+        KRB5_KDC_PROFILE="$rdir/kdc.conf" "$(sbin kpropd)" -r "$REALM" -P "$KPROP_PORT" -a "$rdir/kpropd.acl" \
+            -f "$rdir/from_primary" -s "$DIR/krb5.keytab" --pid-file="$rdir/kpropd.pid" \
+            >>"$rdir/kpropd.out" 2>&1 || die "kpropd failed: $(tail -n 3 "$rdir/kpropd.out")"
+        for i in $(seq 1 250); do
+            if pid_of "$rdir/kpropd.pid" kpropd >/dev/null && listening "$KPROP_PORT"; then break; fi
+            sleep 0.02
+        done
+        listening "$KPROP_PORT" || die "kpropd did not listen on 127.0.0.1:$KPROP_PORT; see $rdir/kpropd.out"
+    fi
+    [ -f "$rdir/principal" ] || replica_kprop
+    if ! pid_of "$rdir/krb5kdc.pid" krb5kdc >/dev/null; then
+        rm -f "$rdir/krb5kdc.pid"
+        KRB5_KDC_PROFILE="$rdir/kdc.conf" "$(sbin krb5kdc)" -r "$REALM" -P "$rdir/krb5kdc.pid" \
+            >>"$rdir/krb5kdc.out" 2>&1 || true
+        for i in $(seq 1 250); do
+            if pid_of "$rdir/krb5kdc.pid" krb5kdc >/dev/null && listening "$REPLICA_PORT"; then return 0; fi
+            sleep 0.02
+        done
+        die "replica krb5kdc did not start on 127.0.0.1:$REPLICA_PORT; see $rdir/kdc.log and $rdir/krb5kdc.out"
+    fi
+}
+
+replica_stop() {
+    [ -d "$DIR/replica" ] || return 0
+    stop_pidfile "$DIR/replica/krb5kdc.pid" krb5kdc
+    stop_pidfile "$DIR/replica/kpropd.pid" kpropd
+}
+
+cmd_replica() {
+    [ $# -ge 1 ] && [ $# -le 2 ] || usage
+    load "$1"
+    case "${2:-start}" in
+        start) replica_start ;;
+        stop) replica_stop ;;
+        kprop) [ -n "${REPLICA_PORT:-}" ] || die "no replica (run: $PROG replica $DIR)"; replica_kprop ;;
+        status)
+            local pid
+            if pid="$(pid_of "$DIR/replica/krb5kdc.pid" krb5kdc)"; then
+                echo "realm $REALM replica kdc 127.0.0.1:${REPLICA_PORT:-} pid $pid"
+            else
+                echo "realm $REALM replica stopped"
+                return 3
+            fi ;;
+        *) die "replica: start, stop, kprop or status, not $2" ;;
+    esac
+}
+
 cmd_env() { [ $# -eq 1 ] || usage; load "$1"; print_env; }
 
 cmd_status() {
@@ -373,6 +497,7 @@ case "$cmd" in
     setstr) cmd_setstr "$@" ;;
     hostkeytab) cmd_hostkeytab "$@" ;;
     kadmind) cmd_kadmind "$@" ;;
+    replica) cmd_replica "$@" ;;
     addpol) cmd_addpol "$@" ;;
     env) cmd_env "$@" ;;
     status) cmd_status "$@" ;;

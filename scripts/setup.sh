@@ -15,7 +15,7 @@ PACKAGES=(
   # other ways into an account (su is in login): sudo -i
   sudo
   # Kerberos: a real MIT KDC on loopback, the client tools, pykrb5's headers
-  krb5-kdc krb5-admin-server krb5-user libkrb5-dev
+  krb5-kdc krb5-admin-server krb5-kpropd krb5-user libkrb5-dev
   # Active Directory: a Samba AD DC on loopback (krb5/ad-realm.sh), provisioned privately
   samba samba-ad-dc samba-ad-provision winbind smbclient ldb-tools
   # process tools used by the tests

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 #: krb5/realm.sh in a source checkout (the package is installed editable).
@@ -30,6 +31,17 @@ def available() -> bool:
     )
 
 
+def _pid(pidfile: Path, comm: str) -> int:
+    """The pid in ``pidfile`` if that process lives and is ``comm`` (never a recycled pid), else 0."""
+    try:
+        pid = int(pidfile.read_text().strip())
+        if Path(f"/proc/{pid}/comm").read_text().strip() == comm:
+            return pid
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 class Realm:
     """A running (or stopped) throwaway realm whose files live in :attr:`dir`.
 
@@ -45,6 +57,7 @@ class Realm:
         self.kdc_port = 0
         self.maxlife = ""
         self.maxrenew = ""
+        self.replica_port = 0
 
     # -- running the script ------------------------------------------------------------------
     def _run(self, *args: str, stdin: str | None = None) -> str:
@@ -69,6 +82,7 @@ class Realm:
         self.kdc_port = int(values["PORT"])
         self.maxlife = values.get("MAXLIFE", "")
         self.maxrenew = values.get("MAXRENEW", "")
+        self.replica_port = int(values.get("REPLICA_PORT") or 0)
 
     # -- lifecycle ---------------------------------------------------------------------------
     @classmethod
@@ -134,6 +148,38 @@ class Realm:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def kdc_pid(self) -> int:
+        """The primary krb5kdc's pid (0 when it does not run): for SIGSTOP/SIGKILL in failover tests."""
+        return _pid(self.dir / "krb5kdc.pid", "krb5kdc")
+
+    def wait_stopped(self, timeout: float = 10.0) -> None:
+        """Wait until the primary krb5kdc has exited (after a signal sent by the caller)."""
+        deadline = time.monotonic() + timeout
+        while self.kdc_pid() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    # -- the replica -------------------------------------------------------------------------
+    def start_replica(self) -> None:
+        """``realm.sh replica DIR``: a second krb5kdc fed by kprop/kpropd from the primary.
+
+        krb5.conf then lists both KDCs (primary first) and ``primary_kdc``; :attr:`replica_port`
+        is the replica's port.  A second call restarts a stopped replica with its database.
+        """
+        self._run("replica", str(self.dir), "start")
+        self._load()
+
+    def stop_replica(self) -> None:
+        """Stop the replica's krb5kdc and kpropd (its database stays)."""
+        self._run("replica", str(self.dir), "stop")
+
+    def propagate(self) -> None:
+        """``kdb5_util dump`` on the primary, then ``kprop`` to the replica's kpropd."""
+        self._run("replica", str(self.dir), "kprop")
+
+    def replica_pid(self) -> int:
+        """The replica krb5kdc's pid (0 when it does not run)."""
+        return _pid(self.dir / "replica" / "krb5kdc.pid", "krb5kdc")
 
     # -- principals and keytabs --------------------------------------------------------------
     def principal(self, name: str) -> str:

@@ -100,8 +100,11 @@ class Sshd:
             "LoginGraceTime 30",
             "MaxStartups 20:50:40",
             "LogLevel VERBOSE",
-            *extra,
         ]
+        # A keyword the caller sets replaces the default: sshd keeps the first value of most
+        # keywords but the last of some (MaxStartups, OpenSSH 9.2), so never give both.
+        mine = {line.split(None, 1)[0].lower() for line in extra if line.strip()}
+        lines = [line for line in lines if line.split(None, 1)[0].lower() not in mine] + list(extra)
         path = self.dir / "sshd_config"
         path.write_text("\n".join(lines) + "\n")
         return path

@@ -31,8 +31,13 @@ _FLAGS = {
 
 _FIELDS = (
     "force", "revoke", "debug", "link_persistent", "tickets", "use_first_pass", "try_first_pass",
-    "socket", "minimum_uid", "use_authtok", "search_k5login", "unknown",
+    "socket", "minimum_uid", "use_authtok", "search_k5login", "auth_timeout", "unknown",
 )
+
+#: Seconds the hook waits for the service's answer to a password (``auth_timeout=``).  The
+#: service bounds each KDC call by its kdc_timeout (2 s default); raise both together where a
+#: KDC may be silent and a replica must be tried (MIT waits 1 s per silent KDC per exchange over UDP).
+DEFAULT_AUTH_TIMEOUT = 2.0
 
 
 class Options:
@@ -58,6 +63,8 @@ class Options:
     use_authtok: bool
     #: auth: try the password with each principal of the user's ~/.k5login (pam_krb5's option).
     search_k5login: bool
+    #: auth: bound on the password exchange with the service, in seconds (1-60).
+    auth_timeout: float
     unknown: tuple[str, ...]
 
     def __init__(
@@ -65,10 +72,10 @@ class Options:
         link_persistent: bool = False, tickets: bool = False, use_first_pass: bool = False,
         try_first_pass: bool = False, socket: str = DEFAULT_SOCKET,
         minimum_uid: int = DEFAULT_MINIMUM_UID, use_authtok: bool = False, search_k5login: bool = False,
-        unknown: tuple[str, ...] = (),
+        auth_timeout: float = DEFAULT_AUTH_TIMEOUT, unknown: tuple[str, ...] = (),
     ) -> None:
         values = (force, revoke, debug, link_persistent, tickets, use_first_pass, try_first_pass,
-                  socket, minimum_uid, use_authtok, search_k5login, tuple(unknown))
+                  socket, minimum_uid, use_authtok, search_k5login, auth_timeout, tuple(unknown))
         for name, value in zip(_FIELDS, values, strict=True):
             object.__setattr__(self, name, value)
 
@@ -102,6 +109,14 @@ def _parse_uid(text: str) -> int | None:
     return value if value <= 0xFFFFFFFE else None  # (uid_t)-1 is never a uid
 
 
+def _parse_seconds(text: str) -> float | None:
+    # Whole seconds 1-60 only: a login waits this long at most for a silent KDC.
+    if not text or not text.isascii() or not text.isdigit() or len(text) > 2:
+        return None
+    value = int(text)
+    return float(value) if 1 <= value <= 60 else None
+
+
 def parse(args: list[str] | tuple[str, ...]) -> Options:
     """Parse the module arguments (without pam_python's leading script path).
 
@@ -122,6 +137,8 @@ def parse(args: list[str] | tuple[str, ...]) -> Options:
             fields["socket"] = value
         elif sep and key == "minimum_uid" and (uid := _parse_uid(value)) is not None:
             fields["minimum_uid"] = uid
+        elif sep and key == "auth_timeout" and (seconds := _parse_seconds(value)) is not None:
+            fields["auth_timeout"] = seconds
         else:
             unknown.append(arg)
     return Options(unknown=tuple(unknown), **fields)  # type: ignore[arg-type]

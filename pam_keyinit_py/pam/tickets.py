@@ -24,8 +24,6 @@ if False:  # typing.TYPE_CHECKING, without importing typing (17 ms) into every l
 
 #: Bound on connect(): a service that is not there costs a login at most this long.
 CONNECT_TIMEOUT = 1.0
-#: Bound on the whole password exchange (the service itself gives the KDC kdc_timeout ≤ 2 s).
-AUTH_TIMEOUT = 2.0
 #: open/close only touch the service's table and state file.
 SESSION_TIMEOUT = 1.0
 
@@ -111,10 +109,10 @@ def _auth_request(opts: Any, user: str, pw: pwd.struct_passwd, password: str) ->
     base = {"op": "auth", "user": user, "uid": pw.pw_uid, "gid": pw.pw_gid, "password": password}
     names = k5login_principals(pw) if opts.search_k5login else None
     if names is None:
-        return _request(opts, base, AUTH_TIMEOUT)
+        return _request(opts, base, opts.auth_timeout)
     reply = P.reply_error(P.BAD_PASSWORD, "no principal of ~/.k5login takes this password")
     for name in names:
-        reply = _request(opts, {**base, "principal": name}, AUTH_TIMEOUT)
+        reply = _request(opts, {**base, "principal": name}, opts.auth_timeout)
         # A right password (even expired), the infrastructure failing, or a TGT that did not
         # validate (a possible impostor) ends the search; a wrong password tries the next one.
         if reply.get("ok") or reply.get("code") in (P.PASSWORD_EXPIRED, P.KDC_UNREACHABLE, P.UNAVAILABLE,

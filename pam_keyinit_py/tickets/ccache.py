@@ -200,14 +200,17 @@ def _bounded(func: Callable[[], _T], timeout: float | None, what: str, key: Hash
 
     The helper thread cannot be cancelled; when it finishes late its result is dropped.  It
     holds a slot of ``kdclimit.SLOTS`` until it ends, so blocked helpers are bounded in number
-    (max_kdc_calls) and one ``key`` (a cache) has at most one exchange in flight; without a
-    slot the exchange fails at once with KdcUnreachable.
+    (max_kdc_calls) and one ``key`` (a cache) has at most one exchange in flight.  Waiting
+    for a free slot counts against ``timeout``; without one by then, or with ``key`` in flight,
+    the exchange fails with KdcUnreachable.
     """
     if timeout is None:
         return func()
-    why = SLOTS.acquire(key)
+    start = time.monotonic()
+    why = SLOTS.acquire(key, wait=timeout)  # a burst of logins queues for a slot within the bound
     if why is not None:
         raise KdcUnreachable(f"{what}: not started: {why}", errors.KRB5_KDC_UNREACH)
+    timeout = max(0.0, timeout - (time.monotonic() - start))
     box: dict[str, object] = {}
     done = threading.Event()
 
@@ -684,6 +687,37 @@ def _validated(ctx: krb5.Context, creds: krb5.Creds, mode: str, keytab: str | No
         raise
 
 
+# ------------------------------------------------------------------ the password buffer
+
+def secret_buffer(password: str | bytes | bytearray) -> bytearray:
+    """The password as UTF-8 in a new NUL-terminated ``bytearray`` that :func:`wipe` zeroes.
+
+    The buffer is sized first and filled in place, one character at a time, so no full-length
+    ``bytes`` copy is made here (``str.encode`` would make one that cannot be zeroed, and a
+    growing bytearray leaves its old allocations behind).  For ASCII, ``c.encode()`` returns
+    CPython's cached one-byte objects; other characters leave 2-4 byte fragments.  What the
+    caller passed (a ``str`` from the JSON request) cannot be zeroed: it is only dropped.
+    """
+    if not isinstance(password, str):
+        buf = bytearray(len(password) + 1)
+        buf[:len(password)] = password
+        return buf
+    size = sum(1 if ord(ch) < 0x80 else len(ch.encode()) for ch in password)
+    buf = bytearray(size + 1)
+    i = 0
+    for ch in password:
+        piece = ch.encode()
+        buf[i:i + len(piece)] = piece
+        i += len(piece)
+    return buf
+
+
+def wipe(buf: bytearray) -> None:
+    """Overwrite ``buf`` with zeros in place (its length, and so its allocation, stays)."""
+    for i in range(len(buf)):
+        buf[i] = 0
+
+
 # ------------------------------------------------------------------ the API
 
 def acquire_password(
@@ -725,8 +759,9 @@ def acquire_password(
         raise ValueError(f"validate must be one of {VALIDATE_MODES}")
     if fast not in FAST_MODES:
         raise ValueError(f"fast must be one of {FAST_MODES}")
-    # One holder for the secret, emptied in ``finally``: no other reference outlives the exchange.
-    secret = [password.encode() if isinstance(password, str) else bytes(password)]
+    # One zeroable buffer for the secret, wiped as soon as the TGT exists (or cannot), and again in
+    # ``finally``: no other copy made here outlives the exchange.
+    secret = secret_buffer(password)
     del password
     what = f"initial ticket for {principal}"
     try:
@@ -751,11 +786,13 @@ def acquire_password(
                     if fast == "require":
                         krb5.get_init_creds_opt_set_fast_flags(c, opt, krb5.FastFlags.required)
             try:
-                creds = krb5.get_init_creds_password(c, princ, opt, secret[0])
+                # pykrb5 takes any buffer (``const unsigned char[:]``) and hands libkrb5 a pointer
+                # to its first byte as a C string: the buffer ends in NUL (secret_buffer).
+                creds = krb5.get_init_creds_password(c, princ, opt, secret)
             except krb5.Krb5Error as exc:
                 raise from_krb5(exc, what) from None
             finally:
-                secret.clear()  # drop the password as soon as the TGT exists (or cannot)
+                wipe(secret)  # drop the password as soon as the TGT exists (or cannot)
             if canonicalize:
                 princ = creds.client  # the KDC's name for the user: one cache, whatever was typed
             validated, warned = _validated(c, creds, validate, validate_keytab, validate_principal,
@@ -764,7 +801,7 @@ def acquire_password(
 
         princ, creds, validated, notes = _bounded(exchange, timeout, what)
     finally:
-        secret.clear()
+        wipe(secret)
     ctx = context or _context(krb5_config)
     collection = collection_name(uid)
     old = _old_primary(ctx, collection, uid, gid)

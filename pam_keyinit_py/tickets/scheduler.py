@@ -111,6 +111,11 @@ class Scheduler:
         """Jobs running now."""
         return len(self._running)
 
+    @property
+    def threads(self) -> int:
+        """Renewal workers started so far (the pool grows on demand up to ``workers`` and keeps them)."""
+        return self._threads
+
     def _next(self) -> tuple[Hashable, Callable[[], None]] | None:
         with self._cond:
             while not self._stopped:

@@ -79,11 +79,17 @@ class Tracked:
 
 @dataclass(slots=True)
 class Pending:
-    """Caches acquired at ``auth`` for a uid that no session has claimed yet."""
+    """Caches acquired at ``auth`` for a uid that no session has claimed yet.
+
+    ``logins`` counts the auths not yet followed by an ``open``: with two logins of one user in
+    flight, the first open must not take the entry (and the first logout then clear the second
+    login's cache before its session opens; the 100-login load test hit it).
+    """
 
     gid: int
     deadline: float
     ccaches: set[str] = field(default_factory=set)
+    logins: int = 0
 
 
 def _ccache_api():  # imported late: the daemon starts and answers before libkrb5 is loaded
@@ -193,7 +199,8 @@ class Service:
     def _snapshot(self) -> tuple[dict[str, Any], dict[str, list[str]]]:
         data = {
             "tickets": [t.to_json() for t in self.tickets.values() if t.origin != KEYTAB],
-            "pending": [{"uid": u, "gid": p.gid, "deadline": p.deadline, "ccaches": sorted(p.ccaches)}
+            "pending": [{"uid": u, "gid": p.gid, "deadline": p.deadline, "ccaches": sorted(p.ccaches),
+                         "logins": p.logins}
                         for u, p in self.pending.items()],
         }
         return data, {"sessions": [s.json_text() for s in self.sessions.by_sid.values()]}
@@ -280,7 +287,8 @@ class Service:
                 self.tickets[t.ccache] = t
             for raw in data.get("pending", []):
                 try:
-                    p = Pending(int(raw["gid"]), float(raw["deadline"]), set(raw["ccaches"]))
+                    p = Pending(int(raw["gid"]), float(raw["deadline"]), set(raw["ccaches"]),
+                                int(raw.get("logins", 1)))
                     self.pending[int(raw["uid"])] = p
                 except (KeyError, TypeError, ValueError):
                     continue
@@ -444,6 +452,7 @@ class Service:
                 p = self.pending[uid] = Pending(gid, 0.0)
             p.deadline = time.time() + cfg.pending_auth_timeout
             p.ccaches.add(t.ccache)
+            p.logins += 1
             self.save()
         self.scheduler.schedule(("pending", uid), p.deadline, lambda: self._pending_expired(uid))
         self._schedule_renewal(t)
@@ -587,7 +596,13 @@ class Service:
         with self.lock:
             first = self.sessions.count(uid) == 0
             session = self.sessions.add(uid, gid, user, pid, pid_start, time.time())
-            p = self.pending.pop(uid, None)
+            p = self.pending.get(uid)
+            if p is not None:
+                p.logins -= 1
+                if p.logins > 0:
+                    p = None  # another login of the uid is between auth and open: its caches stay held
+                else:
+                    del self.pending[uid]
             self.save()
         if p is not None:
             self.scheduler.cancel(("pending", uid))
@@ -636,6 +651,7 @@ class Service:
                     "tickets": len(self.tickets), "users": len(self.sessions.by_uid),
                     "renewals": self.renewals, "renew_failures": self.renew_failures,
                     "timers": len(self.scheduler), "jobs_running": self.scheduler.running,
+                    "renew_threads": self.scheduler.threads,
                     "kdc_calls": kdclimit.SLOTS.snapshot(),
                     "state_file": {"path": self.config.state_file, "saved": self.write_error is None,
                                    "error": self.write_error, "failing_since": self.write_failing_since,

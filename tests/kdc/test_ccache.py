@@ -352,3 +352,31 @@ def test_concurrent_users_on_threads(realm: Realm) -> None:
         for u in users:
             clear_persistent_caches(u.uid)
             delete_user(u)
+
+
+def test_password_is_a_zeroed_bytearray_once_the_tgt_exists(realm, kdc_user, monkeypatch):
+    """libkrb5 gets the password from a NUL-terminated bytearray, zeroed when the TGT exists."""
+    import krb5
+
+    real = krb5.get_init_creds_password
+    seen: list[object] = []
+
+    def spy(ctx, princ, opt, password, *args, **kw):  # noqa: ANN001, ANN002, ANN003
+        seen.append(password)
+        assert bytes(password) == kdc_user.password.encode() + b"\0"  # what libkrb5 reads
+        return real(ctx, princ, opt, password, *args, **kw)
+
+    monkeypatch.setattr(krb5, "get_init_creds_password", spy)
+    info = ccache.acquire_password(kdc_user.principal, kdc_user.password, kdc_user.uid, kdc_user.gid,
+                                   krb5_config=conf(realm))
+    assert info.principal == kdc_user.principal
+    assert len(seen) == 1 and isinstance(seen[0], bytearray)
+    assert seen[0] == bytearray(len(kdc_user.password) + 1)  # all zeros, same length
+
+
+def test_secret_buffer_utf8_without_a_full_copy_and_wipe():
+    buf = ccache.secret_buffer("pä$s€")
+    assert buf == bytearray("pä$s€".encode() + b"\0")
+    ccache.wipe(buf)
+    assert buf == bytearray(len("pä$s€".encode()) + 1)
+    assert ccache.secret_buffer(b"raw") == bytearray(b"raw\0")

@@ -167,3 +167,28 @@ def test_corrupt_state_file_is_logged(realm, tmp_path):
         assert "is corrupt" in daemon.log()
     finally:
         daemon.stop()
+
+
+def test_two_logins_of_one_user_in_flight_first_logout_keeps_the_second(ticketd, svc_user, user_krb5):
+    """auth A, auth B, open A, close A, open B: B's session still has a TGT.
+
+    Found by the 100-login load test: the first open took the uid's whole pending entry, so the
+    first logout cleared the second login's cache before its session opened (klist in that
+    session: "Credentials cache keyring ... not found").
+    """
+    from tests.kdc.ticketd import SessionHolder, klist_ok
+
+    assert svc_user.auth(ticketd)["ok"]
+    second = svc_user.auth(ticketd)
+    assert second["ok"], second
+    first_session = SessionHolder(ticketd, svc_user.user)
+    assert first_session.opened["ok"]
+    assert first_session.close()["ok"]
+    assert second["ccache"].split(":")[-1] in persistent_caches(svc_user.uid), ticketd.log()
+    second_session = SessionHolder(ticketd, svc_user.user)
+    try:
+        assert second_session.opened["ok"]
+        assert klist_ok(svc_user.user, user_krb5), ticketd.log()
+    finally:
+        assert second_session.close()["ok"]
+    ticketd.wait_for(lambda: persistent_caches(svc_user.uid) == {}, 10, "the last logout to clear")

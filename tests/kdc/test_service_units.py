@@ -165,3 +165,28 @@ def test_kdc_slots_bound_helpers_and_one_per_key():
     while SLOTS.snapshot()["in_flight"] and time.time() < deadline:
         time.sleep(0.05)
     assert SLOTS.snapshot()["in_flight"] == 0
+
+
+def test_kdc_slots_a_burst_queues_for_a_free_slot_within_its_bound():
+    """All slots taken: the next exchange waits for one (within its timeout) instead of failing.
+
+    25 concurrent ssh logins against max_kdc_calls = 16 lost 1-49 of 100 logins when the
+    refusal was immediate.
+    """
+    from pam_keyinit_py.tickets import ccache
+    from pam_keyinit_py.tickets.kdclimit import SLOTS
+
+    SLOTS.configure(1)
+    release = threading.Event()
+    try:
+        first = threading.Thread(target=lambda: ccache._bounded(lambda: release.wait(10), 5.0, "first"))
+        first.start()
+        deadline = time.time() + 3
+        while SLOTS.snapshot()["in_flight"] == 0 and time.time() < deadline:
+            time.sleep(0.01)
+        threading.Timer(0.3, release.set).start()
+        assert ccache._bounded(lambda: "answered", 5.0, "second") == "answered"
+        first.join(5)
+    finally:
+        release.set()
+        SLOTS.configure(16)

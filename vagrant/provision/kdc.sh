@@ -25,7 +25,7 @@ step() { echo "kdc: $*"; }
 if [ -z "${SKIP_APT:-}" ]; then
     step "installing the MIT KDC"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq krb5-kdc krb5-admin-server krb5-user
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq krb5-kdc krb5-admin-server krb5-kpropd krb5-user
 fi
 
 step "starting realm $REALM on $KDC_ADDR:$KDC_PORT"
