@@ -516,6 +516,9 @@ class Service:
             if not allowed:
                 log.info("account %s (uid %d): %s may not log in to it (krb5_kuserok: .k5login, "
                          "auth_to_local)", user, uid, principal)
+                if not kdc:
+                    # The hook's own login, refused after its auth: no session will claim its TGT.
+                    self._abandon_login(uid)
                 return P.reply_error(P.DENIED, f"{principal} is not authorized to log in as {user}")
         if kdc:
             try:
@@ -538,6 +541,25 @@ class Service:
                 log.warning("account %s (uid %d): %s", user, uid, exc)
                 return P.reply_error(P.KDC_ERROR, f"account check failed: {exc.__class__.__name__}")
         return P.reply_ok(principal=principal)
+
+    def _abandon_login(self, uid: int) -> None:
+        """One pending login of ``uid`` will never open a session (its account check refused it).
+
+        It stops counting at once: otherwise it would keep the uid's login caches held until
+        pending_auth_timeout, and a later login's ticket would outlive that login's logout.  When
+        it was the last pending login and no session is open, its TGT is destroyed now.
+        """
+        with self.lock:
+            p = self.pending.get(uid)
+            if p is None:
+                return
+            p.logins -= 1
+            if p.logins > 0:
+                self.save()
+                return
+            p.deadline = time.time()
+            self.save()
+        self._pending_expired(uid)
 
     def chpass(self, user: str, uid: int, principal: str | None, old_password: str,
                new_password: str | None) -> dict[str, Any]:
@@ -857,8 +879,8 @@ class Service:
                 if self.sessions.count(uid) or self._held(uid, name):
                     log.info("uid %d logged in meanwhile: keeping %s", uid, name)
                     return
-                log.info("auth of uid %d not followed by a session within %.0fs: destroying %s", uid,
-                         self.config.pending_auth_timeout, name)
+                log.info("auth of uid %d not followed by a session (refused, or none within %.0fs): "
+                         "destroying %s", uid, self.config.pending_auth_timeout, name)
                 self._destroy_locked(name, uid, p.gid)
 
     def _reaped(self, sid: int) -> None:

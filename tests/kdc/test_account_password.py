@@ -261,9 +261,14 @@ def test_acct_mgmt_refuses_bob_own_principal_missing_from_his_k5login(pamwrap, r
     res = pamtester(pamwrap, service, bob.name, [password], "authenticate", "acct_mgmt")
     assert "successfully authenticated" in res.stdout + res.stderr, res.stdout + res.stderr
     assert res.returncode != 0 and STRERROR["perm_denied"] in res.stderr, res.stderr + ticketd.log()
+    # The refused login's TGT goes now (not at pending_auth_timeout), and it holds nothing back:
+    ticketd.wait_for(lambda: persistent_caches(bob.uid) == {}, 5, "the refused login's TGT destroyed")
     (Path(bob.home) / ".k5login").unlink()  # no .k5login: auth_to_local maps bob@REALM to bob
-    res = pamtester(pamwrap, service, bob.name, [password], "authenticate", "acct_mgmt")
+    res = pamtester(pamwrap, service, bob.name, [password], "authenticate", "acct_mgmt", "open_session",
+                    "close_session")
     assert res.returncode == 0, res.stderr + ticketd.log()
+    # ... the next login's ticket is cleared at its own logout, as if the refused one never was.
+    ticketd.wait_for(lambda: persistent_caches(bob.uid) == {}, 10, "the ticket cleared at logout")
 
 
 def test_a_silent_kpasswd_server_does_not_freeze_the_service(realm, svc_user, tmp_path):
