@@ -11,6 +11,7 @@ import os
 import pwd
 import secrets
 import subprocess
+import time
 from collections.abc import Callable
 
 from .. import keyutils
@@ -42,6 +43,22 @@ def clear_persistent(uid: int) -> None:
         keyutils.unlink(ring, keyutils.KEY_SPEC_THREAD_KEYRING)
     except OSError:
         pass
+
+
+def settle(uid: int, timeout: float = 5.0) -> None:
+    """Wait until ``uid``'s line of /proc/key-users holds still (three looks, 0.1 s apart).
+
+    The kernel's key garbage collector frees the keys of exited processes and deleted users
+    (session keyrings, a reused uid's leftovers) a moment later.  A test that fills a uid's
+    quota must start after that, or quota freed meanwhile lets a "quota exceeded" step succeed.
+    """
+    from ..keyutils import proc
+
+    last, still, deadline = None, 0, time.monotonic() + timeout
+    while still < 3 and time.monotonic() < deadline:
+        now = proc.key_user(uid)
+        still, last = (still + 1, last) if now == last else (0, now)
+        time.sleep(0.1)
 
 
 class LabUser:

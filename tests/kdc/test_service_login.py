@@ -14,6 +14,7 @@ import pytest
 
 from pam_keyinit_py import protocol as P
 from pam_keyinit_py.keyutils import proc
+from pam_keyinit_py.lab.users import settle
 from tests.conftest import delete_user, make_user
 from tests.kdc import ticketd as td
 from tests.kdc.ticketd import SessionHolder, TicketD, klist_ok, persistent_caches
@@ -256,6 +257,8 @@ def test_key_quota_full_gives_clear_error_and_no_half_cache(ticketd, svc_user):
     fill = ("i=0; while head -c 1000 /dev/zero | keyctl padd user pkd-big-$i @u >/dev/null 2>&1; "
             "do i=$((i+1)); done; j=0; while keyctl add user pkd-small-$j x @u >/dev/null 2>&1; "
             "do j=$((j+1)); done; echo $i $j")
+    settle(svc_user.uid)  # a reused uid's leftovers, freed during the test, would make room
+    before = proc.key_user(svc_user.uid)
     try:
         filled = user.run(["sh", "-c", fill])
         assert filled.returncode == 0 and int(filled.stdout.split()[0]) > 0, filled
@@ -267,7 +270,10 @@ def test_key_quota_full_gives_clear_error_and_no_half_cache(ticketd, svc_user):
         user.run(["keyctl", "clear", "@u"])
     # With room again, the same login works.  The kernel gives the quota back when its key
     # garbage collector has destroyed the unlinked keys, a moment after the clear.
+    baseline = before.qnbytes if before is not None else 0
     ticketd.wait_for(lambda: (proc.key_user(svc_user.uid) or proc.KeyUser(0, 0, 0, 0, 0, 1, 0, 1)).qnbytes
-                     < 1000, 10, "the kernel to release the filled quota")
+                     < baseline + 1000, 10,
+                     f"the kernel to release the filled quota (before the fill: {before}, "
+                     f"now: {proc.key_user(svc_user.uid)})")
     reply = svc_user.auth(ticketd)
     assert reply["ok"], reply
