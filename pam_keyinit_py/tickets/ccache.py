@@ -46,7 +46,8 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -402,6 +403,22 @@ def _destroy_quiet(name: str, uid: int, gid: int, krb5_config: str | None) -> No
 
 # ------------------------------------------------------------------ writing caches
 
+@contextmanager
+def _discarded_on_failure(ctx: krb5.Context, cc: krb5.CCache, what: str) -> Iterator[None]:
+    """If the block fails, krb5_cc_destroy the half-made ``cc``; a krb5 error becomes a
+    TicketError about ``what`` (from_krb5), anything else goes on as it was."""
+    try:
+        yield
+    except BaseException as exc:
+        try:
+            _cc_destroy(ctx, cc)
+        except krb5.Krb5Error:
+            pass
+        if isinstance(exc, krb5.Krb5Error):
+            raise from_krb5(exc, what) from None
+        raise
+
+
 def _write_new(ctx: krb5.Context, target: str, princ: krb5.Principal, creds: krb5.Creds,
                prefix: str) -> krb5.CCache:
     """Write ``creds`` into a new cache beside ``target``; caller runs as the user.
@@ -422,16 +439,23 @@ def _write_new(ctx: krb5.Context, target: str, princ: krb5.Principal, creds: krb
         cc = krb5.cc_resolve(ctx, name.encode())
     except krb5.Krb5Error as exc:
         raise from_krb5(exc, f"opening {name}") from None
-    try:
+    with _discarded_on_failure(ctx, cc, f"storing the ticket of {princ} in {name}"):
         krb5.cc_initialize(ctx, cc, princ)
         krb5.cc_store_cred(ctx, cc, creds)
-    except krb5.Krb5Error as exc:
-        try:
-            _cc_destroy(ctx, cc)
-        except krb5.Krb5Error:
-            pass
-        raise from_krb5(exc, f"storing the ticket of {princ} in {name}") from None
     return cc
+
+
+def _write_new_freeing(ctx: krb5.Context, target: str, princ: krb5.Principal, creds: krb5.Creds,
+                       prefix: str, uid: int) -> krb5.CCache:
+    """:func:`_write_new`; on EDQUOT, destroy now the uid's old caches still in their grace
+    period (they hold quota) and write again once the kernel has given their quota back."""
+    try:
+        return _write_new(ctx, target, princ, creds, prefix)
+    except errors.QuotaExceeded:
+        if not _reaper.pending(uid):
+            raise
+        _reaper.flush(uid)
+        return _retry_after_key_gc(lambda: _write_new(ctx, target, princ, creds, prefix))
 
 
 def _retry_after_key_gc(write: Callable[[], krb5.CCache], timeout: float = 1.0) -> krb5.CCache:
@@ -461,34 +485,22 @@ def _install(ctx: krb5.Context, target: str, princ: krb5.Principal, creds: krb5.
     krb_ccache:primary), and only then retire ``replace`` (deferred by ``grace`` seconds).
     """
     with _as_user(uid, gid):
-        try:
-            cc = _write_new(ctx, target, princ, creds, prefix)
-        except errors.QuotaExceeded:
-            # Old caches waiting for their grace period still hold quota: free them and retry once.
-            if not _reaper.pending(uid):
-                raise
-            _reaper.flush(uid)
-            cc = _retry_after_key_gc(lambda: _write_new(ctx, target, princ, creds, prefix))
+        cc = _write_new_freeing(ctx, target, princ, creds, prefix, uid)
         new_name = _full_name(cc)
-        try:
-            if new_name.startswith("FILE:"):
-                final = target if target.startswith("FILE:") else f"FILE:{target}"
+        what = f"installing the ticket of {princ} in {new_name}"
+        if new_name.startswith("FILE:"):
+            final = target if target.startswith("FILE:") else f"FILE:{target}"
+            with _discarded_on_failure(ctx, cc, what):
                 os.rename(new_name.removeprefix("FILE:"), final.removeprefix("FILE:"))
                 cc = krb5.cc_resolve(ctx, final.encode())
+            with _discarded_on_failure(ctx, cc, what):
                 return _tgt_info(ctx, cc, uid)
+        with _discarded_on_failure(ctx, cc, what):
             if make_primary:
                 krb5.cc_switch(ctx, cc)  # writes krb_ccache:primary: EDQUOT can strike here too
             info = _tgt_info(ctx, cc, uid, primary=make_primary)
             if replace and replace != new_name and replace.startswith("KEYRING:"):
                 _mark_retired(ctx, replace)
-        except BaseException as exc:
-            try:
-                _cc_destroy(ctx, cc)
-            except krb5.Krb5Error:
-                pass
-            if isinstance(exc, krb5.Krb5Error):
-                raise from_krb5(exc, f"installing the ticket of {princ} in {new_name}") from None
-            raise
     if replace and replace != new_name:
         if grace > 0:
             _reaper.add(replace, uid, gid, krb5_config, grace)
@@ -1103,26 +1115,12 @@ def import_file(
                 raise from_krb5(exc, f"reading {source}") from None
             if not any(not _is_config(c) for c in creds):
                 raise errors.CacheNotFound(f"{source}: holds no ticket")
-            try:
-                cc = _write_new(ctx, collection, princ, creds[0], SERVICE_PREFIX)
-            except errors.QuotaExceeded:
-                if not _reaper.pending(uid):
-                    raise
-                _reaper.flush(uid)
-                cc = _write_new(ctx, collection, princ, creds[0], SERVICE_PREFIX)
-            try:
+            cc = _write_new_freeing(ctx, collection, princ, creds[0], SERVICE_PREFIX, uid)
+            with _discarded_on_failure(ctx, cc, f"copying {source} into {collection}"):
                 for more in creds[1:]:
                     krb5.cc_store_cred(ctx, cc, more)
                 krb5.cc_switch(ctx, cc)
                 info = _tgt_info(ctx, cc, uid, primary=True)
-            except BaseException as exc:
-                try:
-                    _cc_destroy(ctx, cc)
-                except krb5.Krb5Error:
-                    pass
-                if isinstance(exc, krb5.Krb5Error):
-                    raise from_krb5(exc, f"copying {source} into {collection}") from None
-                raise
             if remove:
                 try:
                     now = os.stat(path, follow_symlinks=False)
