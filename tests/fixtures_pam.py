@@ -17,6 +17,19 @@ import pytest
 
 from tests.conftest import TestUser, require, require_root, temporary_user
 
+#: pam_strerror() texts, as pamtester prints them: how the tests read a PAM return code.
+STRERROR = {
+    "success": "successfully",
+    "auth_err": "Authentication failure",
+    "user_unknown": "User not known to the underlying authentication module",
+    "authinfo_unavail": "Authentication service cannot retrieve authentication info",
+    "perm_denied": "Permission denied",
+    "acct_expired": "User account has expired",
+    "new_authtok_reqd": "Authentication token is no longer valid; new one required",
+    "authtok_err": "Authentication token manipulation error",
+    "authtok_recovery_err": "Authentication information cannot be recovered",
+}
+
 
 @pytest.fixture(scope="session")
 def pamwrap() -> Iterator[object]:

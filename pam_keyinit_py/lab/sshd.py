@@ -50,6 +50,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _finish(proc: subprocess.Popen[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Wait for a client started by a ``*spawn`` method; kill it (and raise) after ``timeout``."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 class Sshd:
     """One private sshd.  ``start(pam_stack_lines, mode=...)``, ``login(...)``, ``stop()``.
 
@@ -292,23 +303,9 @@ class Sshd:
     def gss_login(self, user: str, command: str, ccache: str, *, delegate: bool = True,
                   timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """:meth:`gss_spawn` and wait for it."""
-        proc = self.gss_spawn(user, command, ccache, delegate=delegate)
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            raise
-        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        return _finish(self.gss_spawn(user, command, ccache, delegate=delegate), timeout)
 
     def login(self, user: str, password: str, command: str, mode: str | None = None,
               timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Log in as ``user`` with ``password``, run ``command``, wait for it (see :meth:`spawn`)."""
-        proc = self.spawn(user, password, command, mode)
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            raise
-        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        return _finish(self.spawn(user, password, command, mode), timeout)

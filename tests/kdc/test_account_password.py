@@ -22,6 +22,7 @@ from pam_keyinit_py.lab.pamwrap import PamWrapper
 from pam_keyinit_py.lab.realm import Realm
 from tests import conftest
 from tests.conftest import delete_user, make_user
+from tests.fixtures_pam import STRERROR
 from tests.kdc import test_validation as tv
 from tests.kdc import ticketd as td
 from tests.kdc.ticketd import persistent_caches
@@ -29,15 +30,6 @@ from tests.kdc.ticketd import persistent_caches
 svc_user, ticketd, user_krb5 = td.svc_user, td.ticketd, td.user_krb5
 daemons, fast_realm, fast_user = tv.daemons, tv.fast_realm, tv.fast_user
 
-STRERROR = {
-    "success": "successfully",
-    "auth_err": "Authentication failure",
-    "perm_denied": "Permission denied",
-    "acct_expired": "User account has expired",
-    "new_authtok_reqd": "Authentication token is no longer valid; new one required",
-    "authtok_err": "Authentication token manipulation error",
-    "authtok_recovery_err": "Authentication information cannot be recovered",
-}
 
 
 def stack(pamwrap: PamWrapper, sock: str, auth_opts: str = "") -> list[str]:

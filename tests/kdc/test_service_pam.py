@@ -12,17 +12,12 @@ import socket
 import time
 
 from tests.conftest import delete_user, make_user
+from tests.fixtures_pam import STRERROR
 from tests.kdc import ticketd as td
 from tests.kdc.ticketd import klist_ok, persistent_caches
 
 svc_user, ticketd, user_krb5 = td.svc_user, td.ticketd, td.user_krb5
 
-STRERROR = {
-    "success": "successfully",
-    "auth_err": "Authentication failure",
-    "user_unknown": "User not known to the underlying authentication module",
-    "authinfo_unavail": "Authentication service cannot retrieve authentication info",
-}
 
 
 def _service(pamwrap, name: str, sock: str, krb5_conf: str, auth_opts: str = "") -> str:
