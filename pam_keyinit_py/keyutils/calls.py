@@ -15,8 +15,13 @@ from .errors import error_for
 _NULL = _ffi.NULL
 # Payload buffers are overwritten by the kernel; skip cffi's zero fill.
 _alloc = _ffi.new_allocator(should_clear_after_alloc=False)
+_unpack = _ffi.unpack
 _READ_GUESS = 512
-
+_pool: list[object] = []  # spare _READ_GUESS buffers for _fetch
+_read = _lib.keyctl_read
+_describe = _lib.keyctl_describe
+_unlink = _lib.keyctl_unlink
+_add_key = _lib.add_key
 
 
 def _b(value: bytes | bytearray | memoryview | str | None) -> object:
@@ -43,9 +48,13 @@ def add_key(
 
     A bytearray or memoryview payload is passed without a copy.
     """
-    data = _b(payload)
-    size = 0 if data is _NULL else len(data)  # type: ignore[arg-type]
-    ret = _lib.add_key(_b(type), _b(description), data, size, ringid)
+    # bytes go to cffi as they are; only other types need _b()'s conversion.
+    data = payload if payload.__class__ is bytes else _b(payload)
+    ret = _add_key(
+        type if type.__class__ is bytes else _b(type),
+        description if description.__class__ is bytes else _b(description),
+        data, 0 if data is _NULL else len(data), ringid,  # type: ignore[arg-type]
+    )
     if ret < 0:
         raise error_for(_ffi.errno, "add_key")
     return ret
@@ -94,32 +103,47 @@ def setperm(key_id: int, perm: int) -> None:
     _check(_lib.keyctl_setperm(key_id, perm), "keyctl_setperm")
 
 
-def _fetch(call, key_id: int, operation: str) -> bytes:
-    buf = _alloc("char[]", _READ_GUESS)
+def _fetch(call, key_id: int, operation: str, strip: int) -> bytes:
+    """One KEYCTL_READ/DESCRIBE-style call into a pooled buffer; a second, sized call if it was short.
+
+    The kernel returns the full size even when the buffer is too small, so a
+    payload up to ``_READ_GUESS`` bytes costs exactly one syscall, as C with a
+    fixed buffer does.  ``strip`` drops the trailing NUL that KEYCTL_DESCRIBE and
+    KEYCTL_GET_SECURITY count.  Buffers are taken from and given back to a
+    list (pop/append are atomic under the GIL), because the call itself runs
+    with the GIL released and may overlap another thread's.
+    """
+    buf = _pool.pop() if _pool else _alloc("char[]", _READ_GUESS)
     ret = call(key_id, buf, _READ_GUESS)
+    if 0 <= ret <= _READ_GUESS:
+        data = _unpack(buf, ret - strip if ret else 0)
+        _pool.append(buf)
+        return data
+    _pool.append(buf)
     while True:
         if ret < 0:
             raise error_for(_ffi.errno, operation)
-        if ret <= len(buf):
-            return _ffi.buffer(buf, ret)[:]
         # The payload is larger than the buffer: retry with the size the kernel gave.
-        buf = _alloc("char[]", ret)
-        ret = call(key_id, buf, ret)
+        size = ret
+        big = _alloc("char[]", size)
+        ret = call(key_id, big, size)
+        if 0 <= ret <= size:
+            return _unpack(big, ret - strip if ret else 0)
 
 
 def describe(key_id: int) -> bytes:
     """KEYCTL_DESCRIBE: ``type;uid;gid;perm;description`` (no trailing NUL)."""
-    return _fetch(_lib.keyctl_describe, key_id, "keyctl_describe_alloc").rstrip(b"\0")
+    return _fetch(_describe, key_id, "keyctl_describe_alloc", 1)
 
 
 def read(key_id: int) -> bytes:
     """KEYCTL_READ: a key's payload, or a keyring's list of 32-bit serials."""
-    return _fetch(_lib.keyctl_read, key_id, "keyctl_read_alloc")
+    return _fetch(_read, key_id, "keyctl_read_alloc", 0)
 
 
 def get_security(key_id: int) -> bytes:
     """KEYCTL_GET_SECURITY: the key's LSM label (empty without an LSM)."""
-    return _fetch(_lib.keyctl_get_security, key_id, "keyctl_get_security_alloc").rstrip(b"\0")
+    return _fetch(_lib.keyctl_get_security, key_id, "keyctl_get_security_alloc", 1)
 
 
 def clear(ringid: int) -> None:
@@ -134,7 +158,8 @@ def link(key_id: int, ringid: int) -> None:
 
 def unlink(key_id: int, ringid: int) -> None:
     """KEYCTL_UNLINK: remove a key's link from a keyring."""
-    _check(_lib.keyctl_unlink(key_id, ringid), "keyctl_unlink")
+    if _unlink(key_id, ringid) < 0:
+        raise error_for(_ffi.errno, "keyctl_unlink")
 
 
 def search(ringid: int, type: bytes | str, description: bytes | str, destringid: int = 0) -> int:

@@ -25,6 +25,36 @@ def test_add_read_describe_update_unlink(fresh_session_keyring: int) -> None:
     assert kid not in k.keyring_ids(S)
 
 
+@pytest.mark.parametrize("size", [1, 511, 512, 513, 32767])
+def test_read_and_describe_at_the_first_buffer_edge(fresh_session_keyring: int, size: int) -> None:
+    # read/describe try one 512-byte pooled buffer first and ask again with the kernel's size.
+    payload = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    name = b"edge:" + b"d" * max(size % 600 - 5, 0)
+    kid = k.add_key(b"user", name, payload, S)
+    assert k.read(kid) == payload
+    expected = f"user;{os.getuid()};{os.getgid()};3f010000;".encode() + name
+    assert k.describe(kid) == expected
+    assert k.describe(kid) == expected  # the pooled buffer, reused, holds no tail of the last call
+    k.unlink(kid, S)
+
+
+def test_pooled_read_buffers_are_not_shared_between_threads(fresh_session_keyring: int) -> None:
+    keys = [k.add_key(b"user", f"pool:{i}".encode(), bytes([i]) * (100 + i), S) for i in range(8)]
+    wrong: list[int] = []
+
+    def reader(i: int) -> None:
+        for _ in range(2000):
+            if k.read(keys[i]) != bytes([i]) * (100 + i):
+                wrong.append(i)
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
+
+
 def test_errors_are_oserror_subclasses_by_errno() -> None:
     kid = k.add_key("user", "layer0:b", "v", S)
     k.revoke(kid)
