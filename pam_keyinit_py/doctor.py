@@ -176,6 +176,7 @@ def _generation_bytes(uid: int) -> int:
     the kernel charges a key: its description plus NUL plus its payload.
     """
     from . import keyutils
+    from .keyutils.model import KeyInfo
 
     thread = keyutils.KEY_SPEC_THREAD_KEYRING
     try:
@@ -185,17 +186,17 @@ def _generation_bytes(uid: int) -> int:
     largest = 0
     try:
         for krb in keyutils.keyring_ids(ring):
-            ktype, _u, _g, _p, desc = keyutils.describe(krb).split(b";", 4)
-            if ktype != b"keyring" or desc != b"_krb":
+            info = KeyInfo.of(krb)
+            if not info.is_keyring or info.description_bytes != b"_krb":
                 continue
             for cache in keyutils.keyring_ids(krb):
                 try:
-                    ctype, _u, _g, _p, cdesc = keyutils.describe(cache).split(b";", 4)
-                    if ctype != b"keyring":
+                    info = KeyInfo.of(cache)
+                    if not info.is_keyring:
                         continue
-                    size = len(cdesc) + 1
+                    size = len(info.description_bytes) + 1
                     for key in keyutils.keyring_ids(cache):
-                        size += len(keyutils.describe(key).split(b";", 4)[4]) + 1 + len(keyutils.read(key))
+                        size += len(KeyInfo.of(key).description_bytes) + 1 + len(keyutils.read(key))
                 except OSError:
                     continue  # a cache retired under us
                 largest = max(largest, size)

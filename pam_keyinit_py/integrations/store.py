@@ -30,6 +30,8 @@ import os
 from collections.abc import Iterator
 
 from pam_keyinit_py import keyutils
+from pam_keyinit_py.errors import KeyinitError
+from pam_keyinit_py.keyutils.model import KeyInfo
 
 LOCATIONS = ("persistent", "user", "session")
 DEFAULT_LOCATION = "persistent"
@@ -43,7 +45,7 @@ MAX_CHUNKS = 64  # ~2 MiB per item: far beyond any quota, but bounds a hostile c
 SYSCTL_FILE = "/etc/sysctl.d/60-keyinit-keys.conf"
 
 
-class StoreError(Exception):
+class StoreError(KeyinitError):
     """The store cannot do what was asked; the message is safe to show (never holds a secret)."""
 
 
@@ -250,15 +252,14 @@ class KeyStore:
     def read(self, key: int) -> bytes | None:
         """KEYCTL_READ an item's payload (joining a chunk keyring); None if gone or incomplete."""
         try:
-            kind = keyutils.describe(key).split(b";", 1)[0]
-            if kind != b"keyring":
+            if not KeyInfo.of(key).is_keyring:
                 return keyutils.read(key)
             parts: dict[int, bytes] = {}
             count = None
             for chunk in keyutils.keyring_ids(key):
-                fields = keyutils.describe(chunk).split(b";", 4)
-                index, _, total = fields[-1].partition(b"/")
-                if fields[0] != b"user" or not index.isdigit() or not total.isdigit():
+                info = KeyInfo.of(chunk)
+                index, _, total = info.description_bytes.partition(b"/")
+                if info.type_bytes != b"user" or not index.isdigit() or not total.isdigit():
                     return None
                 if count is None:
                     count = int(total)
@@ -277,7 +278,7 @@ class KeyStore:
     def remove(self, key: int) -> None:
         """KEYCTL_INVALIDATE: drop the item from every keyring and free its payload now."""
         try:
-            if keyutils.describe(key).startswith(b"keyring;"):
+            if KeyInfo.of(key).is_keyring:
                 self._drop_chunks(key)
                 return
             keyutils.invalidate(key)
@@ -293,9 +294,8 @@ class KeyStore:
             return
         for key in self._members(ring):
             try:
-                raw = keyutils.describe(key)
+                info = KeyInfo.of(key)
             except keyutils.KeyutilsError:
                 continue  # gone meanwhile, or a foreign key we may not view
-            type_, _uid, _gid, _perm, description = raw.decode(errors="surrogateescape").split(";", 4)
-            if type_ in ("user", "keyring"):
-                yield key, description
+            if info.type in ("user", "keyring"):
+                yield key, info.description

@@ -13,9 +13,10 @@ import errno as E
 import os
 
 from pam_keyinit_py import keyutils as ku
+from pam_keyinit_py.keyutils.model import KeyInfo
 
 from .cli import die, fail, out, usage
-from .fmt import calc_perms, d, full_perms, hexdump, parse_desc, printable
+from .fmt import calc_perms, d, hexdump, printable
 from .scan import TreeDumper, recursive_session_key_scan
 from .spec import get_key_id, strtoul
 
@@ -350,9 +351,7 @@ def _keyring_ids(argv: Argv) -> tuple[int, list[int]]:
     if len(argv) != 2:
         raise usage()
     keyring = get_key_id(argv[1])
-    raw = _call("keyctl_read_alloc", ku.read, keyring)
-    usable = len(raw) - len(raw) % 4
-    return keyring, list(memoryview(raw[:usable]).cast("i"))
+    return keyring, _call("keyctl_read_alloc", ku.keyring_ids, keyring)
 
 
 def act_list(argv: Argv, as_json: bool = False) -> int:
@@ -372,12 +371,13 @@ def act_list(argv: Argv, as_json: bool = False) -> int:
         except OSError as exc:
             out(d(key, 9) + b": key inaccessible (" + os.strerror(exc.errno or 0).encode() + b")\n")
             continue
-        desc = parse_desc(raw)
+        desc = KeyInfo.parse(raw)
         if desc is None:
             raise die(f"Unparsable description obtained for key {key}\n", 3)
         out(
             d(key, 9) + b": " + calc_perms(desc.perm, desc.uid, desc.gid).encode() + b" "
-            + d(desc.uid, 5) + b" " + d(desc.gid, 5) + b" " + desc.type + b": " + desc.description + b"\n"
+            + d(desc.uid, 5) + b" " + d(desc.gid, 5) + b" " + desc.type_bytes + b": "
+            + desc.description_bytes + b"\n"
         )
     return 0
 
@@ -395,7 +395,7 @@ def act_describe(argv: Argv, as_json: bool = False) -> int:
         raise usage()
     key = get_key_id(argv[1])
     raw = _call("keyctl_describe_alloc", ku.describe, key)
-    desc = parse_desc(raw)
+    desc = KeyInfo.parse(raw)
     if desc is None:
         raise die(f"Unparsable description obtained for key {key}\n", 3)
     if as_json:
@@ -403,8 +403,8 @@ def act_describe(argv: Argv, as_json: bool = False) -> int:
 
         return describe_json(key, desc)
     out(
-        d(key, 9) + b": " + full_perms(desc.perm).encode() + b" " + d(desc.uid, 5) + b" "
-        + d(desc.gid, 5) + b" " + desc.type + b": " + desc.description + b"\n"
+        d(key, 9) + b": " + desc.perm.full().encode() + b" " + d(desc.uid, 5) + b" "
+        + d(desc.gid, 5) + b" " + desc.type_bytes + b": " + desc.description_bytes + b"\n"
     )
     return 0
 
@@ -418,7 +418,7 @@ def act_rdescribe(argv: Argv, as_json: bool = False) -> int:
     if as_json:
         from .jsonout import describe_json
 
-        return describe_json(key, parse_desc(raw), raw)
+        return describe_json(key, KeyInfo.parse(raw), raw)
     if len(argv) == 3:
         raw = raw.replace(b";", argv[2][:1])
     out(raw + b"\n")

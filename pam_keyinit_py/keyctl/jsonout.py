@@ -14,26 +14,27 @@ import json
 from typing import Any
 
 from pam_keyinit_py import keyutils as ku
+from pam_keyinit_py.keyutils.model import KeyInfo
 
 from .cli import fail, out
-from .fmt import Desc, calc_perms, full_perms, parse_desc
+from .fmt import calc_perms
 
 
 def _s(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
-def _key(key: int, desc: Desc) -> dict[str, Any]:
+def _key(key: int, desc: KeyInfo) -> dict[str, Any]:
     return {
         "id": key,
-        "type": _s(desc.type),
+        "type": desc.type,
         "uid": desc.uid,
         "gid": desc.gid,
-        "perm": desc.perm,
+        "perm": int(desc.perm),
         "perm_hex": f"{desc.perm:08x}",
-        "permissions": full_perms(desc.perm),
+        "permissions": desc.perm.full(),
         "granted": calc_perms(desc.perm, desc.uid, desc.gid),
-        "description": _s(desc.description),
+        "description": desc.description,
     }
 
 
@@ -49,7 +50,7 @@ def _emit(obj: object) -> int:
     return 0
 
 
-def describe_json(key: int, desc: Desc | None, raw: bytes | None = None) -> int:
+def describe_json(key: int, desc: KeyInfo | None, raw: bytes | None = None) -> int:
     """describe/rdescribe --json: one key object (rdescribe adds ``raw``)."""
     obj: dict[str, Any] = _key(key, desc) if desc is not None else {"id": key}
     if raw is not None:
@@ -62,7 +63,7 @@ def _describe(key: int) -> dict[str, Any]:
         raw = ku.describe(key)
     except OSError as exc:
         return _inaccessible(key, exc)
-    desc = parse_desc(raw)
+    desc = KeyInfo.parse(raw)
     return _key(key, desc) if desc else {"id": key, "raw": _s(raw)}
 
 
@@ -86,12 +87,11 @@ def _tree(key: int, depth: int, parents: list[bytes] | None = None) -> dict[str,
             except Exception as exc:  # shown, not fatal, as in the text form
                 node["krb5"] = {"ccache": name, "error": str(exc)}
     try:
-        raw = ku.read(key)
+        children = ku.keyring_ids(key)
     except OSError as exc:
         raise fail("keyctl_read_alloc", exc.errno or 0) from None
-    usable = len(raw) - len(raw) % 4
     below = None if parents is None else [*parents, description]
-    node["children"] = [_tree(child, depth + 4, below) for child in memoryview(raw[:usable]).cast("i")]
+    node["children"] = [_tree(child, depth + 4, below) for child in children]
     return node
 
 

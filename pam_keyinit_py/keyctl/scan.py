@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 
 from pam_keyinit_py import keyutils
+from pam_keyinit_py.keyutils.model import KeyInfo
 
 from .cli import die, fail, out
-from .fmt import calc_perms, d, parse_desc
+from .fmt import calc_perms, d
 
 # Names for annotations only; importing typing/collections at run time slows every invocation.
 TYPE_CHECKING = False
@@ -18,11 +19,6 @@ if TYPE_CHECKING:
     Scanner = Callable[[int, int, bytes | None, int], int]
 
 _EINVAL_NEG = -22  # libkeyutils sets errno = -EINVAL for an unparsable description
-
-
-def _ids(raw: bytes) -> list[int]:
-    usable = len(raw) - len(raw) % 4
-    return list(memoryview(raw[:usable]).cast("i"))
 
 
 def recursive_key_scan(parent: int, key: int, func: Scanner, depth: int = 0) -> int:
@@ -39,12 +35,12 @@ def recursive_key_scan(parent: int, key: int, func: Scanner, depth: int = 0) -> 
     except OSError as exc:
         raw, errno = None, exc.errno or 0
     if raw is not None:
-        desc = parse_desc(raw)
+        desc = KeyInfo.parse(raw)
         if desc is None:
             raw, errno = None, _EINVAL_NEG
-        elif desc.type == b"keyring":
+        elif desc.is_keyring:
             try:
-                children = _ids(keyutils.read(key))
+                children = keyutils.keyring_ids(key)
             except OSError:
                 children = []
             for child in children:
@@ -83,30 +79,29 @@ class TreeDumper:
         except OSError as exc:
             out(d(key) + b": key inaccessible (" + os.strerror(exc.errno or 0).encode() + b")\n")
             return 0
-        desc = parse_desc(raw)
+        desc = KeyInfo.parse(raw)
         if desc is None:
             raise die(f"Unparsable description obtained for key {key}\n", 3)
         keyid = f"0x{key & 0xFFFFFFFF:08x}".encode() if self.hex_ids else d(key, 10)
         out(
             keyid + b" " + calc_perms(desc.perm, desc.uid, desc.gid).encode() + b"  "
             + d(desc.uid, 5) + b" " + d(desc.gid, 5) + b"  " + self._indent()
-            + (b"\\_ " if depth > 0 else b"") + desc.type + b": " + desc.description + b"\n"
+            + (b"\\_ " if depth > 0 else b"") + desc.type_bytes + b": " + desc.description_bytes + b"\n"
         )
-        if desc.type != b"keyring":
+        if not desc.is_keyring:
             return 0
         if self.krb5:
             from .krb5view import ccache_name, lines
 
-            name = ccache_name(desc.description, self.parents)
+            name = ccache_name(desc.description_bytes, self.parents)
             if name:
                 out(lines(name, b" " * 34 + self._indent() + (b"    " if depth > 0 else b" ")))
         try:
-            payload = keyutils.read(key)
+            children = keyutils.keyring_ids(key)
         except OSError as exc:
             raise fail("keyctl_read_alloc", exc.errno or 0) from None
-        children = _ids(payload)
         kcount = len(children)
-        self.parents.append(desc.description)
+        self.parents.append(desc.description_bytes)
         for i, child in enumerate(children):
             if depth == 0:
                 rdepth = 1

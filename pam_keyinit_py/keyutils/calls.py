@@ -246,9 +246,15 @@ def restrict_keyring(ringid: int, type: bytes | str | None, restriction: bytes |
 
 
 def keyring_ids(ringid: int) -> list[int]:
-    """KEYCTL_READ on a keyring, decoded into its member serials."""
+    """KEYCTL_READ on a keyring, decoded into its member serials (the project's one such reader).
+
+    As libkeyutils' callers do (``ret / sizeof(key_serial_t)``), a payload that
+    is not a whole number of serials (KEYCTL_READ on a non-keyring key) is cut
+    to the last whole one.
+    """
     raw = read(ringid)
-    return list(memoryview(raw).cast("i")) if raw else []
+    usable = len(raw) - len(raw) % 4
+    return list(memoryview(raw[:usable] if usable != len(raw) else raw).cast("i")) if usable else []
 
 
 version: str = _ffi.string(_lib.keyutils_version_string).decode()

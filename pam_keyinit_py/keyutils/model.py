@@ -1,23 +1,38 @@
-"""A small object model above layer 0: keys, keyrings, permissions and tree walks.
+"""The one object model above layer 0: parsed descriptions, permissions, keys, keyrings, tree walks.
 
-``Key(id).info`` is the parsed KEYCTL_DESCRIBE; ``Keyring(id).children()``
-reads a keyring's members with KEYCTL_READ; :func:`walk` yields the tree that
-``keyctl show`` prints.
+:meth:`KeyInfo.parse` is the project's only parser of the KEYCTL_DESCRIBE
+string ``type;uid;gid;perm;description``: pykeyctl's text and ``--json``
+output, the secret store and ``keyinit doctor`` all use it.  Keyring members
+are read with :func:`~.calls.keyring_ids` (KEYCTL_READ on a keyring).
+``Key(id).info`` is a live KEYCTL_DESCRIBE; ``Keyring(id).children()`` its
+members; :func:`walk` yields the tree that ``keyctl show`` prints.
+
+Plain classes with ``__slots__``, no enum or dataclasses: pykeyctl imports
+this module on every run, and those imports cost more than its whole run.
 """
 
 from __future__ import annotations
-
-import enum
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 from . import calls
 from .constants import KEY_SPEC_SESSION_KEYRING
 from .errors import KeyutilsError
 
+# Names for annotations only; importing typing/collections at run time slows every pykeyctl run.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
-class Perm(enum.IntFlag):
-    """The 32-bit key permission mask (possessor, user, group, other)."""
+_SPACE = b" \t\n\v\f\r"
+_LETTERS = tuple(zip("alswrv", (32, 16, 8, 4, 2, 1), strict=True))
+
+
+def letters(bits: int) -> str:
+    """``alswrv`` letters for 6 permission bits (setattr link search write read view)."""
+    return "".join(c if bits & m else "-" for c, m in _LETTERS)
+
+
+class Perm(int):
+    """The 32-bit key permission mask (possessor, user, group, other), as <keyutils.h>'s KEY_*_* bits."""
 
     POS_VIEW = 0x01000000
     POS_READ = 0x02000000
@@ -48,31 +63,97 @@ class Perm(enum.IntFlag):
     OTH_SETATTR = 0x00000020
     OTH_ALL = 0x0000003F
 
+    __slots__ = ()
+
     def letters(self, shift: int) -> str:
         """``alswrv``-style letters for one 8-bit class (shift 24, 16, 8 or 0)."""
-        bits = (int(self) >> shift) & 0x3F
-        return "".join(c if bits & b else "-" for c, b in zip("alswrv", (32, 16, 8, 4, 2, 1), strict=True))
+        return letters((self >> shift) & 0x3F)
+
+    def full(self) -> str:
+        """``keyctl describe``'s 24 letters: possessor, user, group, other."""
+        return letters((self >> 24) & 0x3F) + letters((self >> 16) & 0x3F) + letters(
+            (self >> 8) & 0x3F) + letters(self & 0x3F)
 
 
-@dataclass(frozen=True)
+def _c_int(field: bytes) -> int | None:
+    """sscanf %d: an optional sign and decimal digits, wrapped to int32 as key_serial_t/uid_t are."""
+    s = field.lstrip(_SPACE)
+    digits = s[1:] if s[:1] in (b"+", b"-") else s
+    if not digits.isdigit():
+        return None
+    value = int(s) & 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
 class KeyInfo:
-    """A parsed ``type;uid;gid;perm;description`` from KEYCTL_DESCRIBE."""
+    """A KEYCTL_DESCRIBE string ``type;uid;gid;perm;description``, split as keyctl's sscanf does.
 
-    type: str
-    uid: int
-    gid: int
-    perm: Perm
-    description: str
+    ``type_bytes``/``description_bytes`` are the kernel's bytes (pykeyctl prints
+    them as they are); ``type``/``description`` are the same decoded as UTF-8
+    with surrogate escapes, so nothing is lost.  ``uid`` and ``gid`` are
+    int32 (-1 for "none").
+    """
+
+    __slots__ = ("type_bytes", "uid", "gid", "perm", "description_bytes", "raw")
+
+    def __init__(self, type_: bytes, uid: int, gid: int, perm: int, description: bytes, raw: bytes) -> None:
+        self.type_bytes = type_
+        self.uid = uid
+        self.gid = gid
+        self.perm = Perm(perm)
+        self.description_bytes = description
+        self.raw = raw
+
+    def __repr__(self) -> str:
+        return f"KeyInfo({self.raw!r})"
+
+    @property
+    def type(self) -> str:
+        """The key type's name (``user``, ``keyring``, ``logon`` ...)."""
+        return self.type_bytes.decode("utf-8", "surrogateescape")
+
+    @property
+    def description(self) -> str:
+        """The key's description."""
+        return self.description_bytes.decode("utf-8", "surrogateescape")
+
+    @property
+    def is_keyring(self) -> bool:
+        """True for a keyring, whose KEYCTL_READ payload is its members' serials."""
+        return self.type_bytes == b"keyring"
 
     @classmethod
-    def parse(cls, raw: bytes) -> KeyInfo:
-        """Split a KEYCTL_DESCRIBE string; the description may itself contain ';'."""
-        type_, uid, gid, perm, desc = raw.decode(errors="surrogateescape").split(";", 4)
-        return cls(type_, int(uid), int(gid), Perm(int(perm, 16)), desc)
+    def parse(cls, raw: bytes) -> KeyInfo | None:
+        """Parse ``"%[^;];%d;%d;%x;%n"`` as keyctl does; None where keyctl says "Unparsable".
+
+        The description (after the fourth ';') may itself contain ';'; it ends at a NUL.
+        """
+        parts = raw.split(b";", 4)
+        if len(parts) < 5 or not parts[0]:
+            return None
+        uid, gid = _c_int(parts[1]), _c_int(parts[2])
+        try:
+            perm = int(parts[3], 16) & 0xFFFFFFFF
+        except ValueError:
+            return None
+        if uid is None or gid is None:
+            return None
+        return cls(parts[0], uid, gid, perm, parts[4].split(b"\0", 1)[0], raw)
+
+    @classmethod
+    def of(cls, key_id: int) -> KeyInfo:
+        """KEYCTL_DESCRIBE ``key_id``, parsed; ValueError if the kernel's string does not parse."""
+        raw = calls.describe(key_id)
+        info = cls.parse(raw)
+        if info is None:
+            raise ValueError(f"unparsable description of key {key_id}: {raw!r}")
+        return info
 
 
 class Key:
     """A key by serial number (or special id); every property is a live keyctl call."""
+
+    __slots__ = ("id",)
 
     def __init__(self, key_id: int) -> None:
         self.id = key_id
@@ -94,7 +175,7 @@ class Key:
     @property
     def info(self) -> KeyInfo:
         """KEYCTL_DESCRIBE, parsed."""
-        return KeyInfo.parse(calls.describe(self.id))
+        return KeyInfo.of(self.id)
 
     def read(self) -> bytes:
         """KEYCTL_READ: the payload."""
@@ -125,19 +206,27 @@ class Key:
         calls.chown(self.id, uid, gid)
 
 
+def _member(kid: int) -> tuple[Key, KeyInfo | None, KeyutilsError | None]:
+    """One KEYCTL_DESCRIBE of a keyring member: the key as Keyring or Key, its info or the error."""
+    try:
+        info = KeyInfo.of(kid)
+    except KeyutilsError as exc:
+        return Key(kid), None, exc
+    return (Keyring(kid) if info.is_keyring else Key(kid)), info, None
+
+
 class Keyring(Key):
     """A keyring: a key whose payload is a list of member serials."""
 
+    __slots__ = ()
+
+    def ids(self) -> list[int]:
+        """KEYCTL_READ on the keyring: its members' serials."""
+        return calls.keyring_ids(self.id)
+
     def children(self) -> list[Key]:
-        """KEYCTL_READ on the keyring: its members, keyrings as :class:`Keyring`."""
-        out: list[Key] = []
-        for kid in calls.keyring_ids(self.id):
-            try:
-                is_ring = calls.describe(kid).startswith(b"keyring;")
-            except KeyutilsError:
-                is_ring = False
-            out.append(Keyring(kid) if is_ring else Key(kid))
-        return out
+        """KEYCTL_READ on the keyring, KEYCTL_DESCRIBE each member: keyrings as :class:`Keyring`."""
+        return [_member(kid)[0] for kid in calls.keyring_ids(self.id)]
 
     def add(self, type: str, description: str, payload: bytes | str | None) -> Key:
         """add_key(2) into this keyring."""
@@ -164,42 +253,40 @@ class Keyring(Key):
         calls.clear(self.id)
 
 
-@dataclass(frozen=True)
 class TreeEntry:
-    """One line of a keyring walk: depth, the key, and its info (None if not viewable)."""
+    """One line of a keyring walk: depth, the key, and its info (None and the error if not viewable)."""
 
-    depth: int
-    key: Key
-    info: KeyInfo | None
-    error: KeyutilsError | None = None
+    __slots__ = ("depth", "key", "info", "error")
+
+    def __init__(
+        self, depth: int, key: Key, info: KeyInfo | None, error: KeyutilsError | None = None,
+    ) -> None:
+        self.depth = depth
+        self.key = key
+        self.info = info
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"TreeEntry({self.depth}, {self.key!r}, {self.info!r})"
 
 
 def walk(root: int = KEY_SPEC_SESSION_KEYRING) -> Iterator[TreeEntry]:
     """Depth-first walk of a keyring tree, as ``keyctl show`` prints it.
 
-    A keyring already on the current path is not descended into again, so
-    cycles terminate.
+    One KEYCTL_DESCRIBE per key and one KEYCTL_READ per keyring.  A keyring
+    already on the current path is not descended into again, so cycles terminate.
     """
 
-    def visit(key: Key, depth: int, path: frozenset[int]) -> Iterator[TreeEntry]:
-        try:
-            info = key.info
-        except KeyutilsError as exc:
-            yield TreeEntry(depth, key, None, exc)
-            return
-        yield TreeEntry(depth, key, info)
-        if info.type != "keyring" or key.id in path:
+    def visit(kid: int, depth: int, path: frozenset[int]) -> Iterator[TreeEntry]:
+        key, info, error = _member(kid)
+        yield TreeEntry(depth, key, info, error)
+        if info is None or not info.is_keyring or kid in path:
             return
         try:
-            members = calls.keyring_ids(key.id)
+            members = calls.keyring_ids(kid)
         except KeyutilsError:
             return
-        for kid in members:
-            try:
-                child: Key = Keyring(kid) if calls.describe(kid).startswith(b"keyring;") else Key(kid)
-            except KeyutilsError:
-                child = Key(kid)
-            yield from visit(child, depth + 1, path | {key.id})
+        for child in members:
+            yield from visit(child, depth + 1, path | {kid})
 
-    start = Keyring(root)
-    yield from visit(Keyring(start.serial) if root < 0 else start, 0, frozenset())
+    yield from visit(calls.get_keyring_id(root, False) if root < 0 else root, 0, frozenset())

@@ -36,6 +36,17 @@ def test_location_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
         SecretStore()
 
 
+def test_store_errors_sit_under_the_root_error(fresh_session_keyring: int) -> None:
+    from pam_keyinit_py.errors import KeyinitError
+
+    # `except KeyinitError` catches every refusal the store reports on purpose.
+    with pytest.raises(KeyinitError):
+        KeyStore("session").put("x" * 5000, b"v")
+    with pytest.raises(KeyinitError):
+        resolve_location("nowhere")
+    assert issubclass(StoreError, KeyinitError) and issubclass(LocationError, ValueError)
+
+
 def test_session_store_is_a_direct_possessor_only_keyring(fresh_session_keyring: int) -> None:
     store = KeyStore("session")
     assert store.ring() is None  # nothing is created by a read
