@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pam_keyinit_py import doctor
+from pam_keyinit_py.commands import doctor
 from pam_keyinit_py.lab import users
 from pam_keyinit_py.lab.adrealm import AdRealm, available
 from pam_keyinit_py.lab.ticketd import TicketD

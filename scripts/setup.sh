@@ -84,3 +84,9 @@ if [ ! -f "$stamp" ] || [ -z "$ext" ] || [ -n "$(find pyproject.toml setup.py pa
     --config-settings editable_mode=compat
   touch "$stamp"
 fi
+
+# Launchers that start python -I -S (pam_keyinit_py/commands/launchers.py): pip's run site first,
+# about 2 ms of every pykeyctl call.  pip rewrites them at each install above.
+if ! head -1 "$VENV/bin/pykeyctl" | grep -q -- ' -IS$'; then
+  "$VENV/bin/python" -m pam_keyinit_py.commands.launchers "$VENV"
+fi

@@ -3,7 +3,8 @@
 install:
   1. ``/usr/bin/python3 -m venv PREFIX`` (pam_python.so embeds /usr/bin/python3, so the package and
      its cffi extension must be built for that interpreter);
-  2. a normal (non-editable) ``pip install`` of the source tree into it;
+  2. a normal (non-editable) ``pip install`` of the source tree into it, and console-script
+     launchers that start ``python -I -S`` (:mod:`.launchers`);
   3. an import check of the hook with that venv's interpreter;
   4. the pam_python shim ``/lib/security/pam_keyinit_py.py``, which puts PREFIX's site-packages
      first on sys.path and exposes the hook's ``pam_sm_*``;
@@ -158,6 +159,9 @@ def install(prefix: str, root: str = "", source: Path | None = None, python: str
     # The hook must import with the venv's interpreter, as pam_python will (isolated mode).
     if not step([vpy, "-I", "-c", "import pam_keyinit_py.pam.hook"]):
         return 1
+    from .launchers import write as write_launchers
+
+    write_launchers(venv, None if str(venv) == prefix else prefix)  # python -I -S: no site at start-up
 
     site = str(site_packages(prefix))
     shim = _under(root, shim_path)

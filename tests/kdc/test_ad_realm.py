@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from pam_keyinit_py import doctor
 from pam_keyinit_py import protocol as P
+from pam_keyinit_py.commands import doctor
 from pam_keyinit_py.keyutils import proc
 from pam_keyinit_py.lab.adrealm import AdRealm, AdRealmError
 from pam_keyinit_py.lab.realm import Realm
