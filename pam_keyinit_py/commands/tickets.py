@@ -8,13 +8,16 @@ Exit codes: 0 done, 1 the service refused or failed, 3 the service is not runnin
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
-from typing import Any
 
 from .. import protocol as P
+
+# Names for annotations only: argparse, json and typing cost more than a whole `keyinit status`.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any
 
 EXIT_UNAVAILABLE = 3
 
@@ -33,6 +36,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         if name != "status":
             p.add_argument("--uid", type=int, help="(root) only this uid's tickets")
         p.set_defaults(func=func)
+
+
+class _Plain:
+    """What argparse would give for a plain invocation (see :func:`quick`)."""
+
+    def __init__(self, command: str, socket: str, as_json: bool) -> None:
+        self.command = command
+        self.socket = socket
+        self.json = as_json
+        self.uid: int | None = None
+
+
+def quick(argv: list[str]) -> int | None:
+    """``keyinit status|tickets|renew [--json] [--socket PATH]`` without argparse.
+
+    None for any other word (``--help``, ``--uid``, an abbreviation, a typo): cli.py then
+    parses the line with argparse, which also gives the usage errors.
+    """
+    socket, as_json, rest = P.DEFAULT_SOCKET, False, argv[1:]
+    while rest:
+        word = rest.pop(0)
+        if word == "--json":
+            as_json = True
+        elif word == "--socket" and rest and not rest[0].startswith("-"):
+            socket = rest.pop(0)
+        elif word.startswith("--socket=") and len(word) > 9:
+            socket = word[9:]
+        else:
+            return None
+    run = {"status": _status, "tickets": _tickets, "renew": _renew}[argv[0]]
+    return run(_Plain(argv[0], socket, as_json))  # type: ignore[arg-type]
+
+
+def _dumps(obj: object) -> str:
+    import json
+
+    return json.dumps(obj, indent=2)
 
 
 def _call(args: argparse.Namespace, message: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -80,7 +120,7 @@ def _status(args: argparse.Namespace) -> int:
             print(f"keyinit-ticketd: not running (no answer on {args.socket})")
         return rc
     if args.json:
-        print(json.dumps(reply, indent=2))
+        print(_dumps(reply))
         return 0
     s = reply["service"]
     if "pid" in s:  # root's view: the whole service
@@ -114,7 +154,7 @@ def _tickets(args: argparse.Namespace) -> int:
     if rc:
         return rc
     if args.json:
-        print(json.dumps(reply["tickets"], indent=2))
+        print(_dumps(reply["tickets"]))
     else:
         _print_tickets(reply["tickets"])
     return 0
@@ -125,7 +165,7 @@ def _renew(args: argparse.Namespace) -> int:
     if rc:
         return rc
     if args.json:
-        print(json.dumps(reply, indent=2))
+        print(_dumps(reply))
         return 0
     for err in reply["errors"]:
         print(f"keyinit renew: {err['ccache']}: {err['error']}", file=sys.stderr)
