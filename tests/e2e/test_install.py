@@ -29,7 +29,18 @@ def test_make_install_login_uninstall(sshd_factory, pam_user, realm, kdc_user, t
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
         assert SHIM_PATH.exists()
         assert str(Path(DEFAULT_PREFIX) / "lib") in SHIM_PATH.read_text()
-        assert not (Path(DEFAULT_PREFIX) / "lib/python3.11/site-packages/__editable__").exists()
+        site = Path(DEFAULT_PREFIX) / "lib/python3.11/site-packages"
+        assert not (site / "__editable__").exists()
+        assert (site / "pam_keyinit_py/keyutils").is_dir() and not (site / "pam_keyinit_py/lab").exists()
+        # The CLIs people run in loops start python -I -S (no site scan), and still find the package.
+        launcher = Path(DEFAULT_PREFIX, "bin/pykeyctl").read_text().splitlines()
+        assert launcher[0] == f"#!{DEFAULT_PREFIX}/bin/python -IS", launcher
+        rdescribe = subprocess.run(["/usr/local/bin/pykeyctl", "rdescribe", "@s"], capture_output=True,
+                                   text=True, env={"PYTHONPATH": "/nonexistent"})
+        assert rdescribe.returncode == 0 and rdescribe.stdout.startswith("keyring;"), rdescribe.stderr
+        keyinit_help = subprocess.run(["/usr/local/bin/keyinit", "--help"], capture_output=True, text=True)
+        assert keyinit_help.returncode == 0 and " doctor " in keyinit_help.stdout
+        assert " demo " not in keyinit_help.stdout  # the demo needs the checkout's lab/
 
         def stack(_pamwrap) -> list[str]:
             return ["auth required pam_unix.so", "account required pam_unix.so",
