@@ -38,20 +38,19 @@ def flush() -> None:
     if _out:
         data = bytes(_out)
         _out.clear()
-        fd = sys.stdout.fileno() if sys.stdout is not None else 1
-        view = memoryview(data)
-        while view:
-            n = posix.write(fd, view)
-            view = view[n:]
+        write_all(sys.stdout.fileno() if sys.stdout is not None else 1, data)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """write(2) until all of ``data`` is out, as stdio does for a flush."""
+    view = memoryview(data)
+    while view:
+        view = view[posix.write(fd, view):]
 
 
 def err(data: bytes) -> None:
     """Write to stderr unbuffered, as fprintf(stderr) does."""
-    fd = 2
-    view = memoryview(data)
-    while view:
-        n = posix.write(fd, view)
-        view = view[n:]
+    write_all(2, data)
 
 
 def fail(msg: str | bytes, errno: int) -> Exit:

@@ -27,8 +27,8 @@ from collections.abc import Iterator
 
 from pam_keyinit_py import keyutils as ku
 
-from .cli import Exit, err, fail, usage
-from .spec import get_key_id
+from .cli import Exit, err, fail, usage, write_all
+from .spec import get_key_id, to_s32
 
 O_NOTIFICATION_PIPE = os.O_EXCL  # <linux/watch_queue.h>
 IOC_WATCH_QUEUE_SET_SIZE = 0x5760  # _IO('W', 0x60)
@@ -56,9 +56,7 @@ def atoi(arg: bytes) -> int:
     while n < len(s) and 0x30 <= s[n] <= 0x39:
         n += 1
     value = sign * int(s[:n]) if n else 0
-    value = max(-(1 << 63), min((1 << 63) - 1, value))  # strtol saturates at LONG_MIN/MAX
-    value &= 0xFFFFFFFF
-    return value - (1 << 32) if value & 0x80000000 else value
+    return to_s32(max(-(1 << 63), min((1 << 63) - 1, value)))  # strtol saturates at LONG_MIN/MAX
 
 
 class GetOpt:
@@ -144,19 +142,17 @@ def _unknown_option() -> Exit:
 
 def open_watch(filt: Filter) -> int:
     """A notification pipe's read end, sized and filtered (keyctl's open_watch())."""
-    import fcntl
-
     try:
         rfd, _wfd = os.pipe2(O_NOTIFICATION_PIPE | os.O_NONBLOCK)
     except OSError as exc:
         raise fail("pipe2", exc.errno or 0) from None
     try:
-        fcntl.ioctl(rfd, IOC_WATCH_QUEUE_SET_SIZE, MAX_MESSAGE_COUNT)
+        _ioctl(rfd, IOC_WATCH_QUEUE_SET_SIZE, MAX_MESSAGE_COUNT)
     except OSError as exc:
         raise fail("/dev/watch_queue(size)", exc.errno or 0) from None
     if filt.nr_filters:
         try:
-            fcntl.ioctl(rfd, IOC_WATCH_QUEUE_SET_FILTER, filt.pack())
+            _ioctl(rfd, IOC_WATCH_QUEUE_SET_FILTER, filt.pack())
         except OSError as exc:
             raise fail("/dev/watch_queue(filter)", exc.errno or 0) from None
     return rfd
@@ -169,9 +165,7 @@ class _Log:
         self.fd = fd
 
     def line(self, text: str) -> None:
-        data = memoryview(text.encode())
-        while data:
-            data = data[os.write(self.fd, data):]
+        write_all(self.fd, text.encode())
 
 
 def consumer(log: _Log, gc: _Log, fd: int) -> int:
