@@ -2,6 +2,9 @@
 
 ``main.main`` is the console script.  Modules: ``cli`` (stdout/stderr and
 exit handling in keyctl's style), ``spec`` (key specifiers), ``fmt`` (the
-text formats), ``scan`` (keyring tree walks), ``commands`` (one function per
-keyctl command) and ``jsonout`` (``--json`` renderings).
+caller's permission letters, hex dumps, printf), ``scan`` (keyring tree walks),
+``commands`` (one function per keyctl command), ``watch`` (the key-notification
+commands), ``testing`` (the hidden ``--test``), ``jsonout`` (``--json``
+renderings) and ``krb5view`` (``show --krb5``).  Descriptions are parsed by
+layer 0's one model, :class:`pam_keyinit_py.keyutils.model.KeyInfo`.
 """

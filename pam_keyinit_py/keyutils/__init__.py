@@ -3,8 +3,9 @@
 ``from pam_keyinit_py import keyutils`` gives the raw calls (named after
 libkeyutils without the ``keyctl_`` prefix), the ``KEY_*`` constants, the
 errno exception classes and per-thread credential switching.  The object
-model (``keyutils.model``) and the /proc readers (``keyutils.proc``) are
-imported on demand so that the PAM hook's import stays small.
+model (``keyutils.model``: the one parser of KEYCTL_DESCRIBE, keys, keyrings,
+tree walks) and the /proc readers (``keyutils.proc``) are imported on demand
+so that the PAM hook's import stays small.
 """
 
 from .calls import (

@@ -4,6 +4,11 @@ Each function is named after the libkeyutils call it wraps, without the
 ``keyctl_`` prefix, and raises an errno-specific :class:`KeyutilsError` when
 the kernel refuses.  Strings are accepted where bytes are expected and are
 encoded as UTF-8.
+
+``read``, ``describe`` and ``get_security`` make one syscall for a result of up
+to 512 bytes (into a pooled buffer, as C with a fixed buffer does) and a second,
+sized one only for a larger result; ``keyring_ids`` is the project's one
+decoder of a keyring's members.
 """
 
 from __future__ import annotations
