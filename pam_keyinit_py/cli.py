@@ -8,8 +8,7 @@ Modules are imported only when the CLI runs, never by the PAM hook.
 A plain ``keyinit status`` / ``tickets`` / ``renew`` (only ``--json`` and ``--socket``) skips
 argparse: its module's ``quick(argv)`` answers it, because importing argparse and every
 verb's module costs several times the whole command; anything else (``--help``, a typo)
-returns None there and goes through the parser.  A verb whose module needs
-``pam_keyinit_py.lab`` (``demo``), which the wheel does not ship, is left out.
+returns None there and goes through the parser.
 """
 
 from __future__ import annotations
@@ -40,9 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(f"pam_keyinit_py.commands.{name}")
         except ModuleNotFoundError as exc:
-            if exc.name not in (f"pam_keyinit_py.commands.{name}", "pam_keyinit_py.lab"):
+            if exc.name != f"pam_keyinit_py.commands.{name}":
                 raise
-            continue  # not built yet, or the source checkout's lab (the demo) is not installed
+            continue  # not built yet
         module.register(sub)
     return parser
 

@@ -15,7 +15,7 @@
 Everything is torn down at the end, success or not; a failure names its step.
 
 The demo runs from a source checkout: it drives ``pam_keyinit_py.lab``, which the wheel does
-not ship, so an installed ``keyinit`` has no ``demo`` verb (cli.py skips this module).
+not ship, so an installed ``keyinit`` has no ``demo`` verb (:func:`register` adds none).
 """
 
 from __future__ import annotations
@@ -32,12 +32,16 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from ..lab import pamconfigs as lab_pamconfigs
-from ..lab import pamwrap as lab_pamwrap
-from ..lab import realm as lab_realm
-from ..lab import sshd as lab_sshd
-from ..lab import users as lab_users
-from ..lab.ticketd import TicketD
+# The lab is imported where it is used: `keyinit --help` imports this module, also in an
+# interpreter without cffi (the bare /usr/bin/python3 that runs `keyinit install`), and the lab's
+# users module needs layer 0.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..lab import pamwrap as lab_pamwrap
+    from ..lab import realm as lab_realm
+    from ..lab import sshd as lab_sshd
+    from ..lab import users as lab_users
+    from ..lab.ticketd import TicketD
 
 TICKET_LIFE = 40  # seconds; the service renews at half-life
 RENEW_FRACTION = 0.5
@@ -112,6 +116,11 @@ class ShellSession:
 
 def check_ready() -> None:
     """What the demo needs on this machine (make setup installs it)."""
+    from ..lab import pamconfigs as lab_pamconfigs
+    from ..lab import pamwrap as lab_pamwrap
+    from ..lab import realm as lab_realm
+    from ..lab import sshd as lab_sshd
+
     if os.geteuid() != 0:
         raise DemoError("preflight: run as root (it starts a KDC and sshd and creates a user)")
     for missing in (lab_pamwrap.available(), lab_sshd.available(), lab_pamconfigs.available()):
@@ -149,6 +158,13 @@ class Demo:
 
     def setup(self) -> None:
         """Step 1: realm, user, service, sshd."""
+        from ..lab import pamconfigs as lab_pamconfigs
+        from ..lab import pamwrap as lab_pamwrap
+        from ..lab import realm as lab_realm
+        from ..lab import sshd as lab_sshd
+        from ..lab import users as lab_users
+        from ..lab.ticketd import TicketD
+
         self.step(1, "throwaway realm, a user, keyinit-ticketd, and a private sshd with this PAM stack")
         self.realm = lab_realm.Realm.start(None, realm="DEMO.KEYINIT.TEST", maxlife=f"{TICKET_LIFE}s",
                                            maxrenew="1h")
@@ -262,6 +278,8 @@ class Demo:
             except Exception as exc:  # noqa: BLE001 - keep tearing down
                 say(f"    (realm stop: {exc})")
         if self.user:
+            from ..lab import users as lab_users
+
             lab_users.remove(self.user)
         if self.pam:
             self.pam.close()
@@ -309,6 +327,10 @@ def run() -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``keyinit demo``."""
+    """Add ``keyinit demo`` where the lab is (a source checkout), else nothing."""
+    import importlib.util
+
+    if importlib.util.find_spec("pam_keyinit_py.lab") is None:
+        return
     p = sub.add_parser("demo", help="realm, ssh login, ticket shown, renewed and cleared (root)")
     p.set_defaults(func=lambda args: run())

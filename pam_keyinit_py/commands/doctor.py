@@ -20,7 +20,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..keyutils import proc
+# Layer 0 (cffi) is imported inside the checks: `keyinit --help` imports this module, also in
+# the bare /usr/bin/python3 that runs `keyinit install` from a checkout, where cffi may be absent.
 from ..protocol import DEFAULT_SOCKET
 
 PAM_DIR = Path("/etc/pam.d")
@@ -64,6 +65,8 @@ def check_keyrings() -> Check:
 
 def check_quotas() -> Check:
     """kernel.keys.maxkeys/maxbytes against the size of real-world tickets."""
+    from ..keyutils import proc
+
     q = proc.read_quotas()
     detail = f"maxkeys={q.maxkeys} maxbytes={q.maxbytes} (persistent expiry {q.persistent_keyring_expiry}s)"
     if q.maxbytes < MIN_MAXBYTES or q.maxkeys < MIN_MAXKEYS:
@@ -213,6 +216,7 @@ def check_quota_headroom(sock_path: str = DEFAULT_SOCKET) -> Check:
     for that moment the user holds two generations; the room left must hold one more.
     """
     from .. import protocol
+    from ..keyutils import proc
 
     name = "key quota headroom"
     reply = protocol.request({"op": "status"}, sock_path, connect_timeout=1.0, timeout=2.0)
