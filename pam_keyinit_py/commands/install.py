@@ -3,9 +3,9 @@
 install:
   1. ``/usr/bin/python3 -m venv PREFIX`` (pam_python.so embeds /usr/bin/python3, so the package and
      its cffi extension must be built for that interpreter);
-  2. a normal (non-editable) ``pip install`` of the source tree into it, and console-script
-     launchers that start ``python -I -S`` (:mod:`.launchers`);
-  3. an import check of the hook with that venv's interpreter;
+  2. a normal (non-editable) ``pip install`` of the source tree into it (without ``lab/``);
+  3. an import check of the hook with that venv's interpreter, then console-script launchers
+     that start ``python -I -S`` (:mod:`.launchers`);
   4. the pam_python shim ``/lib/security/pam_keyinit_py.py``, which puts PREFIX's site-packages
      first on sys.path and exposes the hook's ``pam_sm_*``;
   5. the service and the files around it: the console scripts linked into /usr/local/bin, the
