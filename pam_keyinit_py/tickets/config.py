@@ -63,8 +63,10 @@ class Config:
     retry_max: float = 60.0
     #: A cache replaced by a renewal stays this long for readers that resolved it just before.
     renew_grace: float = 2.0
-    #: Bound on one password exchange with the KDC at login.
-    kdc_timeout: float = 2.0
+    #: Bound on one login's (or renewal's) KDC exchanges, queueing for a KDC slot included.
+    #: 6 s as SSSD's krb5_auth_timeout: a burst of logins on a small host, or a silent primary
+    #: KDC before a replica, fits.
+    kdc_timeout: float = 6.0
     log_level: str = "INFO"
     #: Check each login's TGT against the host keytab (krb5_verify_init_creds): a TGT from a KDC
     #: impostor fails.  "if-keytab" skips (with a warning) where the host has no key.
