@@ -10,7 +10,7 @@
 #       (DIR/etc/smb.conf: the host's /etc/samba/smb.conf is never read or written), no DNS
 #       server, only the KDC service, bound to lo.  Writes DIR/krb5.conf (KDC 127.0.0.1:88,
 #       default ccache KEYRING:persistent:%{uid}, default keytab DIR/krb5.keytab) and the host
-#       service account's AES keytab (see hostkeytab).  Then starts `samba` and waits until its
+#       computer account's AES keytab (see hostkeytab).  Then starts `samba` and waits until its
 #       KDC answers on 127.0.0.1:88.  The KDC's user ticket life and renewal are whole hours
 #       (Samba's kdc:user ticket lifetime / kdc:renewal lifetime; AD's defaults are 10 and 168).
 #       A second start of an existing DIR starts samba again on the same database.
@@ -25,11 +25,14 @@
 #   ad-realm.sh deluser DIR NAME    Remove the user and its NAME-g* groups.
 #   ad-realm.sh ktadd DIR KEYTAB PRINC...
 #       samba-tool domain exportkeytab: the principals' current keys into KEYTAB.
-#   ad-realm.sh hostkeytab DIR [HOST...]
-#       The service account "pkkhost" (random password, msDS-SupportedEncryptionTypes=24:
-#       AES128+AES256) with SPNs host/HOST for each HOST (default: localhost and this host's
-#       names), exported to DIR/krb5.keytab (0600).  `samba-tool computer create` makes an
-#       account without keys (exportkeytab writes nothing), hence a user account.
+#   ad-realm.sh hostkeytab DIR [-n NAME] [-k KEYTAB] [HOST...]
+#       The computer account NAME$ (default: this host's short name, upper case, 15 characters
+#       at most; a new random password, msDS-SupportedEncryptionTypes=24: AES128+AES256) with
+#       SPNs host/HOST for each HOST (default: localhost and this host's names), as a domain
+#       join makes it.  Its AES keys under NAME$@REALM (the client name the KDC issues a TGT
+#       to: FAST armor) and under each host/HOST@REALM (validation, GSSAPI) are exported to
+#       KEYTAB (default DIR/krb5.keytab, 0600).  `samba-tool computer create` alone makes an
+#       account without keys (exportkeytab writes nothing): the password is set here.
 #   ad-realm.sh env DIR             Print `export KRB5_CONFIG=... REALM=... KDC_PORT=88` lines.
 #   ad-realm.sh status DIR          Print realm, port and pid; exit 0 if samba runs, 3 if not.
 set -euo pipefail
@@ -321,11 +324,34 @@ cmd_ktadd() {
     rm -f "$DIR/ktadd.err"
 }
 
+# Keep only the AES keys (17, 18) of KEYTAB: exportkeytab of an account's own name also writes
+# its RC4 key (the NT hash), which an AES-only host has no use for.
+aes_only() {
+    local keytab="$1" slots
+    slots="$(printf 'rkt %s\nlist -e\n' "$keytab" | ktutil 2>/dev/null |
+        awk '$1 ~ /^[0-9]+$/ && $0 !~ /aes(128|256)-cts-hmac-sha1-96/ {print $1}' | sort -rn)"
+    [ -n "$slots" ] || return 0
+    {
+        printf 'rkt %s\n' "$keytab"
+        printf 'delent %s\n' $slots
+        printf 'wkt %s.aes\n' "$keytab"
+    } | ktutil >/dev/null 2>&1 || die "hostkeytab: ktutil could not drop the RC4 keys of $keytab"
+    mv -f "$keytab.aes" "$keytab"
+}
+
 cmd_hostkeytab() {
     [ $# -ge 1 ] || usage
     load "$1"
     shift
-    local hosts=("$@") h keytab="$DIR/krb5.keytab" seen=" " spns=()
+    local name="" keytab="$DIR/krb5.keytab" hosts=() h seen=" " spns=()
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            -n) name="$2"; shift 2 ;;
+            -k) keytab="$2"; shift 2 ;;
+            -*) die "hostkeytab: unknown option $1" ;;
+            *) hosts+=("$1"); shift ;;
+        esac
+    done
     if [ ${#hosts[@]} -eq 0 ]; then
         hosts=(localhost "$(hostname)" "$(hostname -f 2>/dev/null || hostname)")
     fi
@@ -336,26 +362,40 @@ cmd_hostkeytab() {
         seen="$seen$h "
         spns+=("host/$h")
     done
+    # The computer account's name is the host's NetBIOS name: its short name, upper case, at
+    # most 15 characters (what a join names it, and what SSSD looks for first in a keytab).
+    if [ -z "$name" ]; then
+        name="$(hostname)"
+        name="${name%%.*}"
+    fi
+    name="${name^^}"
+    name="${name:0:15}"
+    case "$name" in *[!A-Z0-9-]*|"") die "hostkeytab: bad computer name $name" ;; esac
     # A random password nobody sees: it goes to samba on stdin, and its keys to the keytab.
     head -c 32 /dev/urandom | base64 | samdb '
-name = "pkkhost"
+name, spns = args[0], args[1:]
 pw = sys.stdin.readline().strip()
-filt = "(sAMAccountName=%s)" % name
-if db.search(db.domain_dn(), scope=ldb.SCOPE_SUBTREE, expression=filt, attrs=["dn"]):
-    db.setpassword(filt, pw)
-else:
-    db.newuser(name, pw)
+filt = "(sAMAccountName=%s$)" % ldb.binary_encode(name)
+found = db.search(db.domain_dn(), scope=ldb.SCOPE_SUBTREE, expression=filt, attrs=["dn"])
+if not found:
+    db.newcomputer(name)
+db.setpassword(filt, pw)
 del pw
 dn = db.search(db.domain_dn(), scope=ldb.SCOPE_SUBTREE, expression=filt, attrs=["dn"])[0].dn
 m = ldb.Message(dn)
-m["servicePrincipalName"] = ldb.MessageElement(args, ldb.FLAG_MOD_REPLACE, "servicePrincipalName")
+m["servicePrincipalName"] = ldb.MessageElement(spns, ldb.FLAG_MOD_REPLACE, "servicePrincipalName")
 # 24 = AES128 | AES256: service tickets for these SPNs are AES, never RC4.
 m["msDS-SupportedEncryptionTypes"] = ldb.MessageElement("24", ldb.FLAG_MOD_REPLACE,
                                                         "msDS-SupportedEncryptionTypes")
 db.modify(m)
-' "${spns[@]}" 2>"$DIR/hostkeytab.err" || die "hostkeytab: $(tail -n 2 "$DIR/hostkeytab.err")"
+' "$name" "${spns[@]}" 2>"$DIR/hostkeytab.err" || die "hostkeytab: $(tail -n 2 "$DIR/hostkeytab.err")"
     rm -f "$DIR/hostkeytab.err" "$keytab"
-    (umask 077; for h in "${spns[@]}"; do cmd_ktadd "$DIR" "$keytab" "$h@$REALM"; done)
+    # The account's own name first: Samba (like AD) issues a TGT to NAME$ -- the FAST armor --
+    # but not to its host/ SPNs, which only serve (validation, sshd's GSSAPI).
+    (umask 077
+     cmd_ktadd "$DIR" "$keytab" "$name\$@$REALM"
+     for h in "${spns[@]}"; do cmd_ktadd "$DIR" "$keytab" "$h@$REALM"; done
+     aes_only "$keytab")
     echo "$keytab"
 }
 

@@ -81,7 +81,7 @@ def account_state(principal: str, *, timeout: float | None = 2.0, krb5_config: s
 
 
 def _armor(ctx: krb5.Context, fast: str, keytab: str | None, host: str | None,
-           krb5_config: str | None) -> krb5.CCache | None:
+           krb5_config: str | None, client: str | None = None) -> krb5.CCache | None:
     """The FAST armor cache as the login's ``auth`` uses it (ccache.fast_armor), per ``fast``.
 
     None when ``fast`` is "never", or "try" and no armor could be had; FastUnavailable when
@@ -92,7 +92,8 @@ def _armor(ctx: krb5.Context, fast: str, keytab: str | None, host: str | None,
     from .ccache import fast_armor
 
     try:
-        return fast_armor(ctx, keytab=keytab or None, principal=host or None, krb5_config=krb5_config)
+        return fast_armor(ctx, keytab=keytab or None, principal=client or None, fallback=host or None,
+                          krb5_config=krb5_config)
     except errors.FastUnavailable:
         if fast == "require":
             raise
@@ -116,7 +117,7 @@ def _changepw_creds(ctx: krb5.Context, principal: str, password: bytes, armor: k
 
 def verify_changepw(principal: str, password: str, *, timeout: float | None = 2.0,
                     krb5_config: str | None = None, fast: str = "never", armor_keytab: str | None = None,
-                    armor_principal: str | None = None) -> None:
+                    armor_principal: str | None = None, fast_principal: str | None = None) -> None:
     """Prove ``password`` by getting a kadmin/changepw ticket (allowed for an expired password).
 
     ``fast`` ("try", "require", "never") armors the exchange as the login's ``auth`` does, with
@@ -129,7 +130,7 @@ def verify_changepw(principal: str, password: str, *, timeout: float | None = 2.
 
     def exchange() -> None:
         ctx = _context(krb5_config)
-        armor = _armor(ctx, fast, armor_keytab, armor_principal, krb5_config)
+        armor = _armor(ctx, fast, armor_keytab, armor_principal, krb5_config, fast_principal)
         try:
             _changepw_creds(ctx, principal, secret[0], armor, fast == "require")
         except krb5.Krb5Error as exc:
@@ -143,7 +144,8 @@ def verify_changepw(principal: str, password: str, *, timeout: float | None = 2.
 
 def change_password(principal: str, old_password: str, new_password: str, *,
                     timeout: float | None = 5.0, krb5_config: str | None = None, fast: str = "never",
-                    armor_keytab: str | None = None, armor_principal: str | None = None) -> None:
+                    armor_keytab: str | None = None, armor_principal: str | None = None,
+                    fast_principal: str | None = None) -> None:
     """Change ``principal``'s password through kpasswd (a kadmin/changepw ticket, krb5_set_password).
 
     Runs in the GIL-free C helper (tickets/_renew_build.py: pykrb5's set_password holds the
@@ -162,7 +164,8 @@ def change_password(principal: str, old_password: str, new_password: str, *,
     def exchange() -> tuple[int, str]:
         from .ccache import _full_name
 
-        armor = _armor(_context(krb5_config), fast, armor_keytab, armor_principal, krb5_config)
+        armor = _armor(_context(krb5_config), fast, armor_keytab, armor_principal, krb5_config,
+                       fast_principal)
         armor_name = _full_name(armor).encode() if armor is not None else ffi.NULL
         result = ffi.new("int *")
         msg = ffi.new("char[]", 1024)

@@ -402,7 +402,7 @@ class Service:
                 forwardable=cfg.forwardable, timeout=cfg.kdc_timeout,
                 validate=cfg.validate, validate_keytab=cfg.validate_keytab or None,
                 validate_principal=cfg.validate_principal or None, fast=cfg.fast,
-                canonicalize=cfg.canonicalize,
+                fast_principal=cfg.fast_principal or None, canonicalize=cfg.canonicalize,
             )
         except errors.BadPassword:
             log.info("auth %s (uid %d): wrong password", principal, uid)
@@ -494,7 +494,8 @@ class Service:
         """The login's FAST policy for the kadmin/changepw exchanges (same keytab and host principal)."""
         cfg = self.config
         return {"fast": cfg.fast, "armor_keytab": cfg.validate_keytab or None,
-                "armor_principal": cfg.validate_principal or None}
+                "armor_principal": cfg.validate_principal or None,
+                "fast_principal": cfg.fast_principal or None}
 
     def account(self, user: str, uid: int, principal: str | None, kuserok: bool = True,
                 kdc: bool = True) -> dict[str, Any]:
