@@ -1,7 +1,8 @@
 """What the KDC, kpasswd and krb5_kuserok say about a principal: the account and password checks.
 
 - :func:`kuserok`: krb5_kuserok(principal, local user) -- ``~luser/.k5login`` when it exists,
-  else the realm's auth_to_local rules (a tiny cffi call: pykrb5 0.10 has no kuserok).
+  else the realm's auth_to_local rules (a tiny cffi call: pykrb5 0.10 has no kuserok);
+  :func:`kuserok_account` also asks it for the uid's own name (another spelling of an AD user).
 - :func:`account_state`: an AS request for the principal **without a password**.  The MIT KDC
   checks the client entry before any preauthentication (measured on krb5 1.20): a locked or
   disabled principal gets KDC_ERR_CLIENT_REVOKED, an expired account KDC_ERR_NAME_EXP, an
@@ -21,6 +22,8 @@ the exchange and never appear in a message.  ``timeout`` bounds each KDC/kpasswd
 """
 
 from __future__ import annotations
+
+import pwd
 
 import krb5
 
@@ -51,6 +54,25 @@ def kuserok(principal: str, user: str, krb5_config: str | None = None) -> bool:
     if ok < 0:
         raise TicketError(f"krb5_kuserok for {principal}: {ffi.string(err).decode(errors='replace')}")
     return ok == 1
+
+
+def kuserok_account(principal: str, user: str, uid: int, krb5_config: str | None = None) -> bool:
+    """krb5_kuserok for the account ``uid``: as ``user`` (the login's name), else as the account's
+    own name (getpwuid(uid)->pw_name).
+
+    An AD NSS provider (SSSD, winbind) answers getpwnam("ALICE") and getpwnam("alice@example.com")
+    with alice's entry, so the login's name may be another spelling of the account, while the
+    canonical principal maps (auth_to_local) to the account's own name: ``alice@REALM`` may log in
+    to uid 1000 whatever the spelling, as SSSD's localauth plugin lets a principal in whose local
+    name has the same uid.  ``uid`` comes from the PAM hook's getpwnam (a root-only request).
+    """
+    if kuserok(principal, user, krb5_config):
+        return True
+    try:
+        own = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return False
+    return own != user and kuserok(principal, own, krb5_config)
 
 
 def account_state(principal: str, *, timeout: float | None = 2.0, krb5_config: str | None = None) -> None:

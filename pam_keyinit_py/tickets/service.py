@@ -510,7 +510,7 @@ class Service:
             principal = f"{user}@{default_realm()}"
         if kuserok:
             try:
-                allowed = principals.kuserok(principal, user)
+                allowed = principals.kuserok_account(principal, user, uid)
             except errors.TicketError as exc:
                 log.warning("account %s (uid %d): %s", user, uid, exc)
                 return P.reply_error(P.BAD_REQUEST, f"bad principal name {principal!r}")
