@@ -2,7 +2,8 @@
 
 The AD realm is the session's ``ad_realm`` (tests/fixtures_ad.py): user tickets live 1 h and
 renew for 2 h at most (the KDC's policy, whatever the client asks), the host keytab holds the
-AES keys of a service account with ``host/`` SPNs, exported by samba-tool.
+AES keys of the host's computer account ``NAME$`` and its ``host/`` SPNs, exported by samba-tool
+(``NAME$`` gets the FAST armor TGT, the SPNs validate).
 """
 
 from __future__ import annotations
