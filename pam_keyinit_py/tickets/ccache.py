@@ -44,6 +44,7 @@ import errno
 import heapq
 import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterator
@@ -640,29 +641,58 @@ def verify_creds(ctx: krb5.Context, creds: krb5.Creds, *, keytab: str | None = N
     raise errors.ValidationFailed(f"TGT did not validate with {name} from {where}: {reason}", code)
 
 
-#: (keytab, principal, krb5_config) -> MEMORY ccache names of armor TGTs, newest last, and the
-#: newest one's end time.  Older generations are destroyed once two newer ones exist, so a login
-#: still using the previous one is never pulled from under.
+#: (keytab, armor client or its default, krb5_config) -> MEMORY ccache names of armor TGTs, newest
+#: last, and the newest one's end time.  Older generations are destroyed once two newer ones
+#: exist, so a login still using the previous one is never pulled from under.
 _armor: dict[tuple[str | None, str | None, str | None], tuple[list[str], float]] = {}
 _armor_lock = threading.Lock()
 #: Get a new armor TGT this long before the current one ends.
 ARMOR_MARGIN = 300.0
 
 
+def machine_account(ctx: krb5.Context, keytab: str | None) -> str | None:
+    """The keytab's computer-account principal (``NAME$@REALM``), the FAST armor client on AD.
+
+    krb5_kt_start_seq_get/next_entry over ``keytab`` (default: krb5_kt_default), as SSSD's
+    select_principal_from_keytab: this host's NetBIOS name first (its short name, upper case, at
+    most 15 characters; compared without case, as joins write it either way), else the first
+    other ``*$`` entry.  An AD or Samba KDC issues a TGT to that name, not to the account's
+    ``host/`` SPNs.  None when the keytab holds no such entry (MIT realms) or cannot be read.
+    """
+    short = socket.gethostname().split(".")[0].upper()[:15] + "$"
+    first: str | None = None
+    try:
+        kt = krb5.kt_resolve(ctx, keytab.encode()) if keytab else krb5.kt_default(ctx)
+        for entry in kt:
+            name = str(entry.principal)
+            account = name.rpartition("@")[0]
+            if "/" in account or not account.endswith("$"):
+                continue
+            if account.upper() == short:
+                return name
+            first = first or name
+    except krb5.Krb5Error:
+        return None
+    return first
+
+
 def fast_armor(ctx: krb5.Context, *, keytab: str | None = None, principal: str | None = None,
-               krb5_config: str | None = None) -> krb5.CCache:
-    """A MEMORY ccache with a TGT of the host principal from the keytab, as FAST armor.
+               krb5_config: str | None = None, fallback: str | None = None) -> krb5.CCache:
+    """A MEMORY ccache with a TGT of the armor client from the keytab, as FAST armor.
 
     krb5_get_init_creds_keytab (as the caller: root reads the keytab), as SSSD's krb5_use_fast
     does with the host keytab; the TGT is reused until :data:`ARMOR_MARGIN` before it ends.
+    The client is ``principal`` (ticketd.toml's fast_principal) when given, else the keytab's
+    computer account (:func:`machine_account`: AD), else ``fallback`` (validate_principal), else
+    this host's ``host/`` principal (:func:`host_principal`: MIT).
     Raises FastUnavailable when no armor can be had.
     """
-    key = (keytab, principal, krb5_config)
+    key = (keytab, principal or f"default:{fallback}", krb5_config)
     with _armor_lock:
         names, endtime = _armor.get(key, ([], 0.0))
         if names and endtime - ARMOR_MARGIN > time.time():
             return krb5.cc_resolve(ctx, names[-1].encode())
-    name = principal or host_principal(krb5_config)
+    name = principal or machine_account(ctx, keytab) or fallback or host_principal(krb5_config)
     try:
         princ = krb5.parse_name_flags(ctx, name.encode())
         kt = krb5.kt_resolve(ctx, keytab.encode()) if keytab else krb5.kt_default(ctx)
@@ -750,6 +780,7 @@ def acquire_password(
     validate_keytab: str | None = None,
     validate_principal: str | None = None,
     fast: str = "never",
+    fast_principal: str | None = None,
     canonicalize: bool = False,
 ) -> TicketInfo:
     """krb5_get_init_creds_password, then store the TGT as the user's new primary persistent cache.
@@ -761,8 +792,9 @@ def acquire_password(
 
     ``validate`` ("require", "if-keytab", "never") checks the TGT with :func:`verify_creds`
     against ``validate_keytab``/``validate_principal`` before anything is stored; ``fast``
-    ("try", "require", "never") armors the exchange with :func:`fast_armor` from the same keytab.
-    The previous primary cache is destroyed after the switch only if this service created it
+    ("try", "require", "never") armors the exchange with :func:`fast_armor` from the same keytab
+    (client ``fast_principal``, by default the keytab's computer account or the validation
+    principal).  The previous primary cache is destroyed after the switch only if this service created it
     (a cache the user made with kinit is left alone).  Raises BadPassword, UnknownPrincipal,
     KdcUnreachable (also after ``timeout`` seconds), PasswordExpired, QuotaExceeded,
     ValidationFailed, NoValidationKey (validate = "require"), FastUnavailable (fast = "require").
@@ -787,8 +819,8 @@ def acquire_password(
             notes: tuple[str, ...] = ()
             if fast != "never":
                 try:
-                    armor = fast_armor(c, keytab=validate_keytab, principal=validate_principal,
-                                       krb5_config=krb5_config)
+                    armor = fast_armor(c, keytab=validate_keytab, principal=fast_principal,
+                                       fallback=validate_principal, krb5_config=krb5_config)
                 except errors.FastUnavailable as exc:
                     if fast == "require":
                         raise

@@ -75,8 +75,11 @@ class Config:
     validate_keytab: str = ""
     #: The principal validated with; "" is host/<this host's canonical name>.
     validate_principal: str = ""
-    #: Armor the password exchange (FAST) with the host principal's TGT from validate_keytab.
+    #: Armor the password exchange (FAST) with a TGT of fast_principal from validate_keytab.
     fast: str = "try"
+    #: The armor TGT's client; "" is the keytab's computer account NAME$ (AD), else
+    #: validate_principal, else host/<this host's canonical name>.
+    fast_principal: str = ""
     #: Ask the KDC for the canonical client name (AD: ``ALICE`` or a UPN -> ``alice@REALM``) and
     #: store the cache under it: one cache per user, not one per spelling.
     canonicalize: bool = True
@@ -122,6 +125,7 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
     "validate_keytab": str,
     "validate_principal": str,
     "fast": str,
+    "fast_principal": str,
     "canonicalize": bool,
     "principal_name": str,
     "max_connections": int,

@@ -402,7 +402,7 @@ class Service:
                 forwardable=cfg.forwardable, timeout=cfg.kdc_timeout,
                 validate=cfg.validate, validate_keytab=cfg.validate_keytab or None,
                 validate_principal=cfg.validate_principal or None, fast=cfg.fast,
-                canonicalize=cfg.canonicalize,
+                fast_principal=cfg.fast_principal or None, canonicalize=cfg.canonicalize,
             )
         except errors.BadPassword:
             log.info("auth %s (uid %d): wrong password", principal, uid)
@@ -494,7 +494,8 @@ class Service:
         """The login's FAST policy for the kadmin/changepw exchanges (same keytab and host principal)."""
         cfg = self.config
         return {"fast": cfg.fast, "armor_keytab": cfg.validate_keytab or None,
-                "armor_principal": cfg.validate_principal or None}
+                "armor_principal": cfg.validate_principal or None,
+                "fast_principal": cfg.fast_principal or None}
 
     def account(self, user: str, uid: int, principal: str | None, kuserok: bool = True,
                 kdc: bool = True) -> dict[str, Any]:
@@ -509,7 +510,7 @@ class Service:
             principal = f"{user}@{default_realm()}"
         if kuserok:
             try:
-                allowed = principals.kuserok(principal, user)
+                allowed = principals.kuserok_account(principal, user, uid)
             except errors.TicketError as exc:
                 log.warning("account %s (uid %d): %s", user, uid, exc)
                 return P.reply_error(P.BAD_REQUEST, f"bad principal name {principal!r}")
