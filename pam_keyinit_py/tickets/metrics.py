@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -39,6 +39,8 @@ from ..keyutils import proc
 
 log = logging.getLogger("keyinit-ticketd")
 
+# No ``*_created`` series: one per label value doubles the exposition and no dashboard reads them.
+disable_created_metrics()
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 AUTHS = Counter("keyinit_auths", "Password logins (auth requests) by reply code", ["code"],
