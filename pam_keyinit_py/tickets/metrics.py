@@ -24,10 +24,10 @@ never principals or uids (a fleet-wide series per user would not scale).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
@@ -36,6 +36,7 @@ from prometheus_client.registry import Collector
 
 from .. import protocol as P
 from ..keyutils import proc
+from .state import remove_leftovers, replace_file
 
 log = logging.getLogger("keyinit-ticketd")
 
@@ -147,26 +148,10 @@ def reply() -> dict[str, Any]:
 
 
 def write_textfile(path: str) -> None:
-    """Write the exposition to ``path`` atomically: a temporary file beside it, then rename(2).
-
-    node_exporter's textfile collector reads only ``*.prom``; the temporary name does not end so,
-    and the rename replaces the file in one step, so a scrape never reads half a file.
-    """
-    directory = os.path.dirname(path) or "."
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    data = exposition().encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write the exposition to ``path`` atomically (state.replace_file: a temporary file beside it,
+    then rename(2)): node_exporter's textfile collector reads only ``*.prom`` and never sees half
+    a file."""
+    replace_file(Path(path), exposition().encode(), 0o644)
 
 
 class TextfileWriter:
@@ -180,6 +165,7 @@ class TextfileWriter:
         self._failing = False
 
     def start(self) -> None:
+        remove_leftovers(self.path)  # temporary files of a process killed mid-write
         self._thread.start()
 
     def stop(self) -> None:
@@ -190,9 +176,10 @@ class TextfileWriter:
     def _write(self) -> None:
         try:
             write_textfile(self.path)
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - the metrics file must never stop the service
             if not self._failing:  # one line per outage, not one per interval
-                log.warning("cannot write metrics_textfile %s: %s", self.path, exc.strerror or exc)
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc.__class__.__name__
+                log.warning("cannot write metrics_textfile %s: %s", self.path, why)
             self._failing = True
             return
         if self._failing:

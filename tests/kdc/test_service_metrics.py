@@ -154,3 +154,21 @@ def test_quota_guard_renews_in_place_when_a_second_generation_does_not_fit(ticke
     assert klist_ok(svc_user.user, user_krb5)
     holder.close()
     ticketd.wait_for(lambda: cache_sizes(uid) == {}, 5, "caches cleared at logout")
+
+
+def test_metrics_config_keys() -> None:
+    """metrics_textfile must be absolute and metrics_interval positive; the shipped file parses."""
+    import tomllib
+
+    import pytest
+
+    from pam_keyinit_py.tickets.config import ConfigError, parse
+    from tests.conftest import REPO
+
+    shipped = parse(tomllib.loads((REPO / "etc/keyinit/ticketd.toml").read_text()))
+    assert shipped.metrics_textfile == "" and shipped.metrics_interval == 60
+    assert parse({"metrics_textfile": "/var/lib/node/keyinit.prom"}).metrics_textfile.endswith(".prom")
+    with pytest.raises(ConfigError, match="absolute"):
+        parse({"metrics_textfile": "keyinit.prom"})
+    with pytest.raises(ConfigError, match="metrics_interval"):
+        parse({"metrics_interval": 0})
