@@ -23,6 +23,7 @@ there is nothing half-way), and the cache keeps its name.
 from __future__ import annotations
 
 import logging
+import time
 
 from .. import keyutils
 from .. import protocol as P
@@ -86,33 +87,56 @@ def _subsidiary(name: str) -> str:
     return name.split(":", 3)[3] if name.count(":") >= 3 else ""
 
 
-def no_room(ccache_name: str, uid: int, retiring: set[str] | frozenset[str] = frozenset()) -> bool:
-    """True when a new generation of ``ccache_name`` would not fit ``uid``'s key quota (see module).
+#: A first look that finds no room waits this long at most for the kernel's key garbage collector:
+#: caches destroyed a moment ago (a previous renewal's flush) stay charged until it has run.
+GC_WAIT = 1.0
+#: ...and stops waiting once the uid's /proc/key-users line held still for this many looks.
+GC_STILL_LOOKS = 5
+GC_LOOK_INTERVAL = 0.02
 
-    ``retiring``: names of the uid's caches in their grace period (destroyed on EDQUOT, so
-    their bytes count as room).  Logs the warning and counts it when True; False when in doubt
-    (no KEYRING cache, nothing readable): the normal renewal then meets EDQUOT as before.
-    """
+
+def _room(ccache_name: str, uid: int, retiring: set[str] | frozenset[str]) -> tuple[bool, str] | None:
+    """(fits, what to log) for one look; None when there is nothing to judge (see :func:`no_room`)."""
     sub = _subsidiary(ccache_name)
-    if not ccache_name.startswith("KEYRING:persistent:") or not sub:
-        return False
     try:
         user = proc.key_user(uid)
     except OSError:
-        return False
+        return None
     sizes = cache_sizes(uid)
     if user is None or sub not in sizes:
-        return False
+        return None
     need_bytes, need_keys = sizes[sub]
     freed = [sizes[s] for s in map(_subsidiary, retiring) if s in sizes and s != sub]
     free_bytes = user.bytes_left + sum(b for b, _ in freed)
     free_keys = user.keys_left + sum(k for _, k in freed)
-    if free_bytes >= need_bytes and free_keys >= need_keys:
+    detail = (f"a new cache generation takes {need_bytes} bytes and {need_keys} keys of key quota, "
+              f"{free_bytes} bytes and {free_keys} keys are free ({user.qnbytes}/{user.maxbytes} bytes used)")
+    return free_bytes >= need_bytes and free_keys >= need_keys, detail
+
+
+def no_room(ccache_name: str, uid: int, retiring: set[str] | frozenset[str] = frozenset()) -> bool:
+    """True when a new generation of ``ccache_name`` would not fit ``uid``'s key quota (see module).
+
+    ``retiring``: names of the uid's caches in their grace period (destroyed on EDQUOT, so
+    their bytes count as room).  A look that finds no room is repeated while the uid's charge is
+    still falling (the collector uncharging keys destroyed just before), :data:`GC_WAIT` at most.
+    Logs the warning and counts it when True; False when in doubt (no KEYRING cache, nothing
+    readable): the normal renewal then meets EDQUOT as before.
+    """
+    if not ccache_name.startswith("KEYRING:persistent:") or not _subsidiary(ccache_name):
         return False
+    deadline = time.monotonic() + GC_WAIT
+    last, still = None, 0
+    while True:
+        look = _room(ccache_name, uid, retiring)
+        if look is None or look[0]:
+            return False
+        now = proc.key_user(uid)
+        still, last = (still + 1, last) if now == last else (0, now)
+        if still >= GC_STILL_LOOKS or time.monotonic() >= deadline:
+            break
+        time.sleep(GC_LOOK_INTERVAL)
     metrics.QUOTA_GUARD.inc()
-    log.warning("renewing %s (uid %d): a new cache generation takes %d bytes and %d keys of key quota, "
-                "%d bytes and %d keys are free (%d/%d bytes used): renewing in place instead; raise %s",
-                ccache_name, uid, need_bytes, need_keys, free_bytes, free_keys, user.qnbytes,
-                user.maxbytes, SYSCTLS,
-                extra=journal.fields(event="quota_guard", uid=uid, ccache=ccache_name, code=P.QUOTA))
+    log.warning("renewing %s (uid %d): %s: renewing in place instead; raise %s", ccache_name, uid, look[1],
+                SYSCTLS, extra=journal.fields(event="quota_guard", uid=uid, ccache=ccache_name, code=P.QUOTA))
     return True
