@@ -95,13 +95,13 @@ GC_STILL_LOOKS = 5
 GC_LOOK_INTERVAL = 0.02
 
 
-def _room(ccache_name: str, uid: int, retiring: set[str] | frozenset[str]) -> tuple[bool, str] | None:
-    """(fits, what to log) for one look; None when there is nothing to judge (see :func:`no_room`)."""
+def _room(ccache_name: str, uid: int, retiring: set[str] | frozenset[str],
+          user: proc.KeyUser | None) -> tuple[bool, str] | None:
+    """(fits, what to log) for one look at ``user`` (uid's /proc/key-users line); None when there is
+    nothing to judge (see :func:`no_room`)."""
+    if user is not None and user.bytes_left >= user.qnbytes and user.keys_left >= user.qnkeys:
+        return True, ""  # more is free than the uid holds in all: one cache of it fits, no walk needed
     sub = _subsidiary(ccache_name)
-    try:
-        user = proc.key_user(uid)
-    except OSError:
-        return None
     sizes = cache_sizes(uid)
     if user is None or sub not in sizes:
         return None
@@ -128,10 +128,13 @@ def no_room(ccache_name: str, uid: int, retiring: set[str] | frozenset[str] = fr
     deadline = time.monotonic() + GC_WAIT
     last, still = None, 0
     while True:
-        look = _room(ccache_name, uid, retiring)
+        try:
+            now = proc.key_user(uid)
+        except OSError:
+            return False
+        look = _room(ccache_name, uid, retiring, now)
         if look is None or look[0]:
             return False
-        now = proc.key_user(uid)
         still, last = (still + 1, last) if now == last else (0, now)
         if still >= GC_STILL_LOOKS or time.monotonic() >= deadline:
             break
