@@ -32,6 +32,7 @@ status    anyone                                        -> service, sessions, ti
 tickets   anyone  [uid] (root only)                     -> tickets
 renew     anyone  [uid] (root only)                     -> tickets, errors
 destroy   anyone  ccache (own caches unless root)       -> destroyed
+metrics   root                                          -> text (Prometheus exposition)
 ========  ======  ===============================================================
 
 ``open``'s ``ccache`` is a delegated TGT that the host wrote to a FILE cache of the user (sshd
@@ -115,7 +116,7 @@ def is_delegated_ccache(name: str, uid: int) -> bool:
 
 
 #: Operations only uid 0 may send: they create tickets and sessions for other users.
-ROOT_OPS = frozenset({"auth", "open", "close", "account", "chpass"})
+ROOT_OPS = frozenset({"auth", "open", "close", "account", "chpass", "metrics"})
 
 # Request schema: op -> {field: (type, required)}.  Unknown fields are refused so a typo never
 # silently changes meaning.
@@ -134,6 +135,7 @@ SCHEMA: dict[str, dict[str, tuple[type, bool]]] = {
     "tickets": {"uid": _OPT_ID},
     "renew": {"uid": _OPT_ID},
     "destroy": {"ccache": _STR},
+    "metrics": {},
 }
 _MAX_STR = 4096
 #: Deepest nesting of arrays/objects a message may have (requests have none; replies two or three).

@@ -60,6 +60,7 @@ from .accounts import primary_gid
 from .config import FAST_MODES, VALIDATE_MODES
 from .errors import KdcUnreachable, TicketError, from_krb5
 from .kdclimit import SLOTS
+from .metrics import KDC_SECONDS
 
 #: Subsidiary-name prefix of caches this service creates ("KEYRING:persistent:1000:keyinit_3f2a…").
 SERVICE_PREFIX = "keyinit_"
@@ -207,7 +208,8 @@ def _bounded(func: Callable[[], _T], timeout: float | None, what: str, key: Hash
     the exchange fails with KdcUnreachable.
     """
     if timeout is None:
-        return func()
+        with KDC_SECONDS.time():
+            return func()
     start = time.monotonic()
     why = SLOTS.acquire(key, wait=timeout)  # a burst of logins queues for a slot within the bound
     if why is not None:
@@ -218,7 +220,8 @@ def _bounded(func: Callable[[], _T], timeout: float | None, what: str, key: Hash
 
     def run() -> None:
         try:
-            box["result"] = func()
+            with KDC_SECONDS.time():
+                box["result"] = func()
         except BaseException as exc:  # noqa: BLE001 - handed to the caller below
             box["error"] = exc
         finally:
@@ -385,6 +388,11 @@ class _Reaper:
 
 
 _reaper = _Reaper()
+
+
+def retiring(uid: int) -> set[str]:
+    """Names of ``uid``'s replaced caches still in their grace period (destroyed at once on EDQUOT)."""
+    return _reaper.pending(uid)
 
 
 def flush_deferred(uid: int | None = None) -> int:
@@ -930,6 +938,7 @@ def renew(
     krb5_config: str | None = None,
     context: krb5.Context | None = None,
     grace: float = DEFAULT_GRACE,
+    in_place: bool = False,
 ) -> TicketInfo:
     """krb5_get_renewed_creds for the cache's principal, with no empty-cache window.
 
@@ -937,6 +946,10 @@ def renew(
     primary, the new one becomes primary; the old one is destroyed ``grace`` seconds later.
     The returned ``TicketInfo.ccache`` is the new name.  A cache the user made with kinit is
     replaced by one named ``ADOPTED_PREFIX…`` (so is_service_cache() stays False for it).
+    With ``in_place`` (the uid's key quota has no room for a second generation, see
+    ``tickets.quota``) a KEYRING cache is instead renewed where it is: krb5_cc_store_cred of the
+    renewed TGT into it, which the KEYRING ccache does with one add_key(2) that updates the old
+    TGT's key atomically; the name stays.
     Raises CacheNotFound, NotRenewable/TicketExpired, KdcUnreachable, QuotaExceeded.
     """
     what = f"renewing {ccache_name}"
@@ -955,6 +968,14 @@ def renew(
 
     princ, creds, primary = _bounded(exchange, timeout, what, key=("renew", ccache_name))
     ctx = context or _context(krb5_config)
+    if in_place and ccache_name.startswith("KEYRING:"):
+        with _as_user(uid, gid):
+            try:
+                cc = krb5.cc_resolve(ctx, ccache_name.encode())
+                krb5.cc_store_cred(ctx, cc, creds)
+            except krb5.Krb5Error as exc:
+                raise from_krb5(exc, what) from None
+            return _tgt_info(ctx, cc, uid, primary=primary)
     if not ccache_name.startswith("KEYRING:"):
         return _install(ctx, ccache_name, princ, creds, uid, gid, prefix="", make_primary=False,
                         replace=None, krb5_config=krb5_config, grace=grace)

@@ -101,6 +101,10 @@ class Config:
     max_kdc_calls: int = 16
     #: A client has this long for each whole request (connect or last reply to the last byte).
     request_timeout: float = 10.0
+    #: Write the Prometheus exposition to this file (node_exporter's textfile collector) every
+    #: metrics_interval seconds; "" (default) writes none.
+    metrics_textfile: str = ""
+    metrics_interval: float = 60.0
     keytabs: tuple[KeytabEntry, ...] = field(default_factory=tuple)
 
 
@@ -136,6 +140,8 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
     "request_timeout": (int, float),
     "renew_workers": int,
     "max_kdc_calls": int,
+    "metrics_textfile": str,
+    "metrics_interval": (int, float),
 }
 
 
@@ -199,6 +205,10 @@ def parse(data: dict[str, object]) -> Config:
                 "request_timeout", "max_connections_per_uid", "renew_workers", "max_kdc_calls"):
         if getattr(config, key) <= 0:
             raise ConfigError(f"{key} must be positive")
+    if config.metrics_textfile and not config.metrics_textfile.startswith("/"):
+        raise ConfigError("metrics_textfile must be an absolute path")
+    if config.metrics_interval <= 0:
+        raise ConfigError("metrics_interval must be positive")
     if config.adopt_watch_interval < 0:
         raise ConfigError("adopt_watch_interval must be 0 (off) or positive")
     if config.renew_grace < 0:
