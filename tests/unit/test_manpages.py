@@ -38,6 +38,23 @@ def test_ticketd_toml_page_names_every_key() -> None:
     assert "[[keytab]]" in page
 
 
+def test_ticketd_toml_page_states_the_real_defaults() -> None:
+    """Each '.BR key " (default)"' line of ticketd.toml(5) says what Config() holds."""
+    import re
+    import tomllib
+
+    page = (MAN / "ticketd.toml.5").read_text()
+    stated = dict(re.findall(r'^\.BR (\w+) " \((.*)\)"$', page, re.M))
+    assert len(stated) > 20, stated
+    defaults = config.Config()
+    wrong = {}
+    for key, text in stated.items():
+        value = tomllib.loads(f"v = {text.replace(chr(34) * 2, chr(34))}")["v"]
+        if value != getattr(defaults, key):
+            wrong[key] = (value, getattr(defaults, key))
+    assert not wrong, f"ticketd.toml(5) states defaults Config() does not hold: {wrong}"
+
+
 @pytest.mark.parametrize("page", MAN_PAGES)
 def test_page_renders_without_warnings(page: str) -> None:
     require(shutil.which("man"), "man-db is not installed")
