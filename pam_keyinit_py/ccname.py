@@ -24,9 +24,9 @@ import os
 SERVICE_PREFIX = "keyinit_"
 #: Prefix of the replacement of a cache the user made with their own kinit, renewed by the service.
 ADOPTED_PREFIX = "keyinit-adopted_"
-#: Delegated caches the hook hands to ``open``: ``FILE:/tmp/krb5cc_<uid>_<suffix>``, the per-login
-#: name sshd's ssh_gssapi_storecreds() makes (mkstemp).  Anything else (a FILE the user chose, a
-#: KEYRING name) is not a delegated login cache and is left alone.
+#: Delegated caches the hook hands to ``open``: ``FILE:/tmp/krb5cc_<uid>_<suffix>``, the per-login name
+#: sshd (ssh_krb5_cc_gen) and pam_krb5 give the caches they write and remove themselves.  Other
+#: FILE caches in KRB5CCNAME (one a user set through pam_env) are the user's and are left alone.
 DELEGATED_CCACHE_PREFIX = "FILE:/tmp/krb5cc_"
 
 _PERSISTENT = b"_persistent."

@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 from .lab import pamconfigs as lab_pamconfigs
@@ -34,6 +33,8 @@ from .lab import realm as lab_realm
 from .lab import sshd as lab_sshd
 from .lab import users as lab_users
 from .lab.ticketd import TicketD
+from .timefmt import KLIST
+from .timefmt import when as _when
 
 TICKET_LIFE = 40  # seconds; the service renews at half-life
 RENEW_FRACTION = 0.5
@@ -53,11 +54,6 @@ def show(output: str) -> None:
     for line in output.rstrip("\n").splitlines():
         print(f"    {line}")
     sys.stdout.flush()
-
-
-def when(ts: float) -> str:
-    """A ticket time the way klist prints it."""
-    return datetime.fromtimestamp(ts).strftime("%m/%d/%y %H:%M:%S")
 
 
 class ShellSession:
@@ -208,14 +204,14 @@ class Demo:
         assert self.session and self.user
         self.step(5, f"waiting for keyinit-ticketd to renew (at {RENEW_FRACTION:.0%} of the "
                      f"{TICKET_LIFE}s life)")
-        say(f"    end time now: {when(first_end)}")
+        say(f"    end time now: {_when(first_end, KLIST)}")
         deadline = time.monotonic() + TICKET_LIFE * 2
         print("    ", end="", flush=True)
         while time.monotonic() < deadline:
             ends = [t["endtime"] for t in self.tickets()]
             if ends and max(ends) > first_end:
                 print(flush=True)
-                say(f"    renewed: new end time {when(max(ends))}")
+                say(f"    renewed: new end time {_when(max(ends), KLIST)}")
                 break
             print(".", end="", flush=True)
             time.sleep(2)

@@ -11,6 +11,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..ccname import collection_name
 from ..protocol import DEFAULT_SOCKET
 
 DEFAULT_CONFIG = "/etc/keyinit/ticketd.toml"
@@ -153,7 +154,7 @@ def _keytab_entry(index: int, table: object) -> KeytabEntry:
             gid = pwd.getpwuid(uid).pw_gid
         except KeyError:
             gid = uid
-    ccache = table.get("ccache", f"KEYRING:persistent:{uid}")
+    ccache = table.get("ccache", collection_name(uid))
     for key in ("principal", "keytab"):
         if not isinstance(table[key], str) or not table[key]:
             raise ConfigError(f"keytab[{index}]: {key} must be a non-empty string")
