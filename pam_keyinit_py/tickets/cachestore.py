@@ -25,7 +25,6 @@ import krb5
 from .. import ccread
 from ..ccname import collection_of, is_service_cache, new_subsidiary, subsidiary
 from . import errors, plumbing
-from .accounts import primary_gid
 from .errors import TicketError, from_krb5
 from .plumbing import as_user, cc_destroy, discarded_on_failure
 from .reaper import Reaper
@@ -107,8 +106,6 @@ def destroy(ccache_name: str, uid: int, gid: int | None = None, *, krb5_config: 
     Raises CacheNotFound when there is no such cache.
     """
     ctx = context or plumbing.context(krb5_config)
-    if gid is None:
-        gid = primary_gid(uid)
     with as_user(uid, gid):
         try:
             cc = krb5.cc_resolve(ctx, ccache_name.encode())

@@ -48,7 +48,6 @@ from ..ccname import (
 )
 from ..ccread import full_name
 from . import errors, plumbing
-from .accounts import primary_gid
 from .cachestore import (
     DEFERRED,
     RETIRED_MARK,
@@ -293,8 +292,6 @@ def list_caches(uid: int, gid: int | None = None, *, krb5_config: str | None = N
     """
     ctx = context or plumbing.context(krb5_config)
     collection = collection_name(uid)
-    if gid is None:
-        gid = primary_gid(uid)
     out: list[TicketInfo] = []
     retiring = (reaper or DEFERRED).pending(uid)
     with as_user(uid, gid):
@@ -324,8 +321,6 @@ def info(ccache_name: str, uid: int, gid: int | None = None, *, krb5_config: str
          context: krb5.Context | None = None) -> TicketInfo:
     """Principal and TGT times of one cache, read as the user."""
     ctx = context or plumbing.context(krb5_config)
-    if gid is None:
-        gid = primary_gid(uid)
     with as_user(uid, gid):
         try:
             cc = krb5.cc_resolve(ctx, ccache_name.encode())
@@ -333,7 +328,6 @@ def info(ccache_name: str, uid: int, gid: int | None = None, *, krb5_config: str
         except krb5.Krb5Error as exc:
             raise from_krb5(exc, f"reading {ccache_name}") from None
         return tgt_info(ctx, cc, uid, primary=primary)
-
 
 
 def sweep_retired(uid: int, gid: int | None = None, *, krb5_config: str | None = None,
@@ -344,8 +338,6 @@ def sweep_retired(uid: int, gid: int | None = None, *, krb5_config: str | None =
     Returns the names destroyed.  Run at start, before anything adopts the collection's caches.
     """
     ctx = context or plumbing.context(krb5_config)
-    if gid is None:
-        gid = primary_gid(uid)
     collection = collection_name(uid)
     retiring = (reaper or DEFERRED).pending(uid)
     swept: list[str] = []

@@ -28,6 +28,7 @@ import krb5
 
 from .. import keyutils
 from . import errors
+from .accounts import primary_gid
 from .errors import KdcUnreachable, from_krb5
 from .kdclimit import SLOTS
 
@@ -84,7 +85,8 @@ _inflight_lock = threading.Lock()
 
 
 class as_user:  # noqa: N801 - used like a function
-    """Per-thread switch to the user's real+effective uid/gid (no-op when already that user).
+    """Per-thread switch to the user's real+effective uid/gid (no-op when already that user);
+    ``gid`` None is the uid's primary group (getpwuid).
 
     On the way out, the user's persistent keyring is unlinked from the process keyring that
     MIT linked it into, once no other thread is working for that uid: otherwise the process
@@ -92,8 +94,8 @@ class as_user:  # noqa: N801 - used like a function
     walks all of it (measured: renewal CPU x6 at 1,000 uids).
     """
 
-    def __init__(self, uid: int, gid: int) -> None:
-        self.uid, self.gid = uid, gid
+    def __init__(self, uid: int, gid: int | None) -> None:
+        self.uid, self.gid = uid, primary_gid(uid) if gid is None else gid
         self._creds: keyutils.thread_credentials | None = None
 
     def __enter__(self) -> None:
