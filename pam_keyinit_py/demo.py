@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .ccname import collection_name
 from .lab import pamconfigs as lab_pamconfigs
 from .lab import pamwrap as lab_pamwrap
 from .lab import realm as lab_realm
@@ -192,7 +193,7 @@ class Demo:
         self.step(4, "klist  (inside the ssh session)")
         out = self.session.run("klist")
         show(out)
-        if f"KEYRING:persistent:{self.user.uid}" not in out or f"krbtgt/{self.realm.realm}" not in out:
+        if collection_name(self.user.uid) not in out or f"krbtgt/{self.realm.realm}" not in out:
             raise DemoError("step 4: klist shows no krbtgt in KEYRING:persistent")
         tickets = self.tickets()
         if not tickets:
@@ -220,7 +221,7 @@ class Demo:
             raise DemoError("step 5: no renewal within twice the ticket life")
         out = self.session.run("klist")
         show(out)
-        if f"KEYRING:persistent:{self.user.uid}" not in out:
+        if collection_name(self.user.uid) not in out:
             raise DemoError("step 5: the ticket is gone after renewal")
 
     def logout(self) -> None:
