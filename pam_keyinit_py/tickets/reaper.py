@@ -5,10 +5,11 @@ cache; destroying the old cache at the instant of the switch could pull it from 
 reader.  So the ccache API hands the replaced cache to a :class:`Reaper`, which destroys it
 ``grace`` seconds later from one background thread.
 
-Whoever owns a Reaper drives it: the ticket service owns one (``flush`` at stop, ``pending``
-to leave retiring caches out of adoption); callers that bring none (tests, benches, the CLI)
-share the process-wide one of :mod:`.cachestore`, flushed at exit.  The ccache API itself starts
-no thread.
+Whoever owns a Reaper drives it and passes it as ``reaper=`` to the ccache API: its ``pending``
+keeps retiring caches out of list_caches and sweep_retired, its ``flush`` destroys them now (and
+frees their quota on EDQUOT).  Callers that bring none (tests, benches, and the service until it
+is given its own) share the process-wide :data:`.cachestore.DEFERRED`, flushed at exit.  The
+ccache API itself starts no thread.
 """
 
 from __future__ import annotations
