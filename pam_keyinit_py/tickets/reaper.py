@@ -23,7 +23,7 @@ from collections.abc import Callable
 DEFAULT_GRACE = 2.0
 
 #: ``destroy(name, uid, gid, krb5_config)``: krb5_cc_destroy as the user, never raising.
-Destroy = Callable[[str, int, int, "str | None"], None]
+Destroy = Callable[[str, int, int, str | None], None]
 
 
 class Reaper:
