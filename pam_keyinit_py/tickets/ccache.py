@@ -35,6 +35,8 @@ bytes only until the TGT exists and never appears in a log line or an exception 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import krb5
 
@@ -291,29 +293,16 @@ def list_caches(uid: int, gid: int | None = None, *, krb5_config: str | None = N
     ones (no principal) are left out.
     """
     ctx = context or plumbing.context(krb5_config)
-    collection = collection_name(uid)
     out: list[TicketInfo] = []
-    retiring = (reaper or DEFERRED).pending(uid)
-    with as_user(uid, gid):
-        krb5.cc_set_default_name(ctx, collection.encode())
-        try:
-            primary = primary_name(ctx, collection)
-            for cc in krb5.cccol_iter(ctx):
-                if cc.cache_type != b"KEYRING":
-                    continue
-                name = full_name(cc)
-                if collection_of(name) != collection or name in retiring:
-                    continue
-                try:
-                    found = tgt_info(ctx, cc, uid, primary=(name == primary))
-                except TicketError:
-                    continue
-                if not found.retired:  # replaced, never to be adopted (see sweep_retired)
-                    out.append(found)
-        except krb5.Krb5Error as exc:
-            raise from_krb5(exc, f"listing {collection}") from None
-        finally:
-            krb5.cc_set_default_name(ctx, None)
+    with _collection(ctx, uid, gid, reaper) as caches:
+        primary = primary_name(ctx, collection_name(uid))
+        for name, cc in caches:
+            try:
+                found = tgt_info(ctx, cc, uid, primary=(name == primary))
+            except TicketError:
+                continue
+            if not found.retired:  # replaced, never to be adopted (see sweep_retired)
+                out.append(found)
     return out
 
 
@@ -338,25 +327,41 @@ def sweep_retired(uid: int, gid: int | None = None, *, krb5_config: str | None =
     Returns the names destroyed.  Run at start, before anything adopts the collection's caches.
     """
     ctx = context or plumbing.context(krb5_config)
+    swept: list[str] = []
+    with _collection(ctx, uid, gid, reaper) as caches:
+        for name, cc in caches:
+            try:
+                if not tgt_info(ctx, cc, uid).retired:
+                    continue
+                cc_destroy(ctx, cc)
+            except (TicketError, krb5.Krb5Error):
+                continue
+            swept.append(name)
+    return swept
+
+
+@contextmanager
+def _collection(ctx: krb5.Context, uid: int, gid: int | None,
+                reaper: Reaper | None) -> Iterator[Iterator[tuple[str, krb5.CCache]]]:
+    """As the user, with ``ctx``'s default name set to ``KEYRING:persistent:<uid>``: its caches
+    (krb5_cccol_cursor over the KEYRING type) that ``reaper`` (default :data:`DEFERRED`) does
+    not hold.  A krb5 error in the block becomes a TicketError about listing the collection."""
     collection = collection_name(uid)
     retiring = (reaper or DEFERRED).pending(uid)
-    swept: list[str] = []
+
+    def caches() -> Iterator[tuple[str, krb5.CCache]]:
+        for cc in krb5.cccol_iter(ctx):
+            if cc.cache_type != b"KEYRING":
+                continue
+            name = full_name(cc)
+            if collection_of(name) == collection and name not in retiring:
+                yield name, cc
+
     with as_user(uid, gid):
         krb5.cc_set_default_name(ctx, collection.encode())
         try:
-            for cc in krb5.cccol_iter(ctx):
-                name = full_name(cc)
-                if cc.cache_type != b"KEYRING" or collection_of(name) != collection or name in retiring:
-                    continue
-                try:
-                    if not tgt_info(ctx, cc, uid).retired:
-                        continue
-                    cc_destroy(ctx, cc)
-                except (TicketError, krb5.Krb5Error):
-                    continue
-                swept.append(name)
+            yield caches()
         except krb5.Krb5Error as exc:
             raise from_krb5(exc, f"listing {collection}") from None
         finally:
             krb5.cc_set_default_name(ctx, None)
-    return swept
