@@ -25,17 +25,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
-from .ccname import collection_name
 from .lab import pamconfigs as lab_pamconfigs
 from .lab import pamwrap as lab_pamwrap
 from .lab import realm as lab_realm
 from .lab import sshd as lab_sshd
 from .lab import users as lab_users
 from .lab.ticketd import TicketD
-from .timefmt import KLIST
-from .timefmt import when as _when
 
 TICKET_LIFE = 40  # seconds; the service renews at half-life
 RENEW_FRACTION = 0.5
@@ -55,6 +53,11 @@ def show(output: str) -> None:
     for line in output.rstrip("\n").splitlines():
         print(f"    {line}")
     sys.stdout.flush()
+
+
+def when(ts: float) -> str:
+    """A ticket time the way klist prints it."""
+    return datetime.fromtimestamp(ts).strftime("%m/%d/%y %H:%M:%S")
 
 
 class ShellSession:
@@ -193,7 +196,7 @@ class Demo:
         self.step(4, "klist  (inside the ssh session)")
         out = self.session.run("klist")
         show(out)
-        if collection_name(self.user.uid) not in out or f"krbtgt/{self.realm.realm}" not in out:
+        if f"KEYRING:persistent:{self.user.uid}" not in out or f"krbtgt/{self.realm.realm}" not in out:
             raise DemoError("step 4: klist shows no krbtgt in KEYRING:persistent")
         tickets = self.tickets()
         if not tickets:
@@ -205,14 +208,14 @@ class Demo:
         assert self.session and self.user
         self.step(5, f"waiting for keyinit-ticketd to renew (at {RENEW_FRACTION:.0%} of the "
                      f"{TICKET_LIFE}s life)")
-        say(f"    end time now: {_when(first_end, KLIST)}")
+        say(f"    end time now: {when(first_end)}")
         deadline = time.monotonic() + TICKET_LIFE * 2
         print("    ", end="", flush=True)
         while time.monotonic() < deadline:
             ends = [t["endtime"] for t in self.tickets()]
             if ends and max(ends) > first_end:
                 print(flush=True)
-                say(f"    renewed: new end time {_when(max(ends), KLIST)}")
+                say(f"    renewed: new end time {when(max(ends))}")
                 break
             print(".", end="", flush=True)
             time.sleep(2)
@@ -221,7 +224,7 @@ class Demo:
             raise DemoError("step 5: no renewal within twice the ticket life")
         out = self.session.run("klist")
         show(out)
-        if collection_name(self.user.uid) not in out:
+        if f"KEYRING:persistent:{self.user.uid}" not in out:
             raise DemoError("step 5: the ticket is gone after renewal")
 
     def logout(self) -> None:

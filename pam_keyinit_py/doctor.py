@@ -18,7 +18,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .ccname import collection_name
 from .keyutils import proc
 from .protocol import DEFAULT_SOCKET
 
@@ -148,7 +147,7 @@ def check_default_ccache() -> Check:
 
     ctx = krb5.init_context()
     name = krb5.cc_default_name(ctx).decode()
-    expected = collection_name(os.getuid())
+    expected = f"KEYRING:persistent:{os.getuid()}"
     if name != expected:
         return Check("default_ccache_name", False, f"default ccache is {name}",
                      "install etc/krb5.conf.d/keyinit-ccache.conf (default_ccache_name = "
