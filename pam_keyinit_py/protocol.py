@@ -56,6 +56,10 @@ import os as _os
 import struct
 import time
 
+# The delegated-cache rule the hook applies to KRB5CCNAME before ``open`` (one definition, ccname).
+from .ccname import DELEGATED_CCACHE_PREFIX as DELEGATED_CCACHE_PREFIX
+from .ccname import is_delegated_ccache as is_delegated_ccache
+
 try:
     import _json
 except ImportError:  # an interpreter without the C accelerator: the json package works too
@@ -101,18 +105,6 @@ ERROR_CODES = frozenset(
      ACCOUNT_EXPIRED, PASSWORD_REJECTED, VALIDATION_FAILED, FAST_UNAVAILABLE, DENIED, BAD_REQUEST, TOO_LARGE,
      NOT_FOUND, UNAVAILABLE, INTERNAL, BUSY, STATE_NOT_SAVED}
 )
-
-#: Delegated caches the hook hands to ``open``: ``FILE:/tmp/krb5cc_<uid>_<suffix>``, the per-login name
-#: sshd (ssh_krb5_cc_gen) and pam_krb5 give the caches they write and remove themselves.  Other
-#: FILE caches in KRB5CCNAME (one a user set through pam_env) are the user's and are left alone.
-DELEGATED_CCACHE_PREFIX = "FILE:/tmp/krb5cc_"
-
-
-def is_delegated_ccache(name: str, uid: int) -> bool:
-    """True when ``name`` has the form of a per-login FILE cache of ``uid`` (see DELEGATED_CCACHE_PREFIX)."""
-    head = f"{DELEGATED_CCACHE_PREFIX}{uid}_"
-    rest = name[len(head):]
-    return name.startswith(head) and bool(rest) and "/" not in rest
 
 
 #: Operations only uid 0 may send: they create tickets and sessions for other users.

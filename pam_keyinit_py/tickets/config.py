@@ -11,7 +11,9 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..ccname import collection_name
 from ..protocol import DEFAULT_SOCKET
+from .accounts import primary_gid
 
 DEFAULT_CONFIG = "/etc/keyinit/ticketd.toml"
 CLEAR_POLICIES = ("own", "all", "none")
@@ -159,13 +161,8 @@ def _keytab_entry(index: int, table: object) -> KeytabEntry:
         raise ConfigError(f"keytab[{index}]: uid must be a non-negative integer")
     gid = table.get("gid")
     if gid is None:
-        import pwd
-
-        try:
-            gid = pwd.getpwuid(uid).pw_gid
-        except KeyError:
-            gid = uid
-    ccache = table.get("ccache", f"KEYRING:persistent:{uid}")
+        gid = primary_gid(uid)
+    ccache = table.get("ccache", collection_name(uid))
     for key in ("principal", "keytab"):
         if not isinstance(table[key], str) or not table[key]:
             raise ConfigError(f"keytab[{index}]: {key} must be a non-empty string")

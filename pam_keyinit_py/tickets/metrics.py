@@ -8,7 +8,7 @@ One private :class:`~prometheus_client.CollectorRegistry` holds:
   ``keyinit_quota_guard_total`` (renewals that found no room for a new cache generation in the
   uid's key quota and renewed in place, see :mod:`.quota`);
 * ``keyinit_kdc_request_seconds``: a histogram of each KDC exchange (AS, TGS renewal, kpasswd),
-  timed around the libkrb5 call in ``ccache._bounded``;
+  timed around the libkrb5 call in ``plumbing.bounded``;
 * gauges read from the live service when scraped (:class:`ServiceCollector`): sessions, users,
   tickets by origin, seconds until the soonest tracked ticket ends, refused connections, and the
   highest per-uid key count and byte use of ``/proc/key-users`` as a fraction of the uid's quota

@@ -17,8 +17,8 @@
   realm's kpasswd service.
 
 They run as the service (root): no credential cache is written.  Passwords are bytes only for
-the exchange and never appear in a message.  ``timeout`` bounds each KDC/kpasswd exchange as in
-``ccache`` (a helper thread; the caller gets KdcUnreachable).
+the exchange and never appear in a message.  ``timeout`` bounds each KDC/kpasswd exchange as for
+the ccaches (``plumbing.bounded``: a helper thread; the caller gets KdcUnreachable).
 """
 
 from __future__ import annotations
@@ -27,9 +27,11 @@ import pwd
 
 import krb5
 
+from ..ccread import full_name
 from . import errors
-from .ccache import _bounded, _context
 from .errors import TicketError, from_krb5
+from .plumbing import Krb5Failure, bounded, context
+from .validation import fast_armor
 
 CHANGEPW_SERVICE = b"kadmin/changepw"
 #: errno libkrb5 returns when it needs the password and has no prompter (gic_pwd.c).
@@ -85,7 +87,7 @@ def account_state(principal: str, *, timeout: float | None = 2.0, krb5_config: s
     what = f"account check of {principal}"
 
     def exchange() -> None:
-        ctx = _context(krb5_config)
+        ctx = context(krb5_config)
         princ = krb5.parse_name_flags(ctx, principal.encode())
         opt = krb5.get_init_creds_opt_alloc(ctx)
         try:
@@ -99,20 +101,18 @@ def account_state(principal: str, *, timeout: float | None = 2.0, krb5_config: s
             raise from_krb5(exc, what) from None
         raise TicketError(f"{what}: the KDC issued a ticket without any key")
 
-    _bounded(exchange, timeout, what)
+    bounded(exchange, timeout, what)
 
 
 def _armor(ctx: krb5.Context, fast: str, keytab: str | None, host: str | None,
            krb5_config: str | None, client: str | None = None) -> krb5.CCache | None:
-    """The FAST armor cache as the login's ``auth`` uses it (ccache.fast_armor), per ``fast``.
+    """The FAST armor cache as the login's ``auth`` uses it (validation.fast_armor), per ``fast``.
 
     None when ``fast`` is "never", or "try" and no armor could be had; FastUnavailable when
     "require" and none could be had: the password is then never sent unarmored.
     """
     if fast == "never":
         return None
-    from .ccache import fast_armor
-
     try:
         return fast_armor(ctx, keytab=keytab or None, principal=client or None, fallback=host or None,
                           krb5_config=krb5_config)
@@ -151,7 +151,7 @@ def verify_changepw(principal: str, password: str, *, timeout: float | None = 2.
     what = f"password check of {principal} (kadmin/changepw)"
 
     def exchange() -> None:
-        ctx = _context(krb5_config)
+        ctx = context(krb5_config)
         armor = _armor(ctx, fast, armor_keytab, armor_principal, krb5_config, fast_principal)
         try:
             _changepw_creds(ctx, principal, secret[0], armor, fast == "require")
@@ -159,7 +159,7 @@ def verify_changepw(principal: str, password: str, *, timeout: float | None = 2.
             raise from_krb5(exc, what) from None
 
     try:
-        _bounded(exchange, timeout, what)
+        bounded(exchange, timeout, what)
     finally:
         secret.clear()
 
@@ -184,11 +184,9 @@ def change_password(principal: str, old_password: str, new_password: str, *,
     profile = krb5_config.encode() if krb5_config else ffi.NULL
 
     def exchange() -> tuple[int, str]:
-        from .ccache import _full_name
-
-        armor = _armor(_context(krb5_config), fast, armor_keytab, armor_principal, krb5_config,
+        armor = _armor(context(krb5_config), fast, armor_keytab, armor_principal, krb5_config,
                        fast_principal)
-        armor_name = _full_name(armor).encode() if armor is not None else ffi.NULL
+        armor_name = full_name(armor).encode() if armor is not None else ffi.NULL
         result = ffi.new("int *")
         msg = ffi.new("char[]", 1024)
         err = ffi.new("char[]", 512)
@@ -196,11 +194,11 @@ def change_password(principal: str, old_password: str, new_password: str, *,
                                    int(fast == "require"), result, msg, 1024, err, 512)
         if code:
             text = ffi.string(err).decode("utf-8", "replace")
-            raise from_krb5(_Krb5Failure(code, text), what)
+            raise from_krb5(Krb5Failure(code, text), what)
         return int(result[0]), ffi.string(msg).decode("utf-8", "replace").strip()
 
     try:
-        code, message = _bounded(exchange, timeout, what)
+        code, message = bounded(exchange, timeout, what)
     finally:
         secret.clear()
     if code == 0:
@@ -211,10 +209,3 @@ def change_password(principal: str, old_password: str, new_password: str, *,
         raise errors.AccessDenied(f"{what}: {message or 'not authorized'}", code)
     raise TicketError(f"{what}: {message or f'kpasswd result {code}'}", code)
 
-
-class _Krb5Failure(Exception):
-    """A libkrb5 error code from the C helper, shaped for errors.from_krb5."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.err_code = code

@@ -27,6 +27,7 @@ import time
 
 from .. import keyutils
 from .. import protocol as P
+from ..ccname import subsidiary
 from ..keyutils import proc
 from . import journal, metrics
 
@@ -82,11 +83,6 @@ def cache_sizes(uid: int) -> dict[str, tuple[int, int]]:
     return sizes
 
 
-def _subsidiary(name: str) -> str:
-    """``KEYRING:persistent:1001:keyinit_ab12`` -> ``keyinit_ab12`` (the cache keyring's description)."""
-    return name.split(":", 3)[3] if name.count(":") >= 3 else ""
-
-
 #: A first look that finds no room waits this long at most for the kernel's key garbage collector:
 #: caches destroyed a moment ago (a previous renewal's flush) stay charged until it has run.
 GC_WAIT = 1.0
@@ -101,12 +97,12 @@ def _room(ccache_name: str, uid: int, retiring: set[str] | frozenset[str],
     nothing to judge (see :func:`no_room`)."""
     if user is not None and user.bytes_left >= user.qnbytes and user.keys_left >= user.qnkeys:
         return True, ""  # more is free than the uid holds in all: one cache of it fits, no walk needed
-    sub = _subsidiary(ccache_name)
+    sub = subsidiary(ccache_name)
     sizes = cache_sizes(uid)
     if user is None or sub not in sizes:
         return None
     need_bytes, need_keys = sizes[sub]
-    freed = [sizes[s] for s in map(_subsidiary, retiring) if s in sizes and s != sub]
+    freed = [sizes[s] for s in map(subsidiary, retiring) if s in sizes and s != sub]
     free_bytes = user.bytes_left + sum(b for b, _ in freed)
     free_keys = user.keys_left + sum(k for _, k in freed)
     detail = (f"a new cache generation takes {need_bytes} bytes and {need_keys} keys of key quota, "
@@ -123,7 +119,7 @@ def no_room(ccache_name: str, uid: int, retiring: set[str] | frozenset[str] = fr
     Logs the warning and counts it when True; False when in doubt (no KEYRING cache, nothing
     readable): the normal renewal then meets EDQUOT as before.
     """
-    if not ccache_name.startswith("KEYRING:persistent:") or not _subsidiary(ccache_name):
+    if not ccache_name.startswith("KEYRING:persistent:") or not subsidiary(ccache_name):
         return False
     deadline = time.monotonic() + GC_WAIT
     last, still = None, 0

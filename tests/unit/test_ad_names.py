@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import krb5
-from pam_keyinit_py.tickets import ccache
+from pam_keyinit_py.tickets import ccache, validation
 from pam_keyinit_py.tickets import config as cfg
 
 SHIPPED = Path(__file__).resolve().parents[2] / "etc" / "keyinit" / "ticketd.toml"
@@ -74,7 +74,7 @@ def _keytab(path: Path, *names: str) -> str:
 
 def test_armor_client_is_this_hosts_computer_account_as_sssd_picks(tmp_path, monkeypatch) -> None:  # noqa: ANN001
     """An AD keytab: NAME$ (this host's NetBIOS name, any case) before other accounts and SPNs."""
-    monkeypatch.setattr(ccache.socket, "gethostname", lambda: "client7.example.org")
+    monkeypatch.setattr(validation.socket, "gethostname", lambda: "client7.example.org")
     ctx = krb5.init_context()
     kt = _keytab(tmp_path / "ad.kt", "host/client7.example.org@EX.ORG", "OTHER$@EX.ORG", "client7$@EX.ORG")
     assert ccache.machine_account(ctx, kt) == "client7$@EX.ORG"
@@ -82,7 +82,7 @@ def test_armor_client_is_this_hosts_computer_account_as_sssd_picks(tmp_path, mon
     kt = _keytab(tmp_path / "other.kt", "host/client7.example.org@EX.ORG", "OTHER$@EX.ORG")
     assert ccache.machine_account(ctx, kt) == "OTHER$@EX.ORG"
     # The NetBIOS name is at most 15 characters.
-    monkeypatch.setattr(ccache.socket, "gethostname", lambda: "averyveryverylonghostname")
+    monkeypatch.setattr(validation.socket, "gethostname", lambda: "averyveryverylonghostname")
     kt = _keytab(tmp_path / "long.kt", "OTHER$@EX.ORG", "AVERYVERYVERYLO$@EX.ORG")
     assert ccache.machine_account(ctx, kt) == "AVERYVERYVERYLO$@EX.ORG"
 
