@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import argparse
 
 # Subcommand modules, in the order `keyinit --help` lists them.
-COMMAND_MODULES = ("tickets", "secret", "doctor", "demo", "install")
+COMMAND_MODULES = ("tickets", "metrics", "secret", "doctor", "demo", "install")
 
 
 #: Verbs answered by ``pam_keyinit_py.commands.<module>.quick(argv)`` when it can.

@@ -29,8 +29,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
+
+from ..ccname import collection_name
+from ..timefmt import KLIST
+from ..timefmt import when as _when
 
 # The lab is imported where it is used: `keyinit --help` imports this module, also in an
 # interpreter without cffi (the bare /usr/bin/python3 that runs `keyinit install`), and the lab's
@@ -61,11 +64,6 @@ def show(output: str) -> None:
     for line in output.rstrip("\n").splitlines():
         print(f"    {line}")
     sys.stdout.flush()
-
-
-def when(ts: float) -> str:
-    """A ticket time the way klist prints it."""
-    return datetime.fromtimestamp(ts).strftime("%m/%d/%y %H:%M:%S")
 
 
 class ShellSession:
@@ -216,7 +214,7 @@ class Demo:
         self.step(4, "klist  (inside the ssh session)")
         out = self.session.run("klist")
         show(out)
-        if f"KEYRING:persistent:{self.user.uid}" not in out or f"krbtgt/{self.realm.realm}" not in out:
+        if collection_name(self.user.uid) not in out or f"krbtgt/{self.realm.realm}" not in out:
             raise DemoError("step 4: klist shows no krbtgt in KEYRING:persistent")
         tickets = self.tickets()
         if not tickets:
@@ -228,14 +226,14 @@ class Demo:
         assert self.session and self.user
         self.step(5, f"waiting for keyinit-ticketd to renew (at {RENEW_FRACTION:.0%} of the "
                      f"{TICKET_LIFE}s life)")
-        say(f"    end time now: {when(first_end)}")
+        say(f"    end time now: {_when(first_end, KLIST)}")
         deadline = time.monotonic() + TICKET_LIFE * 2
         print("    ", end="", flush=True)
         while time.monotonic() < deadline:
             ends = [t["endtime"] for t in self.tickets()]
             if ends and max(ends) > first_end:
                 print(flush=True)
-                say(f"    renewed: new end time {when(max(ends))}")
+                say(f"    renewed: new end time {_when(max(ends), KLIST)}")
                 break
             print(".", end="", flush=True)
             time.sleep(2)
@@ -244,7 +242,7 @@ class Demo:
             raise DemoError("step 5: no renewal within twice the ticket life")
         out = self.session.run("klist")
         show(out)
-        if f"KEYRING:persistent:{self.user.uid}" not in out:
+        if collection_name(self.user.uid) not in out:
             raise DemoError("step 5: the ticket is gone after renewal")
 
     def logout(self) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 # Layer 0 (cffi) is imported inside the checks: `keyinit --help` imports this module, also in
 # the bare /usr/bin/python3 that runs `keyinit install` from a checkout, where cffi may be absent.
+from ..ccname import collection_name
 from ..protocol import DEFAULT_SOCKET
 
 PAM_DIR = Path("/etc/pam.d")
@@ -148,7 +149,7 @@ def check_default_ccache() -> Check:
 
     ctx = krb5.init_context()
     name = krb5.cc_default_name(ctx).decode()
-    expected = f"KEYRING:persistent:{os.getuid()}"
+    expected = collection_name(os.getuid())
     if name != expected:
         return Check("default_ccache_name", False, f"default ccache is {name}",
                      "install etc/krb5.conf.d/keyinit-ccache.conf (default_ccache_name = "
@@ -170,43 +171,10 @@ def check_service(sock_path: str = DEFAULT_SOCKET) -> Check:
 
 
 def _generation_bytes(uid: int) -> int:
-    """Quota bytes of the uid's largest ccache in KEYRING:persistent:<uid>: one cache generation.
+    """Quota bytes of the uid's largest ccache in KEYRING:persistent:<uid>: one cache generation."""
+    from ..tickets.quota import cache_sizes
 
-    Walks ``_persistent.<uid>`` -> ``_krb`` -> ``krb_ccache_*`` (keyctl_get_persistent into this
-    thread's keyring, which makes the keys possessed, so keyctl_read may read them) and counts what
-    the kernel charges a key: its description plus NUL plus its payload.
-    """
-    from .. import keyutils
-    from ..keyutils.model import KeyInfo
-
-    thread = keyutils.KEY_SPEC_THREAD_KEYRING
-    try:
-        ring = keyutils.get_persistent(uid, thread)
-    except OSError:
-        return 0
-    largest = 0
-    try:
-        for krb in keyutils.keyring_ids(ring):
-            info = KeyInfo.of(krb)
-            if not info.is_keyring or info.description_bytes != b"_krb":
-                continue
-            for cache in keyutils.keyring_ids(krb):
-                try:
-                    info = KeyInfo.of(cache)
-                    if not info.is_keyring:
-                        continue
-                    size = len(info.description_bytes) + 1
-                    for key in keyutils.keyring_ids(cache):
-                        size += len(KeyInfo.of(key).description_bytes) + 1 + len(keyutils.read(key))
-                except OSError:
-                    continue  # a cache retired under us
-                largest = max(largest, size)
-    finally:
-        try:
-            keyutils.unlink(ring, thread)
-        except OSError:
-            pass
-    return largest
+    return max((size for size, _keys in cache_sizes(uid).values()), default=0)
 
 
 def check_quota_headroom(sock_path: str = DEFAULT_SOCKET) -> Check:

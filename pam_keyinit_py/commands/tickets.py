@@ -9,9 +9,9 @@ Exit codes: 0 done, 1 the service refused or failed, 3 the service is not runnin
 from __future__ import annotations
 
 import sys
-import time
 
 from .. import protocol as P
+from .. import timefmt
 
 # Names for annotations only: argparse, json and typing cost more than a whole `keyinit status`.
 TYPE_CHECKING = False
@@ -85,7 +85,7 @@ def _call(args: argparse.Namespace, message: dict[str, Any]) -> tuple[int, dict[
 
 
 def _when(ts: float) -> str:
-    return time.strftime("%m/%d/%y %H:%M:%S", time.localtime(ts)) if ts else "-"
+    return timefmt.when(ts, timefmt.KLIST)
 
 
 #: How each origin the service reports is shown: "adopted" is a cache the user made with kinit.

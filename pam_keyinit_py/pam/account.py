@@ -35,8 +35,8 @@ from .log import LOG_ERR, LOG_NOTICE, LOG_WARNING, syslog
 if False:  # typing.TYPE_CHECKING without importing typing into every login
     from typing import Any
 
-ACCOUNT_TIMEOUT = 3.0  # kuserok is local; the KDC probe is bounded by the service's kdc_timeout
-CHPASS_TIMEOUT = 12.0  # the changepw AS exchange plus the kpasswd exchange (bounded by the service)
+ACCOUNT_TIMEOUT = 8.0  # kuserok is local; the KDC probe is bounded by the service's kdc_timeout (6 s)
+CHPASS_TIMEOUT = 14.0  # the changepw AS exchange plus the kpasswd exchange (each bounded by the service)
 
 EXPIRED_TEXT = "Password expired.  You must change it now."
 CURRENT_PROMPT = "Current Kerberos password: "
