@@ -29,6 +29,7 @@ from .. import keyutils
 from .. import protocol as P
 from ..ccname import subsidiary
 from ..keyutils import proc
+from ..keyutils.model import KeyInfo
 from . import journal, metrics
 
 log = logging.getLogger("keyinit-ticketd")
@@ -38,8 +39,9 @@ SYSCTLS = "kernel.keys.maxbytes (and kernel.keys.maxkeys)"
 
 
 def _describe(key: int) -> tuple[bytes, bytes]:
-    ktype, _uid, _gid, _perm, desc = keyutils.describe(key).split(b";", 4)
-    return ktype, desc
+    """KEYCTL_DESCRIBE through layer 0's one parser: (type, description)."""
+    info = KeyInfo.of(key)
+    return info.type_bytes, info.description_bytes
 
 
 def cache_sizes(uid: int) -> dict[str, tuple[int, int]]:
