@@ -11,6 +11,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import KeyinitError
 from ..protocol import DEFAULT_SOCKET
 
 DEFAULT_CONFIG = "/etc/keyinit/ticketd.toml"
@@ -21,7 +22,7 @@ VALIDATE_MODES = ("require", "if-keytab", "never")
 FAST_MODES = ("try", "require", "never")
 
 
-class ConfigError(Exception):
+class ConfigError(KeyinitError):
     """The configuration file is missing a required part or holds a bad value."""
 
 
