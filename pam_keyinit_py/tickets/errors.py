@@ -195,15 +195,16 @@ class _Fields(dict):
 
 
 def refusal(exc: TicketError, allowed: Collection[str], log: logging.Logger, what: str, subject: str,
-            uid: int, **fields: Any) -> dict[str, Any]:
+            uid: int, suffix: str = "", **fields: Any) -> dict[str, Any]:
     """Log ``exc`` and build the failure reply for it, from the attributes its class declares.
 
     The reply code is the nearest one in the class's MRO that the request may answer with
     (``allowed``: the op's ``errors`` in :data:`protocol.OPS`): an ``account_expired`` during
     ``auth`` answers as its base class, ``denied``.  ``fields`` fill the texts' ``{...}``
-    (``principal``, ``failed``, ``validate``...); they must not hold a secret.
+    (``principal``, ``failed``, ``validate``...); they must not hold a secret.  The log line
+    reads ``<what> <subject> (uid <uid>): <logged><suffix>``.
     """
     cls = next((c for c in type(exc).__mro__ if c.__dict__.get("reply") in allowed), TicketError)
     values = _Fields(fields, exc=exc, cls=type(exc).__name__)
-    log.log(cls.level, "%s %s (uid %d): %s", what, subject, uid, cls.logged.format_map(values))
+    log.log(cls.level, "%s %s (uid %d): %s%s", what, subject, uid, cls.logged.format_map(values), suffix)
     return P.reply_error(cls.reply if cls.reply in allowed else P.KDC_ERROR, cls.reason.format_map(values))
