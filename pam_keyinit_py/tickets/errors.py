@@ -40,13 +40,19 @@ KRB5_CC_NOSUPP = -1765328137
 KRB5_PREAUTH_FAILED = -1765328174
 
 
+#: krb5 code or errno -> the class that means it; filled from each class's ``codes``.
+_BY_CODE: dict[int, type[TicketError]] = {}
+
+
 class TicketError(KeyinitError):
     """Base class: a ticket operation failed.  ``code`` is the krb5 code or errno (0 if none).
 
-    The class attributes say how the service answers it (see :func:`refusal`); ``{failed}`` is
-    the request's own words for a failure ("no ticket", "account check failed", ...).
+    ``codes``: the krb5 codes and errnos that mean this class (:func:`from_krb5`).  The other
+    class attributes say how the service answers it (see :func:`refusal`); ``{failed}`` is the
+    request's own words for a failure ("no ticket", "account check failed", ...).
     """
 
+    codes: tuple[int, ...] = ()
     reply = P.KDC_ERROR
     reason = "{failed}: {cls}"
     logged = "{cls}: {exc}"
@@ -56,16 +62,24 @@ class TicketError(KeyinitError):
         super().__init__(message)
         self.code = code
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for code in cls.__dict__.get("codes", ()):  # its own, not its base class's
+            assert code not in _BY_CODE, f"{code} means both {_BY_CODE[code].__name__} and {cls.__name__}"
+            _BY_CODE[code] = cls
+
 
 class BadPassword(TicketError):
     """The KDC rejected the password (KRB5KDC_ERR_PREAUTH_FAILED / KRB5KRB_AP_ERR_BAD_INTEGRITY)."""
 
+    codes = (KRB5KDC_ERR_PREAUTH_FAILED, KRB5KRB_AP_ERR_BAD_INTEGRITY)
     reply, reason, logged, level = P.BAD_PASSWORD, "wrong password", "wrong password", logging.INFO
 
 
 class UnknownPrincipal(TicketError):
     """The KDC does not know the client principal (KRB5KDC_ERR_C_PRINCIPAL_UNKNOWN)."""
 
+    codes = (KRB5KDC_ERR_C_PRINCIPAL_UNKNOWN,)
     reply, reason = P.UNKNOWN_PRINCIPAL, "principal {principal} unknown to the KDC"
     logged, level = "unknown principal", logging.INFO
 
@@ -73,24 +87,32 @@ class UnknownPrincipal(TicketError):
 class KdcUnreachable(TicketError):
     """No KDC answered (KRB5_KDC_UNREACH), or none answered within the caller's bound."""
 
+    codes = (KRB5_KDC_UNREACH, KRB5_REALM_CANT_RESOLVE)
     reply, reason, logged = P.KDC_UNREACHABLE, "no KDC answered", "no KDC answered: {exc}"
 
 
 class NotRenewable(TicketError):
     """The ticket is not renewable, or its renew_till has passed (KDC_ERR_BADOPTION, TKT_EXPIRED)."""
 
+    codes = (KRB5KDC_ERR_BADOPTION,)
+
 
 class TicketExpired(NotRenewable):
     """The ticket in the cache expired before it could be renewed."""
+
+    codes = (KRB5KRB_AP_ERR_TKT_EXPIRED, errno.EKEYEXPIRED)
 
 
 class CacheNotFound(TicketError):
     """The credential cache does not exist or holds no principal (KRB5_CC_NOTFOUND, ENOKEY)."""
 
+    codes = (KRB5_CC_NOTFOUND, KRB5_FCC_NOFILE, errno.ENOKEY)
+
 
 class QuotaExceeded(TicketError):
     """The kernel refused to store the keys: the user's key quota is full (EDQUOT)."""
 
+    codes = (errno.EDQUOT,)
     reply, reason = P.QUOTA, "key quota of the user exceeded"
     logged, level = "key quota exceeded, no ticket stored: {exc}", logging.ERROR
 
@@ -98,6 +120,7 @@ class QuotaExceeded(TicketError):
 class PasswordExpired(TicketError):
     """The password must be changed before a ticket is issued (KRB5KDC_ERR_KEY_EXP)."""
 
+    codes = (KRB5KDC_ERR_KEY_EXP,)
     reply, reason = P.PASSWORD_EXPIRED, "password expired: it must be changed"
     logged, level = "the password of {principal} has expired", logging.INFO
 
@@ -105,6 +128,7 @@ class PasswordExpired(TicketError):
 class AccessDenied(TicketError):
     """The principal is locked out or disabled (KRB5KDC_ERR_CLIENT_REVOKED)."""
 
+    codes = (KRB5KDC_ERR_CLIENT_REVOKED,)
     reply, reason = P.DENIED, "principal {principal} is disabled or locked out"
     logged, level = "principal {principal} is disabled or locked out", logging.INFO
 
@@ -112,6 +136,7 @@ class AccessDenied(TicketError):
 class AccountExpired(AccessDenied):
     """The principal's account expiry date has passed (KRB5KDC_ERR_NAME_EXP)."""
 
+    codes = (KRB5KDC_ERR_NAME_EXP,)
     reply, reason = P.ACCOUNT_EXPIRED, "the account of {principal} has expired"
     logged = "principal {principal} has expired"
 
@@ -152,23 +177,6 @@ class FastUnavailable(TicketError):
     logged, level = 'fast = "require" and {exc}; refused', logging.ERROR
 
 
-_BY_CODE: dict[int, type[TicketError]] = {
-    KRB5KDC_ERR_PREAUTH_FAILED: BadPassword,
-    KRB5KRB_AP_ERR_BAD_INTEGRITY: BadPassword,
-    KRB5KDC_ERR_C_PRINCIPAL_UNKNOWN: UnknownPrincipal,
-    KRB5_KDC_UNREACH: KdcUnreachable,
-    KRB5_REALM_CANT_RESOLVE: KdcUnreachable,
-    KRB5KDC_ERR_BADOPTION: NotRenewable,
-    KRB5KRB_AP_ERR_TKT_EXPIRED: TicketExpired,
-    KRB5_CC_NOTFOUND: CacheNotFound,
-    KRB5_FCC_NOFILE: CacheNotFound,
-    KRB5KDC_ERR_KEY_EXP: PasswordExpired,
-    KRB5KDC_ERR_CLIENT_REVOKED: AccessDenied,
-    KRB5KDC_ERR_NAME_EXP: AccountExpired,
-    errno.EDQUOT: QuotaExceeded,
-    errno.ENOKEY: CacheNotFound,
-    errno.EKEYEXPIRED: TicketExpired,
-}
 
 
 def from_krb5(exc: BaseException, what: str) -> TicketError:
