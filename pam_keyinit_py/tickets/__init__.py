@@ -12,7 +12,7 @@ From the bottom up (each module imports only those above it in this list, plus
 * the service, split by what it does: ``core`` (state shared by all parts) <- ``renewal``
   <- ``adoption``; ``core`` <- ``clearing``; ``recovery`` (both) <- ``service`` (the request
   handlers named in protocol.OPS);
-* ``requests`` (one request: decode, authorise, run, commit, reply), ``limits`` (connection
+* ``dispatch`` (one request: decode, authorise, run, commit, reply), ``limits`` (connection
   caps, worker pool), ``server`` (the socket's event loop), ``daemon`` (main, sd_notify).
 
 Nothing is imported here, and no service module imports ``ccache``/``principals`` (libkrb5)

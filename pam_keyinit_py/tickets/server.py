@@ -46,7 +46,7 @@ from .. import protocol as P
 from .limits import Limits
 from .limits import WorkerPool as _Pool
 from .ratelimit import RateLimitedLog
-from .requests import Dispatcher
+from .dispatch import Dispatcher
 from .service import Service
 
 log = logging.getLogger("keyinit-ticketd")
