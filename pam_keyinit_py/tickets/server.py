@@ -43,10 +43,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import protocol as P
+from .dispatch import Dispatcher
 from .limits import Limits
 from .limits import WorkerPool as _Pool
 from .ratelimit import RateLimitedLog
-from .dispatch import Dispatcher
 from .service import Service
 
 log = logging.getLogger("keyinit-ticketd")

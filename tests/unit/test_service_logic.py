@@ -18,8 +18,8 @@ from pam_keyinit_py.errors import KeyinitError
 from pam_keyinit_py.tickets import errors
 from pam_keyinit_py.tickets.config import Config, ConfigError
 from pam_keyinit_py.tickets.core import ADOPTED, LOGIN, Peer
-from pam_keyinit_py.tickets.ratelimit import RateLimitedLog
 from pam_keyinit_py.tickets.dispatch import Dispatcher
+from pam_keyinit_py.tickets.ratelimit import RateLimitedLog
 from pam_keyinit_py.tickets.service import Service
 from pam_keyinit_py.tickets.sessions import Reaper
 from tests.unit.fakekrb import FakeKrb
