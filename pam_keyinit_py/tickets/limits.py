@@ -22,14 +22,15 @@ FD_HEADROOM = 64
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """The connection and worker limits the server enforces (see config.py for their meaning)."""
+    """The connection and worker limits the server enforces, from the config (config.py holds
+    their defaults and meaning; none are repeated here)."""
 
-    max_connections: int = 256
-    max_connections_per_uid: int = 8
-    root_reserved_connections: int = 32
-    workers: int = 32
-    root_reserved_workers: int = 8
-    request_timeout: float = 10.0
+    max_connections: int
+    max_connections_per_uid: int
+    root_reserved_connections: int
+    workers: int
+    root_reserved_workers: int
+    request_timeout: float
 
     @classmethod
     def from_config(cls, config: Any) -> Limits:
