@@ -114,7 +114,7 @@ class Op:
     ``mutating``: a success is acknowledged only once the state file holds it.
     ``own_uid``: a non-root caller's ``uid`` must be its own, and defaults to it.
     ``throttled``: a non-root caller may send it only every so often (each is KDC traffic).
-    ``handler``: the ``Service`` method called with the caller's (pid, uid) and the fields.
+    ``handler``: the ``Service`` method called with a ``Peer(pid, uid)`` and the fields as keywords.
     ``errors``: the codes a failure may answer with (besides the server's own ones).
     """
 
