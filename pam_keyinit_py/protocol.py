@@ -15,25 +15,9 @@ is changed through the kpasswd service.  Passwords are never logged by either si
 
 Requests carry ``"op"``; replies carry ``"ok"`` and, on failure, a machine
 ``"code"`` (one of :data:`ERROR_CODES`) and a human ``"error"``.  The server
-identifies the caller with SO_PEERCRED, never with a field of the message:
-
-========  ======  ===============================================================
-op        who     fields
-========  ======  ===============================================================
-auth      root    user, uid, gid, password, [principal] -> principal, ccache
-account   root    user, uid, [principal], [kuserok],    -> principal
-                  [kdc]
-chpass    root    user, uid, [principal], old_password, -> principal, [changed]
-                  [new_password]
-open      root    user, uid, gid, [ccache]              -> sid, sessions, [ccache, krb5ccname],
-                                                           [delegation_error]
-close     root    uid, [sid]                            -> sessions, cleared
-status    anyone                                        -> service, sessions, tickets
-tickets   anyone  [uid] (root only)                     -> tickets
-renew     anyone  [uid] (root only)                     -> tickets, errors
-destroy   anyone  ccache (own caches unless root)       -> destroyed
-metrics   root                                          -> text (Prometheus exposition)
-========  ======  ===============================================================
+identifies the caller with SO_PEERCRED, never with a field of the message.  :data:`OPS` is the
+one table of the operations: each one's fields, who may send it, whether it changes state, the
+service method that answers it and the codes it may fail with.
 
 ``open``'s ``ccache`` is a delegated TGT that the host wrote to a FILE cache of the user (sshd
 with GSSAPI delegation: ``FILE:/tmp/krb5cc_<uid>_XXXXXXXXXX``, see :data:`DELEGATED_CCACHE_PREFIX`).
@@ -59,11 +43,11 @@ import time
 # The delegated-cache rule the hook applies to KRB5CCNAME before ``open`` (one definition, ccname).
 from .ccname import DELEGATED_CCACHE_PREFIX as DELEGATED_CCACHE_PREFIX
 from .ccname import is_delegated_ccache as is_delegated_ccache
-
-try:
-    import _json
-except ImportError:  # an interpreter without the C accelerator: the json package works too
-    _json = None  # type: ignore[assignment]
+from .errors import KeyinitError
+from .jsonwire import MAX_DEPTH as _MAX_DEPTH
+from .jsonwire import dumps as _dumps
+from .jsonwire import loads as _loads
+from .jsonwire import too_deep as _too_deep
 
 if False:  # typing.TYPE_CHECKING, without importing typing (17 ms) into every login
     from typing import Any
@@ -82,7 +66,6 @@ OK = "ok"
 BAD_PASSWORD = "bad_password"
 UNKNOWN_PRINCIPAL = "unknown_principal"
 KDC_UNREACHABLE = "kdc_unreachable"
-NOT_RENEWABLE = "not_renewable"
 QUOTA = "quota_exceeded"
 PASSWORD_EXPIRED = "password_expired"  # the KDC wants the password changed (KDC_ERR_KEY_EXP)
 KDC_ERROR = "kdc_error"  # the KDC or libkrb5 refused for another reason (clock skew, policy...)
@@ -101,37 +84,75 @@ BUSY = "busy"  # the connection was refused by a limit (per uid or in total): tr
 # it: the request is not acknowledged (the service keeps retrying the write in the background).
 STATE_NOT_SAVED = "state_not_saved"
 ERROR_CODES = frozenset(
-    {BAD_PASSWORD, UNKNOWN_PRINCIPAL, KDC_UNREACHABLE, NOT_RENEWABLE, QUOTA, PASSWORD_EXPIRED, KDC_ERROR,
+    {BAD_PASSWORD, UNKNOWN_PRINCIPAL, KDC_UNREACHABLE, QUOTA, PASSWORD_EXPIRED, KDC_ERROR,
      ACCOUNT_EXPIRED, PASSWORD_REJECTED, VALIDATION_FAILED, FAST_UNAVAILABLE, DENIED, BAD_REQUEST, TOO_LARGE,
      NOT_FOUND, UNAVAILABLE, INTERNAL, BUSY, STATE_NOT_SAVED}
 )
 
 
-#: Operations only uid 0 may send: they create tickets and sessions for other users.
-ROOT_OPS = frozenset({"auth", "open", "close", "account", "chpass", "metrics"})
-
-# Request schema: op -> {field: (type, required)}.  Unknown fields are refused so a typo never
-# silently changes meaning.
 _ID = (int, True)
 _OPT_ID = (int, False)
 _STR = (str, True)
+_OPT_STR = (str, False)
 _OPT_BOOL = (bool, False)
-SCHEMA: dict[str, dict[str, tuple[type, bool]]] = {
-    "auth": {"user": _STR, "uid": _ID, "gid": _ID, "password": _STR, "principal": (str, False)},
-    "account": {"user": _STR, "uid": _ID, "principal": (str, False), "kuserok": _OPT_BOOL, "kdc": _OPT_BOOL},
-    "chpass": {"user": _STR, "uid": _ID, "principal": (str, False), "old_password": _STR,
-               "new_password": (str, False)},
-    "open": {"user": _STR, "uid": _ID, "gid": _ID, "ccache": (str, False)},
-    "close": {"uid": _ID, "sid": _OPT_ID},
-    "status": {},
-    "tickets": {"uid": _OPT_ID},
-    "renew": {"uid": _OPT_ID},
-    "destroy": {"ccache": _STR},
-    "metrics": {},
-}
+
+
+class Op:
+    """One operation: its request ``fields`` ({name: (type, required)}; unknown fields are refused,
+    so a typo never silently changes meaning) and how the service treats it.
+
+    ``root``: only uid 0 may send it (it creates tickets and sessions for other users).
+    ``mutating``: a success is acknowledged only once the state file holds it.
+    ``own_uid``: a non-root caller's ``uid`` must be its own, and defaults to it.
+    ``throttled``: a non-root caller may send it only every so often (each is KDC traffic).
+    ``handler``: the ``Service`` method called with a ``Peer(pid, uid)`` and the fields as keywords.
+    ``errors``: the codes a failure may answer with (besides the server's own ones).
+    """
+
+    __slots__ = ("name", "fields", "root", "mutating", "own_uid", "throttled", "handler", "errors")
+
+    def __init__(self, name: str, fields: dict[str, tuple[type, bool]], handler: str, *, root: bool = False,
+                 mutating: bool = False, own_uid: bool = False, throttled: bool = False,
+                 errors: tuple[str, ...] = ()) -> None:
+        self.name, self.fields, self.handler, self.errors = name, fields, handler, frozenset(errors)
+        self.root, self.mutating, self.own_uid, self.throttled = root, mutating, own_uid, throttled
+
+
+_KDC = (KDC_UNREACHABLE, KDC_ERROR, UNKNOWN_PRINCIPAL, DENIED)
+#: The operations.  Replies (besides ``ok``) are in each line's comment.
+OPS: dict[str, Op] = {op.name: op for op in (
+    # -> principal, ccache, endtime
+    Op("auth", {"user": _STR, "uid": _ID, "gid": _ID, "password": _STR, "principal": _OPT_STR}, "auth",
+       root=True, mutating=True, errors=(*_KDC, BAD_PASSWORD, QUOTA, PASSWORD_EXPIRED, VALIDATION_FAILED,
+                                         FAST_UNAVAILABLE)),
+    # -> principal.  kuserok and kdc default to true.
+    Op("account", {"user": _STR, "uid": _ID, "principal": _OPT_STR, "kuserok": _OPT_BOOL, "kdc": _OPT_BOOL},
+       "account", root=True, errors=(*_KDC, BAD_REQUEST, ACCOUNT_EXPIRED, PASSWORD_EXPIRED)),
+    # -> principal, changed
+    Op("chpass", {"user": _STR, "uid": _ID, "principal": _OPT_STR, "old_password": _STR,
+                  "new_password": _OPT_STR}, "chpass", root=True, mutating=True,
+       errors=(*_KDC, BAD_PASSWORD, PASSWORD_REJECTED, ACCOUNT_EXPIRED, FAST_UNAVAILABLE)),
+    # -> sid, sessions, [ccache, krb5ccname], [delegation_error]
+    Op("open", {"user": _STR, "uid": _ID, "gid": _ID, "ccache": _OPT_STR}, "open", root=True, mutating=True,
+       errors=(NOT_FOUND,)),
+    # -> sessions, cleared
+    Op("close", {"uid": _ID, "sid": _OPT_ID}, "close", root=True, mutating=True, errors=(NOT_FOUND,)),
+    # -> service, sessions, tickets (a non-root caller's own only)
+    Op("status", {}, "status"),
+    # -> tickets
+    Op("tickets", {"uid": _OPT_ID}, "list_tickets", own_uid=True),
+    # -> tickets, errors
+    Op("renew", {"uid": _OPT_ID}, "renew_now", mutating=True, own_uid=True, throttled=True),
+    # -> destroyed.  The caller's own caches unless root.
+    Op("destroy", {"ccache": _STR}, "destroy", mutating=True, errors=(NOT_FOUND, DENIED)),
+    # -> text (the Prometheus text exposition)
+    Op("metrics", {}, "metrics", root=True),
+)}
+#: Operations only uid 0 may send.
+ROOT_OPS = frozenset(name for name, op in OPS.items() if op.root)
 _MAX_STR = 4096
 #: Deepest nesting of arrays/objects a message may have (requests have none; replies two or three).
-MAX_DEPTH = 32
+MAX_DEPTH = _MAX_DEPTH
 #: Longest excerpt of a client-supplied value quoted in an error text or a log line.
 BRIEF = 40
 
@@ -146,103 +167,7 @@ def brief(value: object, limit: int = BRIEF) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _too_deep(body: bytes, limit: int = MAX_DEPTH) -> bool:
-    """Whether ``body``'s arrays/objects nest deeper than ``limit``, found before any parsing.
-
-    Brackets inside strings do not count.  The exact scan runs only when the body holds more
-    opening brackets than the limit at all, so ordinary messages cost one bytes.count each.
-    """
-    if body.count(b"[") + body.count(b"{") <= limit:
-        return False
-    depth = 0
-    in_string = escaped = False
-    for byte in body:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:  # quote
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):  # [ {
-            depth += 1
-            if depth > limit:
-                return True
-        elif byte in (0x5D, 0x7D):  # ] }
-            depth -= 1
-    return False
-
-
-def _dumps(value: object) -> str:
-    """Compact ASCII JSON of dicts (str keys), lists, str, int, float, bool and None."""
-    if isinstance(value, str):
-        return _quote(value)
-    if value is None:
-        return "null"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if isinstance(value, int):
-        return int.__repr__(value)
-    if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ValueError("NaN and infinities are not JSON")
-        return float.__repr__(value)
-    if isinstance(value, dict):
-        items = []
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(f"JSON object keys must be str, not {type(key).__name__}")
-            items.append(f"{_quote(key)}:{_dumps(item)}")
-        return "{" + ",".join(items) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_dumps(item) for item in value) + "]"
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-class _ScanContext:
-    """What _json.make_scanner reads from a decoder: plain JSON, strict strings."""
-
-    strict = True
-    object_hook = None
-    object_pairs_hook = None
-    parse_float = float
-    parse_int = int
-
-    @staticmethod
-    def parse_constant(name: str) -> object:
-        raise ValueError(f"{name} is not allowed")
-
-
-def _loads(text: str) -> object:
-    """Parse one JSON document (the whole of ``text``, JSON whitespace around it allowed)."""
-    if _json is None:
-        import json
-
-        return json.loads(text)
-    body = text.strip(" \t\n\r")
-    try:
-        value, end = _SCANNER(body, 0)
-    except StopIteration as stop:
-        raise ValueError(f"invalid JSON at offset {stop.value}") from None
-    if end != len(body):
-        raise ValueError(f"extra data at offset {end}")
-    return value
-
-
-if _json is not None:
-    _quote = _json.encode_basestring_ascii
-    _SCANNER = _json.make_scanner(_ScanContext)
-else:  # pragma: no cover - CPython always has _json
-    import json as _json_module
-
-    _quote = _json_module.encoder.encode_basestring_ascii  # type: ignore[assignment]
-
-
-class ProtocolError(Exception):
+class ProtocolError(KeyinitError):
     """A message broke the framing, size limit or schema; ``code`` is the reply code to send."""
 
     def __init__(self, code: str, message: str) -> None:
@@ -283,11 +208,11 @@ def decode(body: bytes, max_depth: int | None = MAX_DEPTH) -> dict[str, Any]:
 
 
 def validate_request(message: dict[str, Any]) -> dict[str, Any]:
-    """Check a request against :data:`SCHEMA`; return it or raise ProtocolError(BAD_REQUEST)."""
+    """Check a request against its :data:`OPS` fields; return it or raise ProtocolError(BAD_REQUEST)."""
     op = message.get("op")
-    if not isinstance(op, str) or op not in SCHEMA:
+    if not isinstance(op, str) or op not in OPS:
         raise ProtocolError(BAD_REQUEST, f"unknown op {brief(op)}")
-    fields = SCHEMA[op]
+    fields = OPS[op].fields
     for key in message:
         if key not in ("v", "op") and key not in fields:
             raise ProtocolError(BAD_REQUEST, f"{op}: unknown field {brief(key)}")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..ccname import collection_name
+from ..errors import KeyinitError
 from ..protocol import DEFAULT_SOCKET
 from .accounts import primary_gid
 
@@ -23,7 +24,7 @@ VALIDATE_MODES = ("require", "if-keytab", "never")
 FAST_MODES = ("try", "require", "never")
 
 
-class ConfigError(Exception):
+class ConfigError(KeyinitError):
     """The configuration file is missing a required part or holds a bad value."""
 
 

@@ -58,10 +58,14 @@ KDC_SECONDS = Histogram("keyinit_kdc_request_seconds", "Duration of one KDC exch
                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
                         registry=REGISTRY)
 
+#: The renewal outcome of a ticket the KDC will not renew further: a label of
+#: keyinit_renewals_total, not a reply code (no request answers with it).
+NOT_RENEWABLE = "not_renewable"
+
 # Series exist (at 0) before the first event, so rate() and alerts see them from the start.
 for _code in (P.OK, P.BAD_PASSWORD, P.KDC_UNREACHABLE, P.QUOTA):
     AUTHS.labels(_code)
-for _code in (P.OK, P.KDC_UNREACHABLE, P.NOT_RENEWABLE, P.QUOTA, P.KDC_ERROR):
+for _code in (P.OK, P.KDC_UNREACHABLE, NOT_RENEWABLE, P.QUOTA, P.KDC_ERROR):
     RENEWALS.labels(_code)
 
 #: Origins ``keyinit_tickets`` always reports (0 when none), as the service names them.

@@ -35,17 +35,17 @@ import collections
 import errno
 import logging
 import os
-import resource
 import selectors
 import socket
 import struct
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import protocol as P
-from . import metrics
+from .dispatch import Dispatcher
+from .limits import Limits
+from .limits import WorkerPool as _Pool
 from .ratelimit import RateLimitedLog
 from .service import Service
 
@@ -53,16 +53,11 @@ log = logging.getLogger("keyinit-ticketd")
 
 _UCRED = struct.Struct("3i")
 _HEADER = struct.Struct(">I")
-_MUTATING = frozenset({"auth", "open", "close", "renew", "destroy", "chpass"})
-#: Descriptors the service keeps for itself beyond connections (state file, pidfds, KDC sockets).
-FD_HEADROOM = 64
 #: Back-off of the accept loop after an accept() failure: doubling from MIN to MAX seconds.
 ACCEPT_BACKOFF_MIN = 0.05
 ACCEPT_BACKOFF_MAX = 1.0
 #: The reply to a refused connection, framed once: refusing is what a flood makes the loop do most.
 _BUSY_FRAME = P.encode(P.reply_error(P.BUSY, "too many connections; try again later"))
-#: A user may ask for a renewal pass of their tickets at most this often (each one is KDC traffic).
-USER_RENEW_INTERVAL = 5.0
 
 
 def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
@@ -82,105 +77,6 @@ class _Conn:
     buf: bytearray = field(default_factory=bytearray)
     want: int = _HEADER.size  # bytes the current frame part still needs
     in_body: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """The connection and worker limits the server enforces (see config.py for their meaning)."""
-
-    max_connections: int = 256
-    max_connections_per_uid: int = 8
-    root_reserved_connections: int = 32
-    workers: int = 32
-    root_reserved_workers: int = 8
-    request_timeout: float = 10.0
-
-    @classmethod
-    def from_config(cls, config: Any) -> Limits:
-        return cls(config.max_connections, config.max_connections_per_uid,
-                   config.root_reserved_connections, config.workers, config.root_reserved_workers,
-                   config.request_timeout)
-
-    def fitted_to_rlimit(self) -> Limits:
-        """These limits, with the total cap lowered to fit RLIMIT_NOFILE (each connection is an fd)."""
-        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft == resource.RLIM_INFINITY:
-            return self
-        room = max(4, (soft - FD_HEADROOM) // 2)  # half: pidfds of sessions and KDC sockets need fds too
-        if self.max_connections <= room:
-            return self
-        reserved = min(self.root_reserved_connections, max(1, room // 4))
-        log.warning("max_connections %d does not fit RLIMIT_NOFILE %d: using %d (%d for root only)",
-                    self.max_connections, soft, room, reserved)
-        return Limits(room, min(self.max_connections_per_uid, room - reserved), reserved, self.workers,
-                      self.root_reserved_workers, self.request_timeout)
-
-
-class _Pool:
-    """A bounded pool of worker threads, started on demand; uid 0's jobs go first.
-
-    Jobs of other uids run on at most ``size - root_reserved`` workers at once, so the
-    reserved workers are always free for root's requests (logins).
-    """
-
-    def __init__(self, size: int, root_reserved: int, run: Any) -> None:
-        self.size = size
-        self.user_max = max(1, size - root_reserved)
-        self._run = run
-        self._cond = threading.Condition()
-        self._root: collections.deque[Any] = collections.deque()
-        self._user: collections.deque[Any] = collections.deque()
-        self._threads = 0
-        self._idle = 0
-        self._user_busy = 0
-
-    def submit(self, job: Any, root: bool) -> bool:
-        """Queue ``job``; False (job not queued) when no worker exists and none can be started."""
-        with self._cond:
-            queue = self._root if root else self._user
-            queue.append(job)
-            # More queued than idle workers to take them (an idle one may be woken already): grow.
-            if len(self._root) + len(self._user) > self._idle and self._threads < self.size:
-                try:
-                    threading.Thread(target=self._worker, name=f"worker-{self._threads + 1}",
-                                     daemon=True).start()
-                    self._threads += 1
-                except RuntimeError:  # out of tasks (TasksMax, pids cgroup): the workers there are do it
-                    if self._threads == 0:
-                        queue.pop()
-                        return False
-            self._cond.notify_all()
-            return True
-
-    def _take(self) -> tuple[Any, bool]:
-        with self._cond:
-            while True:
-                if self._root:
-                    return self._root.popleft(), True
-                if self._user and self._user_busy < self.user_max:
-                    self._user_busy += 1
-                    return self._user.popleft(), False
-                self._idle += 1
-                self._cond.wait()
-                self._idle -= 1
-
-    def _worker(self) -> None:
-        while True:
-            job, root = self._take()
-            try:
-                self._run(job)
-            except Exception:  # a request handler must never take a worker down with it
-                log.exception("request handler failed")
-            finally:
-                if not root:
-                    with self._cond:
-                        self._user_busy -= 1
-                        if self._user:
-                            self._cond.notify_all()
-
-    @property
-    def threads(self) -> int:
-        return self._threads
 
 
 class Server:
@@ -205,8 +101,7 @@ class Server:
         self._accept_paused_until = 0.0
         self._accept_backoff = 0.0
         self._refusals = RateLimitedLog()
-        self._user_renewed: dict[int, float] = {}  # uid -> when its last renew request ran
-        self._renew_lock = threading.Lock()
+        self.requests = Dispatcher(service, self.limits.request_timeout, self._refusals, self._connections)
         self.refused = 0  # connections refused by a limit, since start
         self.accept_errors = 0
 
@@ -486,109 +381,14 @@ class Server:
         conn, body = job
         keep = False
         try:
-            keep = self._serve_request(conn, body)
+            keep = self.requests.serve(conn.sock, conn.pid, conn.uid, body)
         finally:
             del body  # may hold a password
             self._done.append((conn, keep))
             self._wake()
 
-    def _serve_request(self, conn: _Conn, body: bytes) -> bool:
-        try:
-            message = P.decode(body)
-            P.validate_request(message)
-        except P.ProtocolError as exc:
-            self._refusals(("bad", conn.uid), logging.WARNING, "bad message from pid %d uid %d: %s; "
-                           "connection closed", conn.pid, conn.uid, exc)
-            self._send(conn, P.reply_error(exc.code, str(exc)))
-            return False
-        op = message["op"]
-        reply = self.dispatch(message, conn.pid, conn.uid)
-        del message  # may hold a password
-        if op in _MUTATING and reply.get("ok") and not self.service.commit():
-            # A success reply promises the change survives a kill -9: without the write, it may not.
-            log.error("%s from pid %d uid %d: done in memory, but the state file was not written: "
-                      "answered %s", op, conn.pid, conn.uid, P.STATE_NOT_SAVED)
-            reply = P.reply_error(P.STATE_NOT_SAVED, f"{op}: the service could not save its state "
-                                                     "(it keeps retrying); not acknowledged")
-        return self._send(conn, reply)
-
-    def _send(self, conn: _Conn, reply: dict[str, Any]) -> bool:
-        """Send a reply within request_timeout (a client that does not read is dropped)."""
-        try:
-            data = P.encode(reply, P.MAX_REPLY)
-        except P.ProtocolError:
-            data = P.encode(P.reply_error(P.TOO_LARGE, "reply too large"))
-        try:
-            conn.sock.settimeout(self.limits.request_timeout)
-            conn.sock.sendall(data)
-            conn.sock.setblocking(False)
-            return True
-        except OSError:
-            return False
-
-    def _user_renew_allowed(self, uid: int) -> bool:
-        """At most one renewal pass per user every USER_RENEW_INTERVAL: each is KDC traffic and log."""
-        now = time.monotonic()
-        with self._renew_lock:
-            if now - self._user_renewed.get(uid, -USER_RENEW_INTERVAL) < USER_RENEW_INTERVAL:
-                return False
-            if len(self._user_renewed) > 4096:
-                self._user_renewed = {u: t for u, t in self._user_renewed.items()
-                                      if now - t < USER_RENEW_INTERVAL}
-            self._user_renewed[uid] = now
-            return True
-
-    def dispatch(self, m: dict[str, Any], pid: int, uid: int) -> dict[str, Any]:
-        """Authorise by peer uid, then run the op.  Never raises."""
-        op = m["op"]
-        if op in P.ROOT_OPS and uid != 0:
-            self._refusals(("denied", uid), logging.WARNING,
-                           "uid %d (pid %d) sent %r, which only root may send: refused", uid, pid, op)
-            return P.reply_error(P.DENIED, f"only root may send {op!r}")
-        target = m.get("uid")
-        if op in ("tickets", "renew") and uid != 0 and target not in (None, uid):
-            verb = "list" if op == "tickets" else "renew"
-            return P.reply_error(P.DENIED, f"uid {uid} may not {verb} the tickets of uid {target}")
-        if op in ("tickets", "renew") and uid != 0:
-            target = uid
-        if op == "renew" and uid != 0 and not self._user_renew_allowed(uid):
-            return P.reply_error(P.BUSY, f"renewed less than {USER_RENEW_INTERVAL:g} s ago; try again later")
-        svc = self.service
-        try:
-            if op == "auth":
-                password = m.pop("password")
-                return svc.auth(m["user"], m["uid"], m["gid"], password, m.get("principal"))
-            if op == "account":
-                return svc.account(m["user"], m["uid"], m.get("principal"),
-                                   m.get("kuserok") is not False, m.get("kdc") is not False)
-            if op == "chpass":
-                old, new = m.pop("old_password"), m.pop("new_password", None)
-                return svc.chpass(m["user"], m["uid"], m.get("principal"), old, new)
-            if op == "open":
-                return svc.open(m["user"], m["uid"], m["gid"], pid, m.get("ccache"))
-            if op == "close":
-                return svc.close(m["uid"], m.get("sid"), pid)
-            if op == "status":
-                reply = svc.status(uid)
-                if uid == 0:
-                    reply["service"]["connections"] = {
-                        "open": len(self._conns), "refused": self.refused,
-                        "accept_errors": self.accept_errors,
-                        "workers": self._pool.threads, "max_connections": self.limits.max_connections,
-                        "max_connections_per_uid": self.limits.max_connections_per_uid}
-                return reply
-            if op == "tickets":
-                return svc.list_tickets(target)
-            if op == "renew":
-                return svc.renew_now(target)
-            if op == "destroy":
-                return svc.destroy(m["ccache"], uid)
-            if op == "metrics":
-                return metrics.reply()
-        except Exception as exc:
-            # Only the exception's class and text are logged, and for auth the class alone: the
-            # text of an error raised while handling the password may quote part of it.
-            detail = "" if op in ("auth", "chpass") else f": {P.brief(str(exc))}"
-            log.error("%s from pid %d uid %d failed: %s%s", op, pid, uid, exc.__class__.__name__, detail)
-            return P.reply_error(P.INTERNAL, f"{op} failed: {exc.__class__.__name__}")
-        return P.reply_error(P.BAD_REQUEST, f"unknown op {P.brief(op)}")
+    def _connections(self) -> dict[str, Any]:
+        """The connection figures root's ``status`` shows."""
+        return {"open": len(self._conns), "refused": self.refused, "accept_errors": self.accept_errors,
+                "workers": self._pool.threads, "max_connections": self.limits.max_connections,
+                "max_connections_per_uid": self.limits.max_connections_per_uid}

@@ -1,8 +1,9 @@
 """The service's small state file: open sessions, pending logins and tracked ccaches.
 
-Written atomically (write a temporary file in the same directory, fsync, rename(2))
-after every change that a ``kill -9`` must not lose, so a restarted service picks up
-exactly where the dead one stopped.  It holds no secret: names, ids and times only.
+Written atomically (write a temporary file in the same directory, fsync, rename(2)) by the
+:class:`StateWriter` thread after every change that a ``kill -9`` must not lose, so a
+restarted service picks up exactly where the dead one stopped.  It holds no secret: names,
+ids and times only.
 """
 
 from __future__ import annotations
@@ -10,8 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from ..timefmt import when
 
 FORMAT = 1
 
@@ -146,3 +152,143 @@ def process_start_time(pid: int) -> int | None:
         return int(fields[19])
     except (IndexError, ValueError):
         return None
+
+
+#: A request waits at most this long for its change to reach the state file.
+COMMIT_TIMEOUT = 5.0
+#: A failed state write is retried after this long, doubling up to the max (or at the next change).
+WRITE_RETRY_MIN = 0.25
+WRITE_RETRY_MAX = 5.0
+#: While writes keep failing, the error is logged again this often.
+WRITE_ERROR_LOG_INTERVAL = 60.0
+
+
+class StateWriter:
+    """The durable group-commit writer of the state file: one thread, many waiting requests.
+
+    :meth:`mark` (under the owner's lock) says the state changed; the thread takes a snapshot
+    under the lock and :func:`save`\\ s it outside it.  :meth:`commit` waits until every change
+    marked so far is on disk: concurrent requests share one write (group commit), which keeps a
+    host with thousands of sessions from rewriting the file once per login.  ``path`` and
+    ``snapshot`` are read at each write (the owner's current config and state); ``on_failure``
+    is called after each failed write (the metrics' counter).
+    """
+
+    def __init__(self, lock: threading.RLock, path: Callable[[], str],
+                 snapshot: Callable[[], tuple[dict[str, Any], dict[str, list[str]]]],
+                 on_failure: Callable[[], object] = lambda: None) -> None:
+        self.lock = lock
+        self.path = path
+        self.snapshot = snapshot
+        self.on_failure = on_failure
+        self._cv = threading.Condition(lock)
+        self.dirty = 0
+        self.written = 0  # the last generation that reached the file
+        self._attempted = 0  # the last generation the writer tried to write (written or not)
+        self.error: str | None = None  # why the last write failed; None once one succeeds
+        self.failing_since = 0.0
+        self.failures = 0
+        self._stopping = False
+        self._alive = True
+        self.thread = threading.Thread(target=self._run, name="state-writer", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Write what is left and end the thread (waits at most ``timeout``)."""
+        with self.lock:
+            self._stopping = True
+            self._cv.notify_all()
+        self.thread.join(timeout)
+
+    def mark(self) -> None:
+        """The state changed (caller holds the lock): the thread writes it soon."""
+        self.dirty += 1
+        self._cv.notify_all()
+
+    def commit(self) -> bool:
+        """Block until every change marked so far is in the state file; False if it is not.
+
+        False when the write attempt that covered these changes failed (the writer keeps
+        retrying in the background), when the writer thread is gone, or after
+        :data:`COMMIT_TIMEOUT`.  A request is acknowledged only when this returned True.
+        """
+        with self.lock:
+            target = self.dirty
+            deadline = time.monotonic() + COMMIT_TIMEOUT
+            while self.written < target and self._alive:
+                if self._attempted >= target and self.error is not None:
+                    return False  # the attempt that included this change failed
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cv.wait(left)
+            return self.written >= target
+
+    def _run(self) -> None:
+        """Snapshot under the lock, write (atomically) outside it; retry failures with a back-off.
+
+        A failed write is retried at once when another change comes, else after WRITE_RETRY_MIN
+        doubling to WRITE_RETRY_MAX.  The first failure and the recovery are logged, and a
+        reminder every WRITE_ERROR_LOG_INTERVAL while it lasts.  Whatever ends this thread,
+        waiters in commit() are woken and see it gone: a request must never hang on a dead writer.
+        """
+        delay = WRITE_RETRY_MIN
+        last_logged = 0.0
+        try:
+            while True:
+                with self.lock:
+                    while self.written >= self.dirty and not self._stopping:
+                        self._cv.wait()
+                    if self._stopping and self.written >= self.dirty:
+                        return
+                    generation = self.dirty
+                    data, raw = self.snapshot()
+                    path = self.path()
+                error = None
+                try:
+                    save(path, data, raw)
+                except OSError as exc:
+                    error = exc.strerror or exc.__class__.__name__
+                except Exception as exc:  # the state holds no secret; only the class is logged anyway
+                    error = exc.__class__.__name__
+                with self.lock:
+                    self._attempted = max(self._attempted, generation)
+                    if error is None:
+                        self.written = max(self.written, generation)
+                        if self.error is not None:
+                            log.warning("state file %s written again after %d failed attempt(s) since %s",
+                                        path, self.failures, fmt(self.failing_since))
+                        self.error, self.failures, self.failing_since = None, 0, 0.0
+                        delay = WRITE_RETRY_MIN
+                    else:
+                        now = time.time()
+                        if self.error is None:
+                            self.failing_since = now
+                        self.failures += 1
+                        self.on_failure()
+                        if self.error != error or now - last_logged >= WRITE_ERROR_LOG_INTERVAL:
+                            last_logged = now
+                            log.error("cannot write state file %s: %s; changes since %s are not "
+                                      "acknowledged to clients; retrying (%d failed attempt(s))",
+                                      path, error, fmt(self.failing_since), self.failures)
+                        self.error = error
+                    self._cv.notify_all()
+                    if error is not None:
+                        if self._stopping:
+                            log.error("stopping with changes not in the state file: %s", error)
+                            return
+                        # A new change (mark() notifies) cuts the wait short: its request waits.
+                        self._cv.wait(delay)
+                        delay = min(WRITE_RETRY_MAX, delay * 2)
+        except Exception as exc:
+            log.critical("state writer stopped: %s; changes are no longer saved", exc.__class__.__name__)
+        finally:
+            with self.lock:
+                self._alive = False
+                self._cv.notify_all()
+
+
+#: A wall-clock time for log lines, "-" for none (the one formatter, timefmt.when).
+fmt = when

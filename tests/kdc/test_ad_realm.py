@@ -254,7 +254,7 @@ def test_ad_login_with_fast_require_fails_closed_when_no_armor_can_be_had(daemon
                         validate_principal=f"host/localhost@{ad_realm.realm}")
     reply = _auth(strict, ad_user)
     assert not reply["ok"] and reply["code"] == P.FAST_UNAVAILABLE, reply
-    line = next(x for x in strict.log().splitlines() if "login refused" in x)
+    line = next(x for x in strict.log().splitlines() if 'fast = "require"' in x and x.endswith("refused"))
     assert "no FAST armor TGT for host/localhost" in line and str(spn_only) in line, line
     assert persistent_caches(ad_user.uid) == {}  # the password was never sent unarmored
     # "try" on that keytab: the login goes on unarmored, validated, with the warning.

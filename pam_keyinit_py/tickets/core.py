@@ -1,0 +1,191 @@
+"""The service's state and the few operations every part of it shares.
+
+``Core`` holds, under one lock: the session table, the tracked ccaches (:class:`Tracked`),
+the logins between ``auth`` and ``open`` (:class:`Pending`), the scheduler and the state
+writer (``state.StateWriter``).  The parts of the service build on it, each calling only
+down this chain (never back up through a callback of its own):
+
+    core  <-  renewal  <-  adoption  <-  recovery  <-  service (the request handlers)
+    core  <-  clearing  <-----------------'
+
+All Kerberos work goes through ``self.krb`` (``tickets.krb.KrbSide``); krb5 calls run
+outside the lock, except destroying a KEYRING cache (a few local keyctl calls).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from . import metrics
+from .config import Config
+from .krb import Krb5, KrbSide
+from .ratelimit import RateLimitedLog
+from .scheduler import Scheduler
+from .sessions import Reaper, SessionTable
+from .state import StateWriter
+
+log = logging.getLogger("keyinit-ticketd")
+
+LOGIN, ADOPTED, KEYTAB = "login", "adopted", "keytab"
+#: A TGT forwarded by the client (GSSAPI delegation) that sshd wrote to a FILE cache; the service
+#: moved it into the persistent collection at ``open``.  Cleared at the last logout like LOGIN.
+DELEGATED = "delegated"
+#: Origins the service brought in for a login: "own" clears these at the last logout.
+LOGIN_ORIGINS = frozenset({LOGIN, DELEGATED})
+
+
+class Peer(NamedTuple):
+    """The caller of a request, from SO_PEERCRED (never from a field of the message)."""
+
+    pid: int
+    uid: int
+
+
+@dataclass(slots=True)
+class Tracked:
+    """A ccache the service keeps fresh."""
+
+    ccache: str
+    uid: int
+    gid: int
+    principal: str
+    origin: str  # LOGIN (acquired at a login), DELEGATED (forwarded by ssh), ADOPTED (the user's own kinit),
+    # KEYTAB ([[keytab]])
+    starttime: float = 0.0
+    endtime: float = 0.0
+    renew_till: float = 0.0
+    renewable: bool = False
+    attempts: int = 0  # consecutive renewals the KDC did not answer
+    warned: bool = False  # the "cannot renew further" line was logged
+    keytab: int = -1  # index into config.keytabs for KEYTAB entries
+    renewed: int = 0
+    # The service destroyed this cache (logout, expired auth, destroy request): a renewal that
+    # was in flight meanwhile must destroy what it wrote instead of bringing the ticket back.
+    cleared: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ccache": self.ccache, "uid": self.uid, "gid": self.gid, "principal": self.principal,
+                "origin": self.origin, "starttime": self.starttime, "endtime": self.endtime,
+                "renew_till": self.renew_till, "renewable": self.renewable, "renewed": self.renewed}
+
+    def update(self, info: Any) -> None:
+        """Take the principal and times of a TicketInfo (a new or renewed TGT)."""
+        self.principal = str(info.principal)
+        self.starttime = float(info.starttime or 0)
+        self.endtime = float(info.endtime or 0)
+        self.renew_till = float(info.renew_till or 0)
+        self.renewable = bool(info.renewable)
+        self.warned = False
+
+
+@dataclass(slots=True)
+class Pending:
+    """Caches acquired at ``auth`` for a uid that no session has claimed yet.
+
+    ``logins`` counts the auths not yet followed by an ``open``: with two logins of one user in
+    flight, the first open must not take the entry (and the first logout then clear the second
+    login's cache before its session opens; the 100-login load test hit it).
+    """
+
+    gid: int
+    deadline: float
+    ccaches: set[str] = field(default_factory=set)
+    logins: int = 0
+
+
+class Core:
+    """All state of the ticket service, guarded by one lock; krb5 calls run outside it."""
+
+    def __init__(self, config: Config, krb: KrbSide | None = None) -> None:
+        self.config = config
+        self.krb: KrbSide = krb if krb is not None else Krb5()
+        self.lock = threading.RLock()
+        self.sessions = SessionTable()
+        self.tickets: dict[str, Tracked] = {}
+        self.pending: dict[int, Pending] = {}
+        self.scheduler = Scheduler(workers=config.renew_workers)
+        self.reaper: Reaper | None = None
+        self.started = time.time()
+        self.renewals = 0
+        self.renew_failures = 0
+        self.ratelimited = RateLimitedLog()  # for lines any user's request can cause
+        # Caches whose renewal is in flight (a renew request and the scheduler must not both
+        # renew one cache: two new caches, one of them never tracked).
+        self._renewing: set[str] = set()
+        # auth requests between acquire_password and the pending entry, per uid: a cache
+        # listed in that window is a login's and must not be cleared (clear_on_logout=all).
+        self._authing: dict[int, int] = {}
+        # Read at each write: the current config's path and state (a test swaps both).
+        self.writer = StateWriter(self.lock, lambda: self.config.state_file, lambda: self._snapshot(),
+                                  on_failure=metrics.STATE_WRITE_FAILURES.inc)
+        # The /proc/key-users watch (tickets/keywatch.py), made at start when adopt_watch_interval > 0.
+        self._keywatch_state: Any = None
+
+    @property
+    def _writer_thread(self) -> threading.Thread:
+        return self.writer.thread
+
+    def save(self) -> None:
+        """Mark the state changed (caller holds the lock); the writer thread persists it soon.
+
+        Request handlers' changes are acknowledged only after :meth:`commit` (the server calls
+        it for every mutating op), so what a client was told survives a kill -9.
+        """
+        self.writer.mark()
+
+    def commit(self) -> bool:
+        """Block until every change so far is in the state file; False if it is not (see StateWriter)."""
+        return self.writer.commit()
+
+    def _snapshot(self) -> tuple[dict[str, Any], dict[str, list[str]]]:
+        data = {
+            "tickets": [t.to_json() for t in self.tickets.values() if t.origin != KEYTAB],
+            "pending": [{"uid": u, "gid": p.gid, "deadline": p.deadline, "ccaches": sorted(p.ccaches),
+                         "logins": p.logins}
+                        for u, p in self.pending.items()],
+        }
+        return data, {"sessions": [s.json_text() for s in self.sessions.by_sid.values()]}
+
+    def _track(self, info: Any, gid: int, origin: str, keytab: int = -1) -> Tracked:
+        """Record (or refresh) a ccache from a TicketInfo (caller holds the lock)."""
+        t = self.tickets.get(info.ccache)
+        if t is None:
+            t = Tracked(info.ccache, info.uid, gid, str(info.principal), origin, keytab=keytab)
+            self.tickets[info.ccache] = t
+        elif origin == LOGIN and t.origin == ADOPTED:
+            t.origin = LOGIN  # the service wrote this cache now: it is the service's to clear
+        t.update(info)
+        return t
+
+    def _untrack(self, name: str) -> None:
+        with self.lock:
+            t = self.tickets.pop(name, None)
+            for p in self.pending.values():
+                p.ccaches.discard(name)
+            if t is not None:
+                self.save()
+        self.scheduler.cancel(("renew", name))
+
+    def _held(self, uid: int, name: str) -> bool:
+        """Whether ``name`` is a login's cache waiting for its session (caller holds the lock)."""
+        p = self.pending.get(uid)
+        return p is not None and name in p.ccaches
+
+    def _destroy_locked(self, name: str, uid: int, gid: int) -> None:
+        """Untrack and krb5_cc_destroy a cache, holding the lock so no open/renewal interleaves.
+
+        Destroying a KEYRING cache is a few local keyctl calls (no KDC), so holding the lock
+        costs little.
+        """
+        t = self.tickets.get(name)
+        if t is not None:
+            t.cleared = True
+        self._untrack(name)
+        try:
+            self.krb.destroy(name, uid, gid)
+        except Exception as exc:
+            log.warning("destroying %s (uid %d): %s", name, uid, exc)

@@ -1,0 +1,141 @@
+"""Renewal: when each tracked TGT is renewed, the renewal itself, and its retries.
+
+A ticket is renewed at ``renew_fraction`` of its life (scheduler.renew_due) with
+krb5_get_renewed_creds through ``krb.renew``, which writes the new TGT into a new subsidiary
+cache and then switches the collection's primary to it: no moment where klist, rpc.gssd or
+cifs.upcall find the collection empty (MIT, SSSD and krenew cc_initialize then store).  The
+service follows the ticket to its new cache.  A KDC that does not answer is retried with a
+back-off bounded by the ticket's end; a full key quota keeps the old ticket and retries; a
+ticket that cannot be renewed further is left to expire, logged once.  ``[[keytab]]`` entries
+are re-acquired instead (adoption.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import partial
+
+from .. import protocol as P
+from . import errors, journal, metrics
+from .core import KEYTAB, Core, Tracked
+from .scheduler import backoff, renew_due
+from .state import fmt
+
+log = logging.getLogger("keyinit-ticketd")
+
+#: What _renew returns when another thread is renewing the same cache right now.
+RENEWING = "renewal already in progress"
+
+
+class Renewal(Core):
+    """Schedules and runs the renewals of the tracked tickets."""
+
+    def _schedule_renewal(self, t: Tracked) -> None:
+        """Put the ticket's next renewal on the heap, or log once why there is none."""
+        now = time.time()
+        if t.origin == KEYTAB:
+            return  # keytab entries re-acquire on their own timer
+        if not t.renewable:
+            if not t.warned:
+                t.warned = True
+                log.warning("%s (%s, uid %d) is not renewable: it will not be renewed and expires at %s",
+                            t.ccache, t.principal, t.uid, fmt(t.endtime))
+            return
+        if t.renew_till <= t.endtime + 1 or t.renew_till <= now:
+            if not t.warned:
+                t.warned = True
+                log.warning("%s (%s, uid %d) reached its renew_till %s: "
+                            "it will not be renewed and expires at %s",
+                            t.ccache, t.principal, t.uid, fmt(t.renew_till), fmt(t.endtime))
+            return
+        due = renew_due(t.starttime, t.endtime, self.config.renew_fraction, now)
+        self.scheduler.schedule(("renew", t.ccache), due, partial(self._renew, t.ccache))
+
+    def _retry(self, name: str, delay: float) -> None:
+        self.scheduler.schedule(("renew", name), time.time() + delay, partial(self._renew, name))
+
+    def _renew(self, name: str) -> str | None:
+        """Renew one tracked (non-keytab) ccache; None on success, else why not.
+
+        One renewal per cache at a time: a renew request and the scheduler must not both
+        renew it (two new caches, one of them never tracked).
+        """
+        with self.lock:
+            t = self.tickets.get(name)
+            if t is None:
+                return "not tracked"
+            if name in self._renewing:
+                return RENEWING
+            self._renewing.add(name)
+        try:
+            return self._renew_tracked(name, t)
+        finally:
+            with self.lock:
+                self._renewing.discard(name)
+
+    def _renew_tracked(self, name: str, t: Tracked) -> str | None:
+        cfg = self.config
+        try:
+            info = self.krb.renew(name, t.uid, t.gid, timeout=cfg.kdc_timeout, grace=cfg.renew_grace)
+        except errors.KdcUnreachable:
+            t.attempts += 1
+            self.renew_failures += 1
+            delay = backoff(t.attempts, cfg.retry_min, cfg.retry_max, t.endtime)
+            metrics.RENEWALS.labels(P.KDC_UNREACHABLE).inc()
+            log.warning("renewing %s (uid %d): no KDC answered (attempt %d); retry in %.1fs, ticket ends %s",
+                        name, t.uid, t.attempts, delay, fmt(t.endtime),
+                        extra=journal.ticket("renew", t, P.KDC_UNREACHABLE, name))
+            self._retry(name, delay)
+            return "no KDC answered"
+        except errors.NotRenewable as exc:
+            t.renewable = False
+            metrics.RENEWALS.labels(metrics.NOT_RENEWABLE).inc()
+            self._schedule_renewal(t)  # logs once
+            return f"not renewable: {exc}"
+        except errors.QuotaExceeded as exc:
+            self.renew_failures += 1
+            metrics.RENEWALS.labels(P.QUOTA).inc()
+            log.error("renewing %s (uid %d): key quota exceeded; old ticket kept: %s", name, t.uid, exc,
+                      extra=journal.ticket("renew", t, P.QUOTA, name))
+            self._retry(name, backoff(t.attempts + 1, cfg.retry_min, cfg.retry_max, t.endtime))
+            return "key quota exceeded"
+        except Exception as exc:
+            # The cache is gone (the user ran kdestroy) or unreadable: stop tracking it.
+            self.renew_failures += 1
+            metrics.RENEWALS.labels(P.KDC_ERROR).inc()
+            log.warning("renewing %s (uid %d) failed: %s; no longer tracked", name, t.uid, exc,
+                        extra=journal.ticket("renew", t, P.KDC_ERROR, name))
+            self._untrack(name)
+            return str(exc)
+        with self.lock:
+            if self.tickets.get(name) is not t:
+                # Untracked while the KDC answered (logout, expired auth, a destroy request):
+                # what the renewal wrote must not bring the ticket back.
+                stale = t.cleared and self.sessions.count(t.uid) == 0
+                if stale:
+                    self._destroy_locked(info.ccache, t.uid, t.gid)
+                log.info("renewed %s (uid %d) after it stopped being tracked: %s", name, t.uid,
+                         f"destroyed {info.ccache}" if stale else "not tracked again")
+                return "no longer tracked"
+            if info.ccache != name:
+                # The renewal switched the collection to a new cache: follow it.
+                self.tickets.pop(name, None)
+                t.ccache = info.ccache
+                self.tickets[info.ccache] = t
+                for p in self.pending.values():
+                    if name in p.ccaches:
+                        p.ccaches.discard(name)
+                        p.ccaches.add(info.ccache)
+            t.update(info)
+            t.attempts = 0
+            t.renewed += 1
+            self.renewals += 1
+            self.save()
+        if info.ccache != name:
+            self.scheduler.cancel(("renew", name))
+        metrics.RENEWALS.labels(P.OK).inc()
+        log.info("renewed %s (uid %d) until %s", t.ccache, t.uid, fmt(t.endtime),
+                 extra=journal.ticket("renew", t, P.OK))
+        self._schedule_renewal(t)
+        return None

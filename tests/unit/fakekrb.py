@@ -1,0 +1,98 @@
+"""A fake Kerberos side for the service logic's unit tests (``Service(config, krb=FakeKrb())``).
+
+It keeps caches in a dict instead of the kernel and answers like tickets.ccache /
+tickets.principals do, raising their real error classes.  A test sets ``fail[name]`` to the
+exception an operation must raise.  The paths through the real krb5 and kernel are tested
+against a real KDC in tests/kdc; these tests cover the decisions the service makes around them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Info:
+    """What ccache.TicketInfo carries that the service reads."""
+
+    ccache: str
+    uid: int
+    principal: str
+    starttime: float
+    endtime: float
+    renew_till: float
+    renewable: bool = True
+    service: bool = True
+    validated: str = ""
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass
+class FakeKrb:
+    realm: str = "UNIT.TEST"
+    caches: dict[str, Info] = field(default_factory=dict)
+    destroyed: list[str] = field(default_factory=list)
+    calls: list[tuple[str, Any]] = field(default_factory=list)
+    fail: dict[str, BaseException] = field(default_factory=dict)
+    kuserok_answer: bool = True
+    _ids: Any = field(default_factory=lambda: itertools.count(1))
+
+    def _maybe_fail(self, op: str) -> None:
+        exc = self.fail.get(op)
+        if exc is not None:
+            raise exc
+
+    def _new(self, uid: int, principal: str, service: bool = True, life: float = 600) -> Info:
+        now = time.time()
+        info = Info(f"KEYRING:persistent:{uid}:krb_ccache_{next(self._ids)}", uid, principal, now, now + life,
+                    now + 10 * life, service=service)
+        self.caches[info.ccache] = info
+        return info
+
+    def default_realm(self) -> str:
+        return self.realm
+
+    def acquire_password(self, principal: str, password: str, uid: int, gid: int, **options: Any) -> Info:
+        self.calls.append(("acquire_password", (principal, uid, gid, options)))
+        self._maybe_fail("acquire_password")
+        return self._new(uid, principal)
+
+    def acquire_keytab(self, principal: str, keytab: str, uid: int, gid: int, ccache: str | None) -> Info:
+        self._maybe_fail("acquire_keytab")
+        return self._new(uid, principal)
+
+    def renew(self, ccache: str, uid: int, gid: int, *, timeout: float, grace: float) -> Info:
+        self.calls.append(("renew", ccache))
+        self._maybe_fail("renew")
+        old = self.caches.pop(ccache)
+        return self._new(uid, old.principal, old.service)
+
+    def destroy(self, ccache: str, uid: int, gid: int) -> None:
+        self.destroyed.append(ccache)
+        self.caches.pop(ccache, None)
+
+    def list_caches(self, uid: int) -> list[Info]:
+        return [i for i in self.caches.values() if i.uid == uid]
+
+    def sweep_retired(self, uid: int) -> list[str]:
+        return []
+
+    def import_file(self, source: str, uid: int, gid: int) -> Info:
+        self._maybe_fail("import_file")
+        return self._new(uid, f"delegated@{self.realm}")
+
+    def kuserok(self, principal: str, user: str, uid: int) -> bool:
+        self._maybe_fail("kuserok")
+        return self.kuserok_answer
+
+    def account_state(self, principal: str, *, timeout: float) -> None:
+        self._maybe_fail("account_state")
+
+    def verify_changepw(self, principal: str, password: str, *, timeout: float, **fast: Any) -> None:
+        self._maybe_fail("verify_changepw")
+
+    def change_password(self, principal: str, old: str, new: str, *, timeout: float, **fast: Any) -> None:
+        self._maybe_fail("change_password")

@@ -1,0 +1,248 @@
+"""The ticket service's decisions, with its Kerberos side faked (tests/unit/fakekrb.py).
+
+What a login, a logout, a renewal or a failed krb5 call makes the service do: which caches it
+tracks, holds, renews and destroys, and which reply code each failure gets.  No KDC and no
+kernel keys: the same paths against a real MIT KDC and the real kernel are in tests/kdc.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+
+import pytest
+
+from pam_keyinit_py import protocol as P
+from pam_keyinit_py.errors import KeyinitError
+from pam_keyinit_py.tickets import errors
+from pam_keyinit_py.tickets.config import Config, ConfigError
+from pam_keyinit_py.tickets.core import ADOPTED, LOGIN, Peer
+from pam_keyinit_py.tickets.dispatch import Dispatcher
+from pam_keyinit_py.tickets.ratelimit import RateLimitedLog
+from pam_keyinit_py.tickets.service import Service
+from pam_keyinit_py.tickets.sessions import Reaper
+from tests.unit.fakekrb import FakeKrb
+
+UID = 4_100_000  # no passwd entry: primary_gid() answers the uid itself
+ROOT = Peer(os.getpid(), 0)  # open/close: the opener must be a live process the reaper can watch
+
+
+@pytest.fixture
+def krb() -> FakeKrb:
+    return FakeKrb()
+
+
+@pytest.fixture
+def make(tmp_path, krb):  # noqa: ANN001, ANN201
+    made: list[Service] = []
+
+    def make(**config: object) -> Service:
+        svc = Service(Config(state_file=str(tmp_path / "state.json"), **config), krb=krb)
+        svc.reaper = Reaper(svc._reaped)  # the scheduler and the writer are not started: nothing runs behind
+        made.append(svc)
+        return svc
+
+    yield make
+    for svc in made:
+        svc.scheduler.stop()
+
+
+def _auth(svc: Service, user: str = "u") -> dict:
+    return svc.auth(ROOT, user, UID, UID, "pw")
+
+
+def test_a_login_is_held_until_open_renewed_and_cleared_at_its_logout(make, krb) -> None:
+    svc = make()
+    reply = _auth(svc)
+    assert reply["ok"] and reply["principal"] == "u@UNIT.TEST", reply
+    name = reply["ccache"]
+    assert svc.tickets[name].origin == LOGIN and svc.pending[UID].ccaches == {name}
+    assert svc.scheduler.due(("pending", UID)) is not None and svc.scheduler.due(("renew", name)) is not None
+    opened = svc.open(ROOT, "u", UID, UID)
+    assert opened["ok"] and opened["sessions"] == 1 and UID not in svc.pending
+    assert svc.scheduler.due(("pending", UID)) is None
+    closed = svc.close(ROOT, UID)
+    assert closed == P.reply_ok(sessions=0, cleared=[name])
+    assert krb.destroyed == [name] and svc.tickets == {}
+    assert svc.scheduler.due(("renew", name)) is None
+
+
+@pytest.mark.parametrize(("policy", "cleared"), [("own", {"login"}), ("all", {"login", "own kinit"}),
+                                                 ("none", set())])
+def test_clear_on_logout_decides_what_the_last_logout_destroys(make, krb, policy, cleared) -> None:
+    svc = make(clear_on_logout=policy)
+    login = _auth(svc)["ccache"]
+    assert svc.open(ROOT, "u", UID, UID)["ok"]
+    kinit = krb._new(UID, "u@UNIT.TEST", service=False).ccache  # the user's own, never tracked
+    names = {"login": login, "own kinit": kinit}
+    svc.close(ROOT, UID)
+    assert set(krb.destroyed) == {names[c] for c in cleared}
+
+
+def test_the_first_logout_keeps_a_second_login_still_between_auth_and_open(make, krb) -> None:
+    svc = make()
+    first, second = _auth(svc)["ccache"], _auth(svc)["ccache"]
+    assert svc.open(ROOT, "u", UID, UID)["ok"]
+    assert svc.pending[UID].logins == 1  # the second login's open is still to come
+    assert svc.close(ROOT, UID)["cleared"] == []
+    assert krb.destroyed == [] and {first, second} <= set(svc.tickets)
+
+
+@pytest.mark.parametrize(("exc", "code", "text"), [
+    (errors.BadPassword("x"), P.BAD_PASSWORD, "wrong password"),
+    (errors.UnknownPrincipal("x"), P.UNKNOWN_PRINCIPAL, "principal u@UNIT.TEST unknown to the KDC"),
+    (errors.KdcUnreachable("x"), P.KDC_UNREACHABLE, "no KDC answered"),
+    (errors.QuotaExceeded("x"), P.QUOTA, "key quota of the user exceeded"),
+    (errors.ValidationFailed("x"), P.VALIDATION_FAILED,
+     "the ticket did not validate against the host keytab"),
+    (errors.NoValidationKey("x"), P.VALIDATION_FAILED,
+     "the host keytab has no key to validate the ticket with"),
+    (errors.FastUnavailable("x"), P.FAST_UNAVAILABLE, "no FAST armor for the password exchange"),
+    (errors.AccessDenied("x"), P.DENIED, "principal u@UNIT.TEST is disabled or locked out"),
+    # auth answers no account_expired: its base class's code.
+    (errors.AccountExpired("x"), P.DENIED, "principal u@UNIT.TEST is disabled or locked out"),
+    (errors.NotRenewable("x"), P.KDC_ERROR, "no ticket: NotRenewable"),
+    (errors.TicketError("x"), P.KDC_ERROR, "no ticket: TicketError"),
+])
+def test_an_auth_failure_answers_with_the_code_its_class_declares(make, krb, exc, code, text) -> None:
+    svc = make()
+    krb.fail["acquire_password"] = exc
+    assert _auth(svc) == P.reply_error(code, text)
+    assert svc.tickets == {} and svc.pending == {} and svc._authing == {}
+
+
+def test_an_expired_password_is_said_so_only_when_it_is_the_right_one(make, krb, caplog) -> None:
+    svc = make()
+    krb.fail["acquire_password"] = errors.PasswordExpired("KEY_EXP")
+    assert _auth(svc)["code"] == P.PASSWORD_EXPIRED
+    krb.fail["verify_changepw"] = errors.BadPassword("preauth failed")
+    with caplog.at_level(logging.INFO, logger="keyinit-ticketd"):
+        assert _auth(svc) == P.reply_error(P.BAD_PASSWORD, "wrong password")
+    assert f"auth u@UNIT.TEST (uid {UID}): wrong password (password expired)" in caplog.text
+    krb.fail["verify_changepw"] = errors.AccessDenied("locked")  # not an answer of this check
+    assert _auth(svc)["code"] == P.KDC_ERROR
+
+
+@pytest.mark.parametrize(("exc", "code"), [
+    (errors.AccountExpired("x"), P.ACCOUNT_EXPIRED), (errors.AccessDenied("x"), P.DENIED),
+    (errors.PasswordExpired("x"), P.PASSWORD_EXPIRED), (errors.UnknownPrincipal("x"), P.UNKNOWN_PRINCIPAL),
+    (errors.KdcUnreachable("x"), P.KDC_UNREACHABLE), (errors.QuotaExceeded("x"), P.KDC_ERROR),
+])
+def test_account_answers_the_kdcs_view_with_its_own_codes(make, krb, exc, code) -> None:
+    svc = make()
+    krb.fail["account_state"] = exc
+    assert svc.account(ROOT, "u", UID)["code"] == code
+
+
+def test_account_refused_by_kuserok_abandons_the_hooks_login_at_once(make, krb) -> None:
+    svc = make()
+    name = _auth(svc)["ccache"]
+    krb.kuserok_answer = False
+    reply = svc.account(ROOT, "u", UID, kdc=False)
+    assert reply["code"] == P.DENIED and "not authorized" in reply["error"]
+    assert krb.destroyed == [name] and svc.pending == {}
+    krb.fail["kuserok"] = errors.TicketError("bad name")
+    assert svc.account(ROOT, "u", UID)["code"] == P.BAD_REQUEST
+
+
+def test_chpass_passes_kpasswds_words_on(make, krb) -> None:
+    svc = make()
+    assert svc.chpass(ROOT, "u", UID, "old", new_password="new") == P.reply_ok(principal="u@UNIT.TEST",
+                                                                                 changed=True)
+    krb.fail["change_password"] = errors.PasswordRejected("Password is too short")
+    assert svc.chpass(ROOT, "u", UID, "old", new_password="n") == P.reply_error(P.PASSWORD_REJECTED,
+                                                                                  "Password is too short")
+
+
+def test_a_renewal_follows_the_ticket_into_its_new_cache(make, krb) -> None:
+    svc = make()
+    old = _auth(svc)["ccache"]
+    assert svc._renew(old) is None
+    (new,) = svc.tickets
+    assert new != old and svc.pending[UID].ccaches == {new}
+    assert svc.tickets[new].renewed == 1 and svc.renewals == 1
+    assert svc.scheduler.due(("renew", new)) is not None and svc.scheduler.due(("renew", old)) is None
+
+
+def test_renewal_failures(make, krb) -> None:
+    svc = make()
+    name = _auth(svc)["ccache"]
+    krb.fail["renew"] = errors.KdcUnreachable("silent")
+    assert svc._renew(name) == "no KDC answered"
+    assert svc.tickets[name].attempts == 1 and svc.scheduler.due(("renew", name)) is not None
+    krb.fail["renew"] = errors.NotRenewable("renew_till passed")
+    assert svc._renew(name).startswith("not renewable") and not svc.tickets[name].renewable
+    krb.fail["renew"] = RuntimeError("the user ran kdestroy")
+    assert svc._renew(name) == "the user ran kdestroy" and name not in svc.tickets
+    assert svc._renew(name) == "not tracked"
+
+
+def test_a_renewal_answered_after_the_logout_destroys_what_it_wrote(make, krb) -> None:
+    """The logout comes while the KDC answers the renewal: the new cache must not outlive it."""
+    svc = make()
+    old = _auth(svc)["ccache"]
+    assert svc.open(ROOT, "u", UID, UID)["ok"]
+    renew = krb.renew
+
+    def renew_during_logout(*args: object, **kwargs: object) -> object:
+        written = renew(*args, **kwargs)  # the KDC answered and the new cache is written ...
+        assert svc.close(ROOT, UID)["cleared"] == [old]  # ... when the last logout comes
+        return written
+
+    krb.renew = renew_during_logout  # type: ignore[method-assign]
+    assert svc._renew(old) == "no longer tracked"
+    (written,) = [c for c in krb.destroyed if c != old]
+    assert svc.tickets == {} and written not in krb.caches
+
+
+def test_a_scan_adopts_the_users_own_kinit_while_logged_in(make, krb) -> None:
+    svc = make()
+    assert svc.open(ROOT, "u", UID, UID)["ok"]
+    kinit = krb._new(UID, "u@UNIT.TEST", service=False).ccache
+    svc._scan(UID, reschedule=False)
+    assert svc.tickets[kinit].origin == ADOPTED and svc.scheduler.due(("renew", kinit)) is not None
+
+
+def test_the_operations_table_and_the_service_agree() -> None:
+    assert P.ROOT_OPS == {"auth", "account", "chpass", "open", "close", "metrics"}
+    mutating = {n for n, op in P.OPS.items() if op.mutating}
+    assert mutating == {"auth", "open", "close", "renew", "destroy", "chpass"}
+    for op in P.OPS.values():
+        params = dict(list(inspect.signature(getattr(Service, op.handler)).parameters.items())[1:])
+        assert next(iter(params)) == "peer", op.name
+        for name, (_kind, required) in op.fields.items():
+            assert name in params, (op.name, name)
+            assert (params[name].default is inspect.Parameter.empty) == required, (op.name, name)
+        assert set(params) - {"peer"} == set(op.fields), op.name
+        assert op.errors <= P.ERROR_CODES, op.name
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [cls, *(s for sub in cls.__subclasses__() for s in _subclasses(sub))]
+
+
+def test_every_ticket_error_declares_a_protocol_code_and_all_sit_under_one_root() -> None:
+    for cls in _subclasses(errors.TicketError):
+        assert cls.reply in P.ERROR_CODES, cls
+    assert not hasattr(P, "NOT_RENEWABLE")
+    for cls in (errors.TicketError, P.ProtocolError, ConfigError):
+        assert issubclass(cls, KeyinitError)
+
+
+def test_the_dispatcher_authorises_from_the_operations_table(make, krb) -> None:
+    svc = make()
+    _auth(svc)
+    d = Dispatcher(svc, 1.0, RateLimitedLog(), lambda: {"open": 1})
+    user = UID + 1  # another user
+    msg = {"op": "auth", "user": "u", "uid": UID, "gid": UID, "password": "pw"}
+    assert d.dispatch(msg, 1, UID) == P.reply_error(P.DENIED, "only root may send 'auth'")
+    denied = d.dispatch({"op": "tickets", "uid": UID}, 1, user)
+    assert denied["code"] == P.DENIED and "may not list the tickets of uid" in denied["error"]
+    assert len(d.dispatch({"op": "tickets"}, 1, UID)["tickets"]) == 1
+    assert d.dispatch({"op": "tickets"}, 1, user)["tickets"] == []
+    assert len(d.dispatch({"op": "tickets"}, 1, 0)["tickets"]) == 1
+    assert d.dispatch({"op": "renew"}, 1, user)["ok"]
+    assert d.dispatch({"op": "renew"}, 1, user)["code"] == P.BUSY  # a user's second pass at once
+    assert d.dispatch({"op": "status"}, 1, 0)["service"]["connections"] == {"open": 1}
+    assert "connections" not in d.dispatch({"op": "status"}, 1, user)["service"]
