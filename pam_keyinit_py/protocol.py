@@ -6,6 +6,9 @@ beside it a root-only one (``ticketd.root.sock``, mode 0600) that root's clients
 Framing: each message is a 4-byte big-endian length followed by that many
 bytes of UTF-8 JSON holding one object.  Every message carries ``"v": 1``.
 
+``auth`` with ``kuserok`` true also answers krb5_kuserok(principal, user) in its success reply
+(``kuserok``: bool), so the hook's acct_mgmt needs no request of its own after the hook's auth.
+
 ``account`` is pam_sm_acct_mgmt's question: with ``kuserok`` (default true) may ``principal``
 (default user@default_realm) log in to ``user`` (krb5_kuserok: ~/.k5login, auth_to_local), and
 with ``kdc`` (default true) does the KDC still issue tickets to it (not locked, not expired,
@@ -20,7 +23,8 @@ identifies the caller with SO_PEERCRED, never with a field of the message:
 ========  ======  ===============================================================
 op        who     fields
 ========  ======  ===============================================================
-auth      root    user, uid, gid, password, [principal] -> principal, ccache
+auth      root    user, uid, gid, password, [principal] -> principal, ccache, [kuserok]
+                  [kuserok]
 account   root    user, uid, [principal], [kuserok],    -> principal
                   [kdc]
 chpass    root    user, uid, [principal], old_password, -> principal, [changed]
@@ -124,7 +128,8 @@ _OPT_ID = (int, False)
 _STR = (str, True)
 _OPT_BOOL = (bool, False)
 SCHEMA: dict[str, dict[str, tuple[type, bool]]] = {
-    "auth": {"user": _STR, "uid": _ID, "gid": _ID, "password": _STR, "principal": (str, False)},
+    "auth": {"user": _STR, "uid": _ID, "gid": _ID, "password": _STR, "principal": (str, False),
+             "kuserok": _OPT_BOOL},
     "account": {"user": _STR, "uid": _ID, "principal": (str, False), "kuserok": _OPT_BOOL, "kdc": _OPT_BOOL},
     "chpass": {"user": _STR, "uid": _ID, "principal": (str, False), "old_password": _STR,
                "new_password": (str, False)},

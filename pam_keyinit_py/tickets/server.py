@@ -556,7 +556,8 @@ class Server:
         try:
             if op == "auth":
                 password = m.pop("password")
-                return svc.auth(m["user"], m["uid"], m["gid"], password, m.get("principal"))
+                return svc.auth(m["user"], m["uid"], m["gid"], password, m.get("principal"),
+                                m.get("kuserok") is True)
             if op == "account":
                 return svc.account(m["user"], m["uid"], m.get("principal"),
                                    m.get("kuserok") is not False, m.get("kdc") is not False)

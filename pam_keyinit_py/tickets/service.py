@@ -371,12 +371,23 @@ class Service:
 
     # ---------------------------------------------------------------- requests
 
-    def auth(self, user: str, uid: int, gid: int, password: str, principal: str | None) -> dict[str, Any]:
-        """Acquire a TGT for ``principal`` (default user@default_realm) into KEYRING:persistent:<uid>."""
+    def auth(self, user: str, uid: int, gid: int, password: str, principal: str | None,
+             kuserok: bool = False) -> dict[str, Any]:
+        """Acquire a TGT for ``principal`` (default user@default_realm) into KEYRING:persistent:<uid>.
+
+        With ``kuserok`` the success reply also carries krb5_kuserok(principal, user), which
+        saves the hook's acct_mgmt a request (None when the principal does not parse).
+        """
         with self.lock:
             self._authing[uid] = self._authing.get(uid, 0) + 1
         try:
-            return self._auth(user, uid, gid, password, principal)
+            reply = self._auth(user, uid, gid, password, principal)
+            if kuserok and reply.get("ok"):
+                try:
+                    reply["kuserok"] = _principals().kuserok(reply["principal"], user)
+                except _errors().TicketError as exc:
+                    log.warning("auth %s (uid %d): krb5_kuserok: %s", user, uid, exc)
+            return reply
         finally:
             del password
             with self.lock:
