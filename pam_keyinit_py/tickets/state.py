@@ -3,6 +3,10 @@
 Written atomically (write a temporary file in the same directory, fsync, rename(2))
 after every change that a ``kill -9`` must not lose, so a restarted service picks up
 exactly where the dead one stopped.  It holds no secret: names, ids and times only.
+
+On a tmpfs (``/run/keyinit`` as deployed; statfs(2) f_type TMPFS_MAGIC) the fsyncs are
+skipped: a process crash loses nothing written and renamed, and a reboot drops the state
+together with the keys it describes, so a login would wait on fsync for nothing.
 """
 
 from __future__ import annotations
@@ -41,16 +45,37 @@ def _temp_name(target: Path) -> Path:
     return target.with_name(f".{target.name}.{_suffix()}.tmp")
 
 
+TMPFS_MAGIC = 0x01021994  # <linux/magic.h>
+_tmpfs: dict[str, bool] = {}
+
+
+def on_tmpfs(directory: str | Path) -> bool:
+    """Whether ``directory`` is on a tmpfs: statfs(2)'s f_type (cached per directory; False if unknown)."""
+    key = str(directory)
+    known = _tmpfs.get(key)
+    if known is None:
+        import ctypes
+        import struct
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on x86_64
+        known = (libc.statfs(key.encode(), buf) == 0
+                 and struct.unpack_from("@l", buf.raw)[0] == TMPFS_MAGIC)
+        _tmpfs[key] = known
+    return known
+
+
 def save(path: str, data: dict[str, Any], raw: dict[str, list[str]] | None = None) -> None:
     """Replace ``path`` with the state as JSON in one rename(2); mode 0600, owned by root.
 
     The temporary file is created with O_CREAT|O_EXCL|O_NOFOLLOW at an unpredictable name, so
     a file or symlink planted in the directory is never opened, let alone written through.
     A failed write (ENOSPC, EROFS, EIO...) removes the temporary file and raises OSError: the
-    old state file stays whole.
+    old state file stays whole.  fsync(2) of the file and its directory only off a tmpfs.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    durable = not on_tmpfs(target.parent)
     tmp = _temp_name(target)
     body = encode(data, raw)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -59,7 +84,8 @@ def save(path: str, data: dict[str, Any], raw: dict[str, list[str]] | None = Non
             view = memoryview(body)
             while view:  # write(2) may write less than asked
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, target)
@@ -69,6 +95,8 @@ def save(path: str, data: dict[str, Any], raw: dict[str, list[str]] | None = Non
         except OSError:
             pass
         raise
+    if not durable:
+        return
     # The rename is durable only once the directory entry is on disk.
     dirfd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
