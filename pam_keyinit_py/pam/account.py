@@ -37,7 +37,7 @@ from __future__ import annotations
 import pwd
 
 from .. import protocol as P
-from .client import pam_code, prompt, request
+from .client import get_item, pam_code, prompt, request, set_item
 from .log import LOG_NOTICE, LOG_WARNING, syslog
 
 TYPE_CHECKING = False
@@ -132,10 +132,7 @@ def _new_password(pamh: PamHandle, opts: Options, kerberos: bool = True) -> str 
     password is asked only for the module after this one.
     """
     if opts.use_authtok:
-        try:
-            return pamh.authtok or None
-        except Exception:  # noqa: BLE001 - pam_get_item failing is no password
-            return None
+        return get_item(pamh, "authtok")
     first = prompt(pamh, NEW_PROMPT if kerberos else PLAIN_NEW_PROMPT)
     if not first:
         return None
@@ -143,18 +140,8 @@ def _new_password(pamh: PamHandle, opts: Options, kerberos: bool = True) -> str 
     if first != second:
         _say(pamh, pamh.PAM_ERROR_MSG, "Passwords don't match")
         return None
-    try:
-        pamh.authtok = first  # for a later module stacked with use_authtok
-    except Exception:  # noqa: BLE001 - the change goes on without sharing it
-        pass
+    set_item(pamh, "authtok", first)  # for a later module stacked with use_authtok
     return first
-
-
-def _old_password(pamh: PamHandle) -> str | None:
-    try:
-        return pamh.oldauthtok or None
-    except Exception:  # noqa: BLE001 - pam_get_item failing is no password
-        return None
 
 
 def chauthtok(pamh: PamHandle, flags: int, opts: Options, user: str, pw: pwd.struct_passwd, ours: bool,
@@ -165,13 +152,8 @@ def chauthtok(pamh: PamHandle, flags: int, opts: Options, user: str, pw: pwd.str
     if flags & pamh.PAM_CHANGE_EXPIRED_AUTHTOK and not (login.expired and login.user == user):
         return int(pamh.PAM_IGNORE)  # only an expired password is changed this way
     if not ours or (login.not_ours and login.user == user):
-        if update and not opts.use_authtok:
-            try:
-                have = pamh.authtok
-            except Exception:  # noqa: BLE001
-                have = None
-            if not have:
-                _new_password(pamh, opts, kerberos=False)
+        if update and not opts.use_authtok and not get_item(pamh, "authtok"):
+            _new_password(pamh, opts, kerberos=False)
         return int(pamh.PAM_IGNORE)
     principal = login.principal if login.user == user else None
     base = {"op": "chpass", "user": user, "uid": pw.pw_uid, "principal": principal}
@@ -179,7 +161,7 @@ def chauthtok(pamh: PamHandle, flags: int, opts: Options, user: str, pw: pwd.str
         return _check_current(pamh, opts, user, pw, login, base)
     if not update:
         return int(pamh.PAM_IGNORE)
-    old = _old_password(pamh)
+    old = get_item(pamh, "oldauthtok")
     if not old:  # PAM_PRELIM_CHECK did not run or did not succeed: nothing proves the old one
         return int(pamh.PAM_AUTHTOK_RECOVERY_ERR)
     new = _new_password(pamh, opts)
@@ -216,7 +198,7 @@ def chauthtok(pamh: PamHandle, flags: int, opts: Options, user: str, pw: pwd.str
 def _check_current(pamh: PamHandle, opts: Options, user: str, pw: pwd.struct_passwd, login: LoginState,
                    base: dict[str, object]) -> int:
     """PAM_PRELIM_CHECK: the current password must get a kadmin/changepw ticket; kept in PAM_OLDAUTHTOK."""
-    old = stored = _old_password(pamh)
+    old = stored = get_item(pamh, "oldauthtok")
     if not old and not (login.user == user and (login.principal or login.expired)):
         # Before asking for a Kerberos password: does the user have a principal at all?
         probe = request(opts, {"op": "account", "user": user, "uid": pw.pw_uid, "kuserok": False,
@@ -238,11 +220,8 @@ def _check_current(pamh: PamHandle, opts: Options, user: str, pw: pwd.struct_pas
             return int(pamh.PAM_AUTHTOK_RECOVERY_ERR)
         reply = request(opts, {**base, "old_password": old}, CHPASS_TIMEOUT)
     if reply.get("ok"):
-        try:
-            pamh.oldauthtok = old
-        except Exception:  # noqa: BLE001 - the update pass would have nothing to prove
-            return int(pamh.PAM_AUTHTOK_ERR)
-        return int(pamh.PAM_SUCCESS)
+        # Kept for the update pass, which has nothing to prove the change with otherwise.
+        return int(pamh.PAM_SUCCESS if set_item(pamh, "oldauthtok", old) else pamh.PAM_AUTHTOK_ERR)
     del old
     code = reply.get("code")
     if code == P.UNKNOWN_PRINCIPAL:

@@ -114,22 +114,29 @@ def prompt(pamh: PamHandle, text: str) -> str | None:
     return getattr(reply, "resp", None) or None
 
 
+def get_item(pamh: PamHandle, item: str) -> str | None:
+    """pam_get_item of PAM_AUTHTOK (``authtok``) or PAM_OLDAUTHTOK (``oldauthtok``); None if unset."""
+    try:
+        return getattr(pamh, item) or None
+    except Exception:  # noqa: BLE001 - pam_get_item failing is no password
+        return None
+
+
+def set_item(pamh: PamHandle, item: str, value: str) -> bool:
+    """pam_set_item of PAM_AUTHTOK or PAM_OLDAUTHTOK, for the modules after this one."""
+    try:
+        setattr(pamh, item, value)
+        return True
+    except Exception:  # noqa: BLE001 - the caller decides whether that matters
+        return False
+
+
 def _ask_password(pamh: PamHandle) -> str | None:
     """Prompt, and keep the answer in PAM_AUTHTOK as pam_krb5 does, for later modules (try_first_pass)."""
     token = prompt(pamh, PASSWORD_PROMPT)
     if token:
-        try:
-            pamh.authtok = token
-        except Exception:  # noqa: BLE001 - the login goes on without sharing it
-            pass
+        set_item(pamh, "authtok", token)
     return token
-
-
-def _stored_password(pamh: PamHandle) -> str | None:
-    try:
-        return pamh.authtok or None
-    except Exception:  # noqa: BLE001 - pam_get_item failing is no password
-        return None
 
 
 def k5login_principals(pw: pwd.struct_passwd) -> list[str] | None:
@@ -192,7 +199,7 @@ def authenticate(pamh: PamHandle, opts: Options, user: str, pw: pwd.struct_passw
     password change (pam_krb5's defer_pwchange).  Without ``login`` an expired password is
     PAM_AUTH_ERR.
     """
-    stored = _stored_password(pamh)
+    stored = get_item(pamh, "authtok")
     if stored:
         password: str | None = stored
     elif opts.use_first_pass:

@@ -90,6 +90,20 @@ def _ours(opts: Options, pw: pwd.struct_passwd) -> bool:
     return pw.pw_uid >= opts.minimum_uid
 
 
+def _kerberos_user(pamh: PamHandle, argv: list[str], below_minimum: bool = False,
+                   ) -> tuple[Options, str, pwd.struct_passwd, bool] | int:
+    """The auth/account/password calls' start: (options, user, passwd entry, ours), or the PAM code
+    to return now: PAM_USER_UNKNOWN, or PAM_IGNORE below minimum_uid unless ``below_minimum``."""
+    opts = _options(pamh, argv)
+    found = _user(pamh, None)
+    if found is None:
+        return int(pamh.PAM_USER_UNKNOWN)
+    ours = _ours(opts, found[1])
+    if not ours and not below_minimum:
+        return int(pamh.PAM_IGNORE)
+    return opts, found[0], found[1], ours
+
+
 class Hook:
     """The entry points bound to the state of one PAM handle."""
 
@@ -119,42 +133,36 @@ class Hook:
     @_never_raises("PAM_AUTHINFO_UNAVAIL")
     def authenticate(self, pamh: PamHandle, flags: int, argv: list[str]) -> int:
         """pam_sm_authenticate: the service gets a TGT with the password (pam_keyinit has no auth part)."""
-        opts = _options(pamh, argv)
-        found = _user(pamh, None)
-        if found is None:
-            return int(pamh.PAM_USER_UNKNOWN)
-        user, pw = found
-        if not _ours(opts, pw):
-            return int(pamh.PAM_IGNORE)
+        found = _kerberos_user(pamh, argv)
+        if isinstance(found, int):
+            return found
         from . import client
 
+        opts, user, pw, _ = found
         return client.authenticate(pamh, opts, user, pw, self.login)
 
     @_never_raises("PAM_SERVICE_ERR")
     def acct_mgmt(self, pamh: PamHandle, flags: int, argv: list[str]) -> int:
         """pam_sm_acct_mgmt: expired password, krb5_kuserok, and the KDC's view of the principal."""
-        opts = _options(pamh, argv)
-        found = _user(pamh, None)
-        if found is None:
-            return int(pamh.PAM_USER_UNKNOWN)
-        user, pw = found
-        if not _ours(opts, pw):
-            return int(pamh.PAM_IGNORE)
+        found = _kerberos_user(pamh, argv)
+        if isinstance(found, int):
+            return found
         from . import account
 
+        opts, user, pw, _ = found
         return account.acct_mgmt(pamh, opts, user, pw, self.login)
 
     @_never_raises("PAM_AUTHTOK_ERR")
     def chauthtok(self, pamh: PamHandle, flags: int, argv: list[str]) -> int:
         """pam_sm_chauthtok: change the Kerberos password through kpasswd (PRELIM_CHECK, UPDATE_AUTHTOK)."""
-        opts = _options(pamh, argv)
-        found = _user(pamh, None)
-        if found is None:
-            return int(pamh.PAM_USER_UNKNOWN)
-        user, pw = found
+        # Users below minimum_uid come too: the new password is still asked for the next module.
+        found = _kerberos_user(pamh, argv, below_minimum=True)
+        if isinstance(found, int):
+            return found
         from . import account
 
-        return account.chauthtok(pamh, flags, opts, user, pw, _ours(opts, pw), self.login)
+        opts, user, pw, ours = found
+        return account.chauthtok(pamh, flags, opts, user, pw, ours, self.login)
 
     @_never_raises("PAM_CRED_ERR")
     def setcred(self, pamh: PamHandle, flags: int, argv: list[str]) -> int:
