@@ -376,7 +376,7 @@ class Service:
         """Acquire a TGT for ``principal`` (default user@default_realm) into KEYRING:persistent:<uid>.
 
         With ``kuserok`` the success reply also carries krb5_kuserok(principal, user), which
-        saves the hook's acct_mgmt a request (None when the principal does not parse).
+        saves the hook's acct_mgmt a request (absent when krb5_kuserok fails: acct_mgmt asks then).
         """
         with self.lock:
             self._authing[uid] = self._authing.get(uid, 0) + 1

@@ -46,23 +46,24 @@ def _temp_name(target: Path) -> Path:
 
 
 TMPFS_MAGIC = 0x01021994  # <linux/magic.h>
-_tmpfs: dict[str, bool] = {}
+_libc: Any = None
 
 
 def on_tmpfs(directory: str | Path) -> bool:
-    """Whether ``directory`` is on a tmpfs: statfs(2)'s f_type (cached per directory; False if unknown)."""
-    key = str(directory)
-    known = _tmpfs.get(key)
-    if known is None:
-        import ctypes
-        import struct
+    """Whether ``directory`` is on a tmpfs: statfs(2)'s f_type (False when statfs fails).
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on x86_64
-        known = (libc.statfs(key.encode(), buf) == 0
-                 and struct.unpack_from("@l", buf.raw)[0] == TMPFS_MAGIC)
-        _tmpfs[key] = known
-    return known
+    Asked at every save (one syscall): a file system mounted over the directory later counts.
+    """
+    global _libc
+    import ctypes
+    import struct
+
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on x86_64
+    if _libc.statfs(str(directory).encode(), buf) != 0:
+        return False
+    return struct.unpack_from("@l", buf.raw)[0] == TMPFS_MAGIC
 
 
 def save(path: str, data: dict[str, Any], raw: dict[str, list[str]] | None = None) -> None:
