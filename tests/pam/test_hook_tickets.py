@@ -4,7 +4,9 @@ a real keyinit-ticketd and a real MIT KDC: the options and round trips that issu
 - ``try_first_pass``: an earlier module's PAM_AUTHTOK that is not the Kerberos password is
   followed by one prompt (pam_krb5's option), where before the option was parsed and never read;
 - the auth reply carries krb5_kuserok, so acct_mgmt after the hook's own auth sends no request:
-  shown by stopping the service (SIGSTOP) between the two calls.
+  shown by stopping the service (SIGSTOP) between the two calls;
+- the never-raise wrapper: an exception inside each entry point becomes that call's code and one
+  log line with its class and place, never its text.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import uuid
 import pytest
 
 from pam_keyinit_py import protocol as P
-from pam_keyinit_py.lab.pamwrap import PAM_PYTHON, PamWrapper
+from pam_keyinit_py.lab.pamwrap import PAM_PYTHON, PamWrapper, syslog_lines
 from tests.fixtures_pam import STRERROR
 from tests.kdc import test_account_password as tap
 from tests.kdc import ticketd as td
@@ -98,3 +100,43 @@ def test_acct_mgmt_after_the_hooks_auth_sends_no_request(pamwrap, ticketd, svc_u
         os.kill(pid, signal.SIGCONT)
     assert res.returncode == 0 and "account management done" in res.stdout + res.stderr, \
         res.stdout + res.stderr + ticketd.log()
+
+
+#: A shim whose hook fails inside every entry point (its option parser raises, text and all).
+BROKEN_SHIM = """import sys
+sys.path[:0] = {paths!r}
+import pam_keyinit_py.pam.hook as _h
+
+def _broken(pamh, argv):
+    raise RuntimeError("s3cr3t-in-the-message")
+
+_h._options = _broken
+_hook = _h.Hook()
+pam_sm_authenticate = _hook.authenticate
+pam_sm_acct_mgmt = _hook.acct_mgmt
+pam_sm_chauthtok = _hook.chauthtok
+pam_sm_setcred = _hook.setcred
+pam_sm_open_session = _hook.open_session
+pam_sm_close_session = _hook.close_session
+"""
+
+
+def test_an_exception_in_an_entry_point_becomes_its_code_and_a_log_line_without_its_text(pamwrap) -> None:
+    """The never-raise wrapper, through real libpam: each call's documented code, no traceback."""
+    from pam_keyinit_py.pam.shim import repo_paths
+
+    shim = pamwrap.dir / "broken_shim.py"
+    shim.write_text(BROKEN_SHIM.format(paths=repo_paths()))
+    shim.chmod(0o644)
+    expect = {"authenticate": STRERROR["authinfo_unavail"], "acct_mgmt": "System error",
+              "open_session": "Cannot make/remove an entry for the specified session",
+              "chauthtok": STRERROR["authtok_err"]}
+    for kind, op in (("auth", "authenticate"), ("account", "acct_mgmt"), ("session", "open_session"),
+                     ("password", "chauthtok")):
+        service = _service(pamwrap, [f"{kind} required {PAM_PYTHON} {shim}"])
+        res = pamwrap.run(service, "root", op)
+        assert res.returncode != 0 and expect[op] in res.stderr, (op, res.stderr)
+        logged = [m for m in syslog_lines(res.stderr) if "unexpected" in m]
+        assert len(logged) == 1 and f"{op}: unexpected RuntimeError at " in logged[0], (op, res.stderr)
+        assert logged[0].endswith("broken_shim.py:6"), logged  # where it was raised
+        assert "s3cr3t" not in res.stderr and "Traceback" not in res.stderr, res.stderr
