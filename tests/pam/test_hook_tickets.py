@@ -1,5 +1,5 @@
-"""The hook's ticket client through real libpam (pamtester under pam_wrapper, the real pam_python.so),
-a real keyinit-ticketd and a real MIT KDC: the options and round trips that issue 12/14 changed.
+"""The hook's ticket client and entry points through real libpam (pamtester under pam_wrapper, the
+real pam_python.so), a real keyinit-ticketd and a real MIT KDC: what issues 12 and 14 changed.
 
 - ``try_first_pass``: an earlier module's PAM_AUTHTOK that is not the Kerberos password is
   followed by one prompt (pam_krb5's option), where before the option was parsed and never read;
@@ -128,7 +128,7 @@ def test_an_exception_in_an_entry_point_becomes_its_code_and_a_log_line_without_
     shim = pamwrap.dir / "broken_shim.py"
     shim.write_text(BROKEN_SHIM.format(paths=repo_paths()))
     shim.chmod(0o644)
-    expect = {"authenticate": STRERROR["authinfo_unavail"], "acct_mgmt": "System error",
+    expect = {"authenticate": STRERROR["authinfo_unavail"], "acct_mgmt": "Error in service module",
               "open_session": "Cannot make/remove an entry for the specified session",
               "chauthtok": STRERROR["authtok_err"]}
     for kind, op in (("auth", "authenticate"), ("account", "acct_mgmt"), ("session", "open_session"),
