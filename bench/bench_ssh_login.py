@@ -83,6 +83,17 @@ STACKS = (("anchor", anchor), ("floor", floor), ("ours", ours), ("timed", timed)
 TARGET_MS = 15.0
 
 
+def cpu_ms(pid: int, children: bool = True) -> float:
+    """A process's user+sys CPU in ms (/proc/<pid>/stat), with its reaped children's by default.
+
+    sshd -D reaps each login's processes (pre-auth child, monitor, auth child, session), so the
+    master's cutime+cstime grows by a login's whole CPU, whatever else the machine runs.
+    """
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if children else 0)
+    return ticks * 1000 / os.sysconf("SC_CLK_TCK")
+
+
 def time_logins(server: Sshd, user: str, password: str, n: int) -> list[float]:
     """Wall-clock seconds of n complete logins running `true`."""
     out = []
@@ -116,6 +127,7 @@ def main() -> None:
     daemon.start()
     results: dict[tuple[str, str], list[float]] = {}
     phases: dict[str, dict[str, list[float]]] = {}
+    cpu: dict[tuple[str, str], float] = {}
     try:
         for mode in (PASSWORD, KBDINT):
             servers = {}
@@ -128,11 +140,21 @@ def main() -> None:
                 log.write_text("")
                 # Interleaved, one login each in turn, so drift in the machine's load hits all alike.
                 times: dict[str, list[float]] = {name: [] for name in servers}
+                assert daemon.proc is not None
+                masters = {name: server.proc.pid for name, server in servers.items() if server.proc}
+                cpu0 = {name: cpu_ms(pid) for name, pid in masters.items()}
+                svc_cpu = 0.0
                 for _ in range(LOGINS):
                     for name, server in servers.items():
+                        before = cpu_ms(daemon.proc.pid, children=False)
                         times[name] += time_logins(server, user, password, 1)
-                for name in servers:
+                        if name == "ours":
+                            svc_cpu += cpu_ms(daemon.proc.pid, children=False) - before
+                time.sleep(0.5)  # the last logins' processes reaped
+                for name, pid in masters.items():
                     results[(mode, name)] = times[name]
+                    cpu[(mode, name)] = (cpu_ms(pid) - cpu0[name]) / LOGINS
+                cpu[(mode, "service")] = svc_cpu / LOGINS
                 phases[mode] = read_phases(log)
             finally:
                 for server in servers.values():
@@ -153,6 +175,14 @@ def main() -> None:
         ma, mf, mo = (statistics.median(v) for v in (a, f, o))
         print(f"{mode:22} {spread(a):>21} {spread(f):>17} {spread(o):>17} {mo / ma:6.2f} {mo - mf:9.1f}  "
               f"target ours-floor <= {TARGET_MS:g} ms: {verdict(mo - mf <= TARGET_MS)}")
+    print(f"CPU per login (mean of {LOGINS}; sshd's reaped children, so other jobs' load does not count)")
+    print(f"{'sshd mode':22} {'pam_krb5+pam_keyinit':>21} {'empty pam_python':>17} {'this project':>17} "
+          f"{'+service':>9} {'ours+svc-floor':>15}")
+    for mode in (PASSWORD, KBDINT):
+        a, f, o, svc = (cpu[(mode, name)] for name in ("anchor", "floor", "ours", "service"))
+        own = o + svc - f
+        print(f"{mode:22} {a:21.1f} {f:17.1f} {o:17.1f} {svc:9.1f} {own:15.1f}  "
+              f"target <= {TARGET_MS:g} ms: {verdict(own <= TARGET_MS)}")
     print("'empty pam_python' is the same stack with empty modules: pam_python's interpreter itself")
     print("(one in the monitor, one more in the keyboard-interactive auth child); ratio = ours / anchor")
     for mode in (PASSWORD, KBDINT):
