@@ -5,12 +5,13 @@
 # pam_keyinit_py.lab.adrealm) and vagrant/ use it.  Plain bash plus Debian's samba 4.17
 # (samba samba-ad-dc samba-ad-provision: `make setup` installs them).
 #
-#   ad-realm.sh start DIR [-r REALM] [-l LIFE_HOURS] [-R RENEW_HOURS]
+#   ad-realm.sh start DIR [-r REALM] [-l LIFE_HOURS] [-R RENEW_HOURS] [-a ADDR]
 #       Provision a domain (samba-tool domain provision) into DIR with a PRIVATE smb.conf
 #       (DIR/etc/smb.conf: the host's /etc/samba/smb.conf is never read or written), no DNS
-#       server, only the KDC service, bound to lo.  Writes DIR/krb5.conf (KDC 127.0.0.1:88,
+#       server, only the KDC service, bound to lo (and ADDR: the vagrant kdc box serves its
+#       network).  Writes DIR/krb5.conf (KDC ADDR:88, default 127.0.0.1,
 #       default ccache KEYRING:persistent:%{uid}, default keytab DIR/krb5.keytab) and the host
-#       service account's AES keytab (see hostkeytab).  Then starts `samba` and waits until its
+#       computer account's AES keytab (see hostkeytab).  Then starts `samba` and waits until its
 #       KDC answers on 127.0.0.1:88.  The KDC's user ticket life and renewal are whole hours
 #       (Samba's kdc:user ticket lifetime / kdc:renewal lifetime; AD's defaults are 10 and 168).
 #       A second start of an existing DIR starts samba again on the same database.
@@ -22,14 +23,18 @@
 #       password on the first line of stdin (never on a command line).  -groups N also makes N
 #       security groups NAME-g0001.. and puts the user in each (the PAC grows with each).
 #       An existing user gets the new password and the missing groups.
-#   ad-realm.sh deluser DIR NAME    Remove the user and its NAME-g* groups.
+#   ad-realm.sh deluser DIR NAME    Remove the user and its NAME-g* groups (NAME$: a computer).
 #   ad-realm.sh ktadd DIR KEYTAB PRINC...
 #       samba-tool domain exportkeytab: the principals' current keys into KEYTAB.
-#   ad-realm.sh hostkeytab DIR [HOST...]
-#       The service account "pkkhost" (random password, msDS-SupportedEncryptionTypes=24:
-#       AES128+AES256) with SPNs host/HOST for each HOST (default: localhost and this host's
-#       names), exported to DIR/krb5.keytab (0600).  `samba-tool computer create` makes an
-#       account without keys (exportkeytab writes nothing), hence a user account.
+#   ad-realm.sh hostkeytab DIR [-n NAME] [-k KEYTAB] [HOST...]
+#       The computer account NAME$ (default: this host's short name, upper case, 15 characters
+#       at most; a new random password, msDS-SupportedEncryptionTypes=24: AES128+AES256) with
+#       SPNs host/HOST for each HOST (default: localhost and this host's names; a HOST with a
+#       "/", such as nfs/HOST, is taken as the SPN itself), as a domain join makes it.  Its
+#       AES keys under NAME$@REALM (the client name the KDC issues a TGT to: FAST armor) and
+#       under each SPN@REALM (validation, GSSAPI, NFS) are exported to
+#       KEYTAB (default DIR/krb5.keytab, 0600).  `samba-tool computer create` alone makes an
+#       account without keys (exportkeytab writes nothing): the password is set here.
 #   ad-realm.sh env DIR             Print `export KRB5_CONFIG=... REALM=... KDC_PORT=88` lines.
 #   ad-realm.sh status DIR          Print realm, port and pid; exit 0 if samba runs, 3 if not.
 set -euo pipefail
@@ -40,7 +45,7 @@ PY=/usr/bin/python3   # python3-samba is for Debian's interpreter, not a venv or
 PORT=88               # Samba's KDC has no port setting: AD clients find it on 88
 
 die() { echo "$PROG: $*" >&2; exit 1; }
-usage() { sed -n '4,37p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '4,39p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 need() {
     command -v samba-tool >/dev/null 2>&1 && [ -x /usr/sbin/samba ] &&
@@ -111,12 +116,13 @@ $code" "$SMBCONF" "$DIR/private/sam.ldb" "$@"
 }
 
 cmd_start() {
-    local dir="" realm="AD.PKK.TEST" life=10 renew=168
+    local dir="" realm="AD.PKK.TEST" life=10 renew=168 addr=127.0.0.1
     while [ $# -gt 0 ]; do
         case "$1" in
             -r) realm="$2"; shift 2 ;;
             -l) life="$2"; shift 2 ;;
             -R) renew="$2"; shift 2 ;;
+            -a) addr="$2"; shift 2 ;;
             -*) die "start: unknown option $1" ;;
             *) [ -z "$dir" ] || die "start: one DIR only"; dir="$1"; shift ;;
         esac
@@ -124,12 +130,15 @@ cmd_start() {
     [ -n "$dir" ] || usage
     case "$life$renew" in *[!0-9]*) die "start: -l and -R take whole hours" ;; esac
     case "$realm" in *[!A-Z0-9.-]*|"") die "start: the realm is upper case DNS labels: $realm" ;; esac
+    case "$addr" in *[!0-9.]*|"") die "start: -a takes an IPv4 address: $addr" ;; esac
     need
     mkdir -p "$dir"
     DIR="$(cd "$dir" && pwd)"
     SMBCONF="$DIR/etc/smb.conf"
     if [ ! -f "$DIR/realm.env" ]; then
-        local domain="${realm%%.*}" dnsdomain="${realm,,}"
+        local domain="${realm%%.*}" dnsdomain="${realm,,}" ifaces="lo"
+        # -a: also serve a private network's address (the vagrant kdc box); lo stays for the lab.
+        [ "$addr" = 127.0.0.1 ] || ifaces="lo $addr"
         domain="${domain:0:15}"
         mkdir -p "$DIR/etc" "$DIR/run"
         # An empty private smb.conf: provision writes its own there.  Without --configfile
@@ -138,7 +147,7 @@ cmd_start() {
         "$(command -v samba-tool)" domain provision --configfile="$SMBCONF" --targetdir="$DIR" \
             --realm="$realm" --domain="$domain" --server-role=dc --dns-backend=NONE \
             --host-name=pkkdc --host-ip=127.0.0.1 \
-            --option="interfaces = lo" --option="bind interfaces only = yes" \
+            --option="interfaces = $ifaces" --option="bind interfaces only = yes" \
             >"$DIR/provision.log" 2>&1 ||
             die "samba-tool domain provision failed: $(tail -n 3 "$DIR/provision.log")"
         # Only the KDC (with kpasswd): no DNS, SMB, RPC or LDAP listeners on the host.
@@ -170,9 +179,9 @@ cmd_start() {
 
 [realms]
     $REALM = {
-        kdc = 127.0.0.1:$PORT
-        admin_server = 127.0.0.1:$PORT
-        kpasswd_server = 127.0.0.1:464
+        kdc = $addr:$PORT
+        admin_server = $addr:$PORT
+        kpasswd_server = $addr:464
     }
 
 [domain_realm]
@@ -181,8 +190,8 @@ cmd_start() {
     $dnsdomain = $REALM
 EOF
         chmod 0644 "$DIR/krb5.conf"
-        printf 'REALM=%q\nDOMAIN=%q\nDNSDOMAIN=%q\nLIFE_HOURS=%q\nRENEW_HOURS=%q\n' \
-            "$REALM" "$domain" "$dnsdomain" "$life" "$renew" >"$DIR/realm.env"
+        printf 'REALM=%q\nDOMAIN=%q\nDNSDOMAIN=%q\nLIFE_HOURS=%q\nRENEW_HOURS=%q\nADDR=%q\n' \
+            "$REALM" "$domain" "$dnsdomain" "$life" "$renew" "$addr" >"$DIR/realm.env"
         cmd_hostkeytab "$DIR" >/dev/null
     else
         load "$DIR"
@@ -297,7 +306,7 @@ if groups:
 cmd_deluser() {
     [ $# -eq 2 ] || usage
     load "$1"
-    check_name "$2" deluser
+    check_name "${2%\$}" deluser
     samdb '
 name = args[0]
 for r in db.search(db.domain_dn(), scope=ldb.SCOPE_SUBTREE, attrs=["dn"],
@@ -321,41 +330,80 @@ cmd_ktadd() {
     rm -f "$DIR/ktadd.err"
 }
 
+# Keep only the AES keys (17, 18) of KEYTAB: exportkeytab of an account's own name also writes
+# its RC4 key (the NT hash), which an AES-only host has no use for.
+aes_only() {
+    local keytab="$1" slots
+    slots="$(printf 'rkt %s\nlist -e\n' "$keytab" | ktutil 2>/dev/null |
+        awk '$1 ~ /^[0-9]+$/ && $0 !~ /aes(128|256)-cts-hmac-sha1-96/ {print $1}' | sort -rn)"
+    [ -n "$slots" ] || return 0
+    {
+        printf 'rkt %s\n' "$keytab"
+        printf 'delent %s\n' $slots
+        printf 'wkt %s.aes\n' "$keytab"
+    } | ktutil >/dev/null 2>&1 || die "hostkeytab: ktutil could not drop the RC4 keys of $keytab"
+    mv -f "$keytab.aes" "$keytab"
+}
+
 cmd_hostkeytab() {
     [ $# -ge 1 ] || usage
     load "$1"
     shift
-    local hosts=("$@") h keytab="$DIR/krb5.keytab" seen=" " spns=()
+    local name="" keytab="$DIR/krb5.keytab" hosts=() h seen=" " spns=()
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            -n) name="$2"; shift 2 ;;
+            -k) keytab="$2"; shift 2 ;;
+            -*) die "hostkeytab: unknown option $1" ;;
+            *) hosts+=("$1"); shift ;;
+        esac
+    done
     if [ ${#hosts[@]} -eq 0 ]; then
         hosts=(localhost "$(hostname)" "$(hostname -f 2>/dev/null || hostname)")
     fi
     for h in "${hosts[@]}"; do
         h="${h,,}"
+        case "$h" in */*) ;; *) h="host/$h" ;; esac
         case "$seen" in *" $h "*) continue ;; esac
-        case "$h" in *[!a-z0-9.-]*|"") die "hostkeytab: bad host name $h" ;; esac
+        case "${h#*/}" in *[!a-z0-9.-]*|"") die "hostkeytab: bad host name $h" ;; esac
+        case "${h%%/*}" in *[!a-z0-9-]*|"") die "hostkeytab: bad service name $h" ;; esac
         seen="$seen$h "
-        spns+=("host/$h")
+        spns+=("$h")
     done
+    # The computer account's name is the host's NetBIOS name: its short name, upper case, at
+    # most 15 characters (what a join names it, and what SSSD looks for first in a keytab).
+    if [ -z "$name" ]; then
+        name="$(hostname)"
+        name="${name%%.*}"
+    fi
+    name="${name^^}"
+    name="${name:0:15}"
+    case "$name" in *[!A-Z0-9-]*|"") die "hostkeytab: bad computer name $name" ;; esac
     # A random password nobody sees: it goes to samba on stdin, and its keys to the keytab.
     head -c 32 /dev/urandom | base64 | samdb '
-name = "pkkhost"
+name, spns = args[0], args[1:]
 pw = sys.stdin.readline().strip()
-filt = "(sAMAccountName=%s)" % name
-if db.search(db.domain_dn(), scope=ldb.SCOPE_SUBTREE, expression=filt, attrs=["dn"]):
-    db.setpassword(filt, pw)
-else:
-    db.newuser(name, pw)
+filt = "(sAMAccountName=%s$)" % ldb.binary_encode(name)
+found = db.search(db.domain_dn(), scope=ldb.SCOPE_SUBTREE, expression=filt, attrs=["dn"])
+if not found:
+    db.newcomputer(name)
+db.setpassword(filt, pw)
 del pw
 dn = db.search(db.domain_dn(), scope=ldb.SCOPE_SUBTREE, expression=filt, attrs=["dn"])[0].dn
 m = ldb.Message(dn)
-m["servicePrincipalName"] = ldb.MessageElement(args, ldb.FLAG_MOD_REPLACE, "servicePrincipalName")
+m["servicePrincipalName"] = ldb.MessageElement(spns, ldb.FLAG_MOD_REPLACE, "servicePrincipalName")
 # 24 = AES128 | AES256: service tickets for these SPNs are AES, never RC4.
 m["msDS-SupportedEncryptionTypes"] = ldb.MessageElement("24", ldb.FLAG_MOD_REPLACE,
                                                         "msDS-SupportedEncryptionTypes")
 db.modify(m)
-' "${spns[@]}" 2>"$DIR/hostkeytab.err" || die "hostkeytab: $(tail -n 2 "$DIR/hostkeytab.err")"
+' "$name" "${spns[@]}" 2>"$DIR/hostkeytab.err" || die "hostkeytab: $(tail -n 2 "$DIR/hostkeytab.err")"
     rm -f "$DIR/hostkeytab.err" "$keytab"
-    (umask 077; for h in "${spns[@]}"; do cmd_ktadd "$DIR" "$keytab" "$h@$REALM"; done)
+    # The account's own name first: Samba (like AD) issues a TGT to NAME$ -- the FAST armor --
+    # but not to its host/ SPNs, which only serve (validation, sshd's GSSAPI).
+    (umask 077
+     cmd_ktadd "$DIR" "$keytab" "$name\$@$REALM"
+     for h in "${spns[@]}"; do cmd_ktadd "$DIR" "$keytab" "$h@$REALM"; done
+     aes_only "$keytab")
     echo "$keytab"
 }
 

@@ -13,7 +13,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order `keyinit --help` lists them.
-COMMAND_MODULES = ("tickets", "secret", "doctor", "demo", "install")
+COMMAND_MODULES = ("tickets", "metrics", "secret", "doctor", "demo", "install")
 
 
 def build_parser() -> argparse.ArgumentParser:

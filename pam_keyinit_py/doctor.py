@@ -169,42 +169,10 @@ def check_service(sock_path: str = DEFAULT_SOCKET) -> Check:
 
 
 def _generation_bytes(uid: int) -> int:
-    """Quota bytes of the uid's largest ccache in KEYRING:persistent:<uid>: one cache generation.
+    """Quota bytes of the uid's largest ccache in KEYRING:persistent:<uid>: one cache generation."""
+    from .tickets.quota import cache_sizes
 
-    Walks ``_persistent.<uid>`` -> ``_krb`` -> ``krb_ccache_*`` (keyctl_get_persistent into this
-    thread's keyring, which makes the keys possessed, so keyctl_read may read them) and counts what
-    the kernel charges a key: its description plus NUL plus its payload.
-    """
-    from . import keyutils
-
-    thread = keyutils.KEY_SPEC_THREAD_KEYRING
-    try:
-        ring = keyutils.get_persistent(uid, thread)
-    except OSError:
-        return 0
-    largest = 0
-    try:
-        for krb in keyutils.keyring_ids(ring):
-            ktype, _u, _g, _p, desc = keyutils.describe(krb).split(b";", 4)
-            if ktype != b"keyring" or desc != b"_krb":
-                continue
-            for cache in keyutils.keyring_ids(krb):
-                try:
-                    ctype, _u, _g, _p, cdesc = keyutils.describe(cache).split(b";", 4)
-                    if ctype != b"keyring":
-                        continue
-                    size = len(cdesc) + 1
-                    for key in keyutils.keyring_ids(cache):
-                        size += len(keyutils.describe(key).split(b";", 4)[4]) + 1 + len(keyutils.read(key))
-                except OSError:
-                    continue  # a cache retired under us
-                largest = max(largest, size)
-    finally:
-        try:
-            keyutils.unlink(ring, thread)
-        except OSError:
-            pass
-    return largest
+    return max((size for size, _keys in cache_sizes(uid).values()), default=0)
 
 
 def check_quota_headroom(sock_path: str = DEFAULT_SOCKET) -> Check:

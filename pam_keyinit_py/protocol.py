@@ -36,6 +36,7 @@ status    anyone                                        -> service, sessions, ti
 tickets   anyone  [uid] (root only)                     -> tickets
 renew     anyone  [uid] (root only)                     -> tickets, errors
 destroy   anyone  ccache (own caches unless root)       -> destroyed
+metrics   root                                          -> text (Prometheus exposition)
 ========  ======  ===============================================================
 
 ``open``'s ``ccache`` is a delegated TGT that the host wrote to a FILE cache of the user (sshd
@@ -58,6 +59,10 @@ import _socket
 import os as _os
 import struct
 import time
+
+# The delegated-cache rule the hook applies to KRB5CCNAME before ``open`` (one definition, ccname).
+from .ccname import DELEGATED_CCACHE_PREFIX as DELEGATED_CCACHE_PREFIX
+from .ccname import is_delegated_ccache as is_delegated_ccache
 
 try:
     import _json
@@ -105,21 +110,9 @@ ERROR_CODES = frozenset(
      NOT_FOUND, UNAVAILABLE, INTERNAL, BUSY, STATE_NOT_SAVED}
 )
 
-#: Delegated caches the hook hands to ``open``: ``FILE:/tmp/krb5cc_<uid>_<suffix>``, the per-login name
-#: sshd (ssh_krb5_cc_gen) and pam_krb5 give the caches they write and remove themselves.  Other
-#: FILE caches in KRB5CCNAME (one a user set through pam_env) are the user's and are left alone.
-DELEGATED_CCACHE_PREFIX = "FILE:/tmp/krb5cc_"
-
-
-def is_delegated_ccache(name: str, uid: int) -> bool:
-    """True when ``name`` has the form of a per-login FILE cache of ``uid`` (see DELEGATED_CCACHE_PREFIX)."""
-    head = f"{DELEGATED_CCACHE_PREFIX}{uid}_"
-    rest = name[len(head):]
-    return name.startswith(head) and bool(rest) and "/" not in rest
-
 
 #: Operations only uid 0 may send: they create tickets and sessions for other users.
-ROOT_OPS = frozenset({"auth", "open", "close", "account", "chpass"})
+ROOT_OPS = frozenset({"auth", "open", "close", "account", "chpass", "metrics"})
 
 # Request schema: op -> {field: (type, required)}.  Unknown fields are refused so a typo never
 # silently changes meaning.
@@ -139,6 +132,7 @@ SCHEMA: dict[str, dict[str, tuple[type, bool]]] = {
     "tickets": {"uid": _OPT_ID},
     "renew": {"uid": _OPT_ID},
     "destroy": {"ccache": _STR},
+    "metrics": {},
 }
 _MAX_STR = 4096
 #: Deepest nesting of arrays/objects a message may have (requests have none; replies two or three).

@@ -10,8 +10,8 @@ PACKAGES=(
   keyutils libkeyutils-dev
   # the build: cffi extension on the system interpreter
   gcc make python3-dev python3-venv libffi-dev pkg-config
-  # PAM hosts: pam_python, pamtester, pam_wrapper, a real sshd + client
-  libpam-python pamtester libpam-wrapper openssh-server openssh-client sshpass
+  # PAM hosts: pam_python, pamtester, pam_wrapper (+ nss_wrapper: private passwd names), a real sshd + client
+  libpam-python pamtester libpam-wrapper libnss-wrapper openssh-server openssh-client sshpass
   # other ways into an account (su is in login): sudo -i
   sudo
   # Kerberos: a real MIT KDC on loopback, the client tools, pykrb5's headers

@@ -8,6 +8,7 @@ install:
   4. the pam_python shim ``/lib/security/pam_keyinit_py.py``, which puts PREFIX's site-packages
      first on sys.path and exposes the hook's ``pam_sm_*``;
   5. the service and the files around it: the console scripts linked into /usr/local/bin, the
+     manual pages (MAN_PAGES) into /usr/local/share/man, the
      systemd unit ``keyinit-ticketd.service`` (ExecStart pointing into PREFIX), tmpfiles for
      /run/keyinit, the pam-auth-update profiles ``keyinit`` (Additional: behind pam_unix) and
      ``keyinit-krb5`` (Primary: the Kerberos login; enable one with ``pam-auth-update --enable``),
@@ -42,6 +43,10 @@ SCRIPTS = ("keyinit", "keyinit-ticketd", "pykeyctl", "docker-credential-keyctl")
 UNIT = "keyinit-ticketd.service"
 CONFIG = Path("/etc/keyinit/ticketd.toml")
 SHARE = Path("/usr/share/pam-keyinit-py")
+#: The manual pages under man/ (keyinit.1 generated from the argparse parser, scripts/manpages.py),
+#: installed where man-db looks for pages of programs in /usr/local/bin.
+MAN_PAGES = ("keyinit.1", "pykeyctl.1", "ticketd.toml.5", "keyinit-ticketd.8", "pam_keyinit_py.8")
+MAN_DIR = Path("/usr/local/share/man")
 
 
 def system_files(prefix: str) -> list[tuple[str, Path, int]]:
@@ -83,6 +88,10 @@ def install_system_files(prefix: str, root: str, source: Path) -> list[Path]:
         if src.endswith(UNIT):
             data = data.replace(b"/usr/local/bin/keyinit-ticketd", f"{prefix}/bin/keyinit-ticketd".encode())
         _write_atomic(_under(root, dest), data, mode)
+        written.append(dest)
+    for page in MAN_PAGES:
+        dest = MAN_DIR / f"man{page.rsplit('.', 1)[1]}" / page
+        _write_atomic(_under(root, dest), (source / "man" / page).read_bytes(), 0o644)
         written.append(dest)
     config = _under(root, CONFIG)
     if not config.exists():  # never overwrite an admin's configuration

@@ -28,7 +28,8 @@ import argparse
 import getpass
 import os
 import sys
-import time
+
+from .. import timefmt
 
 PROG = "keyinit secret"
 
@@ -144,7 +145,7 @@ def _clear(args: argparse.Namespace, store, attributes: dict[str, str]) -> int: 
 
 
 def _when(stamp: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(stamp)) if stamp else ""
+    return timefmt.when(stamp, empty="", utc=True)
 
 
 def _search(args: argparse.Namespace, store, attributes: dict[str, str]) -> int:  # noqa: ANN001

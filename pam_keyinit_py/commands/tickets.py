@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from typing import Any
 
 from .. import protocol as P
+from .. import timefmt
 
 EXIT_UNAVAILABLE = 3
 
@@ -45,7 +45,7 @@ def _call(args: argparse.Namespace, message: dict[str, Any]) -> tuple[int, dict[
 
 
 def _when(ts: float) -> str:
-    return time.strftime("%m/%d/%y %H:%M:%S", time.localtime(ts)) if ts else "-"
+    return timefmt.when(ts, timefmt.KLIST)
 
 
 #: How each origin the service reports is shown: "adopted" is a cache the user made with kinit.

@@ -88,9 +88,18 @@ def read_key_users(path: str = "/proc/key-users") -> list[KeyUser]:
         return [KeyUser.parse(line) for line in f if line.strip()]
 
 
-def key_user(uid: int) -> KeyUser | None:
-    """The /proc/key-users line of ``uid``, or None when it owns no keys."""
-    return next((u for u in read_key_users() if u.uid == uid), None)
+def key_user(uid: int, path: str = "/proc/key-users") -> KeyUser | None:
+    """The /proc/key-users line of ``uid``, or None when it owns no keys.
+
+    Only that line is parsed: the file has one line per uid with keys (thousands on a busy login
+    host), and the quota guard reads it before every renewal.
+    """
+    head = f"{uid}:"
+    with open(path) as f:
+        for line in f:
+            if line.lstrip().startswith(head):
+                return KeyUser.parse(line)
+    return None
 
 
 def read_quotas(directory: Path = SYSCTL_DIR) -> Quotas:

@@ -2,8 +2,9 @@
 
 The AD counterpart of :mod:`.realm`: the script provisions the domain into a private directory
 with a private smb.conf, starts samba's KDC on 127.0.0.1:88 and ::1:88, and manages users
-(sAMAccountName, UPN, group memberships that grow the PAC) and the host service account whose
-AES keys it exports to a keytab.  This class only runs it and remembers where things are.
+(sAMAccountName, UPN, group memberships that grow the PAC) and the host's computer account
+(``NAME$`` with ``host/`` SPNs, as a join makes it) whose AES keys it exports to a keytab.
+This class only runs it and remembers where things are.
 Passwords go to the script on stdin, never on a command line.
 """
 
@@ -146,12 +147,13 @@ class AdRealm:
         return Path(path)
 
     def host_keytab(self, *hosts: str) -> Path:
-        """``ad-realm.sh hostkeytab``: new password for the host service account, keys re-exported."""
+        """``ad-realm.sh hostkeytab``: new password for the host's computer account, keys re-exported."""
         return Path(self._run("hostkeytab", str(self.dir), *hosts).strip().splitlines()[-1])
 
     @property
     def keytab_path(self) -> Path:
-        """The host service account's AES keytab (0600), krb5.conf's ``default_keytab_name``."""
+        """The computer account's AES keytab (0600: ``NAME$`` and ``host/`` SPNs), krb5.conf's
+        ``default_keytab_name``."""
         return self.dir / "krb5.keytab"
 
     @property

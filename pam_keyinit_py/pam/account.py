@@ -45,9 +45,8 @@ if TYPE_CHECKING:
     from .options import Options
     from .pamh import PamHandle
 
-ACCOUNT_TIMEOUT = 3.0  # kuserok is local; the KDC probe is bounded by the service's kdc_timeout
-CHPASS_TIMEOUT = 12.0  # the changepw AS exchange plus the kpasswd exchange (bounded by the service)
-AUTH_TIMEOUT = 4.0  # the TGT with the new password, after a change at login
+ACCOUNT_TIMEOUT = 8.0  # kuserok is local; the KDC probe is bounded by the service's kdc_timeout (6 s)
+CHPASS_TIMEOUT = 14.0  # the changepw AS exchange plus the kpasswd exchange (each bounded by the service)
 
 EXPIRED_TEXT = "Password expired.  You must change it now."
 CURRENT_PROMPT = "Current Kerberos password: "
@@ -183,7 +182,7 @@ def chauthtok(pamh: PamHandle, flags: int, opts: Options, user: str, pw: pwd.str
     # The change was part of a login: get the TGT with the new password now, so the session
     # starts with it in KEYRING:persistent:<uid> (and the login fails if the KDC will not issue it).
     auth = request(opts, {"op": "auth", "user": user, "uid": pw.pw_uid, "gid": pw.pw_gid, "password": new,
-                          "principal": reply.get("principal"), "kuserok": True}, AUTH_TIMEOUT)
+                          "principal": reply.get("principal"), "kuserok": True}, opts.auth_timeout)
     del new
     if not auth.get("ok"):
         syslog(pamh, LOG_WARNING, f"chauthtok {user}: no TGT with the new password: "

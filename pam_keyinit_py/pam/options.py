@@ -17,9 +17,9 @@ from ..protocol import DEFAULT_SOCKET
 
 DEFAULT_MINIMUM_UID = 1000
 #: Seconds the hook waits for the service's answer to a password (``auth_timeout=``).  The
-#: service bounds each KDC call by its kdc_timeout (2 s default); raise both together where a
-#: KDC may be silent and a replica must be tried (MIT waits 1 s per silent KDC per exchange over UDP).
-DEFAULT_AUTH_TIMEOUT = 2.0
+#: service bounds a login's KDC exchanges by its kdc_timeout (6 s default); the hook waits a
+#: little longer so that the service's own answer (kdc_unreachable, or the TGT) reaches it.
+DEFAULT_AUTH_TIMEOUT = 8.0
 
 
 class Options:

@@ -11,7 +11,9 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..ccname import collection_name
 from ..protocol import DEFAULT_SOCKET
+from .accounts import primary_gid
 
 DEFAULT_CONFIG = "/etc/keyinit/ticketd.toml"
 CLEAR_POLICIES = ("own", "all", "none")
@@ -63,8 +65,10 @@ class Config:
     retry_max: float = 60.0
     #: A cache replaced by a renewal stays this long for readers that resolved it just before.
     renew_grace: float = 2.0
-    #: Bound on one password exchange with the KDC at login.
-    kdc_timeout: float = 2.0
+    #: Bound on one login's (or renewal's) KDC exchanges, queueing for a KDC slot included.
+    #: 6 s as SSSD's krb5_auth_timeout: a burst of logins on a small host, or a silent primary
+    #: KDC before a replica, fits.
+    kdc_timeout: float = 6.0
     log_level: str = "INFO"
     #: Check each login's TGT against the host keytab (krb5_verify_init_creds): a TGT from a KDC
     #: impostor fails.  "if-keytab" skips (with a warning) where the host has no key.
@@ -73,8 +77,11 @@ class Config:
     validate_keytab: str = ""
     #: The principal validated with; "" is host/<this host's canonical name>.
     validate_principal: str = ""
-    #: Armor the password exchange (FAST) with the host principal's TGT from validate_keytab.
+    #: Armor the password exchange (FAST) with a TGT of fast_principal from validate_keytab.
     fast: str = "try"
+    #: The armor TGT's client; "" is the keytab's computer account NAME$ (AD), else
+    #: validate_principal, else host/<this host's canonical name>.
+    fast_principal: str = ""
     #: Ask the KDC for the canonical client name (AD: ``ALICE`` or a UPN -> ``alice@REALM``) and
     #: store the cache under it: one cache per user, not one per spelling.
     canonicalize: bool = True
@@ -96,6 +103,10 @@ class Config:
     max_kdc_calls: int = 16
     #: A client has this long for each whole request (connect or last reply to the last byte).
     request_timeout: float = 10.0
+    #: Write the Prometheus exposition to this file (node_exporter's textfile collector) every
+    #: metrics_interval seconds; "" (default) writes none.
+    metrics_textfile: str = ""
+    metrics_interval: float = 60.0
     keytabs: tuple[KeytabEntry, ...] = field(default_factory=tuple)
 
 
@@ -120,6 +131,7 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
     "validate_keytab": str,
     "validate_principal": str,
     "fast": str,
+    "fast_principal": str,
     "canonicalize": bool,
     "principal_name": str,
     "max_connections": int,
@@ -130,6 +142,8 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
     "request_timeout": (int, float),
     "renew_workers": int,
     "max_kdc_calls": int,
+    "metrics_textfile": str,
+    "metrics_interval": (int, float),
 }
 
 
@@ -147,13 +161,8 @@ def _keytab_entry(index: int, table: object) -> KeytabEntry:
         raise ConfigError(f"keytab[{index}]: uid must be a non-negative integer")
     gid = table.get("gid")
     if gid is None:
-        import pwd
-
-        try:
-            gid = pwd.getpwuid(uid).pw_gid
-        except KeyError:
-            gid = uid
-    ccache = table.get("ccache", f"KEYRING:persistent:{uid}")
+        gid = primary_gid(uid)
+    ccache = table.get("ccache", collection_name(uid))
     for key in ("principal", "keytab"):
         if not isinstance(table[key], str) or not table[key]:
             raise ConfigError(f"keytab[{index}]: {key} must be a non-empty string")
@@ -193,6 +202,10 @@ def parse(data: dict[str, object]) -> Config:
                 "request_timeout", "max_connections_per_uid", "renew_workers", "max_kdc_calls"):
         if getattr(config, key) <= 0:
             raise ConfigError(f"{key} must be positive")
+    if config.metrics_textfile and not config.metrics_textfile.startswith("/"):
+        raise ConfigError("metrics_textfile must be an absolute path")
+    if config.metrics_interval <= 0:
+        raise ConfigError("metrics_interval must be positive")
     if config.adopt_watch_interval < 0:
         raise ConfigError("adopt_watch_interval must be 0 (off) or positive")
     if config.renew_grace < 0:

@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
 
     service = Service(config)
     server = Server(service, config.socket)
+    from . import metrics
+
+    metrics.bind(service, server)
     try:
         server.listen()
     except OSError as exc:
@@ -73,12 +76,18 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     service.start()
+    textfile = None
+    if config.metrics_textfile:
+        textfile = metrics.TextfileWriter(config.metrics_textfile, config.metrics_interval)
+        textfile.start()
     log.info("listening on %s (KRB5_CONFIG=%s)", config.socket, os.environ.get("KRB5_CONFIG", "default"),
              extra=journal.fields(event="ready"))
     sd_notify("READY=1")
     try:
         server.serve_forever()
     finally:
+        if textfile is not None:
+            textfile.stop()
         service.stop()
         server.remove_sockets()
     return 0

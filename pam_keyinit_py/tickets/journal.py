@@ -44,6 +44,11 @@ def fields(**values: Any) -> dict[str, Any]:
     return {f"keyinit_{k}": v for k, v in values.items() if v is not None}
 
 
+def ticket(event: str, t: Any, code: str | None = None, ccache: str | None = None) -> dict[str, Any]:
+    """:func:`fields` of a log line about a tracked ticket ``t`` (uid, principal, ccache)."""
+    return fields(event=event, uid=t.uid, principal=t.principal, ccache=ccache or t.ccache, code=code)
+
+
 def under_journald(stream: Any = None) -> bool:
     """True when ``stream`` (stderr) is the journal stream systemd connected ($JOURNAL_STREAM dev:ino)."""
     value = os.environ.get("JOURNAL_STREAM", "")

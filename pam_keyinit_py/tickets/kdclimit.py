@@ -1,6 +1,6 @@
 """A bound on KDC exchanges in flight, and one exchange per cache at a time.
 
-MIT libkrb5 (1.20) has no timeout of its own, so ``ccache._bounded`` runs each exchange in a
+MIT libkrb5 (1.20) has no timeout of its own, so ``plumbing.bounded`` runs each exchange in a
 helper thread and stops waiting after ``timeout``; the helper itself cannot be cancelled and
 stays until the KDC answers or libkrb5 gives up.  A KDC that accepts and never answers would
 then pile up one blocked thread per login attempt and per renewal retry.  Here each helper

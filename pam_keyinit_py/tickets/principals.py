@@ -1,7 +1,8 @@
 """What the KDC, kpasswd and krb5_kuserok say about a principal: the account and password checks.
 
 - :func:`kuserok`: krb5_kuserok(principal, local user) -- ``~luser/.k5login`` when it exists,
-  else the realm's auth_to_local rules (a tiny cffi call: pykrb5 0.10 has no kuserok).
+  else the realm's auth_to_local rules (a tiny cffi call: pykrb5 0.10 has no kuserok);
+  :func:`kuserok_account` also asks it for the uid's own name (another spelling of an AD user).
 - :func:`account_state`: an AS request for the principal **without a password**.  The MIT KDC
   checks the client entry before any preauthentication (measured on krb5 1.20): a locked or
   disabled principal gets KDC_ERR_CLIENT_REVOKED, an expired account KDC_ERR_NAME_EXP, an
@@ -16,17 +17,21 @@
   realm's kpasswd service.
 
 They run as the service (root): no credential cache is written.  Passwords are bytes only for
-the exchange and never appear in a message.  ``timeout`` bounds each KDC/kpasswd exchange as in
-``ccache`` (a helper thread; the caller gets KdcUnreachable).
+the exchange and never appear in a message.  ``timeout`` bounds each KDC/kpasswd exchange as for
+the ccaches (``plumbing.bounded``: a helper thread; the caller gets KdcUnreachable).
 """
 
 from __future__ import annotations
 
+import pwd
+
 import krb5
 
+from ..ccread import full_name
 from . import errors
-from .ccache import _bounded, _context
 from .errors import TicketError, from_krb5
+from .plumbing import Krb5Failure, bounded, context
+from .validation import fast_armor
 
 CHANGEPW_SERVICE = b"kadmin/changepw"
 #: errno libkrb5 returns when it needs the password and has no prompter (gic_pwd.c).
@@ -53,6 +58,25 @@ def kuserok(principal: str, user: str, krb5_config: str | None = None) -> bool:
     return ok == 1
 
 
+def kuserok_account(principal: str, user: str, uid: int, krb5_config: str | None = None) -> bool:
+    """krb5_kuserok for the account ``uid``: as ``user`` (the login's name), else as the account's
+    own name (getpwuid(uid)->pw_name).
+
+    An AD NSS provider (SSSD, winbind) answers getpwnam("ALICE") and getpwnam("alice@example.com")
+    with alice's entry, so the login's name may be another spelling of the account, while the
+    canonical principal maps (auth_to_local) to the account's own name: ``alice@REALM`` may log in
+    to uid 1000 whatever the spelling, as SSSD's localauth plugin lets a principal in whose local
+    name has the same uid.  ``uid`` comes from the PAM hook's getpwnam (a root-only request).
+    """
+    if kuserok(principal, user, krb5_config):
+        return True
+    try:
+        own = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return False
+    return own != user and kuserok(principal, own, krb5_config)
+
+
 def account_state(principal: str, *, timeout: float | None = 2.0, krb5_config: str | None = None) -> None:
     """Ask the KDC whether it would issue ``principal`` a ticket, without a password.
 
@@ -63,7 +87,7 @@ def account_state(principal: str, *, timeout: float | None = 2.0, krb5_config: s
     what = f"account check of {principal}"
 
     def exchange() -> None:
-        ctx = _context(krb5_config)
+        ctx = context(krb5_config)
         princ = krb5.parse_name_flags(ctx, principal.encode())
         opt = krb5.get_init_creds_opt_alloc(ctx)
         try:
@@ -77,22 +101,21 @@ def account_state(principal: str, *, timeout: float | None = 2.0, krb5_config: s
             raise from_krb5(exc, what) from None
         raise TicketError(f"{what}: the KDC issued a ticket without any key")
 
-    _bounded(exchange, timeout, what)
+    bounded(exchange, timeout, what)
 
 
 def _armor(ctx: krb5.Context, fast: str, keytab: str | None, host: str | None,
-           krb5_config: str | None) -> krb5.CCache | None:
-    """The FAST armor cache as the login's ``auth`` uses it (ccache.fast_armor), per ``fast``.
+           krb5_config: str | None, client: str | None = None) -> krb5.CCache | None:
+    """The FAST armor cache as the login's ``auth`` uses it (validation.fast_armor), per ``fast``.
 
     None when ``fast`` is "never", or "try" and no armor could be had; FastUnavailable when
     "require" and none could be had: the password is then never sent unarmored.
     """
     if fast == "never":
         return None
-    from .ccache import fast_armor
-
     try:
-        return fast_armor(ctx, keytab=keytab or None, principal=host or None, krb5_config=krb5_config)
+        return fast_armor(ctx, keytab=keytab or None, principal=client or None, fallback=host or None,
+                          krb5_config=krb5_config)
     except errors.FastUnavailable:
         if fast == "require":
             raise
@@ -116,7 +139,7 @@ def _changepw_creds(ctx: krb5.Context, principal: str, password: bytes, armor: k
 
 def verify_changepw(principal: str, password: str, *, timeout: float | None = 2.0,
                     krb5_config: str | None = None, fast: str = "never", armor_keytab: str | None = None,
-                    armor_principal: str | None = None) -> None:
+                    armor_principal: str | None = None, fast_principal: str | None = None) -> None:
     """Prove ``password`` by getting a kadmin/changepw ticket (allowed for an expired password).
 
     ``fast`` ("try", "require", "never") armors the exchange as the login's ``auth`` does, with
@@ -128,22 +151,23 @@ def verify_changepw(principal: str, password: str, *, timeout: float | None = 2.
     what = f"password check of {principal} (kadmin/changepw)"
 
     def exchange() -> None:
-        ctx = _context(krb5_config)
-        armor = _armor(ctx, fast, armor_keytab, armor_principal, krb5_config)
+        ctx = context(krb5_config)
+        armor = _armor(ctx, fast, armor_keytab, armor_principal, krb5_config, fast_principal)
         try:
             _changepw_creds(ctx, principal, secret[0], armor, fast == "require")
         except krb5.Krb5Error as exc:
             raise from_krb5(exc, what) from None
 
     try:
-        _bounded(exchange, timeout, what)
+        bounded(exchange, timeout, what)
     finally:
         secret.clear()
 
 
 def change_password(principal: str, old_password: str, new_password: str, *,
                     timeout: float | None = 5.0, krb5_config: str | None = None, fast: str = "never",
-                    armor_keytab: str | None = None, armor_principal: str | None = None) -> None:
+                    armor_keytab: str | None = None, armor_principal: str | None = None,
+                    fast_principal: str | None = None) -> None:
     """Change ``principal``'s password through kpasswd (a kadmin/changepw ticket, krb5_set_password).
 
     Runs in the GIL-free C helper (tickets/_renew_build.py: pykrb5's set_password holds the
@@ -160,10 +184,9 @@ def change_password(principal: str, old_password: str, new_password: str, *,
     profile = krb5_config.encode() if krb5_config else ffi.NULL
 
     def exchange() -> tuple[int, str]:
-        from .ccache import _full_name
-
-        armor = _armor(_context(krb5_config), fast, armor_keytab, armor_principal, krb5_config)
-        armor_name = _full_name(armor).encode() if armor is not None else ffi.NULL
+        armor = _armor(context(krb5_config), fast, armor_keytab, armor_principal, krb5_config,
+                       fast_principal)
+        armor_name = full_name(armor).encode() if armor is not None else ffi.NULL
         result = ffi.new("int *")
         msg = ffi.new("char[]", 1024)
         err = ffi.new("char[]", 512)
@@ -171,11 +194,11 @@ def change_password(principal: str, old_password: str, new_password: str, *,
                                    int(fast == "require"), result, msg, 1024, err, 512)
         if code:
             text = ffi.string(err).decode("utf-8", "replace")
-            raise from_krb5(_Krb5Failure(code, text), what)
+            raise from_krb5(Krb5Failure(code, text), what)
         return int(result[0]), ffi.string(msg).decode("utf-8", "replace").strip()
 
     try:
-        code, message = _bounded(exchange, timeout, what)
+        code, message = bounded(exchange, timeout, what)
     finally:
         secret.clear()
     if code == 0:
@@ -186,10 +209,3 @@ def change_password(principal: str, old_password: str, new_password: str, *,
         raise errors.AccessDenied(f"{what}: {message or 'not authorized'}", code)
     raise TicketError(f"{what}: {message or f'kpasswd result {code}'}", code)
 
-
-class _Krb5Failure(Exception):
-    """A libkrb5 error code from the C helper, shaped for errors.from_krb5."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.err_code = code

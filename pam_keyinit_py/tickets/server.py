@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import protocol as P
+from . import metrics
 from .ratelimit import RateLimitedLog
 from .service import Service
 
@@ -583,6 +584,8 @@ class Server:
                 return svc.renew_now(target)
             if op == "destroy":
                 return svc.destroy(m["ccache"], uid)
+            if op == "metrics":
+                return metrics.reply()
         except Exception as exc:
             # Only the exception's class and text are logged, and for auth the class alone: the
             # text of an error raised while handling the password may quote part of it.

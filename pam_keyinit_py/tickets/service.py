@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import protocol as P
-from . import kdclimit
+from . import journal, kdclimit, metrics, quota
 from . import state as statefile
 from .accounts import primary_gid
 from .config import Config
@@ -247,6 +247,7 @@ class Service:
                         if self.write_error is None:
                             self.write_failing_since = now
                         self.write_failures += 1
+                        metrics.STATE_WRITE_FAILURES.inc()
                         if self.write_error != error or now - last_logged >= WRITE_ERROR_LOG_INTERVAL:
                             last_logged = now
                             log.error("cannot write state file %s: %s; changes since %s are not "
@@ -382,6 +383,7 @@ class Service:
             self._authing[uid] = self._authing.get(uid, 0) + 1
         try:
             reply = self._auth(user, uid, gid, password, principal)
+            metrics.AUTHS.labels(reply.get("code", P.OK)).inc()
             if kuserok and reply.get("ok"):
                 try:
                     reply["kuserok"] = _principals().kuserok(reply["principal"], user)
@@ -413,19 +415,23 @@ class Service:
                 forwardable=cfg.forwardable, timeout=cfg.kdc_timeout,
                 validate=cfg.validate, validate_keytab=cfg.validate_keytab or None,
                 validate_principal=cfg.validate_principal or None, fast=cfg.fast,
-                canonicalize=cfg.canonicalize,
+                fast_principal=cfg.fast_principal or None, canonicalize=cfg.canonicalize,
             )
         except errors.BadPassword:
-            log.info("auth %s (uid %d): wrong password", principal, uid)
+            log.info("auth %s (uid %d): wrong password", principal, uid,
+                     extra=journal.fields(event="auth", uid=uid, principal=principal, code=P.BAD_PASSWORD))
             return P.reply_error(P.BAD_PASSWORD, "wrong password")
         except errors.UnknownPrincipal:
             log.info("auth %s (uid %d): unknown principal", principal, uid)
             return P.reply_error(P.UNKNOWN_PRINCIPAL, f"principal {principal} unknown to the KDC")
         except errors.KdcUnreachable as exc:
-            log.warning("auth %s (uid %d): no KDC answered: %s", principal, uid, exc)
+            log.warning("auth %s (uid %d): no KDC answered: %s", principal, uid, exc,
+                        extra=journal.fields(event="auth", uid=uid, principal=principal,
+                                             code=P.KDC_UNREACHABLE))
             return P.reply_error(P.KDC_UNREACHABLE, "no KDC answered")
         except errors.QuotaExceeded as exc:
-            log.error("auth %s (uid %d): key quota exceeded, no ticket stored: %s", principal, uid, exc)
+            log.error("auth %s (uid %d): key quota exceeded, no ticket stored: %s", principal, uid, exc,
+                      extra=journal.fields(event="auth", uid=uid, principal=principal, code=P.QUOTA))
             return P.reply_error(P.QUOTA, "key quota of the user exceeded")
         except errors.PasswordExpired:
             # MIT answers KEY_EXP before it looks at the password: prove it before saying so.
@@ -468,7 +474,8 @@ class Service:
         self.scheduler.schedule(("pending", uid), p.deadline, lambda: self._pending_expired(uid))
         self._schedule_renewal(t)
         log.info("auth %s (uid %d): TGT in %s until %s%s", principal, uid, t.ccache, _fmt(t.endtime),
-                 f" (validated with {info.validated})" if info.validated else "")
+                 f" (validated with {info.validated})" if info.validated else "",
+                 extra=journal.ticket("auth", t, P.OK))
         return P.reply_ok(principal=principal, ccache=t.ccache, endtime=t.endtime)
 
     def _expired(self, principal: str, uid: int, password: str) -> dict[str, Any]:
@@ -505,7 +512,8 @@ class Service:
         """The login's FAST policy for the kadmin/changepw exchanges (same keytab and host principal)."""
         cfg = self.config
         return {"fast": cfg.fast, "armor_keytab": cfg.validate_keytab or None,
-                "armor_principal": cfg.validate_principal or None}
+                "armor_principal": cfg.validate_principal or None,
+                "fast_principal": cfg.fast_principal or None}
 
     def account(self, user: str, uid: int, principal: str | None, kuserok: bool = True,
                 kdc: bool = True) -> dict[str, Any]:
@@ -520,7 +528,7 @@ class Service:
             principal = f"{user}@{default_realm()}"
         if kuserok:
             try:
-                allowed = principals.kuserok(principal, user)
+                allowed = principals.kuserok_account(principal, user, uid)
             except errors.TicketError as exc:
                 log.warning("account %s (uid %d): %s", user, uid, exc)
                 return P.reply_error(P.BAD_REQUEST, f"bad principal name {principal!r}")
@@ -656,7 +664,8 @@ class Service:
         else:
             self._adopt_soon(uid)
         log.info("open session %d for %s (uid %d, pid %d): %d open", session.sid, user, uid, pid,
-                 self.sessions.count(uid))
+                 self.sessions.count(uid), extra=journal.fields(event="open", uid=uid, user=user,
+                                                                sid=session.sid))
         return P.reply_ok(sid=session.sid, sessions=self.sessions.count(uid), **extra)
 
     def close(self, uid: int, sid: int | None, pid: int) -> dict[str, Any]:
@@ -816,30 +825,38 @@ class Service:
         errors = _errors()
         try:
             api = _ccache_api()
+            in_place = quota.no_room(name, t.uid, api.retiring(t.uid))
             info = api.renew(name, t.uid, t.gid, timeout=self.config.kdc_timeout,
-                             grace=self.config.renew_grace)
+                             grace=self.config.renew_grace, in_place=in_place)
         except errors.KdcUnreachable:
             t.attempts += 1
             self.renew_failures += 1
             delay = backoff(t.attempts, self.config.retry_min, self.config.retry_max, t.endtime)
+            metrics.RENEWALS.labels(P.KDC_UNREACHABLE).inc()
             log.warning("renewing %s (uid %d): no KDC answered (attempt %d); retry in %.1fs, ticket ends %s",
-                        name, t.uid, t.attempts, delay, _fmt(t.endtime))
+                        name, t.uid, t.attempts, delay, _fmt(t.endtime),
+                        extra=journal.ticket("renew", t, P.KDC_UNREACHABLE, name))
             self.scheduler.schedule(("renew", name), time.time() + delay, lambda: self._renew(name))
             return "no KDC answered"
         except errors.NotRenewable as exc:
             t.renewable = False
+            metrics.RENEWALS.labels(P.NOT_RENEWABLE).inc()
             self._schedule_renewal(t)  # logs once
             return f"not renewable: {exc}"
         except errors.QuotaExceeded as exc:
             self.renew_failures += 1
-            log.error("renewing %s (uid %d): key quota exceeded; old ticket kept: %s", name, t.uid, exc)
+            metrics.RENEWALS.labels(P.QUOTA).inc()
+            log.error("renewing %s (uid %d): key quota exceeded; old ticket kept: %s", name, t.uid, exc,
+                      extra=journal.ticket("renew", t, P.QUOTA, name))
             delay = backoff(t.attempts + 1, self.config.retry_min, self.config.retry_max, t.endtime)
             self.scheduler.schedule(("renew", name), time.time() + delay, lambda: self._renew(name))
             return "key quota exceeded"
         except Exception as exc:
             # The cache is gone (the user ran kdestroy) or unreadable: stop tracking it.
             self.renew_failures += 1
-            log.warning("renewing %s (uid %d) failed: %s; no longer tracked", name, t.uid, exc)
+            metrics.RENEWALS.labels(P.KDC_ERROR).inc()
+            log.warning("renewing %s (uid %d) failed: %s; no longer tracked", name, t.uid, exc,
+                        extra=journal.ticket("renew", t, P.KDC_ERROR, name))
             self._untrack(name)
             return str(exc)
         with self.lock:
@@ -868,7 +885,9 @@ class Service:
             self.save()
         if info.ccache != name:
             self.scheduler.cancel(("renew", name))
-        log.info("renewed %s (uid %d) until %s", t.ccache, t.uid, _fmt(t.endtime))
+        metrics.RENEWALS.labels(P.OK).inc()
+        log.info("renewed %s (uid %d) until %s", t.ccache, t.uid, _fmt(t.endtime),
+                 extra=journal.ticket("renew", t, P.OK))
         self._schedule_renewal(t)
         return None
 
@@ -908,7 +927,8 @@ class Service:
             self.save()
         if self.reaper is not None:
             self.reaper.unwatch(session.sid)
-        log.info("session %d of %s (uid %d) %s: %d left", session.sid, session.user, session.uid, why, left)
+        log.info("session %d of %s (uid %d) %s: %d left", session.sid, session.user, session.uid, why, left,
+                 extra=journal.fields(event="close", uid=session.uid, user=session.user, sid=session.sid))
         if left:
             return []
         return self._last_close(session.uid)
@@ -961,7 +981,7 @@ class Service:
                 self._destroy_locked(name, uid, gid)
                 cleared.append(name)
         log.info("last session of uid %d closed: cleared %d cache(s) (clear_on_logout=%s)", uid,
-                 len(cleared), policy)
+                 len(cleared), policy, extra=journal.fields(event="cleared", uid=uid))
         return cleared
 
     def _held(self, uid: int, name: str) -> bool:
@@ -1032,7 +1052,7 @@ class Service:
                 self.save()
         for t in adopted:
             log.info("adopted %s (%s) of uid %d: renewed while the user is logged in", t.ccache,
-                     t.principal, uid)
+                     t.principal, uid, extra=journal.ticket("adopted", t))
             self._schedule_renewal(t)
         if reschedule:
             self.scheduler.schedule(("scan", uid), time.time() + self.config.adopt_scan_interval,
@@ -1101,7 +1121,8 @@ class Service:
             self.save()
         self._schedule_renewal(t)
         log.info("session %d of uid %d: delegated TGT of %s moved from %s into %s until %s", session.sid, uid,
-                 t.principal, source, t.ccache, _fmt(t.endtime))
+                 t.principal, source, t.ccache, _fmt(t.endtime),
+                 extra=journal.ticket("delegated", t))
         return {"ccache": t.ccache, "krb5ccname": f"KEYRING:persistent:{uid}"}
 
     def _adopt_soon(self, uid: int) -> None:

@@ -76,12 +76,20 @@ def save(path: str, data: dict[str, Any], raw: dict[str, list[str]] | None = Non
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    replace_file(target, encode(data, raw), 0o600)
+
+
+def replace_file(target: Path, body: bytes, mode: int) -> None:
+    """Replace ``target`` with ``body`` in one rename(2) (see :func:`save`); the file gets ``mode``.
+
+    Also the metrics textfile's writer: node_exporter never reads half a file.
+    """
     durable = not on_tmpfs(target.parent)
     tmp = _temp_name(target)
-    body = encode(data, raw)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         try:
+            os.fchmod(fd, mode)  # whatever the umask took away
             view = memoryview(body)
             while view:  # write(2) may write less than asked
                 view = view[os.write(fd, view):]

@@ -7,6 +7,7 @@ Skipped (or failed in CI) when an install is already there: the test never clobb
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -51,6 +52,10 @@ def test_make_install_login_uninstall(sshd_factory, pam_user, realm, kdc_user, t
         assert "Auth-Type: Primary" in Path("/usr/share/pam-configs/keyinit-krb5").read_text()
         helper = subprocess.run(["/usr/local/bin/keyinit-ticketd", "--help"], capture_output=True, text=True)
         assert helper.returncode == 0 and "--config" in helper.stdout
+        if shutil.which("man"):  # `man keyinit-ticketd` on the live system, through the default manpath
+            where = subprocess.run(["man", "-w", "keyinit-ticketd"], capture_output=True, text=True)
+            found = Path(where.stdout.strip()).resolve()  # /usr/local/man -> share/man on Debian
+            assert found == Path("/usr/local/share/man/man8/keyinit-ticketd.8").resolve(), where
 
         check_doctor(realm, kdc_user, tmp_path)
     finally:
@@ -60,7 +65,8 @@ def test_make_install_login_uninstall(sshd_factory, pam_user, realm, kdc_user, t
     assert not SHIM_PATH.exists() and not Path(DEFAULT_PREFIX).exists()
     for gone in ("/etc/systemd/system/keyinit-ticketd.service", "/usr/local/bin/keyinit-ticketd",
                  "/etc/keyinit/ticketd.toml", "/usr/share/pam-configs/keyinit",
-                 "/usr/share/pam-configs/keyinit-krb5", "/usr/share/pam-keyinit-py"):
+                 "/usr/share/pam-configs/keyinit-krb5", "/usr/share/pam-keyinit-py",
+                 "/usr/local/share/man/man8/keyinit-ticketd.8", "/usr/local/share/man/man1/keyinit.1"):
         assert not Path(gone).exists(), gone
 
 
@@ -110,3 +116,35 @@ def check_doctor(realm, kdc_user, tmp_path: Path) -> None:
         daemon.stop()
         for name, value in saved.items():
             (sysctl / name).write_text(value)
+
+
+def test_make_install_destdir_man_pages(tmp_path: Path) -> None:
+    """``make install DESTDIR=...``: the five manual pages land under usr/local/share/man, where
+    ``man`` finds them by name (MANPATH pointed at the staged tree); the prefix venv has the
+    metrics library; ``make uninstall`` takes the pages away again."""
+    from pam_keyinit_py.commands.install import MAN_PAGES
+
+    require(shutil.which("man"), "man-db is not installed")
+    dest, prefix = tmp_path / "root", "/opt/pam-keyinit-py-destdir-test"
+    make = ["make", "-C", str(REPO), f"DESTDIR={dest}", f"PREFIX={prefix}"]
+    res = subprocess.run([*make, "install"], capture_output=True, text=True, timeout=540)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    try:
+        env = {"PATH": "/usr/bin:/bin", "MANPATH": str(dest / "usr/local/share/man"), "MANPAGER": "cat",
+               "MANWIDTH": "80", "LC_ALL": "C.UTF-8"}
+        for page in MAN_PAGES:
+            name, section = page.rsplit(".", 1)
+            where = subprocess.run(["man", "-w", section, name], capture_output=True, text=True, env=env)
+            assert where.stdout.strip() == str(dest / f"usr/local/share/man/man{section}/{page}"), where
+        shown = subprocess.run(["man", "keyinit-ticketd"], capture_output=True, text=True, env=env)
+        assert shown.returncode == 0, shown.stderr
+        assert "keyinit-ticketd - keep users' Kerberos TGTs" in shown.stdout
+        assert "KEYINIT_UID" in shown.stdout and "keyinit_renewals_total" in shown.stdout
+        venv_python = dest / prefix.lstrip("/") / "bin/python"
+        imported = subprocess.run([str(venv_python), "-I", "-c", "import prometheus_client"],
+                                  capture_output=True, text=True)
+        assert imported.returncode == 0, imported.stderr
+    finally:
+        res = subprocess.run([*make, "uninstall"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert not any((dest / "usr/local/share/man").rglob("*.[158]"))

@@ -7,6 +7,9 @@ is what Debian's real pam-auth-update writes (lab/pamconfigs.py, over private co
 * ``keyinit-krb5`` (Primary): the local password is locked, so only the AD password lets the
   user in, and only with a TGT that validated against the host keytab exported from AD.
 In both the TGT lands in KEYRING:persistent:<uid> and is gone after the last logout.
+The user may also type ``ALICE`` or the UPN at ssh: sshd then runs under nss_wrapper with a
+private passwd that gives the account those names too, as an AD NSS provider would (the host's
+nsswitch.conf is never touched).  A delegated GSSAPI login against the DC is tested as well.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -175,3 +179,64 @@ def test_delegated_ad_ticket_lands_in_the_persistent_keyring_and_is_cleared(sshd
         daemon.stop()
         print(daemon.log())
         shutil.rmtree(daemon.dir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ other spellings over ssh
+
+NSS_WRAPPER = "/usr/lib/x86_64-linux-gnu/libnss_wrapper.so"
+
+
+def _mapped_sshd_factory(passwd: Path, group: Path):  # noqa: ANN202
+    """The lab sshd, plus nss_wrapper over a private passwd/group (the host's nsswitch untouched).
+
+    The private passwd gives one account more names, as an AD NSS provider (SSSD, winbind)
+    answers getpwnam("ALICE") and getpwnam("alice@example.com") with alice's entry.
+    """
+    from pam_keyinit_py.lab.sshd import Sshd
+
+    class MappedSshd(Sshd):
+        def _server_env(self) -> dict[str, str]:
+            env = super()._server_env()
+            env["LD_PRELOAD"] = f"{env['LD_PRELOAD']} {NSS_WRAPPER}"
+            env["NSS_WRAPPER_PASSWD"] = str(passwd)
+            env["NSS_WRAPPER_GROUP"] = str(group)
+            return env
+
+    return MappedSshd
+
+
+@pytest.mark.parametrize("spelling", ["upper", "upn"])
+def test_ad_user_logs_in_over_ssh_as_another_spelling_into_the_one_cache(stacks, ad_realm, ad_ticketd,
+                                                                         ad_user, tmp_path, spelling):
+    import pwd
+
+    require(Path(NSS_WRAPPER).exists(), "libnss-wrapper not installed (make setup)")
+    typed = ad_user.name.upper() if spelling == "upper" else ad_realm.upn(ad_user.name)
+    pw = pwd.getpwnam(ad_user.name)
+    passwd, group = tmp_path / "passwd", tmp_path / "group"
+    # The password field "!" (locked, as the Primary profile has it) and not "x": pam_unix reads
+    # shadow entries with getspnam_r, which nss_wrapper 1.1.12 does not provide.
+    passwd.write_text(Path("/etc/passwd").read_text()
+                      + f"{typed}:!:{pw.pw_uid}:{pw.pw_gid}::{pw.pw_dir}:{pw.pw_shell}\n")
+    group.write_text(Path("/etc/group").read_text())
+    _prepare("keyinit-krb5", ad_user)
+    server = _mapped_sshd_factory(passwd, group)()
+    try:
+        server.start(_stack(stacks, "keyinit-krb5", ad_ticketd.socket)(server.pamwrap), mode=PASSWORD)
+        res = server.login(typed, ad_user.password, f"KRB5_CONFIG={ad_realm.krb5_conf} klist")
+        log = server.log()
+    finally:
+        server.close()
+    assert res.returncode == 0, f"{res.stderr}\n--- sshd ---\n{log[-3000:]}\n{ad_ticketd.log()}"
+    assert f"Ticket cache: KEYRING:persistent:{ad_user.uid}:" in res.stdout, res.stdout
+    assert f"Default principal: {ad_user.principal}" in res.stdout  # the canonical name, not as typed
+    ad_ticketd.wait_for(lambda: persistent_caches(ad_user.uid) == {}, 10, "the ticket cleared at logout")
+    # What let it in: krb5_kuserok as the typed name refuses (auth_to_local maps the canonical
+    # principal to the account's own name); as the uid's own name it allows.  Another principal
+    # gets in under neither.
+    from pam_keyinit_py.tickets import principals
+
+    conf = str(ad_realm.krb5_conf)
+    assert not principals.kuserok(ad_user.principal, typed, conf)
+    assert principals.kuserok_account(ad_user.principal, typed, ad_user.uid, conf)
+    assert not principals.kuserok_account(f"someoneelse@{ad_realm.realm}", typed, ad_user.uid, conf)

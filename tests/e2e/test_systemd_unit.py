@@ -240,10 +240,36 @@ def test_login_renew_kill9_logout_under_the_sandbox(service: sd.SystemdContainer
         journal = _journal(service)
         assert password not in journal and password not in out + err
         assert _status(service)["sessions"] == []
+        check_user_journal_and_metrics(service, uid, principal)
     finally:
         if pamtester is not None and pamtester.poll() is None:
             pamtester.kill()
             pamtester.wait()
+
+
+def check_user_journal_and_metrics(box: sd.SystemdContainer, uid: int, principal: str) -> None:
+    """``journalctl KEYINIT_UID=<uid>`` finds this login's lines (auth, session, renewals, logout) and
+    no other uid's; ``keyinit metrics`` (the installed CLI, root) parses and counts the renewal."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = box.run(["journalctl", "--no-pager", "-o", "json", f"KEYINIT_UID={uid}"]).stdout
+    lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert lines and all(x["KEYINIT_UID"] == str(uid) for x in lines), lines
+    assert all(x["_SYSTEMD_UNIT"] == UNIT for x in lines), lines
+    events = {x["KEYINIT_EVENT"] for x in lines}
+    assert {"auth", "open", "renew", "close", "cleared"} <= events, (events, _journal(box))
+    auth = [x for x in lines if x["KEYINIT_EVENT"] == "auth"][-1]
+    assert auth["KEYINIT_PRINCIPAL"] == principal and auth["KEYINIT_CODE"] == "ok", auth
+    assert auth["KEYINIT_CCACHE"].startswith(f"KEYRING:persistent:{uid}:"), auth
+    renew = [x for x in lines if x["KEYINIT_EVENT"] == "renew"][-1]
+    assert renew["KEYINIT_CODE"] == "ok" and renew["KEYINIT_PRINCIPAL"] == principal, renew
+
+    text = box.run(["keyinit", "metrics"]).stdout
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    # Counters start again at the kill -9 restart; the session was renewed after it.
+    assert samples[("keyinit_renewals_total", (("code", "ok"),))] >= 1, text
+    assert samples[("keyinit_sessions", ())] == 0, text
 
 
 def test_security_exposure(service: sd.SystemdContainer) -> None:

@@ -2,7 +2,8 @@
 
 The AD realm is the session's ``ad_realm`` (tests/fixtures_ad.py): user tickets live 1 h and
 renew for 2 h at most (the KDC's policy, whatever the client asks), the host keytab holds the
-AES keys of a service account with ``host/`` SPNs, exported by samba-tool.
+AES keys of the host's computer account ``NAME$`` and its ``host/`` SPNs, exported by samba-tool
+(``NAME$`` gets the FAST armor TGT, the SPNs validate).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def _auth(daemon: TicketD, u: AdUser, principal: str | None = None, password: st
 
 
 def _ad_daemon(daemons, ad: AdRealm, **config: object) -> TicketD:  # noqa: ANN001
-    return daemons(ad.env, validate="require", validate_keytab=str(ad.keytab_path), **config)
+    return daemons(ad.env, **{"validate": "require", "validate_keytab": str(ad.keytab_path), **config})
 
 
 def _caches(uid: int) -> list[ccache.TicketInfo]:
@@ -206,6 +207,69 @@ def test_renewal_stays_within_the_ad_policy(daemons, ad_realm, ad_user):
     assert second.renew_till == first.renew_till  # a renewal never extends the DC's limit
 
 
+# ------------------------------------------------------------------ FAST armor
+
+def test_host_keytab_holds_the_computer_account_that_gets_the_armor_tgt(ad_realm):
+    """Samba issues a TGT to the computer account NAME$, not to its host/ SPNs (they only serve)."""
+    import subprocess
+
+    import krb5
+
+    ctx = krb5.init_context()
+    armor = ccache.machine_account(ctx, f"FILE:{ad_realm.keytab_path}")
+    short = socket.gethostname().split(".")[0].upper()[:15]
+    assert armor == f"{short}$@{ad_realm.realm}"
+    env = {**ad_realm.env, "PATH": "/usr/bin:/bin"}
+    kinit = ["kinit", "-k", "-t", str(ad_realm.keytab_path), "-c", "MEMORY:armor"]
+    account = subprocess.run([*kinit, armor], env=env, capture_output=True, text=True, check=False)
+    assert account.returncode == 0, account.stderr
+    spn = subprocess.run([*kinit, f"host/localhost@{ad_realm.realm}"], env=env, capture_output=True,
+                         text=True, check=False)
+    assert spn.returncode != 0 and "not found in Kerberos database" in spn.stderr, spn.stderr
+
+
+@pytest.mark.parametrize("fast", ["try", "require"])
+def test_ad_login_is_armored_with_the_computer_accounts_tgt(daemons, ad_realm, ad_user, fast):
+    """fast = "try" (the default) and "require" against Samba: armored, no per-login warning.
+
+    With "require" libkrb5 sets KRB5_FAST_REQUIRED: the login succeeds only if the AS exchange
+    really went through FAST (an armor TGT and a KDC that answers FAST).
+    """
+    daemon = _ad_daemon(daemons, ad_realm, fast=fast)
+    for _ in range(2):
+        reply = _auth(daemon, ad_user)
+        assert reply["ok"], f"{reply}\n{daemon.log()}"
+        assert reply["principal"] == ad_user.principal
+    log = daemon.log()
+    assert "not armored" not in log and "FAST" not in log and "WARNING auth" not in log, log
+    assert "(validated with host/" in log
+    assert ad_user.password not in log
+
+
+def test_ad_login_with_fast_require_fails_closed_when_no_armor_can_be_had(daemons, ad_realm, ad_user,
+                                                                         tmp_path):
+    """A keytab with only the host/ SPNs (no NAME$): validation works, armor cannot be had."""
+    spn_only = ad_realm.keytab(f"host/localhost@{ad_realm.realm}", tmp_path / "spn-only.keytab")
+    strict = _ad_daemon(daemons, ad_realm, fast="require", validate_keytab=str(spn_only),
+                        validate_principal=f"host/localhost@{ad_realm.realm}")
+    reply = _auth(strict, ad_user)
+    assert not reply["ok"] and reply["code"] == P.FAST_UNAVAILABLE, reply
+    line = next(x for x in strict.log().splitlines() if "login refused" in x)
+    assert "no FAST armor TGT for host/localhost" in line and str(spn_only) in line, line
+    assert persistent_caches(ad_user.uid) == {}  # the password was never sent unarmored
+    # "try" on that keytab: the login goes on unarmored, validated, with the warning.
+    loose = _ad_daemon(daemons, ad_realm, fast="try", validate_keytab=str(spn_only),
+                       validate_principal=f"host/localhost@{ad_realm.realm}")
+    assert _auth(loose, ad_user)["ok"]
+    assert "password exchange not armored" in loose.log()
+    # fast_principal names the armor client outright: an account the keytab has no key for
+    # fails closed the same way.
+    named = _ad_daemon(daemons, ad_realm, fast="require", fast_principal=f"NOSUCH$@{ad_realm.realm}")
+    reply = _auth(named, ad_user)
+    assert reply["code"] == P.FAST_UNAVAILABLE, reply
+    assert "no FAST armor TGT for NOSUCH$" in named.log()
+
+
 # ------------------------------------------------------------------ principal names
 
 def test_every_spelling_of_the_user_gives_one_canonical_cache(daemons, ad_realm, ad_user):
@@ -300,7 +364,7 @@ def test_300_group_user_renews_for_hours_under_the_default_quota(daemons, ad_rea
     assert _bytes(big_user.uid) <= DEFAULT_MAXBYTES
 
 
-def test_own_keys_leaving_no_room_give_a_clear_warning_and_keep_the_ticket(daemons, ad_realm, big_user):
+def test_own_keys_leaving_no_room_renew_in_place_with_a_clear_warning(daemons, ad_realm, big_user):
     daemon = _ad_daemon(daemons, ad_realm)
     assert _auth(daemon, big_user)["ok"]
     assert daemon.request({"op": "open", "user": big_user.name, "uid": big_user.uid,
@@ -331,12 +395,14 @@ def test_own_keys_leaving_no_room_give_a_clear_warning_and_keep_the_ticket(daemo
     check = doctor.check_quota_headroom(daemon.socket)
     assert not check.ok and f"no room to renew for {big_user.name}" in check.detail, check
     reply = daemon.request({"op": "renew", "uid": big_user.uid})
-    assert reply["ok"] and reply["errors"], reply
-    assert "key quota exceeded" in reply["errors"][0]["error"]
-    line = next(x for x in daemon.log().splitlines() if "quota exceeded" in x and "renewing" in x)
-    assert "old ticket kept" in line and "maxbytes" in line, line
+    # No room for a second generation: the quota guard renews in place (the renewed TGT replaces
+    # the old one's key in one add_key update) and names the sysctl to raise.
+    assert reply["ok"] and not reply["errors"], f"{reply}\n{daemon.log()}"
+    assert [t["renewed"] for t in reply["tickets"]] == [1], reply
+    line = next(x for x in daemon.log().splitlines() if "renewing in place" in x)
+    assert "kernel.keys.maxbytes" in line, line
     (still,) = _caches(big_user.uid)
-    assert still.ccache == before.ccache and still.endtime > time.time()  # the old ticket is intact
+    assert still.ccache == before.ccache and still.endtime >= before.endtime > time.time()
 
 
 from tests.conftest import VENV_BIN  # noqa: E402

@@ -17,7 +17,7 @@ import pytest
 from pam_keyinit_py import keyutils
 from pam_keyinit_py.keyutils import proc
 from pam_keyinit_py.lab.realm import Realm
-from pam_keyinit_py.tickets import ccache, errors
+from pam_keyinit_py.tickets import ccache, errors, plumbing
 from tests.conftest import delete_user, make_user, require_root
 from tests.fixtures_krb5 import KdcUser, add_user_principal, clear_persistent_caches
 
@@ -264,7 +264,7 @@ def test_reader_detects_cc_initialize_window(realm: Realm, kdc_user: KdcUser) ->
     import krb5
 
     info = acquire(kdc_user, realm)
-    ctx = ccache._context(conf(realm))
+    ctx = plumbing.context(conf(realm))
 
     def in_place() -> None:
         with keyutils.thread_credentials(kdc_user.uid, kdc_user.gid, effective=True):

@@ -15,6 +15,7 @@ import pytest
 from pam_keyinit_py import protocol as P
 from pam_keyinit_py.keyutils import proc
 from pam_keyinit_py.lab.users import settle
+from pam_keyinit_py.tickets.config import Config
 from tests.conftest import delete_user, make_user
 from tests.kdc import ticketd as td
 from tests.kdc.ticketd import SessionHolder, TicketD, klist_ok, persistent_caches
@@ -75,7 +76,9 @@ def test_kdc_down_at_login_is_bounded_and_reported(ticketd, svc_user, realm):
     finally:
         realm.start_kdc()
     assert not reply["ok"] and reply["code"] == P.KDC_UNREACHABLE, reply
-    assert elapsed < 2.5, f"auth with the KDC down took {elapsed:.2f}s (bound: kdc_timeout 2 s)"
+    # A bound, not a timing: the service gives up within its kdc_timeout (a stopped KDC refuses).
+    bound = Config().kdc_timeout
+    assert elapsed < bound + 1, f"auth with the KDC down took {elapsed:.2f}s (bound: kdc_timeout {bound:g} s)"
     assert "no KDC answered" in ticketd.log()
     assert persistent_caches(svc_user.uid) == {}
 

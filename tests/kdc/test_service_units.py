@@ -136,7 +136,7 @@ def test_scheduler_pool_runs_other_keys_while_one_blocks_and_never_one_key_twice
 
 
 def test_kdc_slots_bound_helpers_and_one_per_key():
-    from pam_keyinit_py.tickets import ccache, errors
+    from pam_keyinit_py.tickets import errors, plumbing
     from pam_keyinit_py.tickets.kdclimit import SLOTS
 
     SLOTS.configure(2)
@@ -145,7 +145,7 @@ def test_kdc_slots_bound_helpers_and_one_per_key():
 
     def call(key: object) -> None:
         try:
-            results.append(ccache._bounded(lambda: release.wait(10), 0.2, "test", key=key))
+            results.append(plumbing.bounded(lambda: release.wait(10), 0.2, "test", key=key))
         except errors.KdcUnreachable as exc:
             results.append(str(exc))
 
@@ -173,19 +173,19 @@ def test_kdc_slots_a_burst_queues_for_a_free_slot_within_its_bound():
     25 concurrent ssh logins against max_kdc_calls = 16 lost 1-49 of 100 logins when the
     refusal was immediate.
     """
-    from pam_keyinit_py.tickets import ccache
+    from pam_keyinit_py.tickets import plumbing
     from pam_keyinit_py.tickets.kdclimit import SLOTS
 
     SLOTS.configure(1)
     release = threading.Event()
     try:
-        first = threading.Thread(target=lambda: ccache._bounded(lambda: release.wait(10), 5.0, "first"))
+        first = threading.Thread(target=lambda: plumbing.bounded(lambda: release.wait(10), 5.0, "first"))
         first.start()
         deadline = time.time() + 3
         while SLOTS.snapshot()["in_flight"] == 0 and time.time() < deadline:
             time.sleep(0.01)
         threading.Timer(0.3, release.set).start()
-        assert ccache._bounded(lambda: "answered", 5.0, "second") == "answered"
+        assert plumbing.bounded(lambda: "answered", 5.0, "second") == "answered"
         first.join(5)
     finally:
         release.set()

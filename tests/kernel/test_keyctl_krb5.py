@@ -61,3 +61,50 @@ def test_show_krb5_as_the_user_in_a_fresh_session(realm: Any, kdc_user: Any) -> 
     assert f"_persistent.{kdc_user.uid}" in proc.stdout
     assert f"default principal: {kdc_user.principal}" in proc.stdout
     assert f"krbtgt/{realm.realm}@{realm.realm}  ends " in proc.stdout
+
+
+def _show_in_child(*args: bytes) -> tuple[str, bool]:
+    """Run pykeyctl's ``show`` in a child interpreter; (stdout, whether it loaded pykrb5)."""
+    code = ("import sys; from pam_keyinit_py.keyctl import cli, main; "
+            "main.run([a.encode() for a in sys.argv[1:]]); "
+            "cli.flush(); sys.stderr.write('KRB5=%s' % ('krb5' in sys.modules))")
+    proc = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-c", code, *map(bytes.decode, args)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout, proc.stderr.endswith("KRB5=True")
+
+
+def test_plain_show_never_loads_krb5_and_show_krb5_does(realm: Any, kdc_user: Any) -> None:
+    """pykrb5 (libkrb5) is loaded only when --krb5 asks for it and a ccache keyring is in the tree."""
+    _kinit(realm, kdc_user)
+    ring = subprocess.run(["keyctl", "get_persistent", "@s", str(kdc_user.uid)], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    try:
+        plain, loaded = _show_in_child(b"show")
+        assert f"_persistent.{kdc_user.uid}" in plain and not loaded
+        decoded, loaded = _show_in_child(b"show", b"--krb5")
+        assert f"default principal: {kdc_user.principal}" in decoded and loaded
+    finally:
+        subprocess.run(["keyctl", "unlink", ring, "@s"], capture_output=True)
+
+
+def test_pykeyctl_and_the_service_read_one_cache_alike(realm: Any, kdc_user: Any) -> None:
+    """``show --krb5 --json`` and the service's ccache.list_caches read through the one reader."""
+    from pam_keyinit_py.tickets import ccache
+
+    _kinit(realm, kdc_user)
+    ring = subprocess.run(["keyctl", "get_persistent", "@s", str(kdc_user.uid)], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    try:
+        env = {"PATH": "/usr/bin:/bin", **realm.env}
+        proc = subprocess.run([PYKEYCTL, "show", "--krb5", "--json"], capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        subprocess.run(["keyctl", "unlink", ring, "@s"], capture_output=True)
+    [node] = _ccache_nodes(json.loads(proc.stdout)["tree"])
+    shown = node["krb5"]
+    [info] = ccache.list_caches(kdc_user.uid, kdc_user.gid, krb5_config=realm.env["KRB5_CONFIG"])
+    assert info.ccache == shown["ccache"] and info.principal == shown["principal"] == kdc_user.principal
+    [cred] = shown["credentials"]
+    assert (info.server, info.starttime, info.endtime) == (cred["server"], cred["starttime"], cred["endtime"])
+    assert info.endtime > 0 and info.renew_till == (cred["renew_till"] if info.renewable else 0)

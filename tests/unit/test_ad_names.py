@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import krb5
-from pam_keyinit_py.tickets import ccache
+from pam_keyinit_py.tickets import ccache, validation
 from pam_keyinit_py.tickets import config as cfg
 
 SHIPPED = Path(__file__).resolve().parents[2] / "etc" / "keyinit" / "ticketd.toml"
@@ -58,3 +58,49 @@ def test_a_upn_parses_as_an_enterprise_principal_of_the_default_realm(tmp_path, 
     assert upn.realm == b"AD.EXAMPLE.ORG" and upn.components == [b"alice@example.org"]
     plain = ccache.parse_login_name(ctx, "alice@OTHER.ORG")
     assert plain.realm == b"OTHER.ORG" and plain.components == [b"alice"]
+
+
+# ------------------------------------------------------------------ the FAST armor client
+
+def _keytab(path: Path, *names: str) -> str:
+    """A FILE keytab with one AES256 key for each of ``names`` (krb5_kt_add_entry)."""
+    ctx = krb5.init_context()
+    kt = krb5.kt_resolve(ctx, f"FILE:{path}".encode())
+    for name in names:
+        key = krb5.c_string_to_key(ctx, 18, b"not-a-real-key", name.encode())
+        krb5.kt_add_entry(ctx, kt, krb5.parse_name_flags(ctx, name.encode()), 1, 0, key)
+    return f"FILE:{path}"
+
+
+def test_armor_client_is_this_hosts_computer_account_as_sssd_picks(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """An AD keytab: NAME$ (this host's NetBIOS name, any case) before other accounts and SPNs."""
+    monkeypatch.setattr(validation.socket, "gethostname", lambda: "client7.example.org")
+    ctx = krb5.init_context()
+    kt = _keytab(tmp_path / "ad.kt", "host/client7.example.org@EX.ORG", "OTHER$@EX.ORG", "client7$@EX.ORG")
+    assert ccache.machine_account(ctx, kt) == "client7$@EX.ORG"
+    # Another host's account, when this host's is not there (a keytab joined under another name).
+    kt = _keytab(tmp_path / "other.kt", "host/client7.example.org@EX.ORG", "OTHER$@EX.ORG")
+    assert ccache.machine_account(ctx, kt) == "OTHER$@EX.ORG"
+    # The NetBIOS name is at most 15 characters.
+    monkeypatch.setattr(validation.socket, "gethostname", lambda: "averyveryverylonghostname")
+    kt = _keytab(tmp_path / "long.kt", "OTHER$@EX.ORG", "AVERYVERYVERYLO$@EX.ORG")
+    assert ccache.machine_account(ctx, kt) == "AVERYVERYVERYLO$@EX.ORG"
+
+
+def test_an_mit_keytab_has_no_computer_account(tmp_path) -> None:  # noqa: ANN001
+    """host/ SPNs only (an MIT realm): the armor client stays validate_principal / host/<name>."""
+    ctx = krb5.init_context()
+    kt = _keytab(tmp_path / "mit.kt", "host/client7.example.org@EX.ORG", "nfs/client7.example.org@EX.ORG",
+                 "svc@EX.ORG")
+    assert ccache.machine_account(ctx, kt) is None
+    assert ccache.machine_account(ctx, f"FILE:{tmp_path}/missing.kt") is None
+
+
+def test_fast_principal_is_a_documented_setting(tmp_path) -> None:  # noqa: ANN001
+    path = tmp_path / "t.toml"
+    path.write_text("")
+    assert cfg.load(str(path)).fast_principal == ""
+    assert cfg.load(str(SHIPPED)).fast_principal == ""
+    assert "\nfast_principal = " in SHIPPED.read_text()
+    path.write_text('fast_principal = "CLIENT7$@EX.ORG"\n')
+    assert cfg.load(str(path)).fast_principal == "CLIENT7$@EX.ORG"
