@@ -37,7 +37,7 @@ from __future__ import annotations
 import pwd
 
 from .. import protocol as P
-from .client import get_item, pam_code, prompt, request, set_item
+from .client import LoginState, get_item, pam_code, prompt, request, set_item
 from .log import LOG_NOTICE, LOG_WARNING, syslog
 
 TYPE_CHECKING = False
@@ -54,29 +54,6 @@ NEW_PROMPT = "Enter new Kerberos password: "
 RETYPE_PROMPT = "Retype new Kerberos password: "
 PLAIN_NEW_PROMPT = "Enter new password: "
 PLAIN_RETYPE_PROMPT = "Retype new password: "
-
-
-class LoginState:
-    """What one PAM handle learned at authenticate, for acct_mgmt and chauthtok.
-
-    sshd runs authenticate, acct_mgmt and (for an expired password) chauthtok in one process
-    with one handle in both of its PAM layouts, as /bin/login does, so the handle's Hook
-    instance is enough to carry it.
-    """
-
-    __slots__ = ("user", "principal", "expired", "not_ours", "kuserok")
-
-    def __init__(self) -> None:
-        self.user: str | None = None
-        self.principal: str | None = None  # who the service got a TGT (or changepw ticket) for
-        self.expired = False  # the password was right but the KDC wants it changed
-        self.not_ours = False  # chauthtok found no principal for this user
-        self.kuserok: bool | None = None  # krb5_kuserok(principal, user) from the auth reply
-
-    def authenticated(self, user: str, principal: str | None, expired: bool = False,
-                      kuserok: bool | None = None) -> None:
-        """Remember a proven password of ``user`` (``expired``: right, but must be changed)."""
-        self.user, self.principal, self.expired, self.kuserok = user, principal, expired, kuserok
 
 
 def _say(pamh: PamHandle, style: int, text: str) -> None:

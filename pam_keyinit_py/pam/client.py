@@ -27,7 +27,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from .account import LoginState
     from .options import Options
     from .pamh import PamHandle
 
@@ -38,6 +37,29 @@ SESSION_TIMEOUT = 1.0
 #: At most this many principals of a ~/.k5login are tried with one password (search_k5login).
 K5LOGIN_MAX = 32
 PASSWORD_PROMPT = "Password: "
+
+class LoginState:
+    """What one PAM handle learned at authenticate, for acct_mgmt and chauthtok.
+
+    sshd runs authenticate, acct_mgmt and (for an expired password) chauthtok in one process
+    with one handle in both of its PAM layouts, as /bin/login does, so the handle's Hook
+    instance is enough to carry it.
+    """
+
+    __slots__ = ("user", "principal", "expired", "not_ours", "kuserok")
+
+    def __init__(self) -> None:
+        self.user: str | None = None
+        self.principal: str | None = None  # who the service got a TGT (or changepw ticket) for
+        self.expired = False  # the password was right but the KDC wants it changed
+        self.not_ours = False  # chauthtok found no principal for this user
+        self.kuserok: bool | None = None  # krb5_kuserok(principal, user) from the auth reply
+
+    def authenticated(self, user: str, principal: str | None, expired: bool = False,
+                      kuserok: bool | None = None) -> None:
+        """Remember a proven password of ``user`` (``expired``: right, but must be changed)."""
+        self.user, self.principal, self.expired, self.kuserok = user, principal, expired, kuserok
+
 
 #: The one mapping of the service's reply codes to PAM return codes, per PAM call (pam_krb5's
 #: codes).  ``P.OK`` is a successful reply; ``""`` is the code for any reply code not listed.
@@ -193,7 +215,7 @@ def authenticate(pamh: PamHandle, opts: Options, user: str, pw: pwd.struct_passw
                  login: LoginState | None = None) -> int:
     """pam_sm_authenticate: get a TGT for the user through the service; map the outcome to a PAM code.
 
-    ``login`` (the handle's :class:`~.account.LoginState`) learns the principal and the
+    ``login`` (the handle's :class:`LoginState`) learns the principal and the
     kuserok answer, or that the password was right but has expired: then this returns
     PAM_SUCCESS and the account check returns PAM_NEW_AUTHTOK_REQD, so the host runs the
     password change (pam_krb5's defer_pwchange).  Without ``login`` an expired password is

@@ -31,7 +31,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .account import LoginState
+    from .client import LoginState
     from .keyinit import KeyinitState
     from .pamh import PamHandle
 
@@ -125,7 +125,7 @@ class Hook:
     def login(self) -> LoginState:
         """What authenticate learned in this handle."""
         if self._login is None:
-            from .account import LoginState
+            from .client import LoginState
 
             self._login = LoginState()
         return self._login
