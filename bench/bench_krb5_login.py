@@ -15,6 +15,10 @@ Target: ours − empty pam_python ≤ pam_krb5 − pam_unix alone (the hook's ow
 pam_krb5's own cost).  CPU = pamtester's user+sys (wait4), plus for ours the service's CPU per
 login (its /proc/<pid>/stat delta), because the hook's Kerberos work happens there.
 
+Beside the totals, where ours' time goes (bench/phases.py): each hook phase from a timed copy of
+the shim run interleaved with the others (not in the totals), and the service's auth, open and
+close timed from outside as bench-only requests.
+
 Run: ``make bench ONLY=krb5_login`` (root; BENCH_ROUNDS=N, default 24).
 """
 
@@ -31,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from anchors import ensure_pam_krb5  # noqa: E402
+from phases import print_table, read_phases, service_ops, timed_shim  # noqa: E402
 
 from pam_keyinit_py.lab import pamconfigs  # noqa: E402
 from pam_keyinit_py.lab import users as lab_users  # noqa: E402
@@ -103,10 +108,16 @@ def main() -> None:
                 for line in pamconfigs.service_lines(ours, pw)],
             "pam_unix alone (unix profile)": pamconfigs.service_lines(unix, pw),
         }
+        phase_log = work / "phases.log"
+        timed = timed_shim(work, phase_log)
+        pw.service("krb5benchtimed", [line.replace(str(pw.shim()), str(timed))
+                                      for line in services["ours (keyinit-krb5 profile)"]])
         env = {**pw.env(), **realm.env}
         for i, lines in enumerate(services.values()):
             pw.service(f"krb5bench{i}", lines)
             _login(pw, f"krb5bench{i}", user.name, password, env)  # warm up
+        _login(pw, "krb5benchtimed", user.name, password, env)
+        phase_log.write_text("")
         samples: dict[str, list[tuple[float, float]]] = {name: [] for name in services}
         assert daemon.proc is not None
         service_cpu: list[float] = []
@@ -116,6 +127,9 @@ def main() -> None:
                 samples[name].append(_login(pw, f"krb5bench{i}", user.name, password, env))
                 if i == 0:
                     service_cpu.append(_cpu_of(daemon.proc.pid) - before)
+            _login(pw, "krb5benchtimed", user.name, password, env)  # phases only
+        phases = read_phases(phase_log)
+        phases.update(service_ops(daemon.socket, user.name, user.uid, user.gid, password, ROUNDS))
         print(f"pamtester {' '.join(OPS)}, {ROUNDS} runs each, medians (ms)")
         print(f"{'stack':45s} {'wall':>8s} {'cpu':>8s}")
         med = {}
@@ -131,6 +145,8 @@ def main() -> None:
             verdict = "met" if own <= krb else "MISSED"
             print(f"{label}: ours - empty = {own:.2f} ms; pam_krb5 stack - pam_unix = {krb:.2f} ms "
                   f"(target ours' own cost <= pam_krb5's own cost: {verdict})")
+        print_table("where ours' time goes (hook phases from the timed shim; service ops as round trips)",
+                    phases)
     finally:
         daemon.stop()
         pw.close()

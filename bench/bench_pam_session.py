@@ -5,7 +5,8 @@
 - pam_keyinit.so: ``pam_keyinit.so force revoke`` (the C anchor).
 
 All under pam_wrapper's private service directory; the user is ``nobody`` (exists everywhere).
-Target: hook <= 1.25 x empty.  Also prints the hook's import time inside /usr/bin/python3.
+Targets (issue 14): hook ≤ 1.10× empty, the median of 3 runs (each run interleaves the three
+stacks), since single runs swing; the hook's import in ``/usr/bin/python3 -I`` ≤ 3 ms.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from phases import spread, verdict  # noqa: E402
+
 from pam_keyinit_py.lab.pamwrap import PAM_PYTHON, PamWrapper, available  # noqa: E402
 from pam_keyinit_py.pam.shim import repo_paths  # noqa: E402
 
@@ -28,6 +33,9 @@ def pam_sm_close_session(pamh, flags, argv):
     return pamh.PAM_SUCCESS
 """
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "40"))
+RUNS = 3
+TARGET_RATIO = 1.10
+TARGET_IMPORT_MS = 3.0
 
 
 def _time(pw: PamWrapper, service: str, rounds: int) -> list[tuple[float, float]]:
@@ -76,25 +84,34 @@ def main() -> None:
         for i, line in enumerate(stacks.values()):
             pw.service(f"bench{i}", [line])
             _time(pw, f"bench{i}", 2)  # warm the page cache
-        samples: dict[str, list[tuple[float, float]]] = {name: [] for name in stacks}
-        # interleave blocks of rounds so load from other jobs on the box hits all three alike
-        for _ in range(4):
-            for i, name in enumerate(stacks):
-                samples[name] += _time(pw, f"bench{i}", max(1, ROUNDS // 4))
-    results = {name: (statistics.median(w for w, _ in vals), statistics.median(c for _, c in vals))
-               for name, vals in samples.items()}
-    runs = len(next(iter(samples.values())))
-    print(f"pamtester open_session+close_session, {runs} runs each, medians (ms)")
-    print(f"{'stack':40s} {'wall':>8s} {'cpu':>8s}")
-    for name, (wall, cpu) in results.items():
-        print(f"{name:40s} {wall:8.2f} {cpu:8.2f}")
-    hook, floor, c_mod = (results[name] for name in stacks)
-    for label, idx in (("cpu", 1), ("wall", 0)):
-        ratio = hook[idx] / floor[idx]
-        verdict = "met" if ratio <= 1.25 else "MISSED"
-        print(f"ratio hook / empty pam_python ({label}) = {ratio:.3f}  (target <= 1.25: {verdict})")
-    print(f"ratio hook / pam_keyinit.so (cpu) = {hook[1] / c_mod[1]:.1f}")
-    print(f"hook import time in /usr/bin/python3 -I: {import_time_ms():.2f} ms (median of 15)")
+        ratios: dict[str, list[float]] = {"cpu": [], "wall": []}
+        for run in range(1, RUNS + 1):
+            samples: dict[str, list[tuple[float, float]]] = {name: [] for name in stacks}
+            # interleave blocks of rounds so load from other jobs on the box hits all three alike
+            for _ in range(4):
+                for i, name in enumerate(stacks):
+                    samples[name] += _time(pw, f"bench{i}", max(1, ROUNDS // 4))
+            results = {name: (statistics.median(w for w, _ in vals), statistics.median(c for _, c in vals))
+                       for name, vals in samples.items()}
+            n = len(next(iter(samples.values())))
+            print(f"run {run}: pamtester open_session+close_session, {n} runs each, "
+                  f"min/median/max (ms)")
+            print(f"  {'stack':40s} {'wall':>20s} {'cpu':>20s}")
+            for name, vals in samples.items():
+                print(f"  {name:40s} {spread([w for w, _ in vals]):>20s} {spread([c for _, c in vals]):>20s}")
+            hook, floor, c_mod = (results[name] for name in stacks)
+            ratios["cpu"].append(hook[1] / floor[1])
+            ratios["wall"].append(hook[0] / floor[0])
+            print(f"  hook / empty pam_python: cpu {ratios['cpu'][-1]:.3f}, wall {ratios['wall'][-1]:.3f}; "
+                  f"hook / pam_keyinit.so (cpu) {hook[1] / c_mod[1]:.1f}")
+    for label in ("cpu", "wall"):
+        ratio = statistics.median(ratios[label])
+        print(f"ratio hook / empty pam_python ({label}), median of {RUNS} runs = {ratio:.3f} "
+              f"(runs: {', '.join(f'{r:.3f}' for r in ratios[label])}; target <= {TARGET_RATIO}: "
+              f"{verdict(ratio <= TARGET_RATIO)})")
+    ms = import_time_ms()
+    print(f"hook import time in /usr/bin/python3 -I: {ms:.2f} ms (median of 15; "
+          f"target <= {TARGET_IMPORT_MS} ms: {verdict(ms <= TARGET_IMPORT_MS)})")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@ beside it a root-only one (``ticketd.root.sock``, mode 0600) that root's clients
 Framing: each message is a 4-byte big-endian length followed by that many
 bytes of UTF-8 JSON holding one object.  Every message carries ``"v": 1``.
 
+``auth`` with ``kuserok`` true also answers krb5_kuserok(principal, user) in its success reply
+(``kuserok``: bool), so the hook's acct_mgmt needs no request of its own after the hook's auth.
+
 ``account`` is pam_sm_acct_mgmt's question: with ``kuserok`` (default true) may ``principal``
 (default user@default_realm) log in to ``user`` (krb5_kuserok: ~/.k5login, auth_to_local), and
 with ``kdc`` (default true) does the KDC still issue tickets to it (not locked, not expired,
@@ -122,7 +125,10 @@ _KDC = (KDC_UNREACHABLE, KDC_ERROR, UNKNOWN_PRINCIPAL, DENIED)
 #: The operations.  Replies (besides ``ok``) are in each line's comment.
 OPS: dict[str, Op] = {op.name: op for op in (
     # -> principal, ccache, endtime
-    Op("auth", {"user": _STR, "uid": _ID, "gid": _ID, "password": _STR, "principal": _OPT_STR}, "auth",
+    # -> principal, ccache, endtime, and with the request's kuserok true krb5_kuserok's answer in
+    # ``kuserok`` (so the hook's acct_mgmt after its own auth needs no request).
+    Op("auth", {"user": _STR, "uid": _ID, "gid": _ID, "password": _STR, "principal": _OPT_STR,
+                "kuserok": _OPT_BOOL}, "auth",
        root=True, mutating=True, errors=(*_KDC, BAD_PASSWORD, QUOTA, PASSWORD_EXPIRED, VALIDATION_FAILED,
                                          FAST_UNAVAILABLE)),
     # -> principal.  kuserok and kdc default to true.

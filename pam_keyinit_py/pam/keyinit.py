@@ -19,7 +19,11 @@ import pwd
 
 from .. import keyutils as ku
 from .log import LOG_DEBUG, LOG_ERR, LOG_WARNING, syslog
-from .options import Options
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .options import Options
+    from .pamh import PamHandle
 
 
 class KeyinitState:
@@ -38,7 +42,7 @@ class KeyinitState:
         self.pw: pwd.struct_passwd | None = None
 
 
-def debug(state: KeyinitState, pamh: object, message: str) -> None:
+def debug(state: KeyinitState, pamh: PamHandle, message: str) -> None:
     """LOG_DEBUG, only with the ``debug`` option (pam_keyinit's debug())."""
     if state.xdebug:
         syslog(pamh, LOG_DEBUG, message)
@@ -52,14 +56,14 @@ def note_options(state: KeyinitState, opts: Options) -> None:
         state.do_revoke = True
 
 
-def init_keyrings(state: KeyinitState, pamh: object, opts: Options, uid: int, error_ret: int) -> int:
+def init_keyrings(state: KeyinitState, pamh: PamHandle, opts: Options, uid: int, error_ret: int) -> int:
     """Give the calling thread a new session keyring with @u linked in (runs with the user's real ids).
 
     Without ``force`` this acts only when @s is still the user-session keyring
     (KEYCTL_GET_KEYRING_ID on -3 and -5), and a kernel without keyrings
     (ENOSYS) is not an error.
     """
-    success: int = pamh.PAM_SUCCESS  # type: ignore[attr-defined]
+    success = int(pamh.PAM_SUCCESS)
     if not opts.force:
         try:
             session = ku.get_keyring_id(ku.KEY_SPEC_SESSION_KEYRING, False)
@@ -96,7 +100,7 @@ def init_keyrings(state: KeyinitState, pamh: object, opts: Options, uid: int, er
     return success
 
 
-def link_persistent(state: KeyinitState, pamh: object, uid: int) -> None:
+def link_persistent(state: KeyinitState, pamh: PamHandle, uid: int) -> None:
     """KEYCTL_GET_PERSISTENT(uid, @s): link _persistent.<uid> into the session keyring.
 
     The user's Kerberos ccaches then show up in `keyctl show`.  Beyond pam_keyinit,
@@ -109,7 +113,7 @@ def link_persistent(state: KeyinitState, pamh: object, uid: int) -> None:
         syslog(pamh, LOG_WARNING, f"Unable to link the persistent keyring of uid {uid}: {exc.strerror}")
 
 
-def do_keyinit(state: KeyinitState, pamh: object, opts: Options, error_ret: int) -> int:
+def do_keyinit(state: KeyinitState, pamh: PamHandle, opts: Options, error_ret: int) -> int:
     """Create the session keyring as the user's real uid/gid, once per handle."""
     note_options(state, opts)
     # Called again (setcred then open_session, or the module listed twice): the keyring
@@ -118,19 +122,19 @@ def do_keyinit(state: KeyinitState, pamh: object, opts: Options, error_ret: int)
     if state.my_session_keyring > 0:
         if opts.link_persistent and state.revoke_as_uid >= 0:
             link_persistent(state, pamh, state.revoke_as_uid)
-        return pamh.PAM_SUCCESS  # type: ignore[attr-defined]
+        return pamh.PAM_SUCCESS
 
     try:
-        username = pamh.get_user("key user")  # type: ignore[attr-defined]
-    except pamh.exception as exc:  # type: ignore[attr-defined]
+        username = pamh.get_user("key user")
+    except pamh.exception as exc:
         return int(exc.pam_result)
     if not username:
-        return pamh.PAM_USER_UNKNOWN  # type: ignore[attr-defined]
+        return pamh.PAM_USER_UNKNOWN
     try:
         pw = pwd.getpwnam(username)
     except (KeyError, ValueError):  # ValueError: embedded NUL
         syslog(pamh, LOG_ERR, f"Unable to look up user {username!r}")
-        return pamh.PAM_USER_UNKNOWN  # type: ignore[attr-defined]
+        return pamh.PAM_USER_UNKNOWN
     state.pw = pw
 
     uid, gid = pw.pw_uid, pw.pw_gid
@@ -169,7 +173,7 @@ def do_keyinit(state: KeyinitState, pamh: object, opts: Options, error_ret: int)
     return ret
 
 
-def _restore_rgid(pamh: object, gid: int, old_gid: int) -> bool:
+def _restore_rgid(pamh: PamHandle, gid: int, old_gid: int) -> bool:
     if gid == old_gid:
         return True
     try:
@@ -180,7 +184,7 @@ def _restore_rgid(pamh: object, gid: int, old_gid: int) -> bool:
         return False
 
 
-def _restore_egid(pamh: object, gid: int, old_gid: int) -> bool:
+def _restore_egid(pamh: PamHandle, gid: int, old_gid: int) -> bool:
     if gid == old_gid:
         return True
     try:
@@ -191,13 +195,13 @@ def _restore_egid(pamh: object, gid: int, old_gid: int) -> bool:
         return False
 
 
-def kill_keyrings(state: KeyinitState, pamh: object, error_ret: int) -> int:
+def kill_keyrings(state: KeyinitState, pamh: PamHandle, error_ret: int) -> int:
     """KEYCTL_REVOKE the keyring this handle created, with the user's effective uid/gid.
 
     The keyring grants the user (and the possessor) SETATTR, so revoking as
     the user works even where root no longer possesses it.
     """
-    ret: int = pamh.PAM_SUCCESS  # type: ignore[attr-defined]
+    ret = int(pamh.PAM_SUCCESS)
     ring = state.my_session_keyring
     if ring <= 0:
         return ret

@@ -18,6 +18,10 @@ LOG_WARNING = 4
 LOG_NOTICE = 5
 LOG_DEBUG = 7
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .pamh import PamHandle
+
 _PREFIX = "pam_keyinit_py: "
 _pam_syslog: object = None
 
@@ -34,12 +38,12 @@ def _load() -> object:
     return _pam_syslog
 
 
-def syslog(pamh: object, priority: int, message: str) -> None:
+def syslog(pamh: PamHandle, priority: int, message: str) -> None:
     """pam_syslog(pamh, priority, "%s", message); never raises."""
     text = (_PREFIX + message).encode("utf-8", "replace").replace(b"\0", b"?")
     try:
         c_void_p, fn = _load()  # type: ignore[misc]
-        fn(c_void_p(pamh.pamh), priority, b"%s", text)  # type: ignore[attr-defined]
+        fn(c_void_p(pamh.pamh), priority, b"%s", text)
         return
     except Exception:  # noqa: BLE001 - logging must never fail a login
         pass

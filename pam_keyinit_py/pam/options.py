@@ -1,12 +1,14 @@
 """The one parser of the module arguments on a ``pam_python.so pam_keyinit_py.py ...`` line.
 
-pam_keyinit.c compares each argument with ``strcmp`` and silently skips the
-rest.  Here the known words set fields of a frozen :class:`Options`; anything
-unknown or malformed (``forc``, ``revoke=yes``, ``minimum_uid=abc``) lands in
-``Options.unknown`` so the hook can log it once to syslog (LOG_AUTHPRIV) and
-carry on, as pam_keyinit carries on.
+pam_keyinit.c compares each argument with ``strcmp`` and silently skips the rest.  Here the
+options are one declarative table, as pam-krb5's ``options.c``: the annotated class attributes
+of :class:`Options` give each option's name, type and default, written once.  A ``bool`` is a
+bare word (``force``); any other type is ``name=value``, read by that type's parser in
+:data:`_PARSERS`.  Anything unknown or malformed (``forc``, ``revoke=yes``, ``minimum_uid=abc``)
+lands in ``Options.unknown`` so the hook can log it once to syslog and carry on, as
+pam_keyinit carries on.
 
-Stdlib only and no regular expressions: this runs inside every login.
+Stdlib only and no regular expressions, dataclasses or typing: this runs inside every login.
 """
 
 from __future__ import annotations
@@ -14,26 +16,6 @@ from __future__ import annotations
 from ..protocol import DEFAULT_SOCKET
 
 DEFAULT_MINIMUM_UID = 1000
-
-# Bare words and the Options field each one sets to True.
-_FLAGS = {
-    "force": "force",
-    "revoke": "revoke",
-    "debug": "debug",
-    "link_persistent": "link_persistent",
-    "tickets": "tickets",
-    "use_first_pass": "use_first_pass",
-    "try_first_pass": "try_first_pass",
-    "use_authtok": "use_authtok",
-    "search_k5login": "search_k5login",
-}
-
-
-_FIELDS = (
-    "force", "revoke", "debug", "link_persistent", "tickets", "use_first_pass", "try_first_pass",
-    "socket", "minimum_uid", "use_authtok", "search_k5login", "auth_timeout", "unknown",
-)
-
 #: Seconds the hook waits for the service's answer to a password (``auth_timeout=``).  The
 #: service bounds a login's KDC exchanges by its kdc_timeout (6 s default); the hook waits a
 #: little longer so that the service's own answer (kdc_unreachable, or the TGT) reaches it.
@@ -43,40 +25,42 @@ DEFAULT_AUTH_TIMEOUT = 8.0
 class Options:
     """Parsed module arguments (pam_keyinit's three plus this project's own), immutable.
 
-    A frozen dataclass in behaviour (keyword construction, defaults, equality,
-    hash, repr, assignment raises) written by hand: ``import dataclasses``
-    pulls in ``inspect`` and costs ~10-20 ms, more than the whole hook may add
-    to a login.
+    The class attributes are the table: name, type, default.  An instance holds only the
+    options its line set; the rest read through to the defaults here.
     """
 
-    __slots__ = _FIELDS
-    force: bool
-    revoke: bool
-    debug: bool
-    link_persistent: bool
-    tickets: bool
-    use_first_pass: bool
-    try_first_pass: bool
-    socket: str
-    minimum_uid: int
+    # pam_keyinit's own.
+    force: bool = False
+    revoke: bool = False
+    debug: bool = False
+    #: session: link KEYCTL_GET_PERSISTENT's keyring (the ccaches) into the session keyring.
+    link_persistent: bool = False
+    #: session: register the session with keyinit-ticketd (renewal, clearing at the last logout).
+    tickets: bool = False
+    #: auth: only PAM_AUTHTOK set by an earlier module; never prompt.
+    use_first_pass: bool = False
+    #: auth, password: PAM_AUTHTOK (PAM_OLDAUTHTOK) first; when the service calls it wrong, prompt
+    #: once and try the answer (pam_krb5's try_first_pass).  Without either option an earlier
+    #: module's password is used and the prompt comes only when there is none.
+    try_first_pass: bool = False
     #: password (chauthtok): take the new password from PAM_AUTHTOK (set by an earlier module).
-    use_authtok: bool
+    use_authtok: bool = False
     #: auth: try the password with each principal of the user's ~/.k5login (pam_krb5's option).
-    search_k5login: bool
+    search_k5login: bool = False
+    #: the service's socket (an absolute path).
+    socket: str = DEFAULT_SOCKET
+    #: users with a smaller uid are not Kerberos users: auth, account, password and the
+    #: session's tickets return PAM_IGNORE for them (the session keyring is still made).
+    minimum_uid: int = DEFAULT_MINIMUM_UID
     #: auth: bound on the password exchange with the service, in seconds (1-60).
-    auth_timeout: float
-    unknown: tuple[str, ...]
+    auth_timeout: float = DEFAULT_AUTH_TIMEOUT
+    #: what the line held that is none of the above (not an option: filled by :func:`parse`).
+    unknown: tuple[str, ...] = ()
 
-    def __init__(
-        self, *, force: bool = False, revoke: bool = False, debug: bool = False,
-        link_persistent: bool = False, tickets: bool = False, use_first_pass: bool = False,
-        try_first_pass: bool = False, socket: str = DEFAULT_SOCKET,
-        minimum_uid: int = DEFAULT_MINIMUM_UID, use_authtok: bool = False, search_k5login: bool = False,
-        auth_timeout: float = DEFAULT_AUTH_TIMEOUT, unknown: tuple[str, ...] = (),
-    ) -> None:
-        values = (force, revoke, debug, link_persistent, tickets, use_first_pass, try_first_pass,
-                  socket, minimum_uid, use_authtok, search_k5login, auth_timeout, tuple(unknown))
-        for name, value in zip(_FIELDS, values, strict=True):
+    def __init__(self, **values: object) -> None:
+        for name, value in values.items():
+            if name not in FIELDS:
+                raise TypeError(f"Options has no option {name!r}")
             object.__setattr__(self, name, value)
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -86,19 +70,28 @@ class Options:
         raise AttributeError(f"Options is frozen: cannot delete {name!r}")
 
     def _astuple(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in _FIELDS)
+        return tuple(getattr(self, name) for name in FIELDS)
 
     def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
+        if not isinstance(other, Options):
             return NotImplemented
-        return self._astuple() == other._astuple()  # type: ignore[attr-defined]
+        return self._astuple() == other._astuple()
 
     def __hash__(self) -> int:
         return hash(self._astuple())
 
     def __repr__(self) -> str:
-        inner = ", ".join(f"{name}={getattr(self, name)!r}" for name in _FIELDS)
+        inner = ", ".join(f"{name}={getattr(self, name)!r}" for name in FIELDS)
         return f"Options({inner})"
+
+
+#: Every field of :class:`Options`, in table order; (name, type) of the options proper.
+FIELDS: tuple[str, ...] = tuple(Options.__annotations__)
+_TABLE: dict[str, str] = {name: kind for name, kind in Options.__annotations__.items() if name != "unknown"}
+
+
+def _parse_path(text: str) -> str | None:
+    return text if text.startswith("/") and "\0" not in text else None
 
 
 def _parse_uid(text: str) -> int | None:
@@ -117,6 +110,10 @@ def _parse_seconds(text: str) -> float | None:
     return float(value) if 1 <= value <= 60 else None
 
 
+#: The parser of each value type in the table (annotations are strings here: PEP 563).
+_PARSERS = {"str": _parse_path, "int": _parse_uid, "float": _parse_seconds}
+
+
 def parse(args: list[str] | tuple[str, ...]) -> Options:
     """Parse the module arguments (without pam_python's leading script path).
 
@@ -128,20 +125,18 @@ def parse(args: list[str] | tuple[str, ...]) -> Options:
         if not isinstance(arg, str):
             unknown.append(repr(arg))
             continue
-        name = _FLAGS.get(arg)
-        if name is not None:
-            fields[name] = True
-            continue
-        key, sep, value = arg.partition("=")
-        if sep and key == "socket" and value.startswith("/") and "\0" not in value:
-            fields["socket"] = value
-        elif sep and key == "minimum_uid" and (uid := _parse_uid(value)) is not None:
-            fields["minimum_uid"] = uid
-        elif sep and key == "auth_timeout" and (seconds := _parse_seconds(value)) is not None:
-            fields["auth_timeout"] = seconds
-        else:
+        name, sep, text = arg.partition("=")
+        kind = _TABLE.get(name)
+        value: object = None
+        if kind == "bool":
+            value = True if not sep else None
+        elif kind is not None and sep:
+            value = _PARSERS[kind](text)
+        if value is None:
             unknown.append(arg)
-    return Options(unknown=tuple(unknown), **fields)  # type: ignore[arg-type]
+        else:
+            fields[name] = value
+    return Options(unknown=tuple(unknown), **fields)
 
 
 _cache: dict[tuple[str, ...], Options] = {}

@@ -63,13 +63,22 @@ class Service(Recovery):
     # ---------------------------------------------------------------- logins
 
     def auth(self, peer: Peer, user: str, uid: int, gid: int, password: str,
-             principal: str | None = None) -> dict[str, Any]:
-        """Acquire a TGT for ``principal`` (default user@default_realm) into KEYRING:persistent:<uid>."""
+             principal: str | None = None, kuserok: bool = False) -> dict[str, Any]:
+        """Acquire a TGT for ``principal`` (default user@default_realm) into KEYRING:persistent:<uid>.
+
+        With ``kuserok`` the success reply also carries krb5_kuserok(principal, user), which
+        saves the hook's acct_mgmt a request (absent when krb5_kuserok fails: acct_mgmt asks then).
+        """
         with self.lock:
             self._authing[uid] = self._authing.get(uid, 0) + 1
         try:
             reply = self._auth(user, uid, gid, password, principal)
             metrics.AUTHS.labels(reply.get("code", P.OK)).inc()
+            if kuserok is True and reply.get("ok"):
+                try:
+                    reply["kuserok"] = self.krb.kuserok(reply["principal"], user, uid)
+                except errors.TicketError as exc:
+                    log.warning("auth %s (uid %d): krb5_kuserok: %s", user, uid, exc)
             return reply
         finally:
             del password

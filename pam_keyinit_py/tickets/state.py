@@ -4,6 +4,10 @@ Written atomically (write a temporary file in the same directory, fsync, rename(
 :class:`StateWriter` thread after every change that a ``kill -9`` must not lose, so a
 restarted service picks up exactly where the dead one stopped.  It holds no secret: names,
 ids and times only.
+
+On a tmpfs (``/run/keyinit`` as deployed; statfs(2) f_type TMPFS_MAGIC) the fsyncs are
+skipped: a process crash loses nothing written and renamed, and a reboot drops the state
+together with the keys it describes, so a login would wait on fsync for nothing.
 """
 
 from __future__ import annotations
@@ -47,13 +51,34 @@ def _temp_name(target: Path) -> Path:
     return target.with_name(f".{target.name}.{_suffix()}.tmp")
 
 
+TMPFS_MAGIC = 0x01021994  # <linux/magic.h>
+_libc: Any = None
+
+
+def on_tmpfs(directory: str | Path) -> bool:
+    """Whether ``directory`` is on a tmpfs: statfs(2)'s f_type (False when statfs fails).
+
+    Asked at every save (one syscall): a file system mounted over the directory later counts.
+    """
+    global _libc
+    import ctypes
+    import struct
+
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on x86_64
+    if _libc.statfs(str(directory).encode(), buf) != 0:
+        return False
+    return struct.unpack_from("@l", buf.raw)[0] == TMPFS_MAGIC
+
+
 def save(path: str, data: dict[str, Any], raw: dict[str, list[str]] | None = None) -> None:
     """Replace ``path`` with the state as JSON in one rename(2); mode 0600, owned by root.
 
     The temporary file is created with O_CREAT|O_EXCL|O_NOFOLLOW at an unpredictable name, so
     a file or symlink planted in the directory is never opened, let alone written through.
     A failed write (ENOSPC, EROFS, EIO...) removes the temporary file and raises OSError: the
-    old state file stays whole.
+    old state file stays whole.  fsync(2) of the file and its directory only off a tmpfs.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -65,6 +90,7 @@ def replace_file(target: Path, body: bytes, mode: int) -> None:
 
     Also the metrics textfile's writer: node_exporter never reads half a file.
     """
+    durable = not on_tmpfs(target.parent)
     tmp = _temp_name(target)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
@@ -73,7 +99,8 @@ def replace_file(target: Path, body: bytes, mode: int) -> None:
             view = memoryview(body)
             while view:  # write(2) may write less than asked
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, target)
@@ -83,6 +110,8 @@ def replace_file(target: Path, body: bytes, mode: int) -> None:
         except OSError:
             pass
         raise
+    if not durable:
+        return
     # The rename is durable only once the directory entry is on disk.
     dirfd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import pwd
 
-from pam_keyinit_py.pam.tickets import K5LOGIN_MAX, k5login_principals
+from pam_keyinit_py.pam.client import K5LOGIN_MAX, k5login_principals
 from tests.conftest import require_root
 
 

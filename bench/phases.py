@@ -1,0 +1,139 @@
+"""Per-phase timing for the login benchmarks (issue 14): where the hook's time goes.
+
+- In the hook: a bench-only pam_python shim (:func:`timed_shim`) that imports the hook and
+  binds each ``pam_sm_*`` through a timer, appending ``phase ms`` lines to a file: ``import``
+  (once per interpreter: twice per keyboard-interactive ssh login), ``authenticate``,
+  ``acct_mgmt``, ``setcred``, ``open_session``, ``close_session``.  The timed stack runs beside
+  the plain one and is never part of a total or a ratio.
+- In the service, from outside: bench-only requests on its socket (:func:`service_ops`), the
+  same ``auth``/``open``/``close`` a login sends, timed as round trips (IPC included), so
+  service.py is not touched.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from pam_keyinit_py import protocol as P
+from pam_keyinit_py.pam.shim import repo_paths
+
+PHASES = ("import", "authenticate", "acct_mgmt", "setcred", "open_session", "close_session")
+
+_SHIM = '''\
+import os, sys, time
+_t0 = time.perf_counter()
+for _p in reversed({paths!r}):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+_fresh = "pam_keyinit_py.pam.hook" not in sys.modules
+from pam_keyinit_py.pam.hook import Hook as _Hook
+_t1 = time.perf_counter()
+
+
+def _note(phase, ms):
+    try:
+        fd = os.open({log!r}, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        os.write(fd, ("%s %.3f\\n" % (phase, ms)).encode())
+        os.close(fd)
+    except OSError:
+        pass
+
+
+if _fresh:
+    _note("import", (_t1 - _t0) * 1000)
+_hook = _Hook()
+
+
+def _timed(name, fn):
+    def call(pamh, flags, argv):
+        t = time.perf_counter()
+        try:
+            return fn(pamh, flags, argv)
+        finally:
+            _note(name, (time.perf_counter() - t) * 1000)
+    return call
+
+
+pam_sm_authenticate = _timed("authenticate", _hook.authenticate)
+pam_sm_acct_mgmt = _timed("acct_mgmt", _hook.acct_mgmt)
+pam_sm_chauthtok = _hook.chauthtok
+pam_sm_setcred = _timed("setcred", _hook.setcred)
+pam_sm_open_session = _timed("open_session", _hook.open_session)
+pam_sm_close_session = _timed("close_session", _hook.close_session)
+pam_sm_end = _hook.end
+'''
+
+
+def timed_shim(directory: Path, log: Path) -> Path:
+    """Write the timing shim into ``directory`` (world-readable, like the lab's own shim)."""
+    path = directory / "pam_keyinit_py_timed.py"
+    path.write_text(_SHIM.format(paths=tuple(repo_paths()), log=str(log)))
+    path.chmod(0o644)
+    log.touch()
+    log.chmod(0o666)
+    return path
+
+
+def read_phases(log: Path) -> dict[str, list[float]]:
+    """The ms samples per phase written by the timing shim."""
+    out: dict[str, list[float]] = defaultdict(list)
+    for line in log.read_text().splitlines():
+        phase, _, ms = line.partition(" ")
+        try:
+            out[phase].append(float(ms))
+        except ValueError:
+            continue
+    return out
+
+
+def service_ops(sock: str, user: str, uid: int, gid: int, password: str,
+                rounds: int) -> dict[str, list[float]]:
+    """Round-trip ms of the service's auth, open and close (a login's three requests), ``rounds`` each.
+
+    Sent as root, as the hook sends them; each open is closed, so the service ends as it began
+    (the auth's TGT is cleared at that close, as at a login's logout).
+    """
+    out: dict[str, list[float]] = defaultdict(list)
+    for _ in range(rounds):
+        auth = {"op": "auth", "user": user, "uid": uid, "gid": gid, "password": password}
+        if "kuserok" in P.SCHEMA["auth"]:  # as the hook asks (a service before issue 14 has no such field)
+            auth["kuserok"] = True
+        for op, message in (("auth", auth), ("open", {"op": "open", "user": user, "uid": uid, "gid": gid})):
+            t = time.perf_counter()
+            reply = P.request(message, sock, timeout=10.0)
+            out[f"service {op}"].append((time.perf_counter() - t) * 1000)
+            if not reply.get("ok"):
+                raise RuntimeError(f"service {op} failed: {reply.get('code')}: {reply.get('error')}")
+            if op == "open":
+                t = time.perf_counter()
+                closed = P.request({"op": "close", "uid": uid, "sid": reply["sid"]}, sock, timeout=10.0)
+                out["service close"].append((time.perf_counter() - t) * 1000)
+                if not closed.get("ok"):
+                    raise RuntimeError(f"service close failed: {closed.get('error')}")
+    return out
+
+
+def print_table(title: str, samples: dict[str, list[float]]) -> None:
+    """min / median / max per phase, in PHASES order then the rest."""
+    print(title)
+    print(f"  {'phase':28s} {'n':>4s} {'min':>8s} {'median':>8s} {'max':>8s}   (ms)")
+    names = [p for p in PHASES if p in samples] + sorted(k for k in samples if k not in PHASES)
+    for name in names:
+        vals = samples[name]
+        if vals:
+            print(f"  {name:28s} {len(vals):4d} {min(vals):8.2f} {statistics.median(vals):8.2f} "
+                  f"{max(vals):8.2f}")
+
+
+def verdict(ok: bool) -> str:
+    """The word every target line ends with."""
+    return "met" if ok else "MISSED"
+
+
+def spread(vals: list[float]) -> str:
+    """``min/median/max`` of ``vals``."""
+    return f"{min(vals):.1f}/{statistics.median(vals):.1f}/{max(vals):.1f}"
+
