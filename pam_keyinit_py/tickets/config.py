@@ -8,7 +8,7 @@ like any krb5 program (libkrb5 reads it when the context is made).
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..ccname import collection_name
@@ -111,40 +111,12 @@ class Config:
     keytabs: tuple[KeytabEntry, ...] = field(default_factory=tuple)
 
 
+#: TOML types each key accepts, from Config's own annotations (one declaration per key): a
+#: float setting also takes a TOML integer; ``keytab`` tables are parsed apart.
+_TOML_TYPES: dict[str, type | tuple[type, ...]] = {
+    "str": str, "int": int, "bool": bool, "float": (int, float)}
 _FIELDS: dict[str, type | tuple[type, ...]] = {
-    "socket": str,
-    "state_file": str,
-    "lifetime": int,
-    "renew_lifetime": int,
-    "forwardable": bool,
-    "renew_fraction": (int, float),
-    "clear_on_logout": str,
-    "pending_auth_timeout": (int, float),
-    "adopt_scan_interval": (int, float),
-    "adopt_watch_interval": (int, float),
-    "persistent_touch_interval": (int, float),
-    "retry_min": (int, float),
-    "retry_max": (int, float),
-    "kdc_timeout": (int, float),
-    "renew_grace": (int, float),
-    "log_level": str,
-    "validate": str,
-    "validate_keytab": str,
-    "validate_principal": str,
-    "fast": str,
-    "fast_principal": str,
-    "canonicalize": bool,
-    "principal_name": str,
-    "max_connections": int,
-    "root_reserved_connections": int,
-    "max_connections_per_uid": int,
-    "workers": int,
-    "root_reserved_workers": int,
-    "request_timeout": (int, float),
-    "renew_workers": int,
-    "max_kdc_calls": int,
-    "metrics_textfile": str,
-    "metrics_interval": (int, float),
+    f.name: _TOML_TYPES[str(f.type)] for f in fields(Config) if str(f.type) in _TOML_TYPES
 }
 
 
