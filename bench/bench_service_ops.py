@@ -1,0 +1,313 @@
+"""keyinit-ticketd's own ops beside their anchors, in one run, against one throwaway realm (issue 14).
+
+1. ``open`` and ``close`` (target: <= 1 ms p50 at the service).  Two figures each: the
+   service-side time (from the request's bytes to its reply sent, the state commit included),
+   recorded inside the real daemon by a bench-only launcher (:data:`_TIMED_LAUNCHER`: it wraps
+   ``Dispatcher.serve`` and changes no service file), and the round trip from a client
+   (connect, send, reply).  Anchor in the same run: ``status`` (a read-only op: no state
+   commit, no session table change), the floor of a request through this server.
+2. ``auth`` (target: <= 1.2x) beside pykrb5 with no service around it: krb5_get_init_creds_password,
+   then, with the thread switched to the user's uid/gid (per-thread setresuid),
+   krb5_cc_set_default_name(KEYRING:persistent:<uid>) + krb5_cc_new_unique + cc_initialize +
+   cc_store_cred + cc_switch.  Same realm, same principals, FAST off in both, and the
+   validation setting shown on each line: ours with ``validate = "never"`` beside bare
+   gic+store, ours with ``validate = "require"`` beside bare gic + krb5_verify_init_creds
+   (against the realm's host keytab; pykrb5 has no verify_init_creds, so the anchor calls it
+   through the service's C helper, the same libkrb5 call ours makes) + store.  At 1 and at
+   20 concurrent logins (20 principals and 20 uids, a barrier per batch); the anchor's logins
+   run as 20 threads of this process, each with its own krb5 context.  Ours and the anchor
+   alternate batch by batch.
+
+Run: ``sudo .venv/bin/python bench/bench_service_ops.py`` or ``make bench ONLY=service_ops``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from phases import verdict  # noqa: E402
+
+from pam_keyinit_py import keyutils  # noqa: E402
+from pam_keyinit_py import protocol as P  # noqa: E402
+from pam_keyinit_py.lab import ticketd as lab_ticketd  # noqa: E402
+from pam_keyinit_py.lab.realm import Realm, available  # noqa: E402
+from pam_keyinit_py.tickets import state as statefile  # noqa: E402
+
+UID_BASE = 3_400_000  # uids without passwd entries (distinct from the other benches' ranges)
+CONCURRENT = 20
+OPS_ROUNDS = 200
+AUTH_ROUNDS_1 = 30
+AUTH_ROUNDS_20 = 6
+OPEN_CLOSE_TARGET_MS = 1.0
+AUTH_TARGET = 1.2
+
+#: Runs the real daemon (tickets/daemon.main) with Dispatcher.serve timed; one ``op ms`` line per
+#: request appended to $KEYINIT_BENCH_OPS_LOG, written after the reply went out.
+_TIMED_LAUNCHER = '''\
+#!{python}
+import os, re, sys, time
+sys.path.insert(0, {repo!r})
+from pam_keyinit_py.tickets import dispatch
+
+_log = os.environ["KEYINIT_BENCH_OPS_LOG"]
+_serve = dispatch.Dispatcher.serve
+_op = re.compile(rb'"op"\\s*:\\s*"([a-z_]+)"')
+
+
+def serve(self, sock, pid, uid, body):
+    t = time.perf_counter()
+    try:
+        return _serve(self, sock, pid, uid, body)
+    finally:
+        ms = (time.perf_counter() - t) * 1000
+        m = _op.search(body)
+        fd = os.open(_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.write(fd, b"%s %.4f\\n" % (m.group(1) if m else b"?", ms))
+        os.close(fd)
+
+
+dispatch.Dispatcher.serve = serve
+from pam_keyinit_py.tickets.daemon import main
+sys.exit(main())
+'''
+
+
+class TimedTicketD(lab_ticketd.TicketD):
+    """lab's TicketD started through :data:`_TIMED_LAUNCHER` (same config, same readiness)."""
+
+    def __init__(self, directory: Path, krb5_env: dict[str, str], **config: object) -> None:
+        self.ops_log = Path(directory) / "ops.log"
+        env = {**krb5_env, "KEYINIT_BENCH_OPS_LOG": str(self.ops_log)}
+        super().__init__(directory, env, **config)
+        self.launcher = self.dir / "timed-ticketd"
+        self.launcher.write_text(_TIMED_LAUNCHER.format(python=sys.executable,
+                                                        repo=str(Path(__file__).resolve().parent.parent)))
+        self.launcher.chmod(0o755)
+
+    def start(self, timeout: float = 15.0) -> float:
+        saved = lab_ticketd.TICKETD
+        lab_ticketd.TICKETD = self.launcher
+        try:
+            return super().start(timeout)
+        finally:
+            lab_ticketd.TICKETD = saved
+
+    def take_ops(self) -> dict[str, list[float]]:
+        """The service-side ms per op recorded so far (the log is emptied)."""
+        out: dict[str, list[float]] = defaultdict(list)
+        try:
+            text = self.ops_log.read_text()
+        except FileNotFoundError:
+            return out
+        self.ops_log.write_text("")
+        for line in text.splitlines():
+            op, _, ms = line.partition(" ")
+            out[op].append(float(ms))
+        return out
+
+
+def _spread(vals: list[float], digits: int = 2) -> str:
+    return (f"{min(vals):.{digits}f}/{statistics.median(vals):.{digits}f}/{max(vals):.{digits}f}")
+
+
+def _request(sock: str, message: dict) -> tuple[float, dict]:
+    t = time.perf_counter()
+    reply = P.request(message, sock, timeout=30.0)
+    return (time.perf_counter() - t) * 1000, reply
+
+
+def bench_open_close(daemon: TimedTicketD) -> None:
+    """open + close of one uid (no ticket: the clearing finds none), interleaved with status."""
+    sock = daemon.socket
+    uid = UID_BASE + 999
+    rtt: dict[str, list[float]] = defaultdict(list)
+    for i in range(OPS_ROUNDS + 10):
+        ms_open, reply = _request(sock, {"op": "open", "user": "benchops", "uid": uid, "gid": uid})
+        if not reply.get("ok"):
+            raise RuntimeError(f"open: {reply}")
+        ms_close, closed = _request(sock, {"op": "close", "uid": uid, "sid": reply["sid"]})
+        if not closed.get("ok"):
+            raise RuntimeError(f"close: {closed}")
+        ms_status, _ = _request(sock, {"op": "status"})
+        if i >= 10:  # the first rounds warm the daemon's imports and caches
+            rtt["open"].append(ms_open)
+            rtt["close"].append(ms_close)
+            rtt["status"].append(ms_status)
+        else:
+            daemon.take_ops()
+    side = daemon.take_ops()
+    print(f"service ops, {OPS_ROUNDS} rounds of open, close, status (one uid, no ticket), "
+          "ms min/median/max:")
+    print(f"  {'op':8s} {'at the service':>22s} {'client round trip':>22s}")
+    for op in ("open", "close", "status"):
+        print(f"  {op:8s} {_spread(side[op]):>22s} {_spread(rtt[op]):>22s}")
+    for op in ("open", "close"):
+        p50 = statistics.median(side[op])
+        print(f"  target {op} <= {OPEN_CLOSE_TARGET_MS:g} ms p50 at the service: {p50:.3f} ms: "
+              f"{verdict(p50 <= OPEN_CLOSE_TARGET_MS)} (anchor status {statistics.median(side['status']):.3f} ms; "
+              f"round trip {statistics.median(rtt[op]):.3f} ms)")
+
+
+# ------------------------------------------------------------------ auth and its anchor
+
+def _bare_login(principal: str, password: bytes, uid: int, verify: bool, krb5_config: str,
+                keytab: str) -> float:
+    """pykrb5 alone: gic_password [+ verify_init_creds] + a new primary cache in KEYRING:persistent:<uid>."""
+    import krb5
+
+    from pam_keyinit_py.tickets import plumbing
+
+    t = time.perf_counter()
+    ctx = plumbing.context(krb5_config)  # one per thread, made in the warm-up
+    princ = krb5.parse_name_flags(ctx, principal.encode())
+    opt = krb5.get_init_creds_opt_alloc(ctx)
+    creds = krb5.get_init_creds_password(ctx, princ, opt, password)
+    if verify:
+        from pam_keyinit_py.tickets._krb5_renew import ffi, lib
+
+        data = krb5.marshal_credentials(ctx, creds)
+        server, err = ffi.new("char[]", 512), ffi.new("char[]", 512)
+        code = lib.pk_verify_marshalled(data, len(data), ffi.NULL, keytab.encode(), krb5_config.encode(),
+                                        server, 512, err, 512)
+        if code:
+            raise RuntimeError(f"verify_init_creds: {ffi.string(err).decode(errors='replace')}")
+    with keyutils.thread_credentials(uid, uid, effective=True):
+        krb5.cc_set_default_name(ctx, f"KEYRING:persistent:{uid}".encode())
+        cc = krb5.cc_new_unique(ctx, b"KEYRING", None)
+        krb5.cc_initialize(ctx, cc, princ)
+        krb5.cc_store_cred(ctx, cc, creds)
+        krb5.cc_switch(ctx, cc)
+    return (time.perf_counter() - t) * 1000
+
+
+def _clear_uid(uid: int) -> None:
+    """Empty the uid's persistent keyring (as the uid, so the quota goes back to it)."""
+    try:
+        with keyutils.thread_credentials(uid, uid, effective=True):
+            ring = keyutils.get_persistent(uid, keyutils.KEY_SPEC_THREAD_KEYRING)
+            keyutils.clear(ring)
+    except OSError:
+        pass
+    try:
+        keyutils.unlink(keyutils.get_persistent(uid, keyutils.KEY_SPEC_PROCESS_KEYRING),
+                        keyutils.KEY_SPEC_PROCESS_KEYRING)
+    except OSError:
+        pass
+
+
+def _batch(fn, n: int) -> list[float]:  # noqa: ANN001 - fn(i) -> ms
+    """Run fn(0..n-1) at once (a barrier), return each call's ms."""
+    out: list[float] = [0.0] * n
+    errs: list[BaseException] = []
+    barrier = threading.Barrier(n)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            out[i] = fn(i)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errs.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errs:
+        raise RuntimeError(f"{len(errs)} of {n} failed: {errs[0]}")
+    return out
+
+
+def bench_auth(realm: Realm, daemons: dict[str, TimedTicketD], users: list[tuple[str, str, int]]) -> None:
+    krb5_config = str(realm.krb5_conf)
+    keytab = str(realm.keytab_path)
+    keyutils.get_keyring_id(keyutils.KEY_SPEC_PROCESS_KEYRING, True)  # root's own, before any user's
+
+    def ours(validate: str) -> object:
+        sock = daemons[validate].socket
+
+        def one(i: int) -> float:
+            user, password, uid = users[i]
+            ms, reply = _request(sock, {"op": "auth", "user": user, "uid": uid, "gid": uid, "password": password})
+            if not reply.get("ok"):
+                raise RuntimeError(f"ours auth ({validate}): {reply.get('code')}: {reply.get('error')}")
+            return ms
+        return one
+
+    def bare(verify: bool) -> object:
+        def one(i: int) -> float:
+            user, password, uid = users[i]
+            return _bare_login(realm.principal(user), password.encode(), uid, verify, krb5_config, keytab)
+        return one
+
+    for n, rounds in ((1, AUTH_ROUNDS_1), (CONCURRENT, AUTH_ROUNDS_20)):
+        for validate, anchor_name in (("never", "bare gic + store"),
+                                      ("require", "bare gic + verify_init_creds + store")):
+            o, a = ours(validate), bare(validate == "require")
+            _batch(o, n), _batch(a, n)  # warm: contexts, imports, the daemon's first KDC exchange
+            for i in range(n):
+                _clear_uid(users[i][2])
+            daemons[validate].take_ops()
+            times: dict[str, list[float]] = {"ours": [], "anchor": []}
+            for r in range(rounds):
+                order = (("ours", o), ("anchor", a)) if r % 2 == 0 else (("anchor", a), ("ours", o))
+                for name, fn in order:
+                    times[name] += _batch(fn, n)
+                    if name == "anchor":
+                        for i in range(n):
+                            _clear_uid(users[i][2])
+            side = daemons[validate].take_ops()["auth"]
+            ratio = statistics.median(times["ours"]) / statistics.median(times["anchor"])
+            print(f"auth, {n} at once, {rounds} batches (n={len(times['ours'])}), FAST off, ms min/median/max:")
+            print(f"  ours   validate = {validate!r:10s} round trip {_spread(times['ours'], 1):>20s}  "
+                  f"(at the service {_spread(side, 1)})")
+            print(f"  anchor {anchor_name:38s} {_spread(times['anchor'], 1):>20s}")
+            print(f"  target ours <= {AUTH_TARGET:g}x the anchor at {n} at once (validate {validate}): "
+                  f"{ratio:.2f}x: {verdict(ratio <= AUTH_TARGET)}")
+
+
+def main() -> None:
+    if os.geteuid() != 0 or not available():
+        print("skipped: needs root and the MIT KDC tools")
+        return
+    realm = Realm.start(None, "PKD.OPSBENCH", maxlife="10m", maxrenew="1h")
+    base = Path(tempfile.mkdtemp(prefix="pkd-bench-ops-"))
+    # The state file on a tmpfs, as deployed (/run); this machine's /run and /tmp are ext4.
+    shm = Path(tempfile.mkdtemp(prefix="pkd-bench-ops-", dir="/dev/shm"))
+    daemons: dict[str, TimedTicketD] = {}
+    users = [(f"benchops{i}", f"pw-{os.urandom(6).hex()}", UID_BASE + i) for i in range(CONCURRENT)]
+    try:
+        for user, password, _uid in users:
+            realm.add_principal(user, password)
+        for validate in ("never", "require"):
+            d = daemons[validate] = TimedTicketD(base / validate, realm.env, log_level="WARNING",
+                                                 validate=validate, fast="never", kdc_timeout=20.0,
+                                                 state_file=str(shm / f"{validate}.json"))
+            d.start()
+        print(f"state files in {shm} (tmpfs: {statefile.on_tmpfs(shm)}), as /run is in deployment")
+        bench_open_close(daemons["never"])
+        bench_auth(realm, daemons, users)
+    finally:
+        for d in daemons.values():
+            d.stop()
+        for _user, _password, uid in users:
+            _clear_uid(uid)
+        shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(shm, ignore_errors=True)
+        realm.stop()
+
+
+if __name__ == "__main__":
+    main()
