@@ -24,7 +24,6 @@ Run: ``sudo .venv/bin/python bench/bench_service_ops.py`` or ``make bench ONLY=s
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import statistics
 import sys
@@ -156,7 +155,8 @@ def bench_open_close(daemon: TimedTicketD) -> None:
     for op in ("open", "close"):
         p50 = statistics.median(side[op])
         print(f"  target {op} <= {OPEN_CLOSE_TARGET_MS:g} ms p50 at the service: {p50:.3f} ms: "
-              f"{verdict(p50 <= OPEN_CLOSE_TARGET_MS)} (anchor status {statistics.median(side['status']):.3f} ms; "
+              f"{verdict(p50 <= OPEN_CLOSE_TARGET_MS)} "
+              f"(anchor status {statistics.median(side['status']):.3f} ms; "
               f"round trip {statistics.median(rtt[op]):.3f} ms)")
 
 
@@ -166,7 +166,6 @@ def _bare_login(principal: str, password: bytes, uid: int, verify: bool, krb5_co
                 keytab: str) -> float:
     """pykrb5 alone: gic_password [+ verify_init_creds] + a new primary cache in KEYRING:persistent:<uid>."""
     import krb5
-
     from pam_keyinit_py.tickets import plumbing
 
     t = time.perf_counter()
@@ -240,7 +239,8 @@ def bench_auth(realm: Realm, daemons: dict[str, TimedTicketD], users: list[tuple
 
         def one(i: int) -> float:
             user, password, uid = users[i]
-            ms, reply = _request(sock, {"op": "auth", "user": user, "uid": uid, "gid": uid, "password": password})
+            message = {"op": "auth", "user": user, "uid": uid, "gid": uid, "password": password}
+            ms, reply = _request(sock, message)
             if not reply.get("ok"):
                 raise RuntimeError(f"ours auth ({validate}): {reply.get('code')}: {reply.get('error')}")
             return ms
@@ -270,7 +270,8 @@ def bench_auth(realm: Realm, daemons: dict[str, TimedTicketD], users: list[tuple
                             _clear_uid(users[i][2])
             side = daemons[validate].take_ops()["auth"]
             ratio = statistics.median(times["ours"]) / statistics.median(times["anchor"])
-            print(f"auth, {n} at once, {rounds} batches (n={len(times['ours'])}), FAST off, ms min/median/max:")
+            print(f"auth, {n} at once, {rounds} batches (n={len(times['ours'])}), FAST off, "
+                  "ms min/median/max:")
             print(f"  ours   validate = {validate!r:10s} round trip {_spread(times['ours'], 1):>20s}  "
                   f"(at the service {_spread(side, 1)})")
             print(f"  anchor {anchor_name:38s} {_spread(times['anchor'], 1):>20s}")
