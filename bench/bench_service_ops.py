@@ -15,8 +15,9 @@
    (against the realm's host keytab; pykrb5 has no verify_init_creds, so the anchor calls it
    through the service's C helper, the same libkrb5 call ours makes) + store.  At 1 and at
    20 concurrent logins (20 principals and 20 uids, a barrier per batch); the anchor's logins
-   run as 20 threads of this process, each with its own krb5 context.  Ours and the anchor
-   alternate batch by batch.
+   run as 20 threads of this process, each with its own krb5 context, and store into 20 other
+   uids (so each side replaces only its own caches, as a user logging in again would).  Ours
+   and the anchor alternate batch by batch.
 
 Run: ``sudo .venv/bin/python bench/bench_service_ops.py`` or ``make bench ONLY=service_ops``.
 """
@@ -45,6 +46,8 @@ from pam_keyinit_py.lab.realm import Realm, available  # noqa: E402
 from pam_keyinit_py.tickets import state as statefile  # noqa: E402
 
 UID_BASE = 3_400_000  # uids without passwd entries (distinct from the other benches' ranges)
+#: The anchor stores into other uids than ours (same principals): each side replaces only its own caches.
+ANCHOR_UIDS = 100
 CONCURRENT = 20
 OPS_ROUNDS = 200
 AUTH_ROUNDS_1 = 30
@@ -272,7 +275,8 @@ def bench_auth(realm: Realm, daemons: dict[str, TimedTicketD], users: list[tuple
     def bare(verify: bool) -> object:
         def one(i: int) -> float:
             user, password, uid = users[i]
-            return _bare_login(realm.principal(user), password.encode(), uid, verify, krb5_config, keytab)
+            return _bare_login(realm.principal(user), password.encode(), uid + ANCHOR_UIDS, verify,
+                               krb5_config, keytab)
         return one
 
     for n, rounds in ((1, AUTH_ROUNDS_1), (CONCURRENT, AUTH_ROUNDS_20)):
@@ -281,7 +285,7 @@ def bench_auth(realm: Realm, daemons: dict[str, TimedTicketD], users: list[tuple
             o, a = ours(validate), bare(validate == "require")
             _batch(o, n), _batch(a, n)  # warm: contexts, imports, the daemon's first KDC exchange
             for i in range(n):
-                _clear_uid(users[i][2])
+                _clear_uid(users[i][2] + ANCHOR_UIDS)
             daemons[validate].take_ops()
             times: dict[str, list[float]] = {"ours": [], "anchor": []}
             for r in range(rounds):
@@ -289,8 +293,8 @@ def bench_auth(realm: Realm, daemons: dict[str, TimedTicketD], users: list[tuple
                 for name, fn in order:
                     times[name] += _batch(fn, n)
                     if name == "anchor":
-                        for i in range(n):
-                            _clear_uid(users[i][2])
+                        for i in range(n):  # the anchor's caches (ours are the service's to replace)
+                            _clear_uid(users[i][2] + ANCHOR_UIDS)
             taken = daemons[validate].take_ops()
             side = taken["auth"]
             ratio = statistics.median(times["ours"]) / statistics.median(times["anchor"])
@@ -331,6 +335,7 @@ def main() -> None:
             d.stop()
         for _user, _password, uid in users:
             _clear_uid(uid)
+            _clear_uid(uid + ANCHOR_UIDS)
         shutil.rmtree(base, ignore_errors=True)
         shutil.rmtree(shm, ignore_errors=True)
         realm.stop()

@@ -54,6 +54,8 @@ class TicketInfo:
     validated: str = ""
     #: What the caller should log as a warning (validation skipped, FAST armor unavailable).
     warnings: tuple[str, ...] = ()
+    #: The cache this one replaced as primary and retired (to be destroyed after the grace), or "".
+    replaced: str = ""
 
 
 # ------------------------------------------------------------------ reading

@@ -8,7 +8,8 @@ API (names are stable; the service, CLI and tests import them):
 - ``acquire_password(principal, password, uid, gid, *, ...) -> TicketInfo``:
   krb5_get_init_creds_password (validated and FAST-armored as asked, :mod:`.validation`), then
   the TGT goes into a NEW cache of the user's ``KEYRING:persistent:<uid>`` collection, made
-  primary (krb5_cc_switch); the previous primary is retired if this service created it.
+  primary (krb5_cc_switch); the previous primary is retired if this service created it
+  (``TicketInfo.replaced`` names it).
 - ``acquire_keytab(principal, keytab, uid, gid, ccache=None, ...) -> TicketInfo``:
   krb5_get_init_creds_keytab into ``ccache`` (default the persistent collection), as ``k5start -f``.
 - ``renew(ccache_name, uid, gid, *, timeout, ...) -> TicketInfo``: krb5_get_renewed_creds, written
@@ -177,7 +178,8 @@ def acquire_password(
     old = old_primary(ctx, collection, uid, gid)
     info = install(ctx, collection, princ, creds, uid, gid, prefix=SERVICE_PREFIX, make_primary=True,
                    replace=old, krb5_config=krb5_config, grace=grace, reaper=reaper or DEFERRED)
-    return dataclasses.replace(info, validated=validated_with, warnings=notes)
+    return dataclasses.replace(info, validated=validated_with, warnings=notes,
+                               replaced=old if old and old != info.ccache else "")
 
 
 def is_enterprise_name(name: str) -> bool:
