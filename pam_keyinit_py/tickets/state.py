@@ -190,6 +190,9 @@ WRITE_RETRY_MIN = 0.25
 WRITE_RETRY_MAX = 5.0
 #: While writes keep failing, the error is logged again this often.
 WRITE_ERROR_LOG_INTERVAL = 60.0
+#: The writer thread leaves a new change this long to the request that will commit it (a change
+#: nobody commits, such as a renewal's, reaches the file this much later; none was acknowledged).
+WRITER_LINGER = 0.01
 
 
 class StateWriter:
@@ -313,6 +316,27 @@ class StateWriter:
             self.error = error
         self._cv.notify_all()
 
+    def _wait_for_work(self) -> None:
+        """Return (lock held) when the thread should write: a change is unwritten and no request
+        took it within :data:`WRITER_LINGER` (a request's commit writes it without a hand-over),
+        a failed write is due for its retry, or the writer is stopping (after any write in progress)."""
+        linger_until = 0.0
+        while not self._stopping:
+            if self._writing or self.written >= self.dirty:
+                linger_until = 0.0
+                self._cv.wait()
+                continue
+            if self.error is not None:
+                return  # retrying: requests do not write while writes fail
+            now = time.monotonic()
+            if not linger_until:
+                linger_until = now + WRITER_LINGER
+            elif now >= linger_until:
+                return
+            self._cv.wait(linger_until - now)
+        while self._writing:
+            self._cv.wait()
+
     def _run(self) -> None:
         """Write what no request committed; retry failures with a back-off.
 
@@ -324,10 +348,7 @@ class StateWriter:
         try:
             while True:
                 with self.lock:
-                    while (self.written >= self.dirty or self._writing) and not self._stopping:
-                        self._cv.wait()
-                    while self._writing:  # stopping: a request's write ends first
-                        self._cv.wait()
+                    self._wait_for_work()
                     if self._stopping and self.written >= self.dirty:
                         return
                     generation = self.dirty
