@@ -53,6 +53,8 @@ from pam_keyinit_py.tickets import state as statefile  # noqa: E402
 UID_BASE = 3_400_000  # uids without passwd entries (distinct from the other benches' ranges)
 #: The anchor stores into other uids than ours (same principals): each side replaces only its own caches.
 ANCHOR_UIDS = 100
+#: And each of our two services has its own uids: one would otherwise retire the other's caches.
+REQUIRE_UIDS = 200
 CONCURRENT = 20
 OPS_ROUNDS = 200
 AUTH_ROUNDS_1 = 60
@@ -274,9 +276,11 @@ def bench_auth(realm: Realm, daemons: dict[str, TimedTicketD], users: list[tuple
 
     def ours(validate: str) -> object:
         sock = daemons[validate].socket
+        shift = 0 if validate == "never" else REQUIRE_UIDS
 
         def one(i: int) -> float:
             user, password, uid = users[i]
+            uid += shift
             message = {"op": "auth", "user": user, "uid": uid, "gid": uid, "password": password}
             ms, reply = _request(sock, message)
             if not reply.get("ok"):
@@ -359,8 +363,8 @@ def main() -> None:
         for d in daemons.values():
             d.stop()
         for _user, _password, uid in users:
-            _clear_uid(uid)
-            _clear_uid(uid + ANCHOR_UIDS)
+            for shift in (0, ANCHOR_UIDS, REQUIRE_UIDS):
+                _clear_uid(uid + shift)
         shutil.rmtree(base, ignore_errors=True)
         shutil.rmtree(shm, ignore_errors=True)
         realm.stop()
