@@ -52,10 +52,14 @@ from pam_keyinit_py.tickets import state as statefile  # noqa: E402
 
 UID_BASE = 3_400_000  # uids without passwd entries (distinct from the other benches' ranges)
 #: The anchor stores into other uids than ours (same principals): each side replaces only its own caches.
-ANCHOR_UIDS = 100
+ANCHOR_UIDS = 1000
 #: And each of our two services has its own uids: one would otherwise retire the other's caches.
-REQUIRE_UIDS = 200
+REQUIRE_UIDS = 2000
 CONCURRENT = 20
+#: Logins rotate over this many principals and uids: each uid then logs in again only after
+#: ~0.5 s, so the caches its earlier logins retired (destroyed after a 2 s grace) stay within
+#: the 20,000-byte key quota.  (With 20 uids ours hit EDQUOT and took its flush-and-retry path.)
+USERS = 100
 OPS_ROUNDS = 200
 AUTH_ROUNDS_1 = 60
 AUTH_ROUNDS_20 = 6
@@ -246,8 +250,8 @@ def _task_cpu_ms(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
 
 
-def _batch(fn, n: int) -> list[float]:  # noqa: ANN001 - fn(i) -> ms
-    """Run fn(0..n-1) at once (a barrier), return each call's ms."""
+def _batch(fn, n: int, first: int = 0) -> list[float]:  # noqa: ANN001 - fn(i) -> ms
+    """Run fn(first..first+n-1, modulo USERS) at once (a barrier), return each call's ms."""
     out: list[float] = [0.0] * n
     errs: list[BaseException] = []
     barrier = threading.Barrier(n)
@@ -255,7 +259,7 @@ def _batch(fn, n: int) -> list[float]:  # noqa: ANN001 - fn(i) -> ms
     def run(i: int) -> None:
         barrier.wait()
         try:
-            out[i] = fn(i)
+            out[i] = fn((first + i) % USERS)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errs.append(exc)
 
@@ -302,6 +306,7 @@ def bench_auth(realm: Realm, daemons: dict[str, TimedTicketD], users: list[tuple
             _batch(o, n), _batch(a, n)  # warm: contexts, imports, the daemon's first KDC exchange
             for i in range(n):
                 _clear_uid(users[i][2] + ANCHOR_UIDS)
+            first = n
             daemons[validate].take_ops()
             times: dict[str, list[float]] = {"ours": [], "anchor": []}
             cpu = {"service": 0.0, "client": 0.0, "anchor": 0.0}
@@ -310,7 +315,7 @@ def bench_auth(realm: Realm, daemons: dict[str, TimedTicketD], users: list[tuple
                 order = (("ours", o), ("anchor", a)) if r % 2 == 0 else (("anchor", a), ("ours", o))
                 for name, fn in order:
                     service0, here0 = _task_cpu_ms(pid), time.process_time()
-                    times[name] += _batch(fn, n)
+                    times[name] += _batch(fn, n, first)
                     here = (time.process_time() - here0) * 1000
                     if name == "ours":
                         cpu["service"] += _task_cpu_ms(pid) - service0
@@ -318,8 +323,9 @@ def bench_auth(realm: Realm, daemons: dict[str, TimedTicketD], users: list[tuple
                     else:
                         cpu["anchor"] += here
                     if name == "anchor":
-                        for i in range(n):  # the anchor's caches (ours are the service's to replace)
-                            _clear_uid(users[i][2] + ANCHOR_UIDS)
+                        for i in range(first, first + n):  # the anchor's (ours are the service's)
+                            _clear_uid(users[i % USERS][2] + ANCHOR_UIDS)
+                first += n
             taken = daemons[validate].take_ops()
             side = taken["auth"]
             ratio = statistics.median(times["ours"]) / statistics.median(times["anchor"])
@@ -347,7 +353,7 @@ def main() -> None:
     # The state file on a tmpfs, as deployed (/run); this machine's /run and /tmp are ext4.
     shm = Path(tempfile.mkdtemp(prefix="pkd-bench-ops-", dir="/dev/shm"))
     daemons: dict[str, TimedTicketD] = {}
-    users = [(f"benchops{i}", f"pw-{os.urandom(6).hex()}", UID_BASE + i) for i in range(CONCURRENT)]
+    users = [(f"benchops{i}", f"pw-{os.urandom(6).hex()}", UID_BASE + i) for i in range(USERS)]
     try:
         for user, password, _uid in users:
             realm.add_principal(user, password)
