@@ -16,8 +16,10 @@
    through the service's C helper, the same libkrb5 call ours makes) + store.  At 1 and at
    20 concurrent logins (20 principals and 20 uids, a barrier per batch); the anchor's logins
    run as 20 threads of this process, each with its own krb5 context, and store into 20 other
-   uids (so each side replaces only its own caches, as a user logging in again would).  Ours
-   and the anchor alternate batch by batch.  CPU per login beside the wall times: on 2 shared
+   uids.  After each batch, untimed, each login ends: ours opens and closes its session (the
+   service clears the TGT at that last logout), the anchor's caches are cleared; so every
+   login of either side starts from an empty collection, and the service holds no pending
+   login.  Ours and the anchor alternate batch by batch.  CPU per login beside the wall times: on 2 shared
    cores, 20 logins at once are CPU-bound, and the medians then mostly say how the kernel
    shared the CPU out.  Ours = the service process (/proc/PID/stat, ended threads included) +
    this process's clients during ours' batches; the anchor = this process during its batches.
@@ -231,6 +233,14 @@ def _bare_login(principal: str, password: bytes, uid: int, verify: bool, krb5_co
     return (time.perf_counter() - t) * 1000
 
 
+def _session(sock: str, user: str, uid: int) -> None:
+    """open + close of the login's session: the service clears the TGT at this last logout."""
+    opened = P.request({"op": "open", "user": user, "uid": uid, "gid": uid}, sock, timeout=30.0)
+    closed = P.request({"op": "close", "uid": uid, "sid": opened.get("sid")}, sock, timeout=30.0)
+    if not (opened.get("ok") and closed.get("ok")):
+        raise RuntimeError(f"session of uid {uid}: {opened} {closed}")
+
+
 def _clear_uid(uid: int) -> None:
     """Empty the uid's persistent keyring (as the uid, so the quota goes back to it)."""
     try:
@@ -309,6 +319,8 @@ def bench_auth(realm: Realm, daemons: dict[str, TimedTicketD], users: list[tuple
             _batch(o, n), _batch(a, n)  # warm: contexts, imports, the daemon's first KDC exchange
             for i in range(n):
                 _clear_uid(users[i][2] + ANCHOR_UIDS)
+                _session(daemons[validate].socket, users[i][0],
+                         users[i][2] + (0 if validate == "never" else REQUIRE_UIDS))
             first = n
             daemons[validate].take_ops()
             times: dict[str, list[float]] = {"ours": [], "anchor": []}
@@ -325,9 +337,13 @@ def bench_auth(realm: Realm, daemons: dict[str, TimedTicketD], users: list[tuple
                         cpu["client"] += here
                     else:
                         cpu["anchor"] += here
-                    if name == "anchor":
-                        for i in range(first, first + n):  # the anchor's (ours are the service's)
-                            _clear_uid(users[i % USERS][2] + ANCHOR_UIDS)
+                    for i in range(first, first + n):  # the logins end (untimed), both sides alike
+                        user, _password, uid = users[i % USERS]
+                        if name == "anchor":
+                            _clear_uid(uid + ANCHOR_UIDS)
+                        else:
+                            _session(daemons[validate].socket, user, uid + (0 if validate == "never"
+                                                                            else REQUIRE_UIDS))
                 first += n
             taken = daemons[validate].take_ops()
             side = taken["auth"]
