@@ -14,11 +14,11 @@ Every call that touches a cache runs under :class:`~.plumbing.as_user`.  The cal
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import krb5
 
@@ -35,7 +35,7 @@ from .reaper import Reaper
 RETIRED_MARK = b"keyinit-retired"
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class TicketInfo:
     """One credential cache and its TGT (times are seconds since the epoch, 0 when unknown)."""
 
@@ -54,6 +54,8 @@ class TicketInfo:
     validated: str = ""
     #: What the caller should log as a warning (validation skipped, FAST armor unavailable).
     warnings: tuple[str, ...] = ()
+    #: The cache this one replaced as primary and retired (to be destroyed after the grace), or "".
+    replaced: str = ""
 
 
 # ------------------------------------------------------------------ reading
@@ -85,15 +87,15 @@ def is_primary(ctx: krb5.Context, name: str) -> bool:
     return name.startswith("KEYRING:") and primary_name(ctx, collection_of(name)) == name
 
 
-def old_primary(ctx: krb5.Context, collection: str, uid: int, gid: int) -> str | None:
-    """The current primary cache of the collection if this service made it (to retire it)."""
-    with as_user(uid, gid):
-        try:
-            cc = krb5.cc_resolve(ctx, collection.encode())
-            krb5.cc_get_principal(ctx, cc)
-        except krb5.Krb5Error:
-            return None
-        name = ccread.full_name(cc)
+def _service_primary(ctx: krb5.Context, collection: str) -> str | None:
+    """The current primary cache of the collection if this service made it (to retire it); the
+    caller runs as the user."""
+    try:
+        cc = krb5.cc_resolve(ctx, collection.encode())
+        krb5.cc_get_principal(ctx, cc)
+    except krb5.Krb5Error:
+        return None
+    name = ccread.full_name(cc)
     return name if is_service_cache(name) else None
 
 
@@ -191,14 +193,19 @@ def _retry_after_key_gc(write: Callable[[], krb5.CCache], timeout: float = 1.0) 
 
 def install(ctx: krb5.Context, target: str, princ: krb5.Principal, creds: krb5.Creds, uid: int,
             gid: int, *, prefix: str, make_primary: bool, replace: str | None,
-            krb5_config: str | None, grace: float, reaper: Reaper) -> TicketInfo:
+            krb5_config: str | None, grace: float, reaper: Reaper,
+            retire_service_primary: bool = False) -> TicketInfo:
     """Store ``creds`` as the new cache for ``target`` with no moment where readers find none.
 
     Order: write the new cache completely, switch primary to it (one atomic add_key of
     krb_ccache:primary), and only then retire ``replace`` (handed to ``reaper`` for ``grace``
-    seconds; destroyed at once when ``grace`` is 0).
+    seconds; destroyed at once when ``grace`` is 0).  With ``retire_service_primary``,
+    ``replace`` is the collection's primary if this service made it (:func:`_service_primary`),
+    looked up in the same switch to the user.  ``TicketInfo.replaced`` names what was retired.
     """
     with as_user(uid, gid):
+        if retire_service_primary:
+            replace = _service_primary(ctx, target)
         cc = write_new_freeing(ctx, target, princ, creds, prefix, uid, reaper)
         new_name = ccread.full_name(cc)
         what = f"installing the ticket of {princ} in {new_name}"
@@ -220,6 +227,7 @@ def install(ctx: krb5.Context, target: str, princ: krb5.Principal, creds: krb5.C
             reaper.add(replace, uid, gid, krb5_config, grace)
         else:
             destroy_quiet(replace, uid, gid, krb5_config)
+        return dataclasses.replace(info, replaced=replace)
     return info
 
 

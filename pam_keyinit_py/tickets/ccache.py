@@ -8,7 +8,8 @@ API (names are stable; the service, CLI and tests import them):
 - ``acquire_password(principal, password, uid, gid, *, ...) -> TicketInfo``:
   krb5_get_init_creds_password (validated and FAST-armored as asked, :mod:`.validation`), then
   the TGT goes into a NEW cache of the user's ``KEYRING:persistent:<uid>`` collection, made
-  primary (krb5_cc_switch); the previous primary is retired if this service created it.
+  primary (krb5_cc_switch); the previous primary is retired if this service created it
+  (``TicketInfo.replaced`` names it).
 - ``acquire_keytab(principal, keytab, uid, gid, ccache=None, ...) -> TicketInfo``:
   krb5_get_init_creds_keytab into ``ccache`` (default the persistent collection), as ``k5start -f``.
 - ``renew(ccache_name, uid, gid, *, timeout, ...) -> TicketInfo``: krb5_get_renewed_creds, written
@@ -58,7 +59,6 @@ from .cachestore import (
     destroy_quiet,
     install,
     is_primary,
-    old_primary,
     primary_name,
     tgt_info,
 )
@@ -173,10 +173,9 @@ def acquire_password(
     finally:
         wipe(secret)
     ctx = context or plumbing.context(krb5_config)
-    collection = collection_name(uid)
-    old = old_primary(ctx, collection, uid, gid)
-    info = install(ctx, collection, princ, creds, uid, gid, prefix=SERVICE_PREFIX, make_primary=True,
-                   replace=old, krb5_config=krb5_config, grace=grace, reaper=reaper or DEFERRED)
+    info = install(ctx, collection_name(uid), princ, creds, uid, gid, prefix=SERVICE_PREFIX,
+                   make_primary=True, replace=None, retire_service_primary=True, krb5_config=krb5_config,
+                   grace=grace, reaper=reaper or DEFERRED)
     return dataclasses.replace(info, validated=validated_with, warnings=notes)
 
 
@@ -240,12 +239,12 @@ def acquire_keytab(
             with as_user(uid, gid):
                 make_primary = is_primary(ctx, target)
         else:
-            replace = old_primary(ctx, target, uid, gid)
-            make_primary = True
+            replace, make_primary = None, True  # the collection's primary, if ours (install looks)
     else:
         replace, make_primary = None, False
     return install(ctx, target, princ, creds, uid, gid, prefix=SERVICE_PREFIX, make_primary=make_primary,
-                   replace=replace, krb5_config=krb5_config, grace=grace, reaper=reaper or DEFERRED)
+                   replace=replace, retire_service_primary=make_primary and replace is None,
+                   krb5_config=krb5_config, grace=grace, reaper=reaper or DEFERRED)
 
 
 def renew(

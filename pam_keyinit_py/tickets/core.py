@@ -14,7 +14,9 @@ outside the lock, except destroying a KEYRING cache (a few local keyctl calls).
 
 from __future__ import annotations
 
+import json
 import logging
+import operator
 import threading
 import time
 from dataclasses import dataclass, field
@@ -68,9 +70,7 @@ class Tracked:
     cleared: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"ccache": self.ccache, "uid": self.uid, "gid": self.gid, "principal": self.principal,
-                "origin": self.origin, "starttime": self.starttime, "endtime": self.endtime,
-                "renew_till": self.renew_till, "renewable": self.renewable, "renewed": self.renewed}
+        return dict(zip(_JSON_FIELDS, _json_values(self), strict=True))
 
     def update(self, info: Any) -> None:
         """Take the principal and times of a TicketInfo (a new or renewed TGT)."""
@@ -80,6 +80,12 @@ class Tracked:
         self.renew_till = float(info.renew_till or 0)
         self.renewable = bool(info.renewable)
         self.warned = False
+
+
+#: What a Tracked shows of itself (status rows, the state file), in this order.
+_JSON_FIELDS = ("ccache", "uid", "gid", "principal", "origin", "starttime", "endtime", "renew_till",
+                "renewable", "renewed")
+_json_values = operator.attrgetter(*_JSON_FIELDS)
 
 
 @dataclass(slots=True)
@@ -124,6 +130,8 @@ class Core:
                                   on_failure=metrics.STATE_WRITE_FAILURES.inc)
         # The /proc/key-users watch (tickets/keywatch.py), made at start when adopt_watch_interval > 0.
         self._keywatch_state: Any = None
+        # Each tracked ticket's state-file JSON and the values it was made from (see _snapshot).
+        self._ticket_texts: dict[str, tuple[tuple[Any, ...], str]] = {}
 
     @property
     def _writer_thread(self) -> threading.Thread:
@@ -142,13 +150,32 @@ class Core:
         return self.writer.commit()
 
     def _snapshot(self) -> tuple[dict[str, Any], dict[str, list[str]]]:
+        """The state file's content (caller holds the lock): sessions and tickets as JSON texts.
+
+        A ticket's text is encoded again only when one of its values changed: every mutating
+        request rewrites the file, and encoding every ticket each time cost ~1.7 us per ticket
+        (0.17 ms a login with 100 users logged in) on the request path.
+        """
+        old, texts = self._ticket_texts, {}
+        tickets = []
+        for t in self.tickets.values():
+            if t.origin == KEYTAB:
+                continue
+            values = _json_values(t)
+            hit = old.get(t.ccache)
+            if hit is not None and hit[0] == values:
+                text = hit[1]
+            else:
+                text = json.dumps(dict(zip(_JSON_FIELDS, values, strict=True)), separators=(",", ":"))
+            texts[t.ccache] = (values, text)
+            tickets.append(text)
+        self._ticket_texts = texts
         data = {
-            "tickets": [t.to_json() for t in self.tickets.values() if t.origin != KEYTAB],
             "pending": [{"uid": u, "gid": p.gid, "deadline": p.deadline, "ccaches": sorted(p.ccaches),
                          "logins": p.logins}
                         for u, p in self.pending.items()],
         }
-        return data, {"sessions": [s.json_text() for s in self.sessions.by_sid.values()]}
+        return data, {"tickets": tickets, "sessions": [s.json_text() for s in self.sessions.by_sid.values()]}
 
     def _track(self, info: Any, gid: int, origin: str, keytab: int = -1) -> Tracked:
         """Record (or refresh) a ccache from a TicketInfo (caller holds the lock)."""

@@ -7,7 +7,7 @@ user's uid, KDC exchanges bounded in time, and the zeroable password buffer.
   keys a ccache operation writes are owned by and charged to the user, never root.
 - :func:`bounded`: MIT krb5 1.20 has no kdc_timeout setting, so a KDC exchange runs in a helper
   thread and the caller gets :class:`~.errors.KdcUnreachable` when it takes longer (its late
-  result is discarded); helpers hold a slot of ``kdclimit.SLOTS``.
+  result is discarded); helpers hold a slot of ``kdclimit.SLOTS``, and idle ones are reused.
 - :func:`renewed_creds`: krb5_get_renewed_creds with the GIL released (the C helper).
 - :func:`cc_destroy`, :func:`discarded_on_failure`, :func:`gic_options`: krb5 calls made safe or
   short for the ccache modules.
@@ -18,6 +18,7 @@ user's uid, KDC exchanges bounded in time, and the zeroable password buffer.
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterator
@@ -134,11 +135,65 @@ class as_user:  # noqa: N801 - used like a function
                 pass
 
 
+class _Helper:
+    """One KDC helper thread: runs the exchanges handed to it, then waits idle for the next.
+
+    Reused (not one thread per exchange) so a login pays neither a thread start nor a new
+    krb5_context (``context()`` is per thread and reads the profile), and so the caller's
+    wait hands over to a thread that is already running.  It leaves after
+    :data:`HELPER_IDLE_EXIT` seconds without work.
+    """
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[Callable[[_Helper], None]] = queue.SimpleQueue()
+
+    def loop(self) -> None:
+        while True:
+            try:
+                job = self.jobs.get(timeout=HELPER_IDLE_EXIT)
+            except queue.Empty:
+                with _helpers_lock:
+                    if self in _idle_helpers:
+                        _idle_helpers.remove(self)
+                        return
+                continue  # taken at the last moment: its job is on the way
+            job(self)
+
+
+#: Seconds an idle KDC helper thread waits for another exchange before it ends.
+HELPER_IDLE_EXIT = 5.0
+_idle_helpers: list[_Helper] = []
+_helpers_lock = threading.Lock()
+
+
+def _hand_to_helper(job: Callable[[_Helper], None]) -> None:
+    """Run ``job`` on an idle helper thread, or on a new one (RuntimeError: none can start).
+
+    A helper is created only when none is idle, and every busy one holds a KDC slot, so
+    there are never more helpers than max_kdc_calls.
+    """
+    with _helpers_lock:
+        helper = _idle_helpers.pop() if _idle_helpers else None
+    if helper is not None:
+        helper.jobs.put(job)
+        return
+    helper = _Helper()
+    helper.jobs.put(job)
+    threading.Thread(target=helper.loop, name="krb5-kdc", daemon=True).start()
+
+
+def _park(helper: _Helper) -> None:
+    """Make the calling helper idle again (before it frees its slot, so the next exchange finds it)."""
+    with _helpers_lock:
+        _idle_helpers.append(helper)
+
+
 def bounded(func: Callable[[], _T], timeout: float | None, what: str, key: Hashable | None = None) -> _T:
     """Run a KDC exchange, giving up after ``timeout`` seconds (None: wait as long as libkrb5 does).
 
-    The helper thread cannot be cancelled; when it finishes late its result is dropped.  It
-    holds a slot of ``kdclimit.SLOTS`` until it ends, so blocked helpers are bounded in number
+    The exchange runs on a helper thread (reused, see :class:`_Helper`) that cannot be
+    cancelled; when it finishes late its result is dropped.  It holds a slot of
+    ``kdclimit.SLOTS`` until it ends, so blocked helpers are bounded in number
     (max_kdc_calls) and one ``key`` (a cache) has at most one exchange in flight.  Waiting
     for a free slot counts against ``timeout``; without one by then, or with ``key`` in flight,
     the exchange fails with KdcUnreachable.
@@ -154,18 +209,19 @@ def bounded(func: Callable[[], _T], timeout: float | None, what: str, key: Hasha
     box: dict[str, object] = {}
     done = threading.Event()
 
-    def run() -> None:
+    def run(helper: _Helper) -> None:
         try:
             with KDC_SECONDS.time():
                 box["result"] = func()
         except BaseException as exc:  # noqa: BLE001 - handed to the caller below
             box["error"] = exc
         finally:
+            _park(helper)
             SLOTS.release(key)
             done.set()
 
     try:
-        threading.Thread(target=run, name="krb5-kdc", daemon=True).start()
+        _hand_to_helper(run)
     except RuntimeError:  # out of tasks (TasksMax): a failed attempt, not a broken cache
         SLOTS.release(key)
         raise KdcUnreachable(f"{what}: not started: cannot start a thread", errors.KRB5_KDC_UNREACH) from None

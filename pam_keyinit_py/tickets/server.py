@@ -303,22 +303,28 @@ class Server:
         self._sel.register(sock, selectors.EVENT_READ, conn)
 
     def _read(self, conn: _Conn) -> None:
-        """Read what the frame still needs (never more: a request costs at most MAX_MESSAGE)."""
-        try:
-            chunk = conn.sock.recv(conn.want)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._close(conn)
-            return
-        if not chunk:
-            self._close(conn)
-            return
-        conn.buf += chunk
-        conn.want -= len(chunk)
-        if conn.want:
-            return
-        if not conn.in_body:
+        """Read what the frame still needs (never more: a request costs at most MAX_MESSAGE).
+
+        The body is read right after its header when it is there already (a client sends both
+        at once), not at the next pass of the loop: one epoll_wait less per request.
+        """
+        while True:
+            try:
+                chunk = conn.sock.recv(conn.want)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self._close(conn)
+                return
+            if not chunk:
+                self._close(conn)
+                return
+            conn.buf += chunk
+            conn.want -= len(chunk)
+            if conn.want:
+                return
+            if conn.in_body:
+                break
             (length,) = _HEADER.unpack(conn.buf)
             if length > P.MAX_MESSAGE:
                 self._reject(conn, P.ProtocolError(P.TOO_LARGE, f"message of {length} bytes exceeds "
@@ -326,8 +332,8 @@ class Server:
                 return
             conn.buf.clear()
             conn.in_body, conn.want = True, length
-            if length:
-                return
+            if not length:
+                break
         body = bytes(conn.buf)
         conn.buf.clear()
         conn.in_body, conn.want = False, _HEADER.size

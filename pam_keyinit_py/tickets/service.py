@@ -120,6 +120,11 @@ class Service(Recovery):
             log.warning("auth %s (uid %d): %s", principal, uid, warning)
         with self.lock:
             t = self._track(info, gid, LOGIN)
+            replaced = getattr(info, "replaced", "")
+            if replaced and replaced != t.ccache and replaced in self.tickets:
+                # Retired by this switch and destroyed after the grace: tracking it would only
+                # grow the state every request commits, and schedule a renewal that must fail.
+                self._untrack(replaced)
             p = self.pending.get(uid)
             if p is None:
                 p = self.pending[uid] = Pending(gid, 0.0)

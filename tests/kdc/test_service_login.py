@@ -102,6 +102,21 @@ def test_two_sessions_closing_one_keeps_the_ticket(ticketd, svc_user, user_krb5)
     assert ccache not in str(ticketd.request({"op": "tickets"})["tickets"])
 
 
+def test_a_login_that_retires_the_previous_cache_stops_tracking_it(ticketd, svc_user):
+    """Two auths of one user before any open: the second switches primary and retires the first
+    cache (destroyed after the grace), so only the second is tracked, renewed and in the state
+    file.  (Before: every retired cache stayed tracked until its renewal failed, growing the state
+    each request commits.)"""
+    first = svc_user.auth(ticketd)["ccache"]
+    second = svc_user.auth(ticketd)["ccache"]
+    assert first != second
+    tracked = [t["ccache"] for t in ticketd.request({"op": "tickets", "uid": svc_user.uid})["tickets"]]
+    assert tracked == [second], tracked
+    ticketd.wait_for(lambda: first.rsplit(":", 1)[-1] not in persistent_caches(svc_user.uid), 10,
+                     "the retired cache to be destroyed after the grace")
+    assert second.rsplit(":", 1)[-1] in persistent_caches(svc_user.uid)
+
+
 def test_session_of_dead_leader_is_reaped(ticketd, svc_user):
     assert svc_user.auth(ticketd)["ok"]
     holder = SessionHolder(ticketd, svc_user.user)

@@ -8,6 +8,7 @@ kernel keys: the same paths against a real MIT KDC and the real kernel are in te
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import os
 
@@ -16,6 +17,7 @@ import pytest
 from pam_keyinit_py import protocol as P
 from pam_keyinit_py.errors import KeyinitError
 from pam_keyinit_py.tickets import errors
+from pam_keyinit_py.tickets import state as statefile
 from pam_keyinit_py.tickets.config import Config, ConfigError
 from pam_keyinit_py.tickets.core import ADOPTED, LOGIN, Peer
 from pam_keyinit_py.tickets.dispatch import Dispatcher
@@ -163,6 +165,29 @@ def test_a_renewal_follows_the_ticket_into_its_new_cache(make, krb) -> None:
     assert new != old and svc.pending[UID].ccaches == {new}
     assert svc.tickets[new].renewed == 1 and svc.renewals == 1
     assert svc.scheduler.due(("renew", new)) is not None and svc.scheduler.due(("renew", old)) is None
+
+
+def test_the_state_file_shows_every_change_of_a_ticket(make, krb) -> None:
+    """The snapshot reuses a ticket's JSON only while none of its values changed: a renewal (new
+    name and times) and a change made in place both reach the file, the untouched ticket too."""
+    svc = make()
+    a = _auth(svc)["ccache"]
+    b = svc.auth(ROOT, "v", UID + 1, UID + 1, "pw")["ccache"]
+
+    def saved() -> list[dict]:
+        with svc.lock:
+            data, raw = svc._snapshot()
+        return json.loads(statefile.encode(data, raw))["tickets"]
+
+    assert saved() == [t.to_json() for t in svc.tickets.values()]
+    with svc.lock:
+        svc.tickets[b].endtime += 100.5
+        svc.tickets[b].renewed += 1
+    assert svc._renew(a) is None
+    rows = saved()
+    assert rows == [t.to_json() for t in svc.tickets.values()] and len(rows) == 2
+    assert {r["ccache"] for r in rows} == set(svc.tickets) and a not in svc.tickets
+    assert next(r for r in rows if r["ccache"] == b)["renewed"] == 1
 
 
 def test_renewal_failures(make, krb) -> None:
