@@ -91,6 +91,8 @@ class KlistPoller:
     def __init__(self, user: td.SvcUser, env: dict[str, str]) -> None:
         self.user, self.env = user, env
         self.polls = self.failures = 0
+        #: When each failed poll ran and what klist then listed (which cache, or why none).
+        self.seen: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -100,6 +102,9 @@ class KlistPoller:
             ok = self.user.user.run(["klist", "-s"], env=self.env).returncode == 0
             self.polls += 1
             self.failures += not ok
+            if not ok and len(self.seen) < 5:
+                out = self.user.user.run(["klist"], env=self.env)
+                self.seen.append(f"{time.strftime('%H:%M:%S')}: {(out.stdout + out.stderr)[-300:]}")
             time.sleep(0.05)
 
     def stop(self) -> None:
@@ -170,7 +175,8 @@ def test_primary_down_logins_and_renewals_fail_over(replicated: Realm, pamwrap, 
         back = _renewals(daemon)
         daemon.wait_for(lambda: _renewals(daemon) >= back + 2, 40, "renewals after the primary came back")
         poller.stop()
-        assert poller.failures == 0, f"klist found no ticket {poller.failures} of {poller.polls} times"
+        assert poller.failures == 0, (f"klist found no ticket {poller.failures} of {poller.polls} times: "
+                                      f"{poller.seen}\n{daemon.log()[-3000:]}")
         assert poller.polls >= 20, poller.polls
         tracked = daemon.request({"op": "tickets"})["tickets"]
         for u in (early, late):
