@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import tempfile
 from pathlib import Path
+
+from .scriptrealm import ScriptRealm
 
 #: krb5/ad-realm.sh in a source checkout (the package is installed editable).
 AD_REALM_SH = Path(__file__).resolve().parents[2] / "krb5" / "ad-realm.sh"
@@ -35,35 +35,29 @@ def available() -> str | None:
     return None
 
 
-class AdRealm:
+class AdRealm(ScriptRealm):
     """A provisioned (running or stopped) Samba AD domain whose files live in :attr:`dir`."""
 
+    SCRIPT = AD_REALM_SH
+    ERROR = AdRealmError
+    TEMP_PREFIX = "pkk-ad-"
     #: Samba's KDC listens on the well-known port; it has no setting for another.
     kdc_port = 88
 
     def __init__(self, directory: str | os.PathLike[str], *, owns_dir: bool = False) -> None:
-        self.dir = Path(directory).resolve()
-        self._owns_dir = owns_dir
+        super().__init__(directory, owns_dir=owns_dir)
         self.realm = ""
         self.dns_domain = ""
         self.life_hours = 0
         self.renew_hours = 0
 
-    def _run(self, *args: str, stdin: str | None = None) -> str:
-        proc = subprocess.run(
-            ["/bin/bash", str(AD_REALM_SH), *args],
-            input=stdin, capture_output=True, text=True, check=False,
-            env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "LANG": "C"},
-        )
-        if proc.returncode != 0:
-            raise AdRealmError(f"ad-realm.sh {args[0]}: {proc.stderr.strip() or proc.stdout.strip()}")
-        return proc.stdout
+    @classmethod
+    def _script_env(cls) -> dict[str, str]:
+        # A fixed PATH: samba-tool and the script's python are Debian's, never a venv's or pyenv's.
+        return {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "LANG": "C"}
 
     def _load(self) -> None:
-        values: dict[str, str] = {}
-        for line in (self.dir / "realm.env").read_text().splitlines():
-            name, _, value = line.partition("=")
-            values[name] = value.strip("'\"")
+        values = self._env_file()
         self.realm = values["REALM"]
         self.dns_domain = values["DNSDOMAIN"]
         self.life_hours = int(values["LIFE_HOURS"])
@@ -77,46 +71,7 @@ class AdRealm:
         ``life_hours``/``renew_hours`` are the KDC's user ticket life and renewal limit
         (AD's defaults: 10 h and 7 days).
         """
-        owns = directory is None
-        if directory is None:
-            directory = tempfile.mkdtemp(prefix="pkk-ad-")
-            os.chmod(directory, 0o755)  # test users' klist reads krb5.conf
-        self = cls(directory, owns_dir=owns)
-        try:
-            self._run("start", str(self.dir), "-r", realm, "-l", str(life_hours), "-R", str(renew_hours))
-            self._load()
-        except BaseException:
-            subprocess.run(["/bin/bash", str(AD_REALM_SH), "destroy", str(self.dir)], capture_output=True,
-                           check=False)
-            if owns:
-                shutil.rmtree(self.dir, ignore_errors=True)
-            raise
-        return self
-
-    def start_kdc(self) -> None:
-        """Start samba again with the same database."""
-        self._run("start", str(self.dir))
-
-    def stop_kdc(self) -> None:
-        """Stop samba; the database stays."""
-        self._run("stop", str(self.dir))
-
-    def running(self) -> bool:
-        """True when our samba process is alive."""
-        return subprocess.run(["/bin/bash", str(AD_REALM_SH), "status", str(self.dir)],
-                              capture_output=True, check=False).returncode == 0
-
-    def stop(self) -> None:
-        """Stop samba and remove the domain's files."""
-        self._run("destroy", str(self.dir))
-        if self._owns_dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> AdRealm:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return cls._started(directory, "-r", realm, "-l", str(life_hours), "-R", str(renew_hours))
 
     # -- users and keytabs -------------------------------------------------------------------
     def principal(self, name: str) -> str:

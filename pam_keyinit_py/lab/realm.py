@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import tempfile
 import time
 from pathlib import Path
+
+from .scriptrealm import ScriptRealm
 
 #: krb5/realm.sh in a source checkout (the package is installed editable).
 REALM_SH = Path(__file__).resolve().parents[2] / "krb5" / "realm.sh"
@@ -42,7 +42,7 @@ def _pid(pidfile: Path, comm: str) -> int:
     return 0
 
 
-class Realm:
+class Realm(ScriptRealm):
     """A running (or stopped) throwaway realm whose files live in :attr:`dir`.
 
     ``Realm.start(dir)`` creates the database on first use and starts the KDC; ``stop_kdc()`` and
@@ -50,34 +50,20 @@ class Realm:
     removes everything.
     """
 
+    SCRIPT = REALM_SH
+    ERROR = RealmError
+    TEMP_PREFIX = "pkk-realm-"
+
     def __init__(self, directory: str | os.PathLike[str], *, owns_dir: bool = False) -> None:
-        self.dir = Path(directory).resolve()
-        self._owns_dir = owns_dir
+        super().__init__(directory, owns_dir=owns_dir)
         self.realm = ""
         self.kdc_port = 0
         self.maxlife = ""
         self.maxrenew = ""
         self.replica_port = 0
 
-    # -- running the script ------------------------------------------------------------------
-    def _run(self, *args: str, stdin: str | None = None) -> str:
-        proc = subprocess.run(
-            ["/bin/bash", str(REALM_SH), *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin", "LANG": "C"},
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise RealmError(f"realm.sh {args[0]}: {proc.stderr.strip() or proc.stdout.strip()}")
-        return proc.stdout
-
     def _load(self) -> None:
-        values: dict[str, str] = {}
-        for line in (self.dir / "realm.env").read_text().splitlines():
-            name, _, value = line.partition("=")
-            values[name] = value.strip("'\"")
+        values = self._env_file()
         self.realm = values["REALM"]
         self.kdc_port = int(values["PORT"])
         self.maxlife = values.get("MAXLIFE", "")
@@ -104,50 +90,8 @@ class Realm:
         in kadmin duration syntax ("60s", "10m").  ``kdc_relations`` go into the realm's
         kdc.conf stanza (``"disable_encrypted_timestamp = true"``).
         """
-        owns = directory is None
-        if directory is None:
-            directory = tempfile.mkdtemp(prefix="pkk-realm-")
-            # Test users' klist must read krb5.conf; the database files stay 0600 (kdb5_util).
-            os.chmod(directory, 0o755)
-        self = cls(directory, owns_dir=owns)
-        try:
-            relations = [arg for rel in kdc_relations for arg in ("-x", rel)]
-            self._run("start", str(self.dir), "-r", realm, "-l", maxlife, "-R", maxrenew, *relations)
-            self._load()
-        except BaseException:
-            # A half-made realm (database, or a krb5kdc that never answered) must not linger.
-            subprocess.run(["/bin/bash", str(REALM_SH), "destroy", str(self.dir)], capture_output=True,
-                           check=False)
-            if owns:
-                shutil.rmtree(self.dir, ignore_errors=True)
-            raise
-        return self
-
-    def start_kdc(self) -> None:
-        """Start krb5kdc again on the same port with the same database ("KDC back")."""
-        self._run("start", str(self.dir))
-
-    def stop_kdc(self) -> None:
-        """Stop krb5kdc but keep the database ("KDC down")."""
-        self._run("stop", str(self.dir))
-
-    def running(self) -> bool:
-        """True when our krb5kdc process is alive."""
-        return subprocess.run(
-            ["/bin/bash", str(REALM_SH), "status", str(self.dir)], capture_output=True, check=False
-        ).returncode == 0
-
-    def stop(self) -> None:
-        """Stop the KDC and remove the database and config files."""
-        self._run("destroy", str(self.dir))
-        if self._owns_dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Realm:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        relations = [arg for rel in kdc_relations for arg in ("-x", rel)]
+        return cls._started(directory, "-r", realm, "-l", maxlife, "-R", maxrenew, *relations)
 
     def kdc_pid(self) -> int:
         """The primary krb5kdc's pid (0 when it does not run): for SIGSTOP/SIGKILL in failover tests."""
