@@ -12,6 +12,7 @@ command never runs.
 from __future__ import annotations
 
 import secrets
+import shutil
 
 import pytest
 
@@ -166,4 +167,5 @@ def test_rogue_kdc_with_an_expired_password_cannot_log_in(sshd_factory, primary_
     finally:
         if daemon is not None:
             daemon.stop()
+            shutil.rmtree(daemon.dir, ignore_errors=True)
         rogue.stop()

@@ -10,6 +10,7 @@ name (an impostor holding a password the attacker chose) must not get the attack
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import Iterator
 
@@ -96,6 +97,7 @@ def test_rogue_kdc_cannot_log_the_attacker_in(sshd_factory, primary_stacks, real
             outcome.append((server.login(svc_user.name, attacker_pw, "true"), daemon.log()))
         finally:
             daemon.stop()
+            shutil.rmtree(daemon.dir, ignore_errors=True)
     res, log = refused[0]
     assert res.returncode == 255 and "Permission denied" in res.stderr, res.stderr
     assert "TGT validation failed (validate=require), login refused" in log, log
