@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 
 from pam_keyinit_py.lab.adrealm import AdRealm, available
+from pam_keyinit_py.lab.realm import Realm
 from pam_keyinit_py.lab.users import clear_persistent
-from tests.conftest import TestUser, delete_user, make_user, require, require_root
+from tests.conftest import delete_user, make_user, require, require_root
+from tests.fixtures_krb5 import KdcUser, impostor
 
 AD_LIFE_HOURS = 1
 AD_RENEW_HOURS = 2
@@ -64,26 +66,17 @@ def ad_realm(host_state: dict[str, str | None]) -> Iterator[AdRealm]:
         assert after == host_state, f"the AD lab changed the host: {changed}"
 
 
+@pytest.fixture
+def rogue_ad(ad_realm: AdRealm) -> Iterator[Realm]:
+    """An impostor: an MIT KDC (realm.sh) for the AD realm's name, with its own database."""
+    yield from impostor(ad_realm.realm)
+
+
 @dataclass
-class AdUser:
+class AdUser(KdcUser):
     """A local user with an AD account of the same sAMAccountName (password only in test memory)."""
 
-    user: TestUser
-    principal: str
-    password: str
     groups: int = 0
-
-    @property
-    def uid(self) -> int:
-        return self.user.uid
-
-    @property
-    def gid(self) -> int:
-        return self.user.gid
-
-    @property
-    def name(self) -> str:
-        return self.user.name
 
 
 def make_ad_user(ad: AdRealm, groups: int = 0, prefix: str = "pka") -> AdUser:

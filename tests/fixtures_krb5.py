@@ -54,6 +54,22 @@ def kadmind(realm: Realm) -> Iterator[Realm]:
         realm.stop_kadmind()
 
 
+def impostor(realm_name: str) -> Iterator[Realm]:
+    """A KDC impostor: an MIT realm (realm.sh) of the name ``realm_name``, with its own database
+    and host keys; stopped and removed after the test."""
+    rogue = Realm.start(None, realm_name, maxlife="60s", maxrenew="10m")
+    try:
+        yield rogue
+    finally:
+        rogue.stop()
+
+
+@pytest.fixture
+def rogue_realm(realm: Realm) -> Iterator[Realm]:
+    """An impostor of the test realm: same name, its own database (its own host keys too)."""
+    yield from impostor(realm.realm)
+
+
 @dataclass
 class KdcUser:
     """A local user with a principal in the test realm (password kept only in test memory)."""

@@ -94,13 +94,6 @@ class AdRealm(ScriptRealm):
         """Remove the user and the groups add_user made for it."""
         self._run("deluser", str(self.dir), name)
 
-    def keytab(self, principals: list[str] | str, path: str | os.PathLike[str]) -> Path:
-        """samba-tool domain exportkeytab: the principals' current keys into ``path``."""
-        if isinstance(principals, str):
-            principals = [principals]
-        self._run("ktadd", str(self.dir), str(path), *principals)
-        return Path(path)
-
     def host_keytab(self, *hosts: str) -> Path:
         """``ad-realm.sh hostkeytab``: new password for the host's computer account, keys re-exported."""
         return Path(self._run("hostkeytab", str(self.dir), *hosts).strip().splitlines()[-1])

@@ -160,13 +160,6 @@ class Realm(ScriptRealm):
         """kadmin setstr NAME KEY VALUE (``require_auth fast``: tickets for NAME need that indicator)."""
         self._run("setstr", str(self.dir), name, key, value)
 
-    def keytab(self, principals: list[str] | str, path: str | os.PathLike[str]) -> Path:
-        """kadmin ktadd -norandkey: write the principals' keys into the keytab at ``path``."""
-        if isinstance(principals, str):
-            principals = [principals]
-        self._run("ktadd", str(self.dir), str(path), *principals)
-        return Path(path)
-
     def host_keytab(self, *hosts: str) -> Path:
         """``realm.sh hostkeytab``: new random-key ``host/<HOST>`` principals in :attr:`keytab_path`.
 

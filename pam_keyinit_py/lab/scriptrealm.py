@@ -78,6 +78,14 @@ class ScriptRealm:
             raise
         return self
 
+    def keytab(self, principals: list[str] | str, path: str | os.PathLike[str]) -> Path:
+        """``SCRIPT ktadd DIR PATH PRINC...``: the principals' current keys into the keytab at
+        ``path`` (MIT: kadmin ktadd -norandkey; AD: samba-tool domain exportkeytab)."""
+        if isinstance(principals, str):
+            principals = [principals]
+        self._run("ktadd", str(self.dir), str(path), *principals)
+        return Path(path)
+
     def start_kdc(self) -> None:
         """Start the KDC again with the same database ("KDC back")."""
         self._run("start", str(self.dir))

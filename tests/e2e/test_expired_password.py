@@ -129,22 +129,21 @@ def test_ssh_wrong_password_for_an_expired_principal_is_refused(sshd_factory, pr
     assert "Permission denied" in res.stderr, res.stderr
 
 
-def test_rogue_kdc_with_an_expired_password_cannot_log_in(sshd_factory, primary_stacks, realm, svc_user):
+def test_rogue_kdc_with_an_expired_password_cannot_log_in(sshd_factory, primary_stacks, realm, rogue_realm,
+                                                          svc_user):
     """An impostor KDC that says "expired" for the attacker's password: the change dialogue runs
     (its kadmin/changepw ticket cannot be validated), but the TGT of the new password is, and
     fails: the login is refused and nothing lands in the user's keyring."""
-    from pam_keyinit_py.lab.realm import Realm
     from tests.kdc.ticketd import TEST_CONFIG, TicketD, persistent_caches, public_tmpdir
 
     pexpect = _pexpect()
-    rogue = Realm.start(None, realm.realm, maxlife="60s", maxrenew="10m")
     daemon = None
     try:
-        rogue.start_kadmind()
+        rogue_realm.start_kadmind()
         attacker = "chosen-by-the-attacker-2"
-        rogue.add_principal(svc_user.name, attacker)
-        rogue.modify_principal(svc_user.name, "+needchange")
-        daemon = TicketD(public_tmpdir("pkd-rogue-exp-"), rogue.env, **TEST_CONFIG,
+        rogue_realm.add_principal(svc_user.name, attacker)
+        rogue_realm.modify_principal(svc_user.name, "+needchange")
+        daemon = TicketD(public_tmpdir("pkd-rogue-exp-"), rogue_realm.env, **TEST_CONFIG,
                          validate_keytab=str(realm.keytab_path))
         daemon.start()
         server = sshd_factory(_profile(primary_stacks, daemon.socket), mode=KBDINT)
@@ -168,4 +167,3 @@ def test_rogue_kdc_with_an_expired_password_cannot_log_in(sshd_factory, primary_
         if daemon is not None:
             daemon.stop()
             shutil.rmtree(daemon.dir, ignore_errors=True)
-        rogue.stop()

@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 
 from pam_keyinit_py.lab import pamconfigs
-from pam_keyinit_py.lab.realm import Realm
 from pam_keyinit_py.lab.sshd import KBDINT, PASSWORD
 from pam_keyinit_py.lab.users import set_local_password
 from tests.conftest import require
@@ -98,16 +97,6 @@ def test_primary_profile_refuses_a_wrong_ad_password(sshd_factory, stacks, ad_ti
     assert bad.returncode == 255 and "Permission denied" in bad.stderr, bad.stderr
     assert "wrong password" in ad_ticketd.log()
     assert persistent_caches(ad_user.uid) == {}
-
-
-@pytest.fixture
-def rogue_ad(ad_realm) -> Iterator[Realm]:  # noqa: ANN001
-    """An impostor: an MIT KDC (realm.sh) for the AD realm's name, with its own database."""
-    rogue = Realm.start(None, ad_realm.realm, maxlife="60s", maxrenew="10m")
-    try:
-        yield rogue
-    finally:
-        rogue.stop()
 
 
 def test_rogue_kdc_for_the_ad_realm_cannot_log_the_attacker_in(sshd_factory, stacks, ad_realm, rogue_ad,

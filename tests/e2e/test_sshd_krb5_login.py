@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 
 from pam_keyinit_py.lab import pamconfigs
-from pam_keyinit_py.lab.realm import Realm
 from pam_keyinit_py.lab.sshd import KBDINT, PASSWORD
 from tests.conftest import require
 from tests.kdc import ticketd as td
@@ -71,16 +69,6 @@ def test_kerberos_only_user_logs_in_and_wrong_password_is_refused(sshd_factory, 
     assert "wrong password" in ticketd.log()
     assert persistent_caches(svc_user.uid) == {}
     assert svc_user.password not in ticketd.log() and svc_user.password not in server.log()
-
-
-@pytest.fixture
-def rogue_realm(realm) -> Iterator[Realm]:  # noqa: ANN001
-    """An impostor KDC: same realm name, its own database (its own host keys too)."""
-    rogue = Realm.start(None, realm.realm, maxlife="60s", maxrenew="10m")
-    try:
-        yield rogue
-    finally:
-        rogue.stop()
 
 
 def test_rogue_kdc_cannot_log_the_attacker_in(sshd_factory, primary_stacks, realm, rogue_realm, svc_user):

@@ -19,7 +19,6 @@ from pam_keyinit_py import protocol as P
 from pam_keyinit_py.commands import doctor
 from pam_keyinit_py.keyutils import proc
 from pam_keyinit_py.lab.adrealm import AdRealm, AdRealmError
-from pam_keyinit_py.lab.realm import Realm
 from pam_keyinit_py.lab.users import settle
 from pam_keyinit_py.tickets import ccache
 from tests.fixtures_ad import (
@@ -165,16 +164,6 @@ def test_ad_login_is_validated_with_the_exported_host_keytab(daemons, ad_realm, 
     assert reply["ccache"].startswith(f"KEYRING:persistent:{ad_user.uid}:")
     assert "(validated with host/" in daemon.log()
     assert ad_user.password not in daemon.log()
-
-
-@pytest.fixture
-def rogue_ad(ad_realm) -> Iterator[Realm]:  # noqa: ANN001
-    """An impostor: an MIT KDC (realm.sh) for the AD realm's name, with its own database."""
-    rogue = Realm.start(None, ad_realm.realm, maxlife="60s", maxrenew="10m")
-    try:
-        yield rogue
-    finally:
-        rogue.stop()
 
 
 def test_rogue_kdc_for_the_ad_realm_is_refused(daemons, ad_realm, rogue_ad, ad_user):

@@ -46,15 +46,6 @@ def daemons() -> Iterator[list[TicketD]]:
             shutil.rmtree(daemon.dir, ignore_errors=True)
 
 
-@pytest.fixture
-def rogue(realm: Realm) -> Iterator[Realm]:
-    r = Realm.start(None, realm.realm, maxlife="60s", maxrenew="10m")
-    try:
-        yield r
-    finally:
-        r.stop()
-
-
 def test_default_is_require_and_a_good_login_is_validated(daemons, realm, svc_user):
     daemon = daemons(realm.env)  # no validate key: the default, with krb5.conf's default keytab
     reply = svc_user.auth(daemon)
@@ -63,9 +54,9 @@ def test_default_is_require_and_a_good_login_is_validated(daemons, realm, svc_us
     assert len(persistent_caches(svc_user.uid)) == 1
 
 
-def test_impostor_kdc_tgt_is_refused_and_not_stored(daemons, realm, rogue, svc_user):
-    rogue.add_principal(svc_user.name, "attacker-password-1")
-    daemon = daemons(rogue.env, validate_keytab=str(realm.keytab_path))
+def test_impostor_kdc_tgt_is_refused_and_not_stored(daemons, realm, rogue_realm, svc_user):
+    rogue_realm.add_principal(svc_user.name, "attacker-password-1")
+    daemon = daemons(rogue_realm.env, validate_keytab=str(realm.keytab_path))
     reply = svc_user.auth(daemon, "attacker-password-1")
     assert not reply["ok"] and reply["code"] == P.VALIDATION_FAILED, reply
     log = daemon.log()
@@ -79,12 +70,12 @@ def test_impostor_kdc_tgt_is_refused_and_not_stored(daemons, realm, rogue, svc_u
     assert svc_user.auth(good)["ok"]
 
 
-def test_pam_code_of_a_validation_failure_is_auth_err(pamwrap, daemons, realm, rogue, svc_user):
+def test_pam_code_of_a_validation_failure_is_auth_err(pamwrap, daemons, realm, rogue_realm, svc_user):
     """Through real libpam: the hook maps validation_failed to PAM_AUTH_ERR, as pam_krb5 does."""
     from tests.kdc.test_service_pam import STRERROR, _pamtester, _service
 
-    rogue.add_principal(svc_user.name, "attacker-password-2")
-    daemon = daemons(rogue.env, validate_keytab=str(realm.keytab_path))
+    rogue_realm.add_principal(svc_user.name, "attacker-password-2")
+    daemon = daemons(rogue_realm.env, validate_keytab=str(realm.keytab_path))
     service = _service(pamwrap, "pkd-validate", daemon.socket, "/dev/null")
     res, _ = _pamtester(pamwrap, service, svc_user.name, "attacker-password-2", "authenticate")
     assert res.returncode != 0 and STRERROR["auth_err"] in res.stderr, res.stderr
