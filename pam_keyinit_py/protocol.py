@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import _socket
 import posix as _posix  # not os: os costs ~0.7 ms of every `keyinit status`
-import struct
+import sys
 import time
 
 # The delegated-cache rule the hook applies to KRB5CCNAME before ``open`` (one definition, ccname).
@@ -62,7 +62,7 @@ MAX_MESSAGE = 64 * 1024
 MAX_REPLY = 16 * 1024 * 1024
 DEFAULT_SOCKET = "/run/keyinit/ticketd.sock"
 
-_HEADER = struct.Struct(">I")
+_HEADER_SIZE = 4  # the body's length, big-endian (int.to_bytes: no struct import on the hook path)
 
 # Reply codes, shared by the service (which sets them) and the hook (which maps them to PAM codes).
 OK = "ok"
@@ -188,7 +188,7 @@ def encode(message: dict[str, Any], limit: int = MAX_MESSAGE) -> bytes:
     body = _dumps(message).encode()
     if len(body) > limit:
         raise ProtocolError(TOO_LARGE, f"message of {len(body)} bytes exceeds {limit}")
-    return _HEADER.pack(len(body)) + body
+    return len(body).to_bytes(_HEADER_SIZE, "big") + body
 
 
 def decode(body: bytes, max_depth: int | None = MAX_DEPTH) -> dict[str, Any]:
@@ -264,7 +264,7 @@ def recv_message(sock: _socket.socket, limit: int = MAX_MESSAGE) -> dict[str, An
     the reader nothing.  Servers read requests with the default limit; clients
     read replies with :data:`MAX_REPLY`.
     """
-    (length,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size))
+    length = int.from_bytes(_recv_exact(sock, _HEADER_SIZE), "big")
     if length > limit:
         raise ProtocolError(TOO_LARGE, f"message of {length} bytes exceeds {limit}")
     # Requests (untrusted, at most MAX_MESSAGE) get the nesting pre-scan; large replies do not.
@@ -291,10 +291,15 @@ def root_socket(path: str) -> str:
     return (path[:-5] if path.endswith(".sock") else path) + ".root.sock"
 
 
+#: sizeof(long) on Linux (LP64 or ILP32): a timeval is two longs.
+_LONG = (sys.maxsize.bit_length() + 1) // 8
+
+
 def _timeval(seconds: float) -> bytes:
     """A struct timeval for SO_SNDTIMEO/SO_RCVTIMEO."""
     whole = int(seconds)
-    return struct.pack("@ll", whole, int((seconds - whole) * 1_000_000))
+    usec = int((seconds - whole) * 1_000_000)
+    return b"".join(n.to_bytes(_LONG, sys.byteorder, signed=True) for n in (whole, usec))
 
 
 def request(
