@@ -5,19 +5,21 @@ hook's auth + session lines, ``authenticate open_session close_session``) and fo
 sshd in password mode running ``true``):
 - single: SINGLE logins one after another (the machine otherwise idle): median;
 - load: LOGINS logins of USERS users, all released together by a barrier: p50, p99, max,
-  failures, the wall time of the whole burst, and how many took longer than the hook's default
-  auth_timeout (8 s): with the shipped timeouts those would have failed.
+  failures, the wall time of the whole burst and that wall per login (the machine's throughput:
+  below the single login's time when logins overlap well).  On C cores p99 cannot fall below
+  about LOGINS x (CPU per login) / C, whatever the service does: the burst is CPU-bound.
 Target in issue 11: p99 ≤ 3× a single login; the last lines say met or MISSED.  The test
 (tests/e2e/test_login_load.py) asserts the invariants; here only times.
 
 Neither client runs under pam_wrapper (its 62 per-process config names collide at 100 at once:
 30-38 of 100 logins failed): the services are uniquely named real /etc/pam.d files
 (lab.hostpam.HostPam, removed at the end), and sshd runs through a symlink named as its service
-(lab.sshd.Sshd(pam="real")).  As in the test, the service's kdc_timeout is KDC_TIMEOUT and the
-hook's auth_timeout AUTH_TIMEOUT: on 2 cores 100 logins at once are CPU-bound, and the point is
-their latency, not failures at the defaults' bound.  BENCH_LOGINS and BENCH_PARALLEL (default:
-all at once) change the burst; BENCH_SSHD_LOG=N prints the last N bytes of sshd's log after a
-failure.
+(lab.sshd.Sshd(pam="real")).  As in the test, the service's kdc_timeout is 58 s and the
+hook's auth_timeout 60 s: on 2 cores 100 logins at once are CPU-bound, and the point is
+their latency, not failures at the defaults' bound.  BENCH_TIMEOUTS=default runs the shipped
+kdc_timeout (6 s) and auth_timeout (8 s) instead, to count the logins those fail.  BENCH_LOGINS
+and BENCH_PARALLEL (default: all at once) change the burst; BENCH_SSHD_LOG=N prints the last N
+bytes of sshd's log after a failure.
 
 Run: ``make bench ONLY=login_load`` (root).
 """
@@ -50,10 +52,10 @@ LOGINS = int(os.environ.get("BENCH_LOGINS", "100"))
 PARALLEL = int(os.environ.get("BENCH_PARALLEL", str(LOGINS)))
 SINGLE = 15
 #: As tests/e2e/test_login_load.py: the service's kdc_timeout, the hook's auth_timeout= (its maximum).
-KDC_TIMEOUT = 58
-AUTH_TIMEOUT = 60
-#: The hook's default auth_timeout (pam/options.py DEFAULT_AUTH_TIMEOUT).
-DEFAULT_AUTH_TIMEOUT = 8.0
+#: BENCH_TIMEOUTS=default: the shipped ones (neither set).
+SHIPPED = os.environ.get("BENCH_TIMEOUTS", "load") == "default"
+SERVICE_TIMEOUT: dict[str, float] = {} if SHIPPED else {"kdc_timeout": 58}
+AUTH_OPTS = "" if SHIPPED else "auth_timeout=60 "
 TARGET = 3.0
 
 
@@ -98,8 +100,7 @@ def measure(login: Callable[[int], bool]) -> dict[str, float]:
     wall = time.perf_counter() - t0
     times = [t for t, _ in burst]
     return {"single": statistics.median(single), "p50": _pct(times, 0.50), "p99": _pct(times, 0.99),
-            "max": max(times), "failed": sum(not ok for _, ok in burst), "wall": wall,
-            "over_default": sum(t > DEFAULT_AUTH_TIMEOUT for t in times)}
+            "max": max(times), "failed": sum(not ok for _, ok in burst), "wall": wall}
 
 
 def main() -> None:
@@ -113,7 +114,7 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     why: set[str] = set()
     sshd_log = ""
-    daemon = TicketD(work / "ticketd", realm.env, kdc_timeout=KDC_TIMEOUT)
+    daemon = TicketD(work / "ticketd", realm.env, **SERVICE_TIMEOUT)
     try:
         for _ in range(USERS):
             u = lab_users.create("bll")
@@ -125,7 +126,7 @@ def main() -> None:
         sock = daemon.socket
 
         def stack(pam: PamWrapper) -> list[str]:
-            return [pam.hook_line("auth", "required", f"auth_timeout={AUTH_TIMEOUT} socket={sock}"),
+            return [pam.hook_line("auth", "required", f"{AUTH_OPTS}socket={sock}"),
                     "account required pam_permit.so",
                     pam.hook_line("session", "required", f"force revoke tickets socket={sock}")]
 
@@ -161,13 +162,13 @@ def main() -> None:
         realm.stop()
         shutil.rmtree(work, ignore_errors=True)
     print(f"{LOGINS} logins of {USERS} users, {PARALLEL} at once, beside a single login (ms); "
-          f"{os.cpu_count()} cores; kdc_timeout {KDC_TIMEOUT} s, auth_timeout {AUTH_TIMEOUT} s")
+          f"{os.cpu_count()} cores; timeouts: {'shipped' if SHIPPED else f'{SERVICE_TIMEOUT} {AUTH_OPTS}'}")
     print(f"{'client':10} {'single':>8} {'p50':>8} {'p99':>8} {'max':>8} {'p99/single':>11} {'failed':>7} "
-          f"{'>8 s':>5} {'burst wall s':>13}")
+          f"{'burst wall s':>13} {'wall/login':>11}")
     for name, r in results.items():
         print(f"{name:10} {r['single'] * 1e3:8.0f} {r['p50'] * 1e3:8.0f} {r['p99'] * 1e3:8.0f} "
               f"{r['max'] * 1e3:8.0f} {r['p99'] / r['single']:11.1f} {int(r['failed']):7d} "
-              f"{int(r['over_default']):5d} {r['wall']:13.1f}")
+              f"{r['wall']:13.1f} {r['wall'] / LOGINS * 1e3:11.0f}")
     for name, r in results.items():
         ratio = r["p99"] / r["single"]
         verdict = "met" if ratio <= TARGET and not r["failed"] else "MISSED"
