@@ -312,3 +312,21 @@ def test_100_concurrent_ssh_logins(hostpam, ticketd, load_users, user_krb5, toge
         _check_settled(ticketd, load_users, keys, idle)
     finally:
         server.close()
+
+
+def test_hostpam_services_are_unique_and_removed_also_on_failure(tmp_path, monkeypatch):  # noqa: ANN001
+    """The helper the load tests stand on: unique names, the real libpam's environment, nothing left."""
+    monkeypatch.setenv("LD_PRELOAD", "libpam_wrapper.so")  # as a caller under pam_wrapper would have it
+    lines = ["auth required pam_permit.so", "session required pam_permit.so"]
+    written: list[Path] = []
+    with pytest.raises(RuntimeError), HostPam(pam_dir=tmp_path) as pam:
+        first, second = pam.service("keyinit-load", lines), pam.service("keyinit-load", lines)
+        assert first != second and first.startswith("keyinit-load-") and second.startswith("keyinit-load-")
+        written = [tmp_path / first, tmp_path / second]
+        assert written[0].read_text() == "\n".join(lines) + "\n"
+        assert written[0].stat().st_mode & 0o777 == 0o644
+        assert not any(k.startswith(("LD_PRELOAD", "PAM_WRAPPER")) for k in pam.env())
+        private = pam.dir
+        raise RuntimeError("a failing test")
+    assert written and not any(p.exists() for p in written) and not private.exists()
+    assert list(tmp_path.iterdir()) == []
