@@ -9,8 +9,9 @@ environment from scratch, so the preload does not leak into sessions.
 
 ``Sshd(pam="real")`` runs it without pam_wrapper instead, for many logins at once
 (pam_wrapper's 62 per-process config names run out past about 60 live sshd processes):
-OpenSSH names its PAM service ``__progname`` (auth-pam.h's SSHD_PAM_SERVICE default, which
-Debian keeps), the basename of argv[0].  So sshd is started through a symlink
+OpenSSH names its PAM service ``__progname`` (auth-pam.h's SSHD_PAM_SERVICE default; on
+Debian 12's 9.2 pam_deny.so in the symlink's service refuses the login), the basename of
+argv[0].  So sshd is started through a symlink
 ``<dir>/sshd-keyinit-lab-<random>`` -> /usr/sbin/sshd (an absolute path: sshd re-executes
 argv[0] for every connection), and the service of that name is a real file in /etc/pam.d
 (:class:`.hostpam.HostPam`), removed by :meth:`Sshd.close`.
