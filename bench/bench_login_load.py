@@ -1,17 +1,25 @@
-"""100 concurrent real logins through the hook beside a single login, in one run (issue 11).
+"""100 real logins through the hook all at once, beside a single login, in one run (issue 11).
 
-Same realm, same service, same users.  For pamtester (pam_wrapper: the hook's auth + session
-lines, ``authenticate open_session close_session``) and for ssh (a private sshd in password
-mode running ``true``):
-- anchor: single logins, one after another (the machine otherwise idle): median;
-- load: LOGINS logins of USERS users, PARALLEL in flight at once: p50, p99, max, failures, and
-  the wall time of the whole burst.
-Target in issue 11: p99 ≤ 3× a single login.  The test (tests/e2e/test_login_load.py) asserts
-the invariants; here only times.  2 cores here: PARALLEL defaults to 25 (BENCH_PARALLEL=100
-runs them all at once).  100 ssh logins at once fail here for the harness, not the stack:
-pam_wrapper gives each process a config dir /tmp/pam.<one of 62 characters>, and with more
-than 62 sshd processes alive ``pwrap_init`` finds no free name and sshd resets the connection
-(30-36 of 100 failed; BENCH_SSHD_LOG=N prints the last N bytes of sshd's log).
+Same realm, same service, same users, same mechanism for both figures.  For pamtester (the
+hook's auth + session lines, ``authenticate open_session close_session``) and for ssh (a private
+sshd in password mode running ``true``):
+- single: SINGLE logins one after another (the machine otherwise idle): median;
+- load: LOGINS logins of USERS users, all released together by a barrier: p50, p99, max,
+  failures, the wall time of the whole burst and that wall per login (the machine's throughput:
+  below the single login's time when logins overlap well).  On C cores p99 cannot fall below
+  about LOGINS x (CPU per login) / C, whatever the service does: the burst is CPU-bound.
+Target in issue 11: p99 ≤ 3× a single login; the last lines say met or MISSED.  The test
+(tests/e2e/test_login_load.py) asserts the invariants; here only times.
+
+Neither client runs under pam_wrapper (its 62 per-process config names collide at 100 at once:
+30-38 of 100 logins failed): the services are uniquely named real /etc/pam.d files
+(lab.hostpam.HostPam, removed at the end), and sshd runs through a symlink named as its service
+(lab.sshd.Sshd(pam="real")).  As in the test, the service's kdc_timeout is 58 s and the
+hook's auth_timeout 60 s: on 2 cores 100 logins at once are CPU-bound, and the point is
+their latency, not failures at the defaults' bound.  BENCH_TIMEOUTS=default runs the shipped
+kdc_timeout (6 s) and auth_timeout (8 s) instead, to count the logins those fail.  BENCH_LOGINS
+and BENCH_PARALLEL (default: all at once) change the burst; BENCH_SSHD_LOG=N prints the last N
+bytes of sshd's log after a failure.
 
 Run: ``make bench ONLY=login_load`` (root).
 """
@@ -23,6 +31,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,16 +40,23 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pam_keyinit_py.lab import users as lab_users  # noqa: E402
+from pam_keyinit_py.lab.hostpam import HostPam  # noqa: E402
 from pam_keyinit_py.lab.pamwrap import PamWrapper  # noqa: E402
 from pam_keyinit_py.lab.realm import Realm, available  # noqa: E402
-from pam_keyinit_py.lab.sshd import PASSWORD, Sshd  # noqa: E402
+from pam_keyinit_py.lab.sshd import PAM_REAL, PASSWORD, Sshd  # noqa: E402
 from pam_keyinit_py.lab.ticketd import TicketD  # noqa: E402
 from pam_keyinit_py.lab.users import clear_persistent  # noqa: E402
 
 USERS = 20
 LOGINS = int(os.environ.get("BENCH_LOGINS", "100"))
-PARALLEL = int(os.environ.get("BENCH_PARALLEL", "25"))
+PARALLEL = int(os.environ.get("BENCH_PARALLEL", str(LOGINS)))
 SINGLE = 15
+#: As tests/e2e/test_login_load.py: the service's kdc_timeout, the hook's auth_timeout= (its maximum).
+#: BENCH_TIMEOUTS=default: the shipped ones (neither set).
+SHIPPED = os.environ.get("BENCH_TIMEOUTS", "load") == "default"
+SERVICE_TIMEOUT: dict[str, float] = {} if SHIPPED else {"kdc_timeout": 58}
+AUTH_OPTS = "" if SHIPPED else "auth_timeout=60 "
+TARGET = 3.0
 
 
 def _pamtester(pam: PamWrapper, service: str, user: str, password: str) -> bool:
@@ -48,7 +64,8 @@ def _pamtester(pam: PamWrapper, service: str, user: str, password: str) -> bool:
     os.write(write_fd, password.encode() + b"\n")
     os.close(write_fd)
     try:
-        res = pam.run(service, user, "authenticate", "open_session", "close_session", stdin=read_fd)
+        res = pam.run(service, user, "authenticate", "open_session", "close_session", stdin=read_fd,
+                      timeout=150)
     finally:
         os.close(read_fd)
     return res.returncode == 0
@@ -70,9 +87,16 @@ def measure(login: Callable[[int], bool]) -> dict[str, float]:
     for i in range(USERS):  # warm-up: one login per user (keyrings, interpreter caches)
         login(i)
     single = [_timed(login, i)[0] for i in range(SINGLE)]
+    start = threading.Barrier(PARALLEL)
+
+    def released(i: int) -> tuple[float, bool]:
+        if i < PARALLEL:  # the first PARALLEL start together; any others as a worker frees
+            start.wait(60)
+        return _timed(login, i)
+
     t0 = time.perf_counter()
     with ThreadPoolExecutor(PARALLEL) as pool:
-        burst = list(pool.map(lambda i: _timed(login, i), range(LOGINS)))
+        burst = list(pool.map(released, range(LOGINS)))
     wall = time.perf_counter() - t0
     times = [t for t, _ in burst]
     return {"single": statistics.median(single), "p50": _pct(times, 0.50), "p99": _pct(times, 0.99),
@@ -90,7 +114,7 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     why: set[str] = set()
     sshd_log = ""
-    daemon = TicketD(work / "ticketd", realm.env)
+    daemon = TicketD(work / "ticketd", realm.env, **SERVICE_TIMEOUT)
     try:
         for _ in range(USERS):
             u = lab_users.create("bll")
@@ -102,21 +126,25 @@ def main() -> None:
         sock = daemon.socket
 
         def stack(pam: PamWrapper) -> list[str]:
-            return [pam.hook_line("auth", "required", f"socket={sock}"),
+            return [pam.hook_line("auth", "required", f"{AUTH_OPTS}socket={sock}"),
                     "account required pam_permit.so",
                     pam.hook_line("session", "required", f"force revoke tickets socket={sock}")]
 
-        pam = PamWrapper(work / "pam")
-        service = pam.service("bll-load", stack(pam))
-        results["pamtester"] = measure(
-            lambda i: _pamtester(pam, service, users[i % USERS].name, users[i % USERS].password or ""))
-        server = Sshd(PamWrapper(work / "pam-sshd"))
+        pam = HostPam(work / "pam")
         try:
-            server.start(stack(server.pamwrap), mode=PASSWORD, extra_config=["MaxStartups 200:30:300"])
+            service = pam.service("keyinit-bench-load", stack(pam))
+            results["pamtester"] = measure(
+                lambda i: _pamtester(pam, service, users[i % USERS].name, users[i % USERS].password or ""))
+        finally:
+            pam.close()
+        server = Sshd(pam=PAM_REAL, service="sshd-keyinit-bench-load")
+        try:
+            server.start(stack(server.pamwrap), mode=PASSWORD,
+                         extra_config=["MaxStartups 200:30:300", "LoginGraceTime 120"])
 
             def ssh(i: int) -> bool:
                 u = users[i % USERS]
-                res = server.login(u.name, u.password or "", "true", timeout=120)
+                res = server.login(u.name, u.password or "", "true", timeout=150)
                 if res.returncode:
                     err = res.stderr.strip()
                     why.add(err.splitlines()[-1][:120] if err else f"exit {res.returncode}")
@@ -126,7 +154,6 @@ def main() -> None:
             sshd_log = server.log()
         finally:
             server.close()
-        pam.close()
     finally:
         daemon.stop()
         for u in users:
@@ -135,13 +162,17 @@ def main() -> None:
         realm.stop()
         shutil.rmtree(work, ignore_errors=True)
     print(f"{LOGINS} logins of {USERS} users, {PARALLEL} at once, beside a single login (ms); "
-          f"{os.cpu_count()} cores")
+          f"{os.cpu_count()} cores; timeouts: {'shipped' if SHIPPED else f'{SERVICE_TIMEOUT} {AUTH_OPTS}'}")
     print(f"{'client':10} {'single':>8} {'p50':>8} {'p99':>8} {'max':>8} {'p99/single':>11} {'failed':>7} "
-          f"{'burst wall s':>13}")
+          f"{'burst wall s':>13} {'wall/login':>11}")
     for name, r in results.items():
         print(f"{name:10} {r['single'] * 1e3:8.0f} {r['p50'] * 1e3:8.0f} {r['p99'] * 1e3:8.0f} "
-              f"{r['max'] * 1e3:8.0f} {r['p99'] / r['single']:11.1f} {int(r['failed']):7d} {r['wall']:13.1f}")
-    print("target (issue 11): p99 ≤ 3× a single login")
+              f"{r['max'] * 1e3:8.0f} {r['p99'] / r['single']:11.1f} {int(r['failed']):7d} "
+              f"{r['wall']:13.1f} {r['wall'] / LOGINS * 1e3:11.0f}")
+    for name, r in results.items():
+        ratio = r["p99"] / r["single"]
+        verdict = "met" if ratio <= TARGET and not r["failed"] else "MISSED"
+        print(f"target (issue 11) p99 <= {TARGET:g}x a single login, {name}: {ratio:.1f}x -> {verdict}")
     for reason in sorted(why):
         print(f"ssh failure: {reason}")
     if why and os.environ.get("BENCH_SSHD_LOG"):

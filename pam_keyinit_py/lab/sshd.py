@@ -7,6 +7,15 @@ sshd is started with ``LD_PRELOAD=libpam_wrapper.so``, so /etc/pam.d and the
 system sshd on port 22 are never touched.  sshd rebuilds the user's
 environment from scratch, so the preload does not leak into sessions.
 
+``Sshd(pam="real")`` runs it without pam_wrapper instead, for many logins at once
+(pam_wrapper's 62 per-process config names run out past about 60 live sshd processes):
+OpenSSH names its PAM service ``__progname`` (auth-pam.h's SSHD_PAM_SERVICE default; on
+Debian 12's 9.2 pam_deny.so in the symlink's service refuses the login), the basename of
+argv[0].  So sshd is started through a symlink
+``<dir>/sshd-keyinit-lab-<random>`` -> /usr/sbin/sshd (an absolute path: sshd re-executes
+argv[0] for every connection), and the service of that name is a real file in /etc/pam.d
+(:class:`.hostpam.HostPam`), removed by :meth:`Sshd.close`.
+
 sshd splits PAM differently per method (measured on Debian 12, OpenSSH 9.2):
 with ``PasswordAuthentication`` every PAM call runs in the monitor; with
 ``KbdInteractiveAuthentication`` authenticate/acct_mgmt run in a separate
@@ -25,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .hostpam import HostPam
 from .pamwrap import PamWrapper
 
 SSHD = "/usr/sbin/sshd"
@@ -33,6 +43,8 @@ KBDINT = "keyboard-interactive"
 GSSAPI = "gssapi-with-mic"
 PUBKEY = "publickey"
 MODES = (PASSWORD, KBDINT, GSSAPI, PUBKEY)
+#: Where sshd's PAM service comes from: pam_wrapper's private directory, or /etc/pam.d.
+PAM_WRAPPER, PAM_REAL = "wrapper", "real"
 
 
 def available() -> str | None:
@@ -68,9 +80,20 @@ class Sshd:
     session, password lines); ``PamWrapper.hook_line()`` builds the hook's.
     """
 
-    def __init__(self, pamwrap: PamWrapper | None = None) -> None:
+    def __init__(self, pamwrap: PamWrapper | None = None, *, pam: str = PAM_WRAPPER,
+                 service: str = "sshd-keyinit-lab") -> None:
+        """``pam="real"``: the service is ``/etc/pam.d/<service>-<random>`` (``pamwrap``, if
+        given, must then be a :class:`HostPam`), and sshd runs as a symlink of that name."""
+        if pam not in (PAM_WRAPPER, PAM_REAL):
+            raise ValueError(f"pam must be {PAM_WRAPPER!r} or {PAM_REAL!r}, not {pam!r}")
+        if pam == PAM_REAL and pamwrap is not None and not isinstance(pamwrap, HostPam):
+            raise ValueError('pam="real" needs a HostPam')
         self._own_pamwrap = pamwrap is None
-        self.pamwrap = pamwrap or PamWrapper()
+        self.pamwrap = pamwrap or (HostPam() if pam == PAM_REAL else PamWrapper())
+        self.pam = pam
+        self.service_prefix = service
+        #: The PAM service sshd passes to pam_start (its __progname), set by start().
+        self.service = "sshd"
         self.dir = Path(tempfile.mkdtemp(prefix="pkp-sshd-"))
         self.port = 0
         self.mode = PASSWORD
@@ -123,7 +146,7 @@ class Sshd:
     def start(self, pam_stack_lines: list[str], mode: str = PASSWORD, extra_config: list[str] | None = None,
               timeout: float = 20, *, keytab: str | os.PathLike[str] | None = None,
               krb5_config: str | os.PathLike[str] | None = None) -> Sshd:
-        """Write the ``sshd`` PAM service and config, start sshd -D, wait until it listens.
+        """Write the PAM service (:attr:`service`) and config, start sshd -D, wait until it listens.
 
         ``mode=GSSAPI`` needs ``keytab`` (host/localhost keys) and ``krb5_config`` (the realm's
         krb5.conf): both reach sshd through its environment, as a login host's /etc would.
@@ -137,7 +160,14 @@ class Sshd:
         if self.proc is not None:
             self.stop()
         self.mode = mode
-        self.pamwrap.service("sshd", pam_stack_lines)
+        sshd = SSHD
+        if self.pam == PAM_REAL:
+            self.service = self.pamwrap.service(self.service_prefix, pam_stack_lines)
+            link = self.dir / self.service
+            link.symlink_to(SSHD)
+            sshd = str(link)
+        else:
+            self.service = self.pamwrap.service("sshd", pam_stack_lines)
         if not self.host_key.exists():
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.host_key)],
                            check=True, capture_output=True)
@@ -152,7 +182,7 @@ class Sshd:
                 raise RuntimeError(f"sshd -t rejected the config: {check.stderr.strip()}")
             log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
             try:
-                self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], env=self._server_env(),
+                self.proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], env=self._server_env(),
                                              stdin=subprocess.DEVNULL, stdout=log, stderr=log)
             finally:
                 log.close()

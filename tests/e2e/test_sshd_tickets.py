@@ -21,10 +21,10 @@ from tests.kdc.ticketd import klist_ok, persistent_caches
 svc_user, ticketd, user_krb5 = td.svc_user, td.ticketd, td.user_krb5
 
 
-def _stack(sock: str):
+def _stack(sock: str, auth_opts: str = ""):
     def build(pamwrap) -> list[str]:
         return [
-            pamwrap.hook_line("auth", "required", f"try_first_pass socket={sock}"),
+            pamwrap.hook_line("auth", "required", f"try_first_pass {auth_opts}".rstrip() + f" socket={sock}"),
             "account required pam_permit.so",
             pamwrap.hook_line("session", "required", f"force revoke tickets socket={sock}"),
         ]

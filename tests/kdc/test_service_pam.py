@@ -20,13 +20,14 @@ svc_user, ticketd, user_krb5 = td.svc_user, td.ticketd, td.user_krb5
 
 
 
-def _service(pamwrap, name: str, sock: str, krb5_conf: str, auth_opts: str = "") -> str:
-    """auth: the hook alone (it prompts); session: keyring + tickets, then print what the user holds."""
+def _service(pamwrap, name: str, sock: str, krb5_conf: str, auth_opts: str = "", probe_tail: str = "") -> str:
+    """auth: the hook alone (it prompts); session: keyring + tickets, then print what the user holds
+    (and run ``probe_tail``, shell lines, in the open session)."""
     # PAM splits module arguments on blanks: the probe is a script file (pam_exec sets PAM_USER/PAM_TYPE).
     probe = pamwrap.dir / f"{name}-probe.sh"
     probe.write_text("#!/bin/sh\n[ \"$PAM_TYPE\" = open_session ] || exit 0\nkeyctl rdescribe @s\n"
                      'setpriv --reuid="$(id -u "$PAM_USER")" --regid="$(id -g "$PAM_USER")" --clear-groups '
-                     f"env KRB5_CONFIG={krb5_conf} klist 2>&1 | head -3\n")
+                     f"env KRB5_CONFIG={krb5_conf} klist 2>&1 | head -3\n{probe_tail}")
     probe.chmod(0o755)
     return pamwrap.service(name, [
         pamwrap.hook_line("auth", "required", f"{auth_opts} socket={sock}".strip()),
@@ -36,13 +37,13 @@ def _service(pamwrap, name: str, sock: str, krb5_conf: str, auth_opts: str = "")
     ])
 
 
-def _pamtester(pamwrap, service: str, user: str, password: str | None, *ops: str):
+def _pamtester(pamwrap, service: str, user: str, password: str | None, *ops: str, timeout: float = 60):
     read_fd, write_fd = os.pipe()
     os.write(write_fd, (password or "") .encode() + b"\n")
     os.close(write_fd)
     try:
         t0 = time.monotonic()
-        res = pamwrap.run(service, user, *ops, stdin=read_fd)
+        res = pamwrap.run(service, user, *ops, stdin=read_fd, timeout=timeout)
         return res, time.monotonic() - t0
     finally:
         os.close(read_fd)

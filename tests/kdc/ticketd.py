@@ -235,9 +235,14 @@ TEST_CONFIG = {"renew_fraction": 0.2, "retry_min": 0.5, "retry_max": 2.0, "pendi
 @pytest.fixture
 def ticketd(realm) -> Iterator[TicketD]:  # noqa: ANN001
     """A running keyinit-ticketd for this test (socket and state in a fresh 0755 directory)."""
+    yield from serve(realm, **TEST_CONFIG)
+
+
+def serve(realm, **config: Any) -> Iterator[TicketD]:  # noqa: ANN001
+    """The body of :func:`ticketd` with ``config``: a fixture yields from it for other settings."""
     require_root()
     directory = public_tmpdir("pkd-ticketd-")
-    daemon = TicketD(directory, realm.env, **TEST_CONFIG)
+    daemon = TicketD(directory, realm.env, **config)
     daemon.start()
     try:
         yield daemon
