@@ -50,7 +50,7 @@ from ..ccname import (
     subsidiary,
 )
 from ..ccread import full_name
-from . import errors, plumbing
+from . import errors, plumbing, preauth
 from .cachestore import (
     DEFERRED,
     RETIRED_MARK,
@@ -109,8 +109,13 @@ def acquire_password(
     fast_principal: str | None = None,
     canonicalize: bool = False,
     reaper: Reaper | None = None,
+    answers: list[str] | None = None,
 ) -> TicketInfo:
     """krb5_get_init_creds_password, then store the TGT as the user's new primary persistent cache.
+
+    A question of the KDC's preauth that the password does not answer (an OTP token value)
+    ends the exchange with PromptNeeded (:mod:`.preauth`); ``answers`` answer such questions,
+    in order, in a fresh exchange.
 
     With ``canonicalize`` the request carries the canonicalize flag
     (krb5_get_init_creds_opt_set_canonicalize) and the cache is made for the client name the KDC
@@ -144,6 +149,7 @@ def acquire_password(
             if canonicalize:
                 krb5.get_init_creds_opt_set_canonicalize(opt, True)
             notes: tuple[str, ...] = ()
+            armor_name = None
             if fast != "never":
                 try:
                     armor = fast_armor(c, keytab=validate_keytab, principal=fast_principal,
@@ -154,14 +160,24 @@ def acquire_password(
                     notes = (f"password exchange not armored (fast = \"try\"): {exc}",)
                 else:
                     krb5.get_init_creds_opt_set_fast_ccache(c, opt, armor)
+                    armor_name = full_name(armor)
                     if fast == "require":
                         krb5.get_init_creds_opt_set_fast_flags(c, opt, krb5.FastFlags.required)
+            asked = preauth.Asked()
             try:
-                # pykrb5 takes any buffer (``const unsigned char[:]``) and hands libkrb5 a pointer
-                # to its first byte as a C string: the buffer ends in NUL (secret_buffer).
-                creds = krb5.get_init_creds_password(c, princ, opt, secret)
+                if answers is None:
+                    # pykrb5 takes any buffer (``const unsigned char[:]``) and hands libkrb5 a pointer
+                    # to its first byte as a C string: the buffer ends in NUL (secret_buffer).
+                    creds = krb5.get_init_creds_password(c, princ, opt, secret, prompter=asked)
+                else:
+                    creds = preauth.answered(
+                        principal, secret, answers, what=what, ctx=c,
+                        enterprise=canonicalize and is_enterprise_name(principal), lifetime=lifetime,
+                        renew_lifetime=renew_lifetime, forwardable=forwardable, renewable=renewable,
+                        canonicalize=canonicalize, armor=armor_name, fast_required=fast == "require",
+                        krb5_config=krb5_config)
             except krb5.Krb5Error as exc:
-                raise from_krb5(exc, what) from None
+                raise asked.outcome(exc, what) from None
             finally:
                 wipe(secret)  # drop the password as soon as the TGT exists (or cannot)
             if canonicalize:

@@ -1,0 +1,125 @@
+"""The KDC's preauth questions during a password login (OTP), relayed instead of answered here.
+
+The hook<->service protocol is one request, one reply per connection, so a question the
+password does not answer ends the AS exchange: the service replies ``prompt`` with the questions
+(protocol.PROMPT), the hook asks them through the PAM conversation and sends ``auth`` again with
+``answers``, and a fresh exchange answers them in order.
+
+- :class:`Asked`: the pykrb5 prompter of the first round (no answers yet).  It answers nothing:
+  it records the first batch of questions and declines it, so libkrb5 sends nothing for it.  A
+  prompter must be there: MIT krb5 1.20's OTP client calls a NULL prompter (a segfault of the
+  whole service, measured; fixed upstream by "Fix OTP preauth crash with null prompter", 2025).
+- :func:`answered`: the rounds with answers, through the C helper's prompter
+  (``pk_init_creds_answered`` in tickets/_renew_build.py): pykrb5 0.10's prompter points the
+  reply at Python's bytes instead of filling libkrb5's buffer, which MIT's OTP client reads, so
+  the KDC received an empty token (measured).
+
+Answers are secrets like the password: copied into C buffers that are zeroed after the
+exchange, never logged, never in an exception message.
+"""
+
+from __future__ import annotations
+
+import krb5
+
+from .. import protocol as P
+from . import errors
+from .errors import KRB5KDC_ERR_KEY_EXP, KRB5KDC_ERR_PREAUTH_FAILED, PromptNeeded, TicketError, from_krb5
+from .plumbing import Krb5Failure
+
+#: Bytes the C helper may write the recorded questions into.
+_ASKED_BYTES = (P.MAX_PROMPT_TEXT + 2) * (P.MAX_PROMPTS + 1)
+
+
+def _text(raw: bytes | None) -> str:
+    return (raw or b"").decode(errors="replace")[:P.MAX_PROMPT_TEXT]
+
+
+class _Declined(Exception):
+    """Raised inside the prompter: pykrb5 turns it into a prompter failure (code 1)."""
+
+
+class Asked(krb5.Krb5Prompt):
+    """krb5_prompter_fct for pykrb5 that records the first batch of questions and answers none.
+
+    A batch of two prompts is libkrb5's own password change after KRB5KDC_ERR_KEY_EXP
+    (gic_pwd.c, krb5 1.20: "Enter new password" / "Enter it again", the only two-prompt batch of
+    krb5_get_init_creds_password with a password given): :attr:`changepw`, which the caller
+    reports as the expired password it is.  A message without prompts (the expiry warning)
+    passes.
+    """
+
+    def __init__(self) -> None:
+        self.prompts: list[tuple[str, bool]] = []
+        self.banner = ""
+        self.changepw = False
+        self._batch: list[tuple[str, bool]] = []
+        self._size = 0
+        self._banner = ""
+
+    def init(self, name: bytes | None, banner: bytes | None, num_prompts: int) -> None:
+        self._batch, self._size, self._banner = [], num_prompts, _text(banner or name)
+
+    def prompt(self, msg: bytes, hidden: bool) -> bytes:
+        self._batch.append((_text(msg), bool(hidden)))
+        if len(self._batch) < self._size:
+            return b""  # pykrb5 fills no reply before the whole batch is answered: none will be
+        if self._size == 2:
+            self.changepw = True
+        elif not self.prompts:
+            self.prompts, self.banner = self._batch[:P.MAX_PROMPTS], self._banner
+        raise _Declined
+
+    def outcome(self, exc: krb5.Krb5Error, what: str) -> TicketError:
+        """The TicketError for the exchange's failure: PromptNeeded when a question was declined."""
+        if self.changepw:
+            return errors.PasswordExpired(f"{what}: password expired", KRB5KDC_ERR_KEY_EXP)
+        if self.prompts:
+            return PromptNeeded(f"{what}: the KDC's preauth asks {len(self.prompts)} question(s)",
+                                self.prompts, self.banner)
+        return from_krb5(exc, what)
+
+
+def answered(principal: str, password: bytearray, answers: list[str], *, what: str, enterprise: bool,
+             lifetime: int | None, renew_lifetime: int | None, forwardable: bool | None, renewable: bool,
+             canonicalize: bool, armor: str | None, fast_required: bool, krb5_config: str | None,
+             ctx: krb5.Context) -> krb5.Creds:
+    """krb5_get_init_creds_password answering the KDC's questions from ``answers``, in order.
+
+    ``password`` is the NUL-terminated buffer of plumbing.secret_buffer; the options mirror
+    plumbing.gic_options.  Raises PromptNeeded for a question past the answers, BadPassword when
+    the KDC refused them (libkrb5 asking the first question again to start over), else the
+    TicketError of the krb5 code.  Runs without the GIL (cffi).
+    """
+    from ._krb5_renew import ffi, lib
+
+    buffers = [ffi.new("char[]", answer.encode()) for answer in answers]
+    try:
+        array = ffi.new("char *[]", buffers) if buffers else ffi.NULL
+        used, restarted, count = ffi.new("int *"), ffi.new("int *"), ffi.new("int *")
+        asked = ffi.new("char[]", _ASKED_BYTES)
+        out, outlen, err = ffi.new("unsigned char **"), ffi.new("size_t *"), ffi.new("char[]", 512)
+        renew = int(renew_lifetime) if renewable and renew_lifetime else (-1 if renewable else 0)
+        forward = -1 if forwardable is None else int(bool(forwardable))
+        code = lib.pk_init_creds_answered(
+            krb5_config.encode() if krb5_config else ffi.NULL, principal.encode(), int(enterprise),
+            int(lifetime or 0), renew, forward, int(canonicalize),
+            armor.encode() if armor else ffi.NULL, int(fast_required), ffi.from_buffer("char[]", password),
+            array, len(buffers), used, restarted, asked, _ASKED_BYTES, count, out, outlen, err, 512)
+    finally:
+        for buf in buffers:
+            ffi.memmove(buf, bytes(len(buf)), len(buf))
+    if code == 0:
+        try:
+            data = ffi.buffer(out[0], outlen[0])[:]
+        finally:
+            lib.pk_free(out[0])
+        return krb5.unmarshal_credentials(ctx, data)
+    if restarted[0]:
+        raise errors.BadPassword(f"{what}: the KDC refused the answers", KRB5KDC_ERR_PREAUTH_FAILED)
+    if count[0]:
+        fields = ffi.buffer(asked, _ASKED_BYTES)[:].split(b"\0")
+        prompts = [(_text(f[1:]), f[:1] == b"1") for f in fields[1:1 + count[0]]]
+        raise PromptNeeded(f"{what}: the KDC's preauth asks {len(prompts)} more question(s)", prompts,
+                           _text(fields[0]), used[0])
+    raise from_krb5(Krb5Failure(code, ffi.string(err).decode(errors="replace")), what)
