@@ -17,10 +17,10 @@
 #       same port with the same database ("KDC back").  Prints the env lines (see `env`).
 #   realm.sh stop DIR               Stop krb5kdc (the database stays: "KDC down").
 #   realm.sh destroy DIR            Stop and remove everything realm.sh wrote in DIR.
-#   realm.sh addprinc DIR NAME [-maxlife D] [-maxrenewlife D] [-randkey | -pw-stdin]
+#   realm.sh addprinc DIR NAME [-maxlife D] [-maxrenewlife D] [-randkey | -pw-stdin | -nokey]
 #       Add (or, if it exists, modify) a principal.  With -pw-stdin the password is the first
 #       line of stdin; it goes to kadmin.local on its stdin, never on any command line.
-#       Without either option the key is random.
+#       Without either option the key is random; -nokey gives it none (an OTP-only principal).
 #   realm.sh modprinc DIR NAME ARG...    kadmin modprinc ARG... NAME (+requires_preauth, +needchange,
 #       -allow_tix, -expire DATE...).
 #   realm.sh setstr DIR NAME KEY VALUE   kadmin setstr (e.g. require_auth fast: tickets for NAME need a
@@ -245,6 +245,7 @@ cmd_addprinc() {
         case "$1" in
             -maxlife|-maxrenewlife) opts+=("$1" "\"$2\""); shift 2 ;;
             -randkey) key="-randkey"; shift ;;
+            -nokey) key="-nokey"; shift ;;
             -pw-stdin) key="-pw"; IFS= read -r pw || [ -n "$pw" ] || die "addprinc: no password on stdin"
                        shift ;;
             *) die "addprinc: unknown option $1" ;;
@@ -257,7 +258,7 @@ cmd_addprinc() {
     if [ "$key" = "-pw" ]; then
         out="$(printf 'addprinc %s -pw "%s" %s\n' "${opts[*]:-}" "$pw" "$name" | kadmin 2>&1)" || true
     else
-        out="$(printf 'addprinc %s -randkey %s\n' "${opts[*]:-}" "$name" | kadmin 2>&1)" || true
+        out="$(printf 'addprinc %s %s %s\n' "${opts[*]:-}" "$key" "$name" | kadmin 2>&1)" || true
     fi
     pw=""
     if grep -q 'already exists' <<<"$out"; then
