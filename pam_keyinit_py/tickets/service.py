@@ -114,7 +114,7 @@ class Service(Recovery):
             reply = errors.refusal(exc, P.OPS["auth"].errors, log, "auth", principal, uid, event="auth",
                                    principal=principal)
             return {**reply, "prompts": [{"text": t, "hidden": h} for t, h in exc.prompts],
-                    "banner": exc.banner, "answered": exc.answered}
+                    "banner": exc.banner, "answered": exc.answered, "principal": principal}
         except errors.PasswordExpired:
             # MIT answers KEY_EXP before it looks at the password: prove it before saying so.
             return self._expired(principal, uid, password)
