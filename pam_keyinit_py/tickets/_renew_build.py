@@ -77,6 +77,76 @@ static krb5_error_code pk_context(const char *profile_path, krb5_context *ctx)
     return ret;
 }
 
+/* The prompter of pk_init_creds_answered (a krb5_prompter_fct): answers each prompt from the
+ * list, in order, into libkrb5's own reply buffer.  A batch the list does not cover is recorded
+ * in `asked` (the banner, NUL, then per prompt '1' hidden / '0' echoed, its text, NUL; each
+ * text clipped to PK_PROMPT_MAX) and refused, so nothing is sent for it.  When the first
+ * question answered comes again, libkrb5 is starting over after the KDC refused the answers
+ * (gic_pwd.c's retry on the primary KDC): `restarted`, refused too.  A message without prompts
+ * (the password-expiry warning) is accepted and dropped. */
+#define PK_PROMPT_MAX 256
+struct pk_answers {
+    const char *const *answers;
+    int n, used, restarted, asked_count;
+    char first[PK_PROMPT_MAX];
+    char *asked;
+    size_t asked_len, asked_pos;
+};
+
+static void pk_record(struct pk_answers *a, const char *lead, const char *text)
+{
+    size_t len = text ? strnlen(text, PK_PROMPT_MAX - 1) : 0, need = strlen(lead) + len + 1;
+
+    if (a->asked_pos + need > a->asked_len)
+        return;
+    memcpy(a->asked + a->asked_pos, lead, strlen(lead));
+    a->asked_pos += strlen(lead);
+    if (len)
+        memcpy(a->asked + a->asked_pos, text, len);
+    a->asked_pos += len;
+    a->asked[a->asked_pos++] = '\0';
+}
+
+static krb5_error_code pk_prompter(krb5_context ctx, void *data, const char *name,
+                                   const char *banner, int num, krb5_prompt prompts[])
+{
+    struct pk_answers *a = data;
+    int i;
+
+    if (num <= 0)
+        return 0;
+    if (num > a->n - a->used) {
+        if (a->first[0] && strncmp(prompts[0].prompt, a->first, PK_PROMPT_MAX - 1) == 0) {
+            a->restarted = 1;
+            return KRB5_LIBOS_CANTREADPWD;
+        }
+        a->asked_pos = 0;
+        a->asked_count = 0;
+        pk_record(a, "", banner ? banner : (name ? name : ""));
+        for (i = 0; i < num; i++) {
+            size_t before = a->asked_pos;
+            pk_record(a, prompts[i].hidden ? "1" : "0", prompts[i].prompt);
+            if (a->asked_pos != before)
+                a->asked_count++;
+        }
+        return KRB5_LIBOS_CANTREADPWD;
+    }
+    for (i = 0; i < num; i++) {
+        const char *answer = a->answers[a->used];
+        size_t len = strlen(answer);
+
+        if (len >= prompts[i].reply->length)
+            return KRB5_LIBOS_CANTREADPWD;  /* longer than libkrb5's buffer: never truncated */
+        if (a->used == 0)
+            snprintf(a->first, sizeof(a->first), "%s", prompts[i].prompt);
+        memcpy(prompts[i].reply->data, answer, len);
+        prompts[i].reply->data[len] = '\0';
+        prompts[i].reply->length = len;
+        a->used++;
+    }
+    return 0;
+}
+
 /* krb5_get_init_creds_password(old password, in_tkt_service kadmin/changepw, FAST armor from
  * armor_ccache when given), then
  * krb5_set_password(new password) for the same principal.  Returns a krb5 code (err gets its
@@ -94,6 +164,7 @@ static int pk_set_password(const char *profile_path, const char *principal, cons
     char *server_msg = NULL;
     krb5_error_code ret;
     int have_creds = 0, have_result = 0;
+    struct pk_answers none;
 
     memset(&creds, 0, sizeof(creds));
     memset(&code_string, 0, sizeof(code_string));
@@ -128,7 +199,9 @@ static int pk_set_password(const char *profile_path, const char *principal, cons
                 goto out;
         }
     }
-    ret = krb5_get_init_creds_password(ctx, &creds, princ, oldpw, NULL, NULL, 0,
+    /* A prompter that answers nothing: krb5 1.20 calls a NULL one when the KDC offers OTP. */
+    memset(&none, 0, sizeof(none));
+    ret = krb5_get_init_creds_password(ctx, &creds, princ, oldpw, pk_prompter, &none, 0,
                                        "kadmin/changepw", opt);
     if (ret)
         goto out;
@@ -366,76 +439,6 @@ out:
     krb5_free_context(ctx);
     return ret;
 }
-/* The prompter of pk_init_creds_answered (a krb5_prompter_fct): answers each prompt from the
- * list, in order, into libkrb5's own reply buffer.  A batch the list does not cover is recorded
- * in `asked` (the banner, NUL, then per prompt '1' hidden / '0' echoed, its text, NUL; each
- * text clipped to PK_PROMPT_MAX) and refused, so nothing is sent for it.  When the first
- * question answered comes again, libkrb5 is starting over after the KDC refused the answers
- * (gic_pwd.c's retry on the primary KDC): `restarted`, refused too.  A message without prompts
- * (the password-expiry warning) is accepted and dropped. */
-#define PK_PROMPT_MAX 256
-struct pk_answers {
-    const char *const *answers;
-    int n, used, restarted, asked_count;
-    char first[PK_PROMPT_MAX];
-    char *asked;
-    size_t asked_len, asked_pos;
-};
-
-static void pk_record(struct pk_answers *a, const char *lead, const char *text)
-{
-    size_t len = text ? strnlen(text, PK_PROMPT_MAX - 1) : 0, need = strlen(lead) + len + 1;
-
-    if (a->asked_pos + need > a->asked_len)
-        return;
-    memcpy(a->asked + a->asked_pos, lead, strlen(lead));
-    a->asked_pos += strlen(lead);
-    if (len)
-        memcpy(a->asked + a->asked_pos, text, len);
-    a->asked_pos += len;
-    a->asked[a->asked_pos++] = '\0';
-}
-
-static krb5_error_code pk_prompter(krb5_context ctx, void *data, const char *name,
-                                   const char *banner, int num, krb5_prompt prompts[])
-{
-    struct pk_answers *a = data;
-    int i;
-
-    if (num <= 0)
-        return 0;
-    if (num > a->n - a->used) {
-        if (a->first[0] && strncmp(prompts[0].prompt, a->first, PK_PROMPT_MAX - 1) == 0) {
-            a->restarted = 1;
-            return KRB5_LIBOS_CANTREADPWD;
-        }
-        a->asked_pos = 0;
-        a->asked_count = 0;
-        pk_record(a, "", banner ? banner : (name ? name : ""));
-        for (i = 0; i < num; i++) {
-            size_t before = a->asked_pos;
-            pk_record(a, prompts[i].hidden ? "1" : "0", prompts[i].prompt);
-            if (a->asked_pos != before)
-                a->asked_count++;
-        }
-        return KRB5_LIBOS_CANTREADPWD;
-    }
-    for (i = 0; i < num; i++) {
-        const char *answer = a->answers[a->used];
-        size_t len = strlen(answer);
-
-        if (len >= prompts[i].reply->length)
-            return KRB5_LIBOS_CANTREADPWD;  /* longer than libkrb5's buffer: never truncated */
-        if (a->used == 0)
-            snprintf(a->first, sizeof(a->first), "%s", prompts[i].prompt);
-        memcpy(prompts[i].reply->data, answer, len);
-        prompts[i].reply->data[len] = '\0';
-        prompts[i].reply->length = len;
-        a->used++;
-    }
-    return 0;
-}
-
 /* krb5_get_init_creds_password for `principal` (parsed as an enterprise name with `enterprise`),
  * with the options the service's gic_options sets (tkt_life 0: default; renew_life -1: default,
  * 0: not renewable; forwardable -1: default), canonicalize, FAST armor from `armor_ccache` (a
