@@ -5,14 +5,16 @@ password does not answer ends the AS exchange: the service replies ``prompt`` wi
 (protocol.PROMPT), the hook asks them through the PAM conversation and sends ``auth`` again with
 ``answers``, and a fresh exchange answers them in order.
 
-- :class:`Asked`: the pykrb5 prompter of the first round (no answers yet).  It answers nothing:
-  it records the first batch of questions and declines it, so libkrb5 sends nothing for it.  A
-  prompter must be there: MIT krb5 1.20's OTP client calls a NULL prompter (a segfault of the
-  whole service, measured; fixed upstream by "Fix OTP preauth crash with null prompter", 2025).
-- :func:`answered`: the rounds with answers, through the C helper's prompter
-  (``pk_init_creds_answered`` in tickets/_renew_build.py): pykrb5 0.10's prompter points the
-  reply at Python's bytes instead of filling libkrb5's buffer, which MIT's OTP client reads, so
-  the KDC received an empty token (measured).
+- :func:`answered`: every password exchange of a login, through the C helper's prompter
+  (``pk_init_creds_answered`` in tickets/_renew_build.py), which answers from the list and
+  records the first question past it.  Not pykrb5's prompter: it points the reply at Python's
+  bytes instead of filling libkrb5's buffer, which MIT's OTP client reads, so the KDC received
+  an empty token (measured); and pykrb5 cannot turn off libkrb5's own password change after
+  KRB5KDC_ERR_KEY_EXP (krb5_get_init_creds_opt_set_change_password_prompt), which a prompter
+  would start.  No prompter at all is worse: MIT krb5 1.20's OTP client calls a NULL one (a
+  segfault of the whole service, measured; fixed upstream by "Fix OTP preauth crash with null
+  prompter", 2025).
+- :class:`Decline`: a pykrb5 prompter that answers nothing, for the other exchanges.
 
 Answers are secrets like the password: copied into C buffers that are zeroed after the
 exchange, never logged, never in an exception message.
@@ -24,7 +26,7 @@ import krb5
 
 from .. import protocol as P
 from . import errors
-from .errors import KRB5KDC_ERR_KEY_EXP, KRB5KDC_ERR_PREAUTH_FAILED, PromptNeeded, TicketError, from_krb5
+from .errors import KRB5KDC_ERR_PREAUTH_FAILED, PromptNeeded, from_krb5
 from .plumbing import Krb5Failure
 
 #: Bytes the C helper may write the recorded questions into.
@@ -35,49 +37,16 @@ def _text(raw: bytes | None) -> str:
     return (raw or b"").decode(errors="replace")[:P.MAX_PROMPT_TEXT]
 
 
-class _Declined(Exception):
-    """Raised inside the prompter: pykrb5 turns it into a prompter failure (code 1)."""
+class Declined(Exception):
+    """Raised inside :class:`Decline`: pykrb5 turns it into a prompter failure (code 1)."""
 
 
-class Asked(krb5.Krb5Prompt):
-    """krb5_prompter_fct for pykrb5 that records the first batch of questions and answers none.
-
-    A batch of two prompts is libkrb5's own password change after KRB5KDC_ERR_KEY_EXP
-    (gic_pwd.c, krb5 1.20: "Enter new password" / "Enter it again", the only two-prompt batch of
-    krb5_get_init_creds_password with a password given): :attr:`changepw`, which the caller
-    reports as the expired password it is.  A message without prompts (the expiry warning)
-    passes.
-    """
-
-    def __init__(self) -> None:
-        self.prompts: list[tuple[str, bool]] = []
-        self.banner = ""
-        self.changepw = False
-        self._batch: list[tuple[str, bool]] = []
-        self._size = 0
-        self._banner = ""
-
-    def init(self, name: bytes | None, banner: bytes | None, num_prompts: int) -> None:
-        self._batch, self._size, self._banner = [], num_prompts, _text(banner or name)
+class Decline(krb5.Krb5Prompt):
+    """A pykrb5 prompter that answers nothing, for exchanges that relay no question (chpass's
+    kadmin/changepw ticket): krb5 1.20 calls a NULL prompter when the KDC offers OTP."""
 
     def prompt(self, msg: bytes, hidden: bool) -> bytes:
-        self._batch.append((_text(msg), bool(hidden)))
-        if len(self._batch) < self._size:
-            return b""  # pykrb5 fills no reply before the whole batch is answered: none will be
-        if self._size == 2:
-            self.changepw = True
-        elif not self.prompts:
-            self.prompts, self.banner = self._batch[:P.MAX_PROMPTS], self._banner
-        raise _Declined
-
-    def outcome(self, exc: krb5.Krb5Error, what: str) -> TicketError:
-        """The TicketError for the exchange's failure: PromptNeeded when a question was declined."""
-        if self.changepw:
-            return errors.PasswordExpired(f"{what}: password expired", KRB5KDC_ERR_KEY_EXP)
-        if self.prompts:
-            return PromptNeeded(f"{what}: the KDC's preauth asks {len(self.prompts)} question(s)",
-                                self.prompts, self.banner)
-        return from_krb5(exc, what)
+        raise Declined
 
 
 def answered(principal: str, password: bytearray, answers: list[str], *, what: str, enterprise: bool,
