@@ -77,6 +77,52 @@ static krb5_error_code pk_context(const char *profile_path, krb5_context *ctx)
     return ret;
 }
 
+/* krb5_marshal_credentials of `creds` into a malloc'd copy (*out, freed with pk_free). */
+static krb5_error_code pk_marshal(krb5_context ctx, krb5_creds *creds, unsigned char **out, size_t *outlen)
+{
+    krb5_data *data = NULL;
+    krb5_error_code ret = krb5_marshal_credentials(ctx, creds, &data);
+
+    if (ret)
+        return ret;
+    *out = malloc(data->length ? data->length : 1);
+    if (*out == NULL) {
+        ret = ENOMEM;
+    } else {
+        memcpy(*out, data->data, data->length);
+        *outlen = data->length;
+    }
+    krb5_free_data(ctx, data);
+    return ret;
+}
+
+/* The message of a failed call into err (never a secret: MIT's messages hold none). */
+static void pk_error(krb5_context ctx, krb5_error_code ret, char *err, size_t errlen)
+{
+    const char *msg;
+
+    if (!ret || !errlen)
+        return;
+    msg = krb5_get_error_message(ctx, ret);
+    snprintf(err, errlen, "%s", msg);
+    krb5_free_error_message(ctx, msg);
+}
+
+/* FAST: armor the AS exchange with the TGT in `armor_ccache` (a MEMORY cache, which every
+ * context of this process sees); `required` refuses a KDC without FAST. */
+static krb5_error_code pk_fast(krb5_context ctx, krb5_get_init_creds_opt *opt, const char *armor_ccache,
+                               int required)
+{
+    krb5_error_code ret;
+
+    if (armor_ccache == NULL)
+        return 0;
+    ret = krb5_get_init_creds_opt_set_fast_ccache_name(ctx, opt, armor_ccache);
+    if (ret || !required)
+        return ret;
+    return krb5_get_init_creds_opt_set_fast_flags(ctx, opt, KRB5_FAST_REQUIRED);
+}
+
 /* The prompter of pk_init_creds_answered (a krb5_prompter_fct): answers each prompt from the
  * list, in order, into libkrb5's own reply buffer.  A batch the list does not cover is recorded
  * in `asked` (the banner, NUL, then per prompt '1' hidden / '0' echoed, its text, NUL; each
@@ -187,18 +233,10 @@ static int pk_set_password(const char *profile_path, const char *principal, cons
     krb5_get_init_creds_opt_set_forwardable(opt, 0);
     krb5_get_init_creds_opt_set_proxiable(opt, 0);
     krb5_get_init_creds_opt_set_renew_life(opt, 0);
-    if (armor_ccache != NULL) {
-        /* FAST: the old password travels inside the armor of the host's TGT (a MEMORY cache,
-         * which every context of this process sees). */
-        ret = krb5_get_init_creds_opt_set_fast_ccache_name(ctx, opt, armor_ccache);
-        if (ret)
-            goto out;
-        if (fast_required) {
-            ret = krb5_get_init_creds_opt_set_fast_flags(ctx, opt, KRB5_FAST_REQUIRED);
-            if (ret)
-                goto out;
-        }
-    }
+    /* FAST: the old password travels inside the armor of the host's TGT. */
+    ret = pk_fast(ctx, opt, armor_ccache, fast_required);
+    if (ret)
+        goto out;
     /* A prompter that answers nothing: krb5 1.20 calls a NULL one when the KDC offers OTP. */
     memset(&none, 0, sizeof(none));
     ret = krb5_get_init_creds_password(ctx, &creds, princ, oldpw, pk_prompter, &none, 0,
@@ -220,11 +258,7 @@ static int pk_set_password(const char *profile_path, const char *principal, cons
                  server_msg ? server_msg : "");
     }
 out:
-    if (ret && errlen) {
-        const char *m = krb5_get_error_message(ctx, ret);
-        snprintf(err, errlen, "%s", m);
-        krb5_free_error_message(ctx, m);
-    }
+    pk_error(ctx, ret, err, errlen);
     if (server_msg != NULL)
         krb5_free_string(ctx, server_msg);
     if (have_result) {
@@ -390,7 +424,6 @@ static int pk_renew_marshalled(const char *ccname, const char *profile_path,
     krb5_ccache cc = NULL;
     krb5_principal princ = NULL;
     krb5_creds creds;
-    krb5_data *data = NULL;
     krb5_error_code ret;
     int have_creds = 0;
 
@@ -412,24 +445,9 @@ static int pk_renew_marshalled(const char *ccname, const char *profile_path,
     if (ret)
         goto out;
     have_creds = 1;
-    ret = krb5_marshal_credentials(ctx, &creds, &data);
-    if (ret)
-        goto out;
-    *out = malloc(data->length ? data->length : 1);
-    if (*out == NULL) {
-        ret = ENOMEM;
-        goto out;
-    }
-    memcpy(*out, data->data, data->length);
-    *outlen = data->length;
+    ret = pk_marshal(ctx, &creds, out, outlen);
 out:
-    if (ret && errlen) {
-        const char *msg = krb5_get_error_message(ctx, ret);
-        snprintf(err, errlen, "%s", msg);
-        krb5_free_error_message(ctx, msg);
-    }
-    if (data != NULL)
-        krb5_free_data(ctx, data);
+    pk_error(ctx, ret, err, errlen);
     if (have_creds)
         krb5_free_cred_contents(ctx, &creds);
     if (princ != NULL)
@@ -458,7 +476,6 @@ int pk_init_creds_answered(const char *profile_path, const char *principal, int 
     krb5_principal princ = NULL;
     krb5_get_init_creds_opt *opt = NULL;
     krb5_creds creds;
-    krb5_data *data = NULL;
     krb5_error_code ret;
     int have_creds = 0;
     struct pk_answers a;
@@ -493,16 +510,9 @@ int pk_init_creds_answered(const char *profile_path, const char *principal, int 
         krb5_get_init_creds_opt_set_forwardable(opt, forwardable);
     if (canonicalize)
         krb5_get_init_creds_opt_set_canonicalize(opt, 1);
-    if (armor_ccache != NULL) {
-        ret = krb5_get_init_creds_opt_set_fast_ccache_name(ctx, opt, armor_ccache);
-        if (ret)
-            goto out;
-        if (fast_required) {
-            ret = krb5_get_init_creds_opt_set_fast_flags(ctx, opt, KRB5_FAST_REQUIRED);
-            if (ret)
-                goto out;
-        }
-    }
+    ret = pk_fast(ctx, opt, armor_ccache, fast_required);
+    if (ret)
+        goto out;
     ret = krb5_get_init_creds_password(ctx, &creds, princ, password, pk_prompter, &a, 0, NULL, opt);
     *used = a.used;
     *restarted = a.restarted;
@@ -510,24 +520,9 @@ int pk_init_creds_answered(const char *profile_path, const char *principal, int 
     if (ret)
         goto out;
     have_creds = 1;
-    ret = krb5_marshal_credentials(ctx, &creds, &data);
-    if (ret)
-        goto out;
-    *out = malloc(data->length ? data->length : 1);
-    if (*out == NULL) {
-        ret = ENOMEM;
-        goto out;
-    }
-    memcpy(*out, data->data, data->length);
-    *outlen = data->length;
+    ret = pk_marshal(ctx, &creds, out, outlen);
 out:
-    if (ret && errlen) {
-        const char *msg = krb5_get_error_message(ctx, ret);
-        snprintf(err, errlen, "%s", msg);
-        krb5_free_error_message(ctx, msg);
-    }
-    if (data != NULL)
-        krb5_free_data(ctx, data);
+    pk_error(ctx, ret, err, errlen);
     if (have_creds)
         krb5_free_cred_contents(ctx, &creds);
     if (opt != NULL)
