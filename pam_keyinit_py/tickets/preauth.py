@@ -89,6 +89,7 @@ def answered(principal: str, password: bytearray, answers: list[str], *, what: s
     if count[0]:
         fields = ffi.buffer(asked, _ASKED_BYTES)[:].split(b"\0")
         prompts = [(_text(f[1:]), f[:1] == b"1") for f in fields[1:1 + count[0]]]
-        raise PromptNeeded(f"{what}: the KDC's preauth asks {len(prompts)} more question(s)", prompts,
+        after = f" after {used[0]} answer(s)" if used[0] else ""
+        raise PromptNeeded(f"{what}: the KDC's preauth asks {len(prompts)} question(s){after}", prompts,
                            _text(fields[0]), used[0])
     raise from_krb5(Krb5Failure(code, ffi.string(err).decode(errors="replace")), what)
