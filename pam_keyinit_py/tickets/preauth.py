@@ -16,8 +16,9 @@ password does not answer ends the AS exchange: the service replies ``prompt`` wi
   prompter", 2025).
 - :class:`Decline`: a pykrb5 prompter that answers nothing, for the other exchanges.
 
-Answers are secrets like the password: copied into C buffers that are zeroed after the
-exchange, never logged, never in an exception message.
+Answers are secrets like the password: each becomes a NUL-terminated bytearray (plumbing.
+secret_buffer, no bytes copy) that libkrb5 reads in place and that is zeroed after the exchange;
+never logged, never in an exception message.  The ``str`` the JSON request held cannot be zeroed.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import krb5
 from .. import protocol as P
 from . import errors
 from .errors import KRB5KDC_ERR_PREAUTH_FAILED, PromptNeeded, from_krb5
-from .plumbing import Krb5Failure
+from .plumbing import Krb5Failure, secret_buffer, wipe
 
 #: Bytes the C helper may write the recorded questions into.
 _ASKED_BYTES = (P.MAX_PROMPT_TEXT + 2) * (P.MAX_PROMPTS + 1)
@@ -62,9 +63,11 @@ def answered(principal: str, password: bytearray, answers: list[str], *, what: s
     """
     from ._krb5_renew import ffi, lib
 
-    buffers = [ffi.new("char[]", answer.encode()) for answer in answers]
+    # Each answer as a zeroable NUL-terminated bytearray (as the password), handed to C in place.
+    buffers = [secret_buffer(answer) for answer in answers]
     try:
-        array = ffi.new("char *[]", buffers) if buffers else ffi.NULL
+        views = [ffi.from_buffer("char[]", buf) for buf in buffers]  # kept alive through the call
+        array = ffi.new("char *[]", views) if views else ffi.NULL
         used, restarted, count = ffi.new("int *"), ffi.new("int *"), ffi.new("int *")
         asked = ffi.new("char[]", _ASKED_BYTES)
         out, outlen, err = ffi.new("unsigned char **"), ffi.new("size_t *"), ffi.new("char[]", 512)
@@ -77,7 +80,7 @@ def answered(principal: str, password: bytearray, answers: list[str], *, what: s
             array, len(buffers), used, restarted, asked, _ASKED_BYTES, count, out, outlen, err, 512)
     finally:
         for buf in buffers:
-            ffi.memmove(buf, bytes(len(buf)), len(buf))
+            wipe(buf)
     if code == 0:
         try:
             data = ffi.buffer(out[0], outlen[0])[:]
