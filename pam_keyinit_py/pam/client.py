@@ -243,9 +243,11 @@ def _relay_prompts(pamh: PamHandle, opts: Options, user: str, pw: pwd.struct_pas
                 return P.reply_error(P.BAD_REQUEST, "bad prompt from the service")
             text = str(question.get("text") or "")[:P.MAX_PROMPT_TEXT].rstrip(": ") + ": "
             answer = prompt(pamh, text, question.get("hidden") is not False)
-            if answer is None or answer == password or len(answer) > P.MAX_ANSWER:
-                why = ("this client answered it with the password (sshd PasswordAuthentication cannot "
-                       "ask it: use keyboard-interactive)" if answer == password and answer else "no answer")
+            why = ("no answer" if answer is None else
+                   "this client answered it with the password (sshd PasswordAuthentication cannot ask it: "
+                   "use keyboard-interactive)" if answer == password else
+                   "the answer is too long" if len(answer) > P.MAX_ANSWER else "")
+            if why:
                 asked = text.strip()
                 say(pamh, pamh.PAM_ERROR_MSG, f"Kerberos needs an answer to \"{asked}\"; {why}")
                 return P.reply_error(P.PROMPT, f"the KDC's question \"{asked}\" was not answered: {why}")
