@@ -4,20 +4,23 @@
 # Used by `make demo`, the test suite (tests/fixtures_krb5.py via pam_keyinit_py.lab.realm) and
 # vagrant/ provisioning, so it is plain bash plus the MIT tools (krb5-kdc, krb5-admin-server).
 #
-#   realm.sh start DIR [-r REALM] [-l MAXLIFE] [-R MAXRENEW] [-a ADDR] [-p PORT] [-x RELATION]...
+#   realm.sh start DIR [-r REALM] [-l MAXLIFE] [-R MAXRENEW] [-a ADDR] [-p PORT] [-x RELATION]... [-O SERVER]
 #       Create the realm database in DIR if it is not there yet (kdb5_util create -s), write
 #       DIR/kdc.conf and DIR/krb5.conf from the templates beside this script, and start krb5kdc
 #       on a free 127.0.0.1 port, or on ADDR:PORT (the vagrant kdc box serves its network).
 #       Each -x adds a relation to the realm's kdc.conf stanza ("disable_encrypted_timestamp = true").
+#       -O gives kdc.conf an [otp] DEFAULT token type whose RADIUS server is SERVER (a UNIX socket
+#       path, empty secret; strip_realm): the KDC's otp preauth (krb5-otp) asks it for principals
+#       with the `otp` string attribute (`setstr DIR NAME otp []`); OTP needs FAST.
 #       A new realm also gets the host keytab of `hostkeytab` (DIR/krb5.keytab, krb5.conf's
 #       default_keytab_name).  A second `start` on an existing DIR restarts the KDC on the
 #       same port with the same database ("KDC back").  Prints the env lines (see `env`).
 #   realm.sh stop DIR               Stop krb5kdc (the database stays: "KDC down").
 #   realm.sh destroy DIR            Stop and remove everything realm.sh wrote in DIR.
-#   realm.sh addprinc DIR NAME [-maxlife D] [-maxrenewlife D] [-randkey | -pw-stdin]
+#   realm.sh addprinc DIR NAME [-maxlife D] [-maxrenewlife D] [-randkey | -pw-stdin | -nokey]
 #       Add (or, if it exists, modify) a principal.  With -pw-stdin the password is the first
 #       line of stdin; it goes to kadmin.local on its stdin, never on any command line.
-#       Without either option the key is random.
+#       Without either option the key is random; -nokey gives it none (an OTP-only principal).
 #   realm.sh modprinc DIR NAME ARG...    kadmin modprinc ARG... NAME (+requires_preauth, +needchange,
 #       -allow_tix, -expire DATE...).
 #   realm.sh setstr DIR NAME KEY VALUE   kadmin setstr (e.g. require_auth fast: tickets for NAME need a
@@ -49,7 +52,7 @@ PROG="realm.sh"
 REPLICA_PORT="" KPROP_PORT=""
 
 die() { echo "$PROG: $*" >&2; exit 1; }
-usage() { sed -n '4,44p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '4,47p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 need() {
     local tool
@@ -134,7 +137,7 @@ kadmind_pid() {
 kadmin() { "$(sbin kadmin.local)" -r "$REALM" "$@"; }
 
 cmd_start() {
-    local dir="" realm="PKK.TEST" maxlife="10m" maxrenew="1h" addr="127.0.0.1" port="" extra=() x
+    local dir="" realm="PKK.TEST" maxlife="10m" maxrenew="1h" addr="127.0.0.1" port="" extra=() x otp=""
     while [ $# -gt 0 ]; do
         case "$1" in
             -r) realm="$2"; shift 2 ;;
@@ -144,6 +147,9 @@ cmd_start() {
             -R) maxrenew="$2"; shift 2 ;;
             -x) case "$2" in *[![:alnum:]_\ =.-]*|"") die "start: bad relation: $2" ;; esac
                 extra+=("$2"); shift 2 ;;
+            -O) case "$2" in /*) ;; *) die "start: -O takes a UNIX socket path" ;; esac
+                case "$2" in *[![:alnum:]_/.-]*) die "start: bad OTP server: $2" ;; esac
+                otp="$2"; shift 2 ;;
             -*) die "start: unknown option $1" ;;
             *) [ -z "$dir" ] || die "start: one DIR only"; dir="$1"; shift ;;
         esac
@@ -160,6 +166,10 @@ cmd_start() {
         for x in "${extra[@]}"; do
             sed -i "/^ *supported_enctypes = /a\\        $x" "$DIR/kdc.conf"
         done
+        if [ -n "$otp" ]; then
+            printf '\n[otp]\n    DEFAULT = {\n        server = %s\n        strip_realm = true\n    }\n' \
+                "$otp" >>"$DIR/kdc.conf"
+        fi
         render "$HERE/krb5.conf.in" "$DIR/krb5.conf"
         chmod 0644 "$DIR/krb5.conf"  # read by every user's klist/kinit
         echo "*/admin@$REALM *" >"$DIR/kadm5.acl"
@@ -235,6 +245,7 @@ cmd_addprinc() {
         case "$1" in
             -maxlife|-maxrenewlife) opts+=("$1" "\"$2\""); shift 2 ;;
             -randkey) key="-randkey"; shift ;;
+            -nokey) key="-nokey"; shift ;;
             -pw-stdin) key="-pw"; IFS= read -r pw || [ -n "$pw" ] || die "addprinc: no password on stdin"
                        shift ;;
             *) die "addprinc: unknown option $1" ;;
@@ -247,7 +258,7 @@ cmd_addprinc() {
     if [ "$key" = "-pw" ]; then
         out="$(printf 'addprinc %s -pw "%s" %s\n' "${opts[*]:-}" "$pw" "$name" | kadmin 2>&1)" || true
     else
-        out="$(printf 'addprinc %s -randkey %s\n' "${opts[*]:-}" "$name" | kadmin 2>&1)" || true
+        out="$(printf 'addprinc %s %s %s\n' "${opts[*]:-}" "$key" "$name" | kadmin 2>&1)" || true
     fi
     pw=""
     if grep -q 'already exists' <<<"$out"; then

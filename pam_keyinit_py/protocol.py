@@ -9,6 +9,16 @@ bytes of UTF-8 JSON holding one object.  Every message carries ``"v": 1``.
 ``auth`` with ``kuserok`` true also answers krb5_kuserok(principal, user) in its success reply
 (``kuserok``: bool), so the hook's acct_mgmt needs no request of its own after the hook's auth.
 
+``auth`` may answer :data:`PROMPT` (``ok`` false): the KDC's preauth asked a question the
+password does not answer (an OTP token value).  The reply's ``prompts`` lists the questions of
+that step ({``text``: str, ``hidden``: bool}, at most :data:`MAX_PROMPTS`, each text at most
+:data:`MAX_PROMPT_TEXT` characters), ``banner`` the KDC's text shown before them (may be empty)
+and ``answered`` how many of the request's ``answers`` the exchange used before it.  The hook
+asks them through the PAM conversation and sends ``auth`` again with the password and
+``answers`` (the first ``answered`` ones, then the new ones; at most :data:`MAX_ANSWERS`, each
+at most :data:`MAX_ANSWER` characters); the service runs a fresh AS exchange answering the
+questions in order.  Answers are secrets like the password: never logged by either side.
+
 ``account`` is pam_sm_acct_mgmt's question: with ``kuserok`` (default true) may ``principal``
 (default user@default_realm) log in to ``user`` (krb5_kuserok: ~/.k5login, auth_to_local), and
 with ``kdc`` (default true) does the KDC still issue tickets to it (not locked, not expired,
@@ -76,6 +86,7 @@ ACCOUNT_EXPIRED = "account_expired"  # the principal's expiry date passed (KDC_E
 PASSWORD_REJECTED = "password_rejected"  # kpasswd refused the new password (quality, history)
 VALIDATION_FAILED = "validation_failed"  # the TGT did not validate against the host keytab
 FAST_UNAVAILABLE = "fast_unavailable"  # fast = "require" and no FAST armor could be had
+PROMPT = "prompt"  # the KDC's preauth asks more than the password: ask ``prompts``, send ``answers``
 DENIED = "denied"
 BAD_REQUEST = "bad_request"
 TOO_LARGE = "too_large"
@@ -88,9 +99,15 @@ BUSY = "busy"  # the connection was refused by a limit (per uid or in total): tr
 STATE_NOT_SAVED = "state_not_saved"
 ERROR_CODES = frozenset(
     {BAD_PASSWORD, UNKNOWN_PRINCIPAL, KDC_UNREACHABLE, QUOTA, PASSWORD_EXPIRED, KDC_ERROR,
-     ACCOUNT_EXPIRED, PASSWORD_REJECTED, VALIDATION_FAILED, FAST_UNAVAILABLE, DENIED, BAD_REQUEST, TOO_LARGE,
-     NOT_FOUND, UNAVAILABLE, INTERNAL, BUSY, STATE_NOT_SAVED}
+     ACCOUNT_EXPIRED, PASSWORD_REJECTED, VALIDATION_FAILED, FAST_UNAVAILABLE, PROMPT, DENIED, BAD_REQUEST,
+     TOO_LARGE, NOT_FOUND, UNAVAILABLE, INTERNAL, BUSY, STATE_NOT_SAVED}
 )
+#: Bounds of a ``prompt`` reply and of ``auth``'s ``answers`` (MIT's OTP client reads answers
+#: into 1024-byte buffers; a login asks a handful of questions at most).
+MAX_PROMPTS = 4
+MAX_PROMPT_TEXT = 256
+MAX_ANSWERS = 8
+MAX_ANSWER = 1023
 
 
 _ID = (int, True)
@@ -98,6 +115,7 @@ _OPT_ID = (int, False)
 _STR = (str, True)
 _OPT_STR = (str, False)
 _OPT_BOOL = (bool, False)
+_OPT_STRS = (list, False)  # a list of at most MAX_ANSWERS strings (``auth``'s answers)
 
 
 class Op:
@@ -127,10 +145,11 @@ OPS: dict[str, Op] = {op.name: op for op in (
     # -> principal, ccache, endtime
     # -> principal, ccache, endtime, and with the request's kuserok true krb5_kuserok's answer in
     # ``kuserok`` (so the hook's acct_mgmt after its own auth needs no request).
+    # -> (code prompt) prompts, banner, answered: ask them and send auth again with ``answers``.
     Op("auth", {"user": _STR, "uid": _ID, "gid": _ID, "password": _STR, "principal": _OPT_STR,
-                "kuserok": _OPT_BOOL}, "auth",
+                "kuserok": _OPT_BOOL, "answers": _OPT_STRS}, "auth",
        root=True, mutating=True, errors=(*_KDC, BAD_PASSWORD, QUOTA, PASSWORD_EXPIRED, VALIDATION_FAILED,
-                                         FAST_UNAVAILABLE)),
+                                         FAST_UNAVAILABLE, PROMPT)),
     # -> principal.  kuserok and kdc default to true.
     Op("account", {"user": _STR, "uid": _ID, "principal": _OPT_STR, "kuserok": _OPT_BOOL, "kdc": _OPT_BOOL},
        "account", root=True, errors=(*_KDC, BAD_REQUEST, ACCOUNT_EXPIRED, PASSWORD_EXPIRED)),
@@ -233,16 +252,29 @@ def validate_request(message: dict[str, Any]) -> dict[str, Any]:
             raise ProtocolError(BAD_REQUEST, f"{op}: field {key!r} must be {kind.__name__}")
         if kind is int and not 0 <= value < 2**32 - 1:
             raise ProtocolError(BAD_REQUEST, f"{op}: field {key!r} out of range")
-        if kind is str and (len(value) > _MAX_STR or "\0" in value):
-            raise ProtocolError(BAD_REQUEST, f"{op}: field {key!r} too long or holds NUL")
-        if kind is str and not value.isascii():
-            # JSON may carry an unpaired surrogate ("\ud800"), which no UTF-8 encoder takes:
-            # refuse it here, where the error names the field and never the value.
-            try:
-                value.encode()
-            except UnicodeEncodeError:
-                raise ProtocolError(BAD_REQUEST, f"{op}: field {key!r} is not valid Unicode") from None
+        if kind is str:
+            _check_str(op, key, value, _MAX_STR)
+        if kind is list:
+            if len(value) > MAX_ANSWERS:
+                raise ProtocolError(BAD_REQUEST, f"{op}: field {key!r} has more than {MAX_ANSWERS} items")
+            for item in value:
+                if not isinstance(item, str):
+                    raise ProtocolError(BAD_REQUEST, f"{op}: field {key!r} must hold strings")
+                _check_str(op, key, item, MAX_ANSWER)
     return message
+
+
+def _check_str(op: str, key: str, value: str, limit: int) -> None:
+    """A string field (or item) of a request: bounded, no NUL, encodable; the error never quotes it."""
+    if len(value) > limit or "\0" in value:
+        raise ProtocolError(BAD_REQUEST, f"{op}: field {key!r} too long or holds NUL")
+    if not value.isascii():
+        # JSON may carry an unpaired surrogate ("\ud800"), which no UTF-8 encoder takes:
+        # refuse it here, where the error names the field and never the value.
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise ProtocolError(BAD_REQUEST, f"{op}: field {key!r} is not valid Unicode") from None
 
 
 def _recv_exact(sock: _socket.socket, n: int) -> bytes:

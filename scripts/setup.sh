@@ -16,6 +16,8 @@ PACKAGES=(
   sudo
   # Kerberos: a real MIT KDC on loopback, the client tools, pykrb5's headers
   krb5-kdc krb5-admin-server krb5-kpropd krb5-user libkrb5-dev
+  # the KDC's OTP preauth (RADIUS; tests/kdc/test_otp.py with lab/radius.py)
+  krb5-otp
   # Active Directory: a Samba AD DC on loopback (krb5/ad-realm.sh), provisioned privately
   samba samba-ad-dc samba-ad-provision winbind smbclient ldb-tools
   # process tools used by the tests

@@ -80,6 +80,7 @@ class Realm(ScriptRealm):
         maxlife: str = "10m",
         maxrenew: str = "1h",
         kdc_relations: tuple[str, ...] = (),
+        otp_server: str | os.PathLike[str] | None = None,
     ) -> Realm:
         """Create (if needed) and start a realm in ``directory`` (a new 0755 temp dir when None).
 
@@ -88,9 +89,14 @@ class Realm(ScriptRealm):
 
         ``maxlife``/``maxrenew`` are the realm caps, which also bound the krbtgt principal,
         in kadmin duration syntax ("60s", "10m").  ``kdc_relations`` go into the realm's
-        kdc.conf stanza (``"disable_encrypted_timestamp = true"``).
+        kdc.conf stanza (``"disable_encrypted_timestamp = true"``).  ``otp_server`` (a UNIX
+        socket path, see lab/radius.py) gives kdc.conf an ``[otp]`` DEFAULT token type whose
+        RADIUS server it is: the KDC's otp preauth asks it about principals with the ``otp``
+        string attribute.
         """
         relations = [arg for rel in kdc_relations for arg in ("-x", rel)]
+        if otp_server is not None:
+            relations += ["-O", str(otp_server)]
         return cls._started(directory, "-r", realm, "-l", maxlife, "-R", maxrenew, *relations)
 
     def kdc_pid(self) -> int:
@@ -136,8 +142,11 @@ class Realm(ScriptRealm):
         password: str | None = None,
         maxlife: str | int | None = None,
         maxrenew: str | int | None = None,
+        *,
+        nokey: bool = False,
     ) -> str:
-        """kadmin addprinc (or modprinc if it exists); random key when ``password`` is None.
+        """kadmin addprinc (or modprinc if it exists); random key when ``password`` is None, no
+        key at all with ``nokey`` (an OTP-only principal: no password can log it in).
 
         ``maxlife``/``maxrenew`` are kadmin durations or seconds.  Returns the full principal.
         """
@@ -147,7 +156,7 @@ class Realm(ScriptRealm):
         if maxrenew is not None:
             args += ["-maxrenewlife", f"{maxrenew}s" if isinstance(maxrenew, int) else maxrenew]
         if password is None:
-            self._run(*args, "-randkey")
+            self._run(*args, "-nokey" if nokey else "-randkey")
         else:
             self._run(*args, "-pw-stdin", stdin=password + "\n")
         return self.principal(name)

@@ -38,6 +38,7 @@ import pwd
 
 from .. import protocol as P
 from .client import LoginState, get_item, pam_code, prompt, request, set_item
+from .client import say as _say
 from .log import LOG_NOTICE, LOG_WARNING, syslog
 
 TYPE_CHECKING = False
@@ -54,14 +55,6 @@ NEW_PROMPT = "Enter new Kerberos password: "
 RETYPE_PROMPT = "Retype new Kerberos password: "
 PLAIN_NEW_PROMPT = "Enter new password: "
 PLAIN_RETYPE_PROMPT = "Retype new password: "
-
-
-def _say(pamh: PamHandle, style: int, text: str) -> None:
-    """One message through the application's conversation (its answer is ignored)."""
-    try:
-        pamh.conversation(pamh.Message(style, text))
-    except Exception:  # noqa: BLE001 - an application that cannot show it
-        pass
 
 
 # ------------------------------------------------------------------ pam_sm_acct_mgmt

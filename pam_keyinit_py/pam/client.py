@@ -5,6 +5,9 @@ the service's reply codes into PAM return codes.
   through the application's conversation) and sends it in the service's ``auth``; the service
   acquires the TGT for user@default_realm into KEYRING:persistent:<uid> with the user's uid,
   and answers krb5_kuserok for the principal in the same reply, so acct_mgmt needs no request.
+* A question of the KDC's preauth (an OTP token value) comes back as a ``prompt`` reply: it is
+  asked through the conversation (PAM_PROMPT_ECHO_OFF, or ECHO_ON for a visible one) and the
+  ``auth`` is sent again with ``answers`` (:func:`_relay_prompts`).
 * :func:`open_session` registers the session, with a password or without (GSSAPI, publickey),
   and hands over a delegated FILE cache of the user (sshd's GSSAPI KRB5CCNAME) to be moved into
   the keyring; :func:`close_session` unregisters it.  The service keeps the TGT of an auth as a
@@ -37,6 +40,8 @@ SESSION_TIMEOUT = 1.0
 #: At most this many principals of a ~/.k5login are tried with one password (search_k5login).
 K5LOGIN_MAX = 32
 PASSWORD_PROMPT = "Password: "
+#: At most this many rounds of the KDC's preauth questions per login (OTP asks one).
+PROMPT_ROUNDS = 3
 
 class LoginState:
     """What one PAM handle learned at authenticate, for acct_mgmt and chauthtok.
@@ -80,6 +85,8 @@ PAM_CODES: dict[str, dict[str, str]] = {
         # As pam_krb5 when krb5_verify_init_creds fails: the TGT may come from an impostor.
         P.VALIDATION_FAILED: "PAM_AUTH_ERR",
         P.FAST_UNAVAILABLE: "PAM_AUTHINFO_UNAVAIL",
+        # A question of the KDC (OTP) this client could not be asked, or that kept coming.
+        P.PROMPT: "PAM_AUTH_ERR",
         # Disabled or locked out.
         P.DENIED: "PAM_AUTH_ERR",
         # The service refused the connection (a limit) or could not save the login: the service's
@@ -127,10 +134,12 @@ def request(opts: Options, message: dict[str, Any], timeout: float) -> dict[str,
     return P.request(message, opts.socket, connect_timeout=CONNECT_TIMEOUT, timeout=timeout)
 
 
-def prompt(pamh: PamHandle, text: str) -> str | None:
-    """One echo-off question through the application's conversation; None for no answer."""
+def prompt(pamh: PamHandle, text: str, hidden: bool = True) -> str | None:
+    """One question (echo off unless ``hidden`` is false) through the application's conversation;
+    None for no answer."""
     try:
-        reply = pamh.conversation(pamh.Message(pamh.PAM_PROMPT_ECHO_OFF, text))
+        style = pamh.PAM_PROMPT_ECHO_OFF if hidden else pamh.PAM_PROMPT_ECHO_ON
+        reply = pamh.conversation(pamh.Message(style, text))
     except Exception:  # noqa: BLE001 - a conversation that fails is no answer
         return None
     return getattr(reply, "resp", None) or None
@@ -191,7 +200,7 @@ def k5login_principals(pw: pwd.struct_passwd) -> list[str] | None:
 #: Reply codes that end a search_k5login search: a right password (even expired), the
 #: infrastructure failing, or a TGT that did not validate (a possible impostor).
 _SEARCH_ENDS = frozenset({P.OK, P.PASSWORD_EXPIRED, P.KDC_UNREACHABLE, P.UNAVAILABLE, P.QUOTA,
-                          P.VALIDATION_FAILED, P.FAST_UNAVAILABLE})
+                          P.VALIDATION_FAILED, P.FAST_UNAVAILABLE, P.PROMPT})
 
 
 def _auth_request(opts: Options, user: str, pw: pwd.struct_passwd, password: str) -> dict[str, Any]:
@@ -209,6 +218,57 @@ def _auth_request(opts: Options, user: str, pw: pwd.struct_passwd, password: str
         if reply_code(reply) in _SEARCH_ENDS:
             return reply
     return P.reply_error(P.BAD_PASSWORD, "no principal of ~/.k5login takes this password")
+
+
+def _relay_prompts(pamh: PamHandle, opts: Options, user: str, pw: pwd.struct_passwd, password: str,
+                   reply: dict[str, Any]) -> dict[str, Any]:
+    """Ask the KDC's preauth questions of a ``prompt`` reply through the conversation and send
+    ``auth`` again with the answers (the first ``answered`` ones kept), up to PROMPT_ROUNDS.
+
+    An answer equal to the password is never sent: sshd's PasswordAuthentication conversation
+    answers every echo-off question with the password (auth-pam.c sshpam_passwd_conv), so that
+    client cannot be asked, and the password must not reach the KDC's OTP server.
+    """
+    answers: list[str] = []
+    for _ in range(PROMPT_ROUNDS):
+        prompts, answered = reply.get("prompts"), reply.get("answered")
+        if reply_code(reply) != P.PROMPT or not isinstance(prompts, list) or not prompts:
+            return reply
+        answers = answers[:answered] if isinstance(answered, int) and answered >= 0 else []
+        banner = reply.get("banner")
+        if isinstance(banner, str) and banner:
+            say(pamh, pamh.PAM_TEXT_INFO, banner[:P.MAX_PROMPT_TEXT])
+        for question in prompts[:P.MAX_PROMPTS]:
+            if not isinstance(question, dict):
+                return P.reply_error(P.BAD_REQUEST, "bad prompt from the service")
+            text = str(question.get("text") or "")[:P.MAX_PROMPT_TEXT].rstrip(": ") + ": "
+            answer = prompt(pamh, text, question.get("hidden") is not False)
+            why = ("no answer" if answer is None else
+                   "this client answered it with the password (sshd PasswordAuthentication cannot ask it: "
+                   "use keyboard-interactive)" if answer == password else
+                   "the answer is too long" if len(answer) > P.MAX_ANSWER else "")
+            if why:
+                asked = text.strip()
+                say(pamh, pamh.PAM_ERROR_MSG, f"Kerberos needs an answer to \"{asked}\"; {why}")
+                return P.reply_error(P.PROMPT, f"the KDC's question \"{asked}\" was not answered: {why}")
+            answers.append(answer)
+        principal = reply.get("principal")
+        message = {"op": "auth", "user": user, "uid": pw.pw_uid, "gid": pw.pw_gid, "password": password,
+                   "kuserok": True, "answers": answers[:P.MAX_ANSWERS],
+                   **({"principal": principal} if isinstance(principal, str) and principal else {})}
+        reply = request(opts, message, opts.auth_timeout)
+        del message
+    if reply_code(reply) == P.PROMPT:
+        return P.reply_error(P.PROMPT, f"the KDC still asks after {PROMPT_ROUNDS} rounds of answers")
+    return reply
+
+
+def say(pamh: PamHandle, style: int, text: str) -> None:
+    """One message through the application's conversation (its answer is ignored)."""
+    try:
+        pamh.conversation(pamh.Message(style, text))
+    except Exception:  # noqa: BLE001 - an application that cannot show it
+        pass
 
 
 def authenticate(pamh: PamHandle, opts: Options, user: str, pw: pwd.struct_passwd,
@@ -238,6 +298,8 @@ def authenticate(pamh: PamHandle, opts: Options, user: str, pw: pwd.struct_passw
         if not password:
             return int(pamh.PAM_AUTH_ERR)
         reply = _auth_request(opts, user, pw, password)
+    if reply_code(reply) == P.PROMPT:
+        reply = _relay_prompts(pamh, opts, user, pw, password, reply)
     del password
     code = reply_code(reply)
     if login is not None and code in (P.OK, P.PASSWORD_EXPIRED):

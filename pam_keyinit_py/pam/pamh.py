@@ -60,6 +60,7 @@ class PamHandle(Protocol):
     PAM_CHANGE_EXPIRED_AUTHTOK: int
     # Conversation styles.
     PAM_PROMPT_ECHO_OFF: int
+    PAM_PROMPT_ECHO_ON: int
     PAM_ERROR_MSG: int
     PAM_TEXT_INFO: int
 

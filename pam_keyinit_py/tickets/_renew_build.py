@@ -21,6 +21,13 @@ thread for 24 s); here the GIL is released.
 ``pk_kuserok``: krb5_kuserok (~/.k5login, else auth_to_local), which pykrb5 0.10 does not
 bind; the account check of a login (``pam_sm_acct_mgmt``) asks it whether a principal may
 log in to a local account.
+
+``pk_init_creds_answered``: krb5_get_init_creds_password with a prompter that answers the KDC's
+preauth questions (OTP) from a list, in order.  pykrb5 0.10's prompter cannot: it points each
+reply's krb5_data at the Python bytes instead of filling libkrb5's buffer, and MIT's OTP client
+reads its own buffer (preauth_otp.c doprompt/prompt_for_token), so the KDC got an empty token
+(measured: "preauth (otp) verify failure").  A question the list does not cover is recorded and
+the exchange stops before anything is sent for it (KRB5_LIBOS_CANTREADPWD).
 """
 
 from cffi import FFI
@@ -37,6 +44,12 @@ int pk_set_password(const char *profile_path, const char *principal, const char 
                     const char *newpw, const char *armor_ccache, int fast_required,
                     int *result_code, char *msg, size_t msglen, char *err, size_t errlen);
 int pk_kuserok(const char *profile_path, const char *principal, const char *luser, char *err, size_t errlen);
+int pk_init_creds_answered(const char *profile_path, const char *principal, int enterprise,
+                           int tkt_life, int renew_life, int forwardable, int canonicalize,
+                           const char *armor_ccache, int fast_required, const char *password,
+                           const char *const *answers, int n_answers, int *used, int *restarted,
+                           char *asked, size_t asked_len, int *asked_count,
+                           unsigned char **out, size_t *outlen, char *err, size_t errlen);
 """
 
 SOURCE = r"""
@@ -64,6 +77,122 @@ static krb5_error_code pk_context(const char *profile_path, krb5_context *ctx)
     return ret;
 }
 
+/* krb5_marshal_credentials of `creds` into a malloc'd copy (*out, freed with pk_free). */
+static krb5_error_code pk_marshal(krb5_context ctx, krb5_creds *creds, unsigned char **out, size_t *outlen)
+{
+    krb5_data *data = NULL;
+    krb5_error_code ret = krb5_marshal_credentials(ctx, creds, &data);
+
+    if (ret)
+        return ret;
+    *out = malloc(data->length ? data->length : 1);
+    if (*out == NULL) {
+        ret = ENOMEM;
+    } else {
+        memcpy(*out, data->data, data->length);
+        *outlen = data->length;
+    }
+    krb5_free_data(ctx, data);
+    return ret;
+}
+
+/* The message of a failed call into err (never a secret: MIT's messages hold none). */
+static void pk_error(krb5_context ctx, krb5_error_code ret, char *err, size_t errlen)
+{
+    const char *msg;
+
+    if (!ret || !errlen)
+        return;
+    msg = krb5_get_error_message(ctx, ret);
+    snprintf(err, errlen, "%s", msg);
+    krb5_free_error_message(ctx, msg);
+}
+
+/* FAST: armor the AS exchange with the TGT in `armor_ccache` (a MEMORY cache, which every
+ * context of this process sees); `required` refuses a KDC without FAST. */
+static krb5_error_code pk_fast(krb5_context ctx, krb5_get_init_creds_opt *opt, const char *armor_ccache,
+                               int required)
+{
+    krb5_error_code ret;
+
+    if (armor_ccache == NULL)
+        return 0;
+    ret = krb5_get_init_creds_opt_set_fast_ccache_name(ctx, opt, armor_ccache);
+    if (ret || !required)
+        return ret;
+    return krb5_get_init_creds_opt_set_fast_flags(ctx, opt, KRB5_FAST_REQUIRED);
+}
+
+/* The prompter of pk_init_creds_answered (a krb5_prompter_fct): answers each prompt from the
+ * list, in order, into libkrb5's own reply buffer.  A batch the list does not cover is recorded
+ * in `asked` (the banner, NUL, then per prompt '1' hidden / '0' echoed, its text, NUL; each
+ * text clipped to PK_PROMPT_MAX) and refused, so nothing is sent for it.  When the first
+ * question answered comes again, libkrb5 is starting over after the KDC refused the answers
+ * (gic_pwd.c's retry on the primary KDC): `restarted`, refused too.  A message without prompts
+ * (the password-expiry warning) is accepted and dropped. */
+#define PK_PROMPT_MAX 256
+struct pk_answers {
+    const char *const *answers;
+    int n, used, restarted, asked_count;
+    char first[PK_PROMPT_MAX];
+    char *asked;
+    size_t asked_len, asked_pos;
+};
+
+static void pk_record(struct pk_answers *a, const char *lead, const char *text)
+{
+    size_t len = text ? strnlen(text, PK_PROMPT_MAX - 1) : 0, need = strlen(lead) + len + 1;
+
+    if (a->asked_pos + need > a->asked_len)
+        return;
+    memcpy(a->asked + a->asked_pos, lead, strlen(lead));
+    a->asked_pos += strlen(lead);
+    if (len)
+        memcpy(a->asked + a->asked_pos, text, len);
+    a->asked_pos += len;
+    a->asked[a->asked_pos++] = '\0';
+}
+
+static krb5_error_code pk_prompter(krb5_context ctx, void *data, const char *name,
+                                   const char *banner, int num, krb5_prompt prompts[])
+{
+    struct pk_answers *a = data;
+    int i;
+
+    if (num <= 0)
+        return 0;
+    if (num > a->n - a->used) {
+        if (a->first[0] && strncmp(prompts[0].prompt, a->first, PK_PROMPT_MAX - 1) == 0) {
+            a->restarted = 1;
+            return KRB5_LIBOS_CANTREADPWD;
+        }
+        a->asked_pos = 0;
+        a->asked_count = 0;
+        pk_record(a, "", banner ? banner : (name ? name : ""));
+        for (i = 0; i < num; i++) {
+            size_t before = a->asked_pos;
+            pk_record(a, prompts[i].hidden ? "1" : "0", prompts[i].prompt);
+            if (a->asked_pos != before)
+                a->asked_count++;
+        }
+        return KRB5_LIBOS_CANTREADPWD;
+    }
+    for (i = 0; i < num; i++) {
+        const char *answer = a->answers[a->used];
+        size_t len = strlen(answer);
+
+        if (len >= prompts[i].reply->length)
+            return KRB5_LIBOS_CANTREADPWD;  /* longer than libkrb5's buffer: never truncated */
+        if (a->used == 0)
+            snprintf(a->first, sizeof(a->first), "%s", prompts[i].prompt);
+        memcpy(prompts[i].reply->data, answer, len);
+        prompts[i].reply->data[len] = '\0';
+        prompts[i].reply->length = len;
+        a->used++;
+    }
+    return 0;
+}
+
 /* krb5_get_init_creds_password(old password, in_tkt_service kadmin/changepw, FAST armor from
  * armor_ccache when given), then
  * krb5_set_password(new password) for the same principal.  Returns a krb5 code (err gets its
@@ -81,6 +210,7 @@ static int pk_set_password(const char *profile_path, const char *principal, cons
     char *server_msg = NULL;
     krb5_error_code ret;
     int have_creds = 0, have_result = 0;
+    struct pk_answers none;
 
     memset(&creds, 0, sizeof(creds));
     memset(&code_string, 0, sizeof(code_string));
@@ -103,19 +233,13 @@ static int pk_set_password(const char *profile_path, const char *principal, cons
     krb5_get_init_creds_opt_set_forwardable(opt, 0);
     krb5_get_init_creds_opt_set_proxiable(opt, 0);
     krb5_get_init_creds_opt_set_renew_life(opt, 0);
-    if (armor_ccache != NULL) {
-        /* FAST: the old password travels inside the armor of the host's TGT (a MEMORY cache,
-         * which every context of this process sees). */
-        ret = krb5_get_init_creds_opt_set_fast_ccache_name(ctx, opt, armor_ccache);
-        if (ret)
-            goto out;
-        if (fast_required) {
-            ret = krb5_get_init_creds_opt_set_fast_flags(ctx, opt, KRB5_FAST_REQUIRED);
-            if (ret)
-                goto out;
-        }
-    }
-    ret = krb5_get_init_creds_password(ctx, &creds, princ, oldpw, NULL, NULL, 0,
+    /* FAST: the old password travels inside the armor of the host's TGT. */
+    ret = pk_fast(ctx, opt, armor_ccache, fast_required);
+    if (ret)
+        goto out;
+    /* A prompter that answers nothing: krb5 1.20 calls a NULL one when the KDC offers OTP. */
+    memset(&none, 0, sizeof(none));
+    ret = krb5_get_init_creds_password(ctx, &creds, princ, oldpw, pk_prompter, &none, 0,
                                        "kadmin/changepw", opt);
     if (ret)
         goto out;
@@ -134,11 +258,7 @@ static int pk_set_password(const char *profile_path, const char *principal, cons
                  server_msg ? server_msg : "");
     }
 out:
-    if (ret && errlen) {
-        const char *m = krb5_get_error_message(ctx, ret);
-        snprintf(err, errlen, "%s", m);
-        krb5_free_error_message(ctx, m);
-    }
+    pk_error(ctx, ret, err, errlen);
     if (server_msg != NULL)
         krb5_free_string(ctx, server_msg);
     if (have_result) {
@@ -304,7 +424,6 @@ static int pk_renew_marshalled(const char *ccname, const char *profile_path,
     krb5_ccache cc = NULL;
     krb5_principal princ = NULL;
     krb5_creds creds;
-    krb5_data *data = NULL;
     krb5_error_code ret;
     int have_creds = 0;
 
@@ -326,30 +445,90 @@ static int pk_renew_marshalled(const char *ccname, const char *profile_path,
     if (ret)
         goto out;
     have_creds = 1;
-    ret = krb5_marshal_credentials(ctx, &creds, &data);
-    if (ret)
-        goto out;
-    *out = malloc(data->length ? data->length : 1);
-    if (*out == NULL) {
-        ret = ENOMEM;
-        goto out;
-    }
-    memcpy(*out, data->data, data->length);
-    *outlen = data->length;
+    ret = pk_marshal(ctx, &creds, out, outlen);
 out:
-    if (ret && errlen) {
-        const char *msg = krb5_get_error_message(ctx, ret);
-        snprintf(err, errlen, "%s", msg);
-        krb5_free_error_message(ctx, msg);
-    }
-    if (data != NULL)
-        krb5_free_data(ctx, data);
+    pk_error(ctx, ret, err, errlen);
     if (have_creds)
         krb5_free_cred_contents(ctx, &creds);
     if (princ != NULL)
         krb5_free_principal(ctx, princ);
     if (cc != NULL)
         krb5_cc_close(ctx, cc);
+    krb5_free_context(ctx);
+    return ret;
+}
+/* krb5_get_init_creds_password for `principal` (parsed as an enterprise name with `enterprise`),
+ * with the options the service's gic_options sets (tkt_life 0: default; renew_life -1: default,
+ * 0: not renewable; forwardable -1: default), canonicalize, FAST armor from `armor_ccache` (a
+ * MEMORY cache of this process) and pk_prompter answering from `answers`.  libkrb5's own
+ * password change on KRB5KDC_ERR_KEY_EXP is turned off: the service's chpass does that.  The
+ * TGT comes back marshalled in *out (pk_free).  Returns a krb5 code (err gets its message);
+ * *used answers were given, *asked_count prompts recorded.  No answer or password is ever
+ * copied into asked or err. */
+int pk_init_creds_answered(const char *profile_path, const char *principal, int enterprise,
+                           int tkt_life, int renew_life, int forwardable, int canonicalize,
+                           const char *armor_ccache, int fast_required, const char *password,
+                           const char *const *answers, int n_answers, int *used, int *restarted,
+                           char *asked, size_t asked_len, int *asked_count,
+                           unsigned char **out, size_t *outlen, char *err, size_t errlen)
+{
+    krb5_context ctx = NULL;
+    krb5_principal princ = NULL;
+    krb5_get_init_creds_opt *opt = NULL;
+    krb5_creds creds;
+    krb5_error_code ret;
+    int have_creds = 0;
+    struct pk_answers a;
+
+    memset(&creds, 0, sizeof(creds));
+    memset(&a, 0, sizeof(a));
+    a.answers = answers;
+    a.n = n_answers;
+    a.asked = asked;
+    a.asked_len = asked_len;
+    *out = NULL;
+    *outlen = 0;
+    *used = *restarted = *asked_count = 0;
+    if (errlen)
+        err[0] = '\0';
+    ret = pk_context(profile_path, &ctx);
+    if (ret)
+        return ret;
+    ret = krb5_parse_name_flags(ctx, principal, enterprise ? KRB5_PRINCIPAL_PARSE_ENTERPRISE : 0,
+                                &princ);
+    if (ret)
+        goto out;
+    ret = krb5_get_init_creds_opt_alloc(ctx, &opt);
+    if (ret)
+        goto out;
+    krb5_get_init_creds_opt_set_change_password_prompt(opt, 0);
+    if (tkt_life > 0)
+        krb5_get_init_creds_opt_set_tkt_life(opt, tkt_life);
+    if (renew_life >= 0)
+        krb5_get_init_creds_opt_set_renew_life(opt, renew_life);
+    if (forwardable >= 0)
+        krb5_get_init_creds_opt_set_forwardable(opt, forwardable);
+    if (canonicalize)
+        krb5_get_init_creds_opt_set_canonicalize(opt, 1);
+    ret = pk_fast(ctx, opt, armor_ccache, fast_required);
+    if (ret)
+        goto out;
+    ret = krb5_get_init_creds_password(ctx, &creds, princ, password, pk_prompter, &a, 0, NULL, opt);
+    *used = a.used;
+    *restarted = a.restarted;
+    *asked_count = a.asked_count;
+    if (ret)
+        goto out;
+    have_creds = 1;
+    ret = pk_marshal(ctx, &creds, out, outlen);
+out:
+    pk_error(ctx, ret, err, errlen);
+    if (have_creds)
+        krb5_free_cred_contents(ctx, &creds);
+    if (opt != NULL)
+        krb5_get_init_creds_opt_free(ctx, opt);
+    if (princ != NULL)
+        krb5_free_principal(ctx, princ);
     krb5_free_context(ctx);
     return ret;
 }

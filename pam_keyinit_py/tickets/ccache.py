@@ -50,7 +50,7 @@ from ..ccname import (
     subsidiary,
 )
 from ..ccread import full_name
-from . import errors, plumbing
+from . import errors, plumbing, preauth
 from .cachestore import (
     DEFERRED,
     RETIRED_MARK,
@@ -109,8 +109,13 @@ def acquire_password(
     fast_principal: str | None = None,
     canonicalize: bool = False,
     reaper: Reaper | None = None,
+    answers: list[str] | None = None,
 ) -> TicketInfo:
     """krb5_get_init_creds_password, then store the TGT as the user's new primary persistent cache.
+
+    A question of the KDC's preauth that the password does not answer (an OTP token value)
+    ends the exchange with PromptNeeded (:mod:`.preauth`); ``answers`` answer such questions,
+    in order, in a fresh exchange.
 
     With ``canonicalize`` the request carries the canonicalize flag
     (krb5_get_init_creds_opt_set_canonicalize) and the cache is made for the client name the KDC
@@ -138,12 +143,8 @@ def acquire_password(
     try:
         def exchange() -> tuple[krb5.Principal, krb5.Creds, str, tuple[str, ...]]:
             c = context if (context is not None and timeout is None) else plumbing.context(krb5_config)
-            princ = parse_login_name(c, principal) if canonicalize else krb5.parse_name_flags(
-                c, principal.encode())
-            opt = gic_options(c, lifetime, renew_lifetime, forwardable, renewable)
-            if canonicalize:
-                krb5.get_init_creds_opt_set_canonicalize(opt, True)
             notes: tuple[str, ...] = ()
+            armor = None
             if fast != "never":
                 try:
                     armor = fast_armor(c, keytab=validate_keytab, principal=fast_principal,
@@ -152,20 +153,20 @@ def acquire_password(
                     if fast == "require":
                         raise
                     notes = (f"password exchange not armored (fast = \"try\"): {exc}",)
-                else:
-                    krb5.get_init_creds_opt_set_fast_ccache(c, opt, armor)
-                    if fast == "require":
-                        krb5.get_init_creds_opt_set_fast_flags(c, opt, krb5.FastFlags.required)
             try:
-                # pykrb5 takes any buffer (``const unsigned char[:]``) and hands libkrb5 a pointer
-                # to its first byte as a C string: the buffer ends in NUL (secret_buffer).
-                creds = krb5.get_init_creds_password(c, princ, opt, secret)
-            except krb5.Krb5Error as exc:
-                raise from_krb5(exc, what) from None
+                # krb5_get_init_creds_password through the C helper's prompter (preauth.answered):
+                # the KDC's preauth questions (OTP) are answered from ``answers`` or relayed, and
+                # libkrb5's own password change after KEY_EXP is off (the service reports it).
+                creds = preauth.answered(
+                    principal, secret, answers or [], what=what, ctx=c,
+                    enterprise=canonicalize and is_enterprise_name(principal), lifetime=lifetime,
+                    renew_lifetime=renew_lifetime, forwardable=forwardable, renewable=renewable,
+                    canonicalize=canonicalize, armor=full_name(armor) if armor is not None else None,
+                    fast_required=fast == "require", krb5_config=krb5_config)
             finally:
                 wipe(secret)  # drop the password as soon as the TGT exists (or cannot)
-            if canonicalize:
-                princ = creds.client  # the KDC's name for the user: one cache, whatever was typed
+            # With canonicalize, the KDC's name for the user: one cache, whatever was typed.
+            princ = creds.client if canonicalize else krb5.parse_name_flags(c, principal.encode())
             checked, warned = validated(c, creds, validate, validate_keytab, validate_principal, krb5_config)
             return princ, creds, checked, notes + warned
 

@@ -180,6 +180,23 @@ class FastUnavailable(TicketError):
 
 
 
+class PromptNeeded(TicketError):
+    """The KDC's preauth asked a question the request did not answer (an OTP token value).
+
+    ``prompts``: the step's questions as (text, hidden); ``banner``: the KDC's text before
+    them; ``answered``: how many of the request's answers the exchange used first.  The texts
+    come from the KDC and libkrb5, never from the user: no answer is ever in them.
+    """
+
+    reply, reason = P.PROMPT, "the KDC asks for more than the password"
+    logged, level = "{exc}", logging.INFO
+
+    def __init__(self, message: str, prompts: list[tuple[str, bool]], banner: str = "",
+                 answered: int = 0) -> None:
+        super().__init__(message, KRB5_PREAUTH_FAILED)
+        self.prompts, self.banner, self.answered = prompts, banner, answered
+
+
 def from_krb5(exc: BaseException, what: str) -> TicketError:
     """Map a krb5.Krb5Error (or OSError) to a :class:`TicketError` subclass.
 

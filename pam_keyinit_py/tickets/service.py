@@ -63,16 +63,19 @@ class Service(Recovery):
     # ---------------------------------------------------------------- logins
 
     def auth(self, peer: Peer, user: str, uid: int, gid: int, password: str,
-             principal: str | None = None, kuserok: bool = False) -> dict[str, Any]:
+             principal: str | None = None, kuserok: bool = False,
+             answers: list[str] | None = None) -> dict[str, Any]:
         """Acquire a TGT for ``principal`` (default user@default_realm) into KEYRING:persistent:<uid>.
 
         With ``kuserok`` the success reply also carries krb5_kuserok(principal, user), which
         saves the hook's acct_mgmt a request (absent when krb5_kuserok fails: acct_mgmt asks then).
+        A question of the KDC's preauth (OTP) is answered from ``answers``, or relayed in a
+        ``prompt`` reply (protocol.PROMPT) for the hook to ask.
         """
         with self.lock:
             self._authing[uid] = self._authing.get(uid, 0) + 1
         try:
-            reply = self._auth(user, uid, gid, password, principal)
+            reply = self._auth(user, uid, gid, password, principal, answers)
             metrics.AUTHS.labels(reply.get("code", P.OK)).inc()
             if kuserok is True and reply.get("ok"):
                 try:
@@ -81,7 +84,7 @@ class Service(Recovery):
                     log.warning("auth %s (uid %d): krb5_kuserok: %s", user, uid, exc)
             return reply
         finally:
-            del password
+            del password, answers
             with self.lock:
                 # Only now: a successful auth has put its cache on the pending list.
                 left = self._authing.get(uid, 1) - 1
@@ -90,7 +93,8 @@ class Service(Recovery):
                 else:
                     self._authing.pop(uid, None)
 
-    def _auth(self, user: str, uid: int, gid: int, password: str, principal: str | None) -> dict[str, Any]:
+    def _auth(self, user: str, uid: int, gid: int, password: str, principal: str | None,
+              answers: list[str] | None = None) -> dict[str, Any]:
         cfg = self.config
         if not principal:
             principal = cfg.principal_name.replace("{user}", user)
@@ -104,7 +108,13 @@ class Service(Recovery):
                 validate=cfg.validate, validate_keytab=cfg.validate_keytab or None,
                 validate_principal=cfg.validate_principal or None, fast=cfg.fast,
                 fast_principal=cfg.fast_principal or None, canonicalize=cfg.canonicalize,
+                answers=answers,
             )
+        except errors.PromptNeeded as exc:
+            reply = errors.refusal(exc, P.OPS["auth"].errors, log, "auth", principal, uid, event="auth",
+                                   principal=principal)
+            return {**reply, "prompts": [{"text": t, "hidden": h} for t, h in exc.prompts],
+                    "banner": exc.banner, "answered": exc.answered, "principal": principal}
         except errors.PasswordExpired:
             # MIT answers KEY_EXP before it looks at the password: prove it before saying so.
             return self._expired(principal, uid, password)
@@ -112,7 +122,7 @@ class Service(Recovery):
             return errors.refusal(exc, P.OPS["auth"].errors, log, "auth", principal, uid, event="auth",
                                   principal=principal, failed="no ticket", validate=cfg.validate)
         finally:
-            del password  # the only reference the service held
+            del password, answers  # the only references the service held
         if info.principal != principal:
             log.info("auth %s (uid %d): the KDC's name for it is %s", principal, uid, info.principal)
             principal = info.principal

@@ -355,18 +355,19 @@ def test_concurrent_users_on_threads(realm: Realm) -> None:
 
 
 def test_password_is_a_zeroed_bytearray_once_the_tgt_exists(realm, kdc_user, monkeypatch):
-    """libkrb5 gets the password from a NUL-terminated bytearray, zeroed when the TGT exists."""
-    import krb5
+    """libkrb5 gets the password from a NUL-terminated bytearray, zeroed when the TGT exists
+    (krb5_get_init_creds_password runs in the C helper, tickets/preauth.answered)."""
+    from pam_keyinit_py.tickets import preauth
 
-    real = krb5.get_init_creds_password
+    real = preauth.answered
     seen: list[object] = []
 
-    def spy(ctx, princ, opt, password, *args, **kw):  # noqa: ANN001, ANN002, ANN003
+    def spy(principal, password, *args, **kw):  # noqa: ANN001, ANN002, ANN003
         seen.append(password)
         assert bytes(password) == kdc_user.password.encode() + b"\0"  # what libkrb5 reads
-        return real(ctx, princ, opt, password, *args, **kw)
+        return real(principal, password, *args, **kw)
 
-    monkeypatch.setattr(krb5, "get_init_creds_password", spy)
+    monkeypatch.setattr(preauth, "answered", spy)
     info = ccache.acquire_password(kdc_user.principal, kdc_user.password, kdc_user.uid, kdc_user.gid,
                                    krb5_config=conf(realm))
     assert info.principal == kdc_user.principal

@@ -76,3 +76,17 @@ def test_version_is_exact_and_client_values_are_clipped() -> None:
         P.validate_request({"v": 1, "op": "status", "x" * 60_000: 1})
     assert len(str(err.value)) < 120
     assert len(P.brief("y" * 10_000)) < 70 and len(P.brief({"a": 1})) < 20
+
+
+def test_auth_answers_are_a_bounded_list_of_strings() -> None:
+    """``auth``'s answers (the KDC's preauth questions, answered by the hook): strings only, at
+    most MAX_ANSWERS of at most MAX_ANSWER characters, no NUL; the error never quotes them."""
+    base = {"v": 1, "op": "auth", "user": "a", "uid": 1000, "gid": 1000, "password": "pw"}
+    assert P.validate_request({**base, "answers": ["123456"]})["answers"] == ["123456"]
+    assert P.validate_request({**base, "answers": ["x" * P.MAX_ANSWER] * P.MAX_ANSWERS})
+    for bad in (["1"] * (P.MAX_ANSWERS + 1), ["x" * (P.MAX_ANSWER + 1)], [123456], ["12\x0034"],
+                "123456", ["\ud800"], [["1"]]):
+        with pytest.raises(P.ProtocolError) as err:
+            P.validate_request({**base, "answers": bad})
+        assert err.value.code == P.BAD_REQUEST and "123456" not in str(err.value)
+    assert P.PROMPT in P.ERROR_CODES and P.PROMPT in P.OPS["auth"].errors

@@ -114,6 +114,20 @@ def test_an_auth_failure_answers_with_the_code_its_class_declares(make, krb, exc
     assert svc.tickets == {} and svc.pending == {} and svc._authing == {}
 
 
+def test_a_kdc_question_becomes_a_prompt_reply_and_answers_reach_the_krb_side(make, krb) -> None:
+    svc = make()
+    krb.fail["acquire_password"] = errors.PromptNeeded("asks", [("Enter OTP Token Value", True)], "Token", 0)
+    reply = _auth(svc)
+    assert reply["code"] == P.PROMPT and reply["ok"] is False
+    assert reply["prompts"] == [{"text": "Enter OTP Token Value", "hidden": True}]
+    assert (reply["banner"], reply["answered"], reply["principal"]) == ("Token", 0, "u@UNIT.TEST")
+    assert svc.tickets == {} and svc.pending == {} and svc._authing == {}
+    del krb.fail["acquire_password"]
+    krb.calls.clear()
+    assert svc.auth(ROOT, "u", UID, UID, "pw", answers=["123456"])["ok"] is True
+    assert krb.calls[0][1][3]["answers"] == ["123456"]
+
+
 def test_an_expired_password_is_said_so_only_when_it_is_the_right_one(make, krb, caplog) -> None:
     svc = make()
     krb.fail["acquire_password"] = errors.PasswordExpired("KEY_EXP")
