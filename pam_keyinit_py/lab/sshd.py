@@ -33,6 +33,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from .hostpam import HostPam
 from .pamwrap import PamWrapper
@@ -239,17 +240,28 @@ class Sshd:
         self.close()
 
     # -- client -----------------------------------------------------------
-    def ssh_argv(self, user: str, command: str, mode: str | None = None) -> list[str]:
-        """The ssh client command line (without sshpass) for a password login to this server."""
+    def ssh_argv(self, user: str, command: str, mode: str | None = None, prompts: int = 1) -> list[str]:
+        """The ssh client command line (without sshpass) for a password login to this server.
+
+        ``prompts`` is ssh's NumberOfPasswordPrompts: a keyboard-interactive dialogue of several
+        questions (an expired password's change, an OTP token) needs one per question.
+        """
         method = mode or self.mode
         return [
             "ssh", "-F", "/dev/null", "-T",
             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
             "-o", f"PreferredAuthentications={method}", "-o", "PubkeyAuthentication=no",
-            "-o", "GSSAPIAuthentication=no", "-o", "NumberOfPasswordPrompts=1",
+            "-o", "GSSAPIAuthentication=no", "-o", f"NumberOfPasswordPrompts={prompts}",
             "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR",
             "-p", str(self.port), f"{user}@127.0.0.1", command,
         ]
+
+    def pty_client(self, pexpect: Any, user: str, command: str, prompts: int, mode: str | None = None) -> Any:
+        """``ssh user@server command`` on a pty through ``pexpect`` (the module, a test extra), for
+        a dialogue sshpass cannot hold; the caller answers its questions and closes it."""
+        argv = self.ssh_argv(user, command, mode, prompts)
+        return pexpect.spawn(argv[0], argv[1:], encoding="utf-8", timeout=30,
+                             env={"PATH": "/usr/bin:/bin", "HOME": str(self.dir)})
 
     def spawn(self, user: str, password: str, command: str, mode: str | None = None,
               **popen: object) -> subprocess.Popen[str]:

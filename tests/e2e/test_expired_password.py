@@ -68,11 +68,9 @@ def test_ssh_keyboard_interactive_changes_an_expired_password(sshd_factory, prim
     kadmind.modify_principal(svc_user.principal, "+needchange")
     server = sshd_factory(_profile(primary_stacks, ticketd.socket), mode=KBDINT)
     new = "N3w-" + secrets.token_urlsafe(12)
-    argv = server.ssh_argv(svc_user.name, f"echo {MARK}; KRB5_CONFIG={user_krb5['KRB5_CONFIG']} klist")
     # Four keyboard-interactive rounds (password, current, new, retype): allow them.
-    argv[argv.index("NumberOfPasswordPrompts=1")] = "NumberOfPasswordPrompts=6"
-    child = pexpect.spawn(argv[0], argv[1:], encoding="utf-8", timeout=30, env={"PATH": "/usr/bin:/bin",
-                                                                                "HOME": str(server.dir)})
+    child = server.pty_client(pexpect, svc_user.name,
+                              f"echo {MARK}; KRB5_CONFIG={user_krb5['KRB5_CONFIG']} klist", prompts=6)
     try:
         _change_dialogue(child, svc_user.password, new)
         child.expect(pexpect.EOF)
@@ -147,10 +145,7 @@ def test_rogue_kdc_with_an_expired_password_cannot_log_in(sshd_factory, primary_
                          validate_keytab=str(realm.keytab_path))
         daemon.start()
         server = sshd_factory(_profile(primary_stacks, daemon.socket), mode=KBDINT)
-        argv = server.ssh_argv(svc_user.name, f"echo {MARK}")
-        argv[argv.index("NumberOfPasswordPrompts=1")] = "NumberOfPasswordPrompts=6"
-        child = pexpect.spawn(argv[0], argv[1:], encoding="utf-8", timeout=30,
-                              env={"PATH": "/usr/bin:/bin", "HOME": str(server.dir)})
+        child = server.pty_client(pexpect, svc_user.name, f"echo {MARK}", prompts=6)
         try:
             _change_dialogue(child, attacker, "N3w-" + secrets.token_urlsafe(12))
             # Refused: sshd asks again (keyboard-interactive allows more rounds) or hangs up.

@@ -31,11 +31,9 @@ def test_ssh_keyboard_interactive_asks_the_token(sshd_factory, primary_stacks, o
                                                  otp_user, otp_krb5):
     pexpect = _pexpect()
     server = sshd_factory(_profile(primary_stacks, otp_ticketd.socket), mode=KBDINT)
-    argv = server.ssh_argv(otp_user.name, f"echo {MARK}; KRB5_CONFIG={otp_krb5['KRB5_CONFIG']} klist")
-    # Two keyboard-interactive rounds (password, token): allow them.
-    argv[argv.index("NumberOfPasswordPrompts=1")] = "NumberOfPasswordPrompts=3"
-    child = pexpect.spawn(argv[0], argv[1:], encoding="utf-8", timeout=30,
-                          env={"PATH": "/usr/bin:/bin", "HOME": str(server.dir)})
+    # Two keyboard-interactive rounds (password, token), and one to spare.
+    child = server.pty_client(pexpect, otp_user.name,
+                              f"echo {MARK}; KRB5_CONFIG={otp_krb5['KRB5_CONFIG']} klist", prompts=3)
     try:
         child.expect("Password: ")
         child.sendline(otp_user.password)
