@@ -82,8 +82,15 @@ def save(path: str, data: dict[str, Any], raw: dict[str, list[str]] | None = Non
     old state file stays whole.  fsync(2) of the file and its directory only off a tmpfs.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    replace_file(target, encode(data, raw), 0o600)
+    body = encode(data, raw)
+    try:
+        replace_file(target, body, 0o600)
+    except FileNotFoundError:
+        # The directory is missing (the first save, or removed since).  Not made before every
+        # save: mkdir(2) of an existing directory takes its parent's lock, and /run (or
+        # /dev/shm) is busy with every other process's files (measured 0.1 ms a request there).
+        target.parent.mkdir(parents=True, exist_ok=True)
+        replace_file(target, body, 0o600)
 
 
 def replace_file(target: Path, body: bytes, mode: int) -> None:

@@ -88,3 +88,12 @@ def test_a_held_commit_that_fails_is_retried_by_the_writer_thread(writer, tmp_pa
     assert writer.error is not None
     blocker.unlink()
     _wait(lambda: writer.error is None and _written(writer) == 4, "the writer thread's retry")
+
+
+def test_save_makes_a_missing_state_directory(tmp_path: Path) -> None:
+    """save() no longer mkdirs before every write; a directory that is not there is still made."""
+    from pam_keyinit_py.tickets import state
+
+    target = tmp_path / "gone" / "deeper" / "state.json"
+    state.save(str(target), {"tickets": []})
+    assert state.load(str(target)) == {"format": state.FORMAT, "tickets": []}
