@@ -17,6 +17,7 @@ user's uid, KDC exchanges bounded in time, and the zeroable password buffer.
 
 from __future__ import annotations
 
+import _thread
 import os
 import queue
 import threading
@@ -207,7 +208,10 @@ def bounded(func: Callable[[], _T], timeout: float | None, what: str, key: Hasha
         raise KdcUnreachable(f"{what}: not started: {why}", errors.KRB5_KDC_UNREACH)
     timeout = max(0.0, timeout - (time.monotonic() - start))
     box: dict[str, object] = {}
-    done = threading.Event()
+    # A bare lock, held until the helper is done: the caller's wait and the helper's wake-up are
+    # one futex each (threading.Event adds a Condition, a waiter lock and a deque per exchange).
+    done = _thread.allocate_lock()
+    done.acquire()
 
     def run(helper: _Helper) -> None:
         try:
@@ -218,14 +222,14 @@ def bounded(func: Callable[[], _T], timeout: float | None, what: str, key: Hasha
         finally:
             _park(helper)
             SLOTS.release(key)
-            done.set()
+            done.release()
 
     try:
         _hand_to_helper(run)
     except RuntimeError:  # out of tasks (TasksMax): a failed attempt, not a broken cache
         SLOTS.release(key)
         raise KdcUnreachable(f"{what}: not started: cannot start a thread", errors.KRB5_KDC_UNREACH) from None
-    if not done.wait(timeout):
+    if not done.acquire(timeout=timeout):
         raise KdcUnreachable(f"{what}: no KDC answered within {timeout:g} s", errors.KRB5_KDC_UNREACH)
     if "error" in box:
         raise box["error"]  # type: ignore[misc]
