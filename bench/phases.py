@@ -109,7 +109,7 @@ def read_phases(log: Path) -> dict[str, list[float]]:
     """The ms samples per phase written by the timing shim."""
     out: dict[str, list[float]] = defaultdict(list)
     for line in log.read_text().splitlines():
-        phase, _, ms = line.partition(" ")
+        phase, _, ms = line.rpartition(" ")
         try:
             out[phase].append(float(ms))
         except ValueError:
