@@ -47,9 +47,10 @@ def _suffix() -> str:
     return os.urandom(8).hex()
 
 
-def _temp_name(target: Path) -> Path:
+def _temp_name(target: str) -> str:
     """``.<name>.<random>.tmp`` beside the target: nobody can guess it to plant a link there."""
-    return target.with_name(f".{target.name}.{_suffix()}.tmp")
+    directory, name = os.path.split(target)
+    return os.path.join(directory, f".{name}.{_suffix()}.tmp")
 
 
 TMPFS_MAGIC = 0x01021994  # <linux/magic.h>
@@ -73,6 +74,21 @@ def on_tmpfs(directory: str | Path) -> bool:
     return struct.unpack_from("@l", buf.raw)[0] == TMPFS_MAGIC
 
 
+#: st_dev -> on_tmpfs, for the directories saves go to: a file system is asked once (statfs
+#: through ctypes cost 0.04 ms a save in the daemon); one mounted over the directory later has
+#: another st_dev, so it is asked again.
+_tmpfs_devs: dict[int, bool] = {}
+
+
+def _durable(directory: str) -> bool:
+    """Whether writes into ``directory`` need fsync(2): not on a tmpfs (see :func:`on_tmpfs`)."""
+    dev = os.stat(directory).st_dev
+    tmpfs = _tmpfs_devs.get(dev)
+    if tmpfs is None:
+        tmpfs = _tmpfs_devs[dev] = on_tmpfs(directory)
+    return not tmpfs
+
+
 def save(path: str, data: dict[str, Any], raw: dict[str, list[str]] | None = None) -> None:
     """Replace ``path`` with the state as JSON in one rename(2); mode 0600, owned by root.
 
@@ -81,24 +97,25 @@ def save(path: str, data: dict[str, Any], raw: dict[str, list[str]] | None = Non
     A failed write (ENOSPC, EROFS, EIO...) removes the temporary file and raises OSError: the
     old state file stays whole.  fsync(2) of the file and its directory only off a tmpfs.
     """
-    target = Path(path)
     body = encode(data, raw)
     try:
-        replace_file(target, body, 0o600)
+        replace_file(path, body, 0o600)
     except FileNotFoundError:
         # The directory is missing (the first save, or removed since).  Not made before every
         # save: mkdir(2) of an existing directory takes its parent's lock, and /run (or
         # /dev/shm) is busy with every other process's files (measured 0.1 ms a request there).
-        target.parent.mkdir(parents=True, exist_ok=True)
-        replace_file(target, body, 0o600)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        replace_file(path, body, 0o600)
 
 
-def replace_file(target: Path, body: bytes, mode: int) -> None:
+def replace_file(target: str | Path, body: bytes, mode: int) -> None:
     """Replace ``target`` with ``body`` in one rename(2) (see :func:`save`); the file gets ``mode``.
 
     Also the metrics textfile's writer: node_exporter never reads half a file.
     """
-    durable = not on_tmpfs(target.parent)
+    target = os.fspath(target)
+    directory = os.path.dirname(target) or "."
+    durable = _durable(directory)
     tmp = _temp_name(target)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
@@ -121,7 +138,7 @@ def replace_file(target: Path, body: bytes, mode: int) -> None:
     if not durable:
         return
     # The rename is durable only once the directory entry is on disk.
-    dirfd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    dirfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(dirfd)
     finally:
