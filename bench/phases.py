@@ -3,8 +3,10 @@
 - In the hook: a bench-only pam_python shim (:func:`timed_shim`) that imports the hook and
   binds each ``pam_sm_*`` through a timer, appending ``phase ms`` lines to a file: ``import``
   (once per interpreter: twice per keyboard-interactive ssh login), ``authenticate``,
-  ``acct_mgmt``, ``setcred``, ``open_session``, ``close_session``.  The timed stack runs beside
-  the plain one and is never part of a total or a ratio.
+  ``acct_mgmt``, ``setcred``, ``open_session``, ``close_session``, and inside authenticate the
+  request to the service alone (``authenticate: service request``: the rest of authenticate is
+  the hook's own work).  The timed stack runs beside the plain one and is never part of a total
+  or a ratio.
 - In the service, from outside: bench-only requests on its socket (:func:`service_ops`), the
   same ``auth``/``open``/``close`` a login sends, timed as round trips (IPC included), so
   service.py is not touched.
@@ -20,7 +22,8 @@ from pathlib import Path
 from pam_keyinit_py import protocol as P
 from pam_keyinit_py.pam.shim import repo_paths
 
-PHASES = ("import", "authenticate", "acct_mgmt", "setcred", "open_session", "close_session")
+PHASES = ("import", "authenticate", "authenticate: service request", "acct_mgmt", "setcred", "open_session",
+          "close_session")
 
 _SHIM = '''\
 import os, sys, time
@@ -57,7 +60,32 @@ def _timed(name, fn):
     return call
 
 
-pam_sm_authenticate = _timed("authenticate", _hook.authenticate)
+import pam_keyinit_py.protocol as _P
+
+if not hasattr(_P, "_bench_request"):  # once per interpreter: the shim runs once per PAM handle
+    _P._bench_request, _P._bench_in_auth = _P.request, [False]
+
+    def _service_request(*args, **kwargs):
+        # Inside authenticate: the request to keyinit-ticketd alone (the rest is the hook's own work).
+        t = time.perf_counter()
+        try:
+            return _P._bench_request(*args, **kwargs)
+        finally:
+            if _P._bench_in_auth[0]:
+                _note("authenticate: service request", (time.perf_counter() - t) * 1000)
+
+    _P.request = _service_request
+
+
+def _authenticate(pamh, flags, argv):
+    _P._bench_in_auth[0] = True
+    try:
+        return _hook.authenticate(pamh, flags, argv)
+    finally:
+        _P._bench_in_auth[0] = False
+
+
+pam_sm_authenticate = _timed("authenticate", _authenticate)
 pam_sm_acct_mgmt = _timed("acct_mgmt", _hook.acct_mgmt)
 pam_sm_chauthtok = _hook.chauthtok
 pam_sm_setcred = _timed("setcred", _hook.setcred)
@@ -81,7 +109,7 @@ def read_phases(log: Path) -> dict[str, list[float]]:
     """The ms samples per phase written by the timing shim."""
     out: dict[str, list[float]] = defaultdict(list)
     for line in log.read_text().splitlines():
-        phase, _, ms = line.partition(" ")
+        phase, _, ms = line.rpartition(" ")
         try:
             out[phase].append(float(ms))
         except ValueError:
@@ -133,6 +161,23 @@ def print_table(title: str, samples: dict[str, list[float]]) -> None:
 def verdict(ok: bool) -> str:
     """The word every target line ends with."""
     return "met" if ok else "MISSED"
+
+
+def paired(ours: list[float], base: list[float], resamples: int = 2000) -> tuple[float, float, float]:
+    """Median of the per-round differences ``ours[i] - base[i]``, and its 95% bootstrap interval.
+
+    Rounds are interleaved, so a drift in the machine's load moves both members of a pair
+    alike and cancels in their difference (the difference of two medians does not cancel it).
+    The interval says how well the run resolves the figure: on a shared 2-core machine one
+    login to another swings by tens of ms, so a 25-login difference of medians could not
+    tell 5 ms apart.
+    """
+    import random
+
+    diffs = [a - b for a, b in zip(ours, base, strict=True)]
+    rng = random.Random(0)  # the same interval for the same samples
+    meds = sorted(statistics.median(rng.choices(diffs, k=len(diffs))) for _ in range(resamples))
+    return statistics.median(diffs), meds[int(0.025 * resamples)], meds[int(0.975 * resamples) - 1]
 
 
 def spread(vals: list[float]) -> str:

@@ -83,16 +83,22 @@ def read(ctx: krb5.Context, cc: krb5.CCache) -> Contents:
     config: set[bytes] = set()
     for item in cc:
         server = item.server
-        comps = server.components
         if server.realm == CONFIG_REALM:
+            comps = server.components
             if len(comps) >= 2:
                 config.add(comps[1])
             continue
-        t = item.times
-        tgt = bool(comps) and comps[0] == b"krbtgt"
-        creds.append(Cred(server.name or b"", tgt, t.starttime or t.authtime, t.endtime, t.renew_till,
-                          bool(item.ticket_flags & krb5.TicketFlags.renewable)))
+        creds.append(cred(item))
     return Contents(full_name(cc), principal.name or b"", tuple(creds), frozenset(config))
+
+
+def cred(item: krb5.Creds) -> Cred:
+    """One credential as :class:`Cred` (a cache's, or one in hand before it is stored)."""
+    server = item.server
+    comps = server.components
+    t = item.times
+    return Cred(server.name or b"", bool(comps) and comps[0] == b"krbtgt", t.starttime or t.authtime,
+                t.endtime, t.renew_till, bool(item.ticket_flags & krb5.TicketFlags.renewable))
 
 
 def read_name(name: str, ctx: krb5.Context | None = None) -> Contents:

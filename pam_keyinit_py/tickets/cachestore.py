@@ -67,9 +67,19 @@ def tgt_info(ctx: krb5.Context, cc: krb5.CCache, uid: int, primary: bool = False
         seen = ccread.read(ctx, cc)
     except ccread.NoPrincipal as exc:
         raise from_krb5(exc.error, f"reading {name}") from None
-    client = seen.principal.decode()
-    retired = RETIRED_MARK in seen.config
-    tgt = seen.tgt()
+    return _info(uid, name, seen.principal.decode(), seen.tgt(), primary, RETIRED_MARK in seen.config)
+
+
+def written_info(cc: krb5.CCache, princ: krb5.Principal, creds: krb5.Creds, uid: int,
+                 primary: bool) -> TicketInfo:
+    """:func:`tgt_info` of a cache just written with krb5_cc_initialize(``princ``) +
+    krb5_cc_store_cred(``creds``), from those values: reading it back through the cursor is
+    keyctl reads of what was just written (a login's auth did that on its reply path)."""
+    return _info(uid, ccread.full_name(cc), (princ.name or b"").decode(), ccread.cred(creds), primary, False)
+
+
+def _info(uid: int, name: str, client: str, tgt: ccread.Cred | None, primary: bool,
+          retired: bool) -> TicketInfo:
     if tgt is None:
         return TicketInfo(uid, name, client, "", 0, 0, 0, False, primary, is_service_cache(name), retired)
     return TicketInfo(uid, name, client, tgt.server.decode(), tgt.starttime, tgt.endtime,
@@ -219,7 +229,7 @@ def install(ctx: krb5.Context, target: str, princ: krb5.Principal, creds: krb5.C
         with discarded_on_failure(ctx, cc, what):
             if make_primary:
                 krb5.cc_switch(ctx, cc)  # writes krb_ccache:primary: EDQUOT can strike here too
-            info = tgt_info(ctx, cc, uid, primary=make_primary)
+            info = written_info(cc, princ, creds, uid, make_primary)
             if replace and replace != new_name and replace.startswith("KEYRING:"):
                 _mark_retired(ctx, replace)
     if replace and replace != new_name:

@@ -36,7 +36,7 @@ bytes only until the TGT exists and never appears in a log line or an exception 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import krb5
@@ -110,6 +110,7 @@ def acquire_password(
     canonicalize: bool = False,
     reaper: Reaper | None = None,
     answers: list[str] | None = None,
+    meanwhile: Callable[[], object] | None = None,
 ) -> TicketInfo:
     """krb5_get_init_creds_password, then store the TGT as the user's new primary persistent cache.
 
@@ -127,7 +128,8 @@ def acquire_password(
     ("try", "require", "never") armors the exchange with :func:`fast_armor` from the same keytab
     (client ``fast_principal``, by default the keytab's computer account or the validation
     principal).  The previous primary cache is destroyed after the switch only if this service created it
-    (a cache the user made with kinit is left alone).  Raises BadPassword, UnknownPrincipal,
+    (a cache the user made with kinit is left alone).  ``meanwhile`` runs in the calling thread
+    while the KDC exchange does (see :func:`~.plumbing.bounded`).  Raises BadPassword, UnknownPrincipal,
     KdcUnreachable (also after ``timeout`` seconds), PasswordExpired, QuotaExceeded,
     ValidationFailed, NoValidationKey (validate = "require"), FastUnavailable (fast = "require").
     """
@@ -170,7 +172,7 @@ def acquire_password(
             checked, warned = validated(c, creds, validate, validate_keytab, validate_principal, krb5_config)
             return princ, creds, checked, notes + warned
 
-        princ, creds, validated_with, notes = bounded(exchange, timeout, what)
+        princ, creds, validated_with, notes = bounded(exchange, timeout, what, meanwhile=meanwhile)
     finally:
         wipe(secret)
     ctx = context or plumbing.context(krb5_config)

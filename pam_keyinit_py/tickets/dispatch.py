@@ -50,14 +50,20 @@ class Dispatcher:
             self.send(sock, P.reply_error(exc.code, str(exc)))
             return False
         op = message["op"]
-        reply = self.dispatch(message, pid, uid)
-        del message  # may hold a password
-        if P.OPS[op].mutating and reply.get("ok") and not self.service.commit():
-            # A success reply promises the change survives a kill -9: without the write, it may not.
-            log.error("%s from pid %d uid %d: done in memory, but the state file was not written: "
-                      "answered %s", op, pid, uid, P.STATE_NOT_SAVED)
-            reply = P.reply_error(P.STATE_NOT_SAVED, f"{op}: the service could not save its state "
-                                                     "(it keeps retrying); not acknowledged")
+        if not P.OPS[op].mutating:
+            reply = self.dispatch(message, pid, uid)
+            del message
+            return self.send(sock, reply)
+        # What the handler changes, this thread writes in commit() below: no writer-thread wake-up.
+        with self.service.writer.held():
+            reply = self.dispatch(message, pid, uid)
+            del message  # may hold a password
+            if reply.get("ok") and not self.service.commit():
+                # A success reply promises the change survives a kill -9: without the write, it may not.
+                log.error("%s from pid %d uid %d: done in memory, but the state file was not written: "
+                          "answered %s", op, pid, uid, P.STATE_NOT_SAVED)
+                reply = P.reply_error(P.STATE_NOT_SAVED, f"{op}: the service could not save its state "
+                                                         "(it keeps retrying); not acknowledged")
         return self.send(sock, reply)
 
     def send(self, sock: socket.socket, reply: dict[str, Any]) -> bool:

@@ -86,7 +86,9 @@ class WorkerPool:
                     if self._threads == 0:
                         queue.pop()
                         return False
-            self._cond.notify_all()
+            # One job, one worker: notify_all woke every idle worker (up to 31) to fight over
+            # this job and the GIL, which starved the accept loop with 20 logins at once.
+            self._cond.notify()
             return True
 
     def _take(self) -> tuple[Any, bool]:

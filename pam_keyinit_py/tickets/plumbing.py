@@ -17,6 +17,7 @@ user's uid, KDC exchanges bounded in time, and the zeroable password buffer.
 
 from __future__ import annotations
 
+import _thread
 import os
 import queue
 import threading
@@ -188,7 +189,8 @@ def _park(helper: _Helper) -> None:
         _idle_helpers.append(helper)
 
 
-def bounded(func: Callable[[], _T], timeout: float | None, what: str, key: Hashable | None = None) -> _T:
+def bounded(func: Callable[[], _T], timeout: float | None, what: str, key: Hashable | None = None,
+            meanwhile: Callable[[], object] | None = None) -> _T:
     """Run a KDC exchange, giving up after ``timeout`` seconds (None: wait as long as libkrb5 does).
 
     The exchange runs on a helper thread (reused, see :class:`_Helper`) that cannot be
@@ -197,8 +199,14 @@ def bounded(func: Callable[[], _T], timeout: float | None, what: str, key: Hasha
     (max_kdc_calls) and one ``key`` (a cache) has at most one exchange in flight.  Waiting
     for a free slot counts against ``timeout``; without one by then, or with ``key`` in flight,
     the exchange fails with KdcUnreachable.
+
+    ``meanwhile`` is local work of the caller that needs no KDC (krb5_kuserok for a login): it
+    runs in the calling thread once the exchange is under way, instead of after it; its time
+    counts against ``timeout``, so it must be short.  (Without a timeout it runs first.)
     """
     if timeout is None:
+        if meanwhile is not None:
+            meanwhile()
         with KDC_SECONDS.time():
             return func()
     start = time.monotonic()
@@ -207,7 +215,10 @@ def bounded(func: Callable[[], _T], timeout: float | None, what: str, key: Hasha
         raise KdcUnreachable(f"{what}: not started: {why}", errors.KRB5_KDC_UNREACH)
     timeout = max(0.0, timeout - (time.monotonic() - start))
     box: dict[str, object] = {}
-    done = threading.Event()
+    # A bare lock, held until the helper is done: the caller's wait and the helper's wake-up are
+    # one futex each (threading.Event adds a Condition, a waiter lock and a deque per exchange).
+    done = _thread.allocate_lock()
+    done.acquire()
 
     def run(helper: _Helper) -> None:
         try:
@@ -218,14 +229,18 @@ def bounded(func: Callable[[], _T], timeout: float | None, what: str, key: Hasha
         finally:
             _park(helper)
             SLOTS.release(key)
-            done.set()
+            done.release()
 
     try:
         _hand_to_helper(run)
     except RuntimeError:  # out of tasks (TasksMax): a failed attempt, not a broken cache
         SLOTS.release(key)
         raise KdcUnreachable(f"{what}: not started: cannot start a thread", errors.KRB5_KDC_UNREACH) from None
-    if not done.wait(timeout):
+    if meanwhile is not None:
+        waited = time.monotonic()
+        meanwhile()
+        timeout = max(0.0, timeout - (time.monotonic() - waited))
+    if not done.acquire(timeout=timeout):
         raise KdcUnreachable(f"{what}: no KDC answered within {timeout:g} s", errors.KRB5_KDC_UNREACH)
     if "error" in box:
         raise box["error"]  # type: ignore[misc]

@@ -164,6 +164,11 @@ class Server:
                 log.error("select: %s", exc.strerror or exc)
                 time.sleep(ACCEPT_BACKOFF_MAX)
                 continue
+            # Finished requests first, listeners last: a client that got its reply, closed and
+            # connected again (keyinit in a loop) finds its old connection already closed, not
+            # counted against max_connections_per_uid.
+            events.sort(key=lambda event: 0 if event[0].data is self._wake_r else
+                        2 if event[0].data in listeners else 1)
             for key, _mask in events:
                 try:
                     if key.data in listeners:
@@ -239,6 +244,7 @@ class Server:
                 conn.deadline = time.monotonic() + self.limits.request_timeout
                 assert self._sel is not None
                 self._sel.register(conn.sock, selectors.EVENT_READ, conn)
+                self._read(conn)  # its end of stream (a one-request client) or its next request
             else:
                 self._close(conn)
 
@@ -276,6 +282,9 @@ class Server:
             sock.close()
             return
         lim = self.limits
+        if self._done and (len(self._conns) >= lim.max_connections - lim.root_reserved_connections
+                           or self._per_uid[uid] >= lim.max_connections_per_uid):
+            self._drain_wakeups()  # answered connections may be closed by now: count them out first
         why = None
         if len(self._conns) >= lim.max_connections:
             why = f"{len(self._conns)} connections open (max_connections={lim.max_connections})"
@@ -301,6 +310,9 @@ class Server:
         self._per_uid[uid] += 1
         assert self._sel is not None
         self._sel.register(sock, selectors.EVENT_READ, conn)
+        # A client sends its request right after connect(2): it is usually there already, and
+        # reading it now saves the epoll_wait round (and, under load, a wake-up of this thread).
+        self._read(conn)
 
     def _read(self, conn: _Conn) -> None:
         """Read what the frame still needs (never more: a request costs at most MAX_MESSAGE).

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -69,19 +70,30 @@ class Service(Recovery):
 
         With ``kuserok`` the success reply also carries krb5_kuserok(principal, user), which
         saves the hook's acct_mgmt a request (absent when krb5_kuserok fails: acct_mgmt asks then).
+        It is asked while the KDC exchange runs (the request's thread only waits then), and again
+        after it only when the KDC named the principal otherwise (canonicalize).
         A question of the KDC's preauth (OTP) is answered from ``answers``, or relayed in a
         ``prompt`` reply (protocol.PROMPT) for the hook to ask.
         """
         with self.lock:
             self._authing[uid] = self._authing.get(uid, 0) + 1
+        early: dict[str, bool | Exception] = {}
         try:
-            reply = self._auth(user, uid, gid, password, principal, answers)
+            reply = self._auth(user, uid, gid, password, principal, answers,
+                               partial(self._kuserok_into, early, user, uid) if kuserok is True else None)
             metrics.AUTHS.labels(reply.get("code", P.OK)).inc()
             if kuserok is True and reply.get("ok"):
-                try:
-                    reply["kuserok"] = self.krb.kuserok(reply["principal"], user, uid)
-                except errors.TicketError as exc:
-                    log.warning("auth %s (uid %d): krb5_kuserok: %s", user, uid, exc)
+                answer = early.get(reply["principal"])
+                if answer is None:
+                    self._kuserok_into(early, user, uid, reply["principal"])
+                    answer = early[reply["principal"]]
+                if isinstance(answer, errors.TicketError):
+                    log.warning("auth %s (uid %d): krb5_kuserok: %s", user, uid, answer)
+                elif isinstance(answer, Exception):  # acct_mgmt asks again (and fails closed)
+                    log.error("auth %s (uid %d): krb5_kuserok failed: %s", user, uid,
+                              answer.__class__.__name__)
+                else:
+                    reply["kuserok"] = answer
             return reply
         finally:
             del password, answers
@@ -93,16 +105,29 @@ class Service(Recovery):
                 else:
                     self._authing.pop(uid, None)
 
+    def _kuserok_into(self, results: dict[str, bool | Exception], user: str, uid: int,
+                      principal: str) -> None:
+        """krb5_kuserok(principal, user) into ``results[principal]`` (the exception, if it fails:
+        while the KDC exchange is in flight, nothing may be raised into it)."""
+        try:
+            results[principal] = self.krb.kuserok(principal, user, uid)
+        except Exception as exc:  # noqa: BLE001 - kept, and judged by auth after the exchange
+            results[principal] = exc
+
     def _auth(self, user: str, uid: int, gid: int, password: str, principal: str | None,
-              answers: list[str] | None = None) -> dict[str, Any]:
+              answers: list[str] | None = None,
+              meanwhile: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """The auth itself; ``answers`` answer the KDC's preauth questions (OTP);
+        ``meanwhile(principal)`` runs in this thread while the KDC exchange does."""
         cfg = self.config
         if not principal:
             principal = cfg.principal_name.replace("{user}", user)
             if "@" not in principal:
                 principal = f"{principal}@{self.krb.default_realm()}"
+        options: dict[str, Any] = {} if meanwhile is None else {"meanwhile": partial(meanwhile, principal)}
         try:
             info = self.krb.acquire_password(
-                principal, password, uid, gid,
+                principal, password, uid, gid, **options,
                 lifetime=cfg.lifetime or None, renew_lifetime=cfg.renew_lifetime or None,
                 forwardable=cfg.forwardable, timeout=cfg.kdc_timeout,
                 validate=cfg.validate, validate_keytab=cfg.validate_keytab or None,

@@ -17,7 +17,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +47,10 @@ def _suffix() -> str:
     return os.urandom(8).hex()
 
 
-def _temp_name(target: Path) -> Path:
+def _temp_name(target: str) -> str:
     """``.<name>.<random>.tmp`` beside the target: nobody can guess it to plant a link there."""
-    return target.with_name(f".{target.name}.{_suffix()}.tmp")
+    directory, name = os.path.split(target)
+    return os.path.join(directory, f".{name}.{_suffix()}.tmp")
 
 
 TMPFS_MAGIC = 0x01021994  # <linux/magic.h>
@@ -72,6 +74,21 @@ def on_tmpfs(directory: str | Path) -> bool:
     return struct.unpack_from("@l", buf.raw)[0] == TMPFS_MAGIC
 
 
+#: st_dev -> on_tmpfs, for the directories saves go to: a file system is asked once (statfs
+#: through ctypes cost 0.04 ms a save in the daemon); one mounted over the directory later has
+#: another st_dev, so it is asked again.
+_tmpfs_devs: dict[int, bool] = {}
+
+
+def _durable(directory: str) -> bool:
+    """Whether writes into ``directory`` need fsync(2): not on a tmpfs (see :func:`on_tmpfs`)."""
+    dev = os.stat(directory).st_dev
+    tmpfs = _tmpfs_devs.get(dev)
+    if tmpfs is None:
+        tmpfs = _tmpfs_devs[dev] = on_tmpfs(directory)
+    return not tmpfs
+
+
 def save(path: str, data: dict[str, Any], raw: dict[str, list[str]] | None = None) -> None:
     """Replace ``path`` with the state as JSON in one rename(2); mode 0600, owned by root.
 
@@ -80,17 +97,25 @@ def save(path: str, data: dict[str, Any], raw: dict[str, list[str]] | None = Non
     A failed write (ENOSPC, EROFS, EIO...) removes the temporary file and raises OSError: the
     old state file stays whole.  fsync(2) of the file and its directory only off a tmpfs.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    replace_file(target, encode(data, raw), 0o600)
+    body = encode(data, raw)
+    try:
+        replace_file(path, body, 0o600)
+    except FileNotFoundError:
+        # The directory is missing (the first save, or removed since).  Not made before every
+        # save: mkdir(2) of an existing directory takes its parent's lock, and /run (or
+        # /dev/shm) is busy with every other process's files (measured 0.1 ms a request there).
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        replace_file(path, body, 0o600)
 
 
-def replace_file(target: Path, body: bytes, mode: int) -> None:
+def replace_file(target: str | Path, body: bytes, mode: int) -> None:
     """Replace ``target`` with ``body`` in one rename(2) (see :func:`save`); the file gets ``mode``.
 
     Also the metrics textfile's writer: node_exporter never reads half a file.
     """
-    durable = not on_tmpfs(target.parent)
+    target = os.fspath(target)
+    directory = os.path.dirname(target) or "."
+    durable = _durable(directory)
     tmp = _temp_name(target)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
@@ -113,7 +138,7 @@ def replace_file(target: Path, body: bytes, mode: int) -> None:
     if not durable:
         return
     # The rename is durable only once the directory entry is on disk.
-    dirfd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    dirfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(dirfd)
     finally:
@@ -205,7 +230,10 @@ class StateWriter:
     writes the file itself (snapshot under the lock, :func:`save` outside it): the reply
     waits for no hand-over to another thread and back, which under load (2 cores, 20 logins
     at once) cost milliseconds per request.  The writer thread writes what no request commits
-    (the scheduler's changes) and owns the retries after a failure.  ``path`` and ``snapshot``
+    (the scheduler's changes) and owns the retries after a failure.  A request that will commit
+    what it changes marks inside :meth:`held`: the writer thread is then not woken for it at all
+    (each wake-up was two thread switches and a GIL hand-over on every auth, open and close,
+    racing the request's own write for the CPU).  ``path`` and ``snapshot``
     are read at each write (the owner's current config and state); ``on_failure`` is called
     after each failed write (the metrics' counter).
     """
@@ -217,7 +245,9 @@ class StateWriter:
         self.path = path
         self.snapshot = snapshot
         self.on_failure = on_failure
-        self._cv = threading.Condition(lock)
+        self._cv = threading.Condition(lock)  # commit() waiters: a write's outcome
+        self._work = threading.Condition(lock)  # the writer thread: there is something for it to do
+        self._held = threading.local()  # .on: this thread's marks wake nobody (see held)
         self.dirty = 0
         self.written = 0  # the last generation that reached the file
         self._attempted = 0  # the last generation the writer tried to write (written or not)
@@ -238,12 +268,30 @@ class StateWriter:
         with self.lock:
             self._stopping = True
             self._cv.notify_all()
+            self._work.notify()
         self.thread.join(timeout)
 
     def mark(self) -> None:
-        """The state changed (caller holds the lock): the thread writes it soon."""
+        """The state changed (caller holds the lock): the thread writes it soon, or, inside
+        :meth:`held`, the caller's :meth:`commit` does (while writes fail the thread is woken
+        anyway: it owns the retries, and a new change cuts its back-off short)."""
         self.dirty += 1
-        self._cv.notify_all()
+        if self.error is not None or not getattr(self._held, "on", False):
+            self._work.notify()
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """A block whose marks (this thread's) the caller commits itself before it ends: a request
+        handler and the dispatcher's commit.  Whatever the block leaves unwritten (the request
+        failed and committed nothing) goes to the writer thread at its end."""
+        self._held.on = True
+        try:
+            yield
+        finally:
+            self._held.on = False
+            with self.lock:
+                if self.written < self.dirty:
+                    self._work.notify()
 
     def commit(self) -> bool:
         """Block until every change marked so far is in the state file; False if it is not.
@@ -281,6 +329,7 @@ class StateWriter:
             path = self.path()
         except Exception:
             self._cv.notify_all()
+            self._work.notify()
             return False
         self._writing = True
         self.lock.release()
@@ -315,6 +364,8 @@ class StateWriter:
                           path, error, fmt(self.failing_since), self.failures)
             self.error = error
         self._cv.notify_all()
+        if error is not None or self._stopping or self.written < self.dirty:
+            self._work.notify()  # a retry to make, a stop to finish, or changes to write
 
     def _wait_for_work(self) -> None:
         """Return (lock held) when the thread should write: a change is unwritten and no request
@@ -324,7 +375,7 @@ class StateWriter:
         while not self._stopping:
             if self._writing or self.written >= self.dirty:
                 linger_until = 0.0
-                self._cv.wait()
+                self._work.wait()
                 continue
             if self.error is not None:
                 return  # retrying: requests do not write while writes fail
@@ -333,9 +384,9 @@ class StateWriter:
                 linger_until = now + WRITER_LINGER
             elif now >= linger_until:
                 return
-            self._cv.wait(linger_until - now)
+            self._work.wait(linger_until - now)
         while self._writing:
-            self._cv.wait()
+            self._work.wait()
 
     def _run(self) -> None:
         """Write what no request committed; retry failures with a back-off.
@@ -369,7 +420,7 @@ class StateWriter:
                             log.error("stopping with changes not in the state file: %s", error)
                             return
                         # A new change (mark() notifies) cuts the wait short: its request waits.
-                        self._cv.wait(delay)
+                        self._work.wait(delay)
                         delay = min(WRITE_RETRY_MAX, delay * 2)
         except Exception as exc:
             log.critical("state writer stopped: %s; changes are no longer saved", exc.__class__.__name__)

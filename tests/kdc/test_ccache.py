@@ -91,6 +91,21 @@ def test_acquire_stores_user_owned_primary_ticket(realm: Realm, kdc_user: KdcUse
     assert info.ccache in r.stdout
 
 
+def test_the_info_of_a_new_cache_is_what_the_cache_holds(realm: Realm, kdc_user: KdcUser) -> None:
+    """install() describes the cache it wrote from the credentials in hand (no read-back): every
+    field is what reading the cache through krb5_cc_get_principal and the cursor gives."""
+    import dataclasses
+
+    for kw in ({"lifetime": 45, "renew_lifetime": 300}, {"renewable": False}):
+        info = acquire(kdc_user, realm, **kw)
+        read = ccache.info(info.ccache, kdc_user.uid, kdc_user.gid, krb5_config=conf(realm))
+        assert dataclasses.replace(info, validated="", warnings=(), replaced="") == read
+    renewed = ccache.renew(acquire(kdc_user, realm, lifetime=45).ccache, kdc_user.uid, kdc_user.gid,
+                           krb5_config=conf(realm))
+    read = ccache.info(renewed.ccache, kdc_user.uid, kdc_user.gid, krb5_config=conf(realm))
+    assert dataclasses.replace(renewed, replaced="") == read
+
+
 def test_reacquire_retires_own_cache_but_keeps_users_kinit(realm: Realm, kdc_user: KdcUser) -> None:
     user_kinit(kdc_user, realm)
     first = acquire(kdc_user, realm)

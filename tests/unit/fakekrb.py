@@ -38,6 +38,8 @@ class FakeKrb:
     calls: list[tuple[str, Any]] = field(default_factory=list)
     fail: dict[str, BaseException] = field(default_factory=dict)
     kuserok_answer: bool = True
+    #: The client name the KDC answers with (canonicalize), when set; else the asked principal.
+    kdc_name: str = ""
     _ids: Any = field(default_factory=lambda: itertools.count(1))
 
     def _maybe_fail(self, op: str) -> None:
@@ -57,8 +59,11 @@ class FakeKrb:
 
     def acquire_password(self, principal: str, password: str, uid: int, gid: int, **options: Any) -> Info:
         self.calls.append(("acquire_password", (principal, uid, gid, options)))
+        meanwhile = options.get("meanwhile")
+        if meanwhile is not None:  # as plumbing.bounded: while the exchange is in flight
+            meanwhile()
         self._maybe_fail("acquire_password")
-        return self._new(uid, principal)
+        return self._new(uid, self.kdc_name or principal)
 
     def acquire_keytab(self, principal: str, keytab: str, uid: int, gid: int, ccache: str | None) -> Info:
         self._maybe_fail("acquire_keytab")
@@ -85,6 +90,7 @@ class FakeKrb:
         return self._new(uid, f"delegated@{self.realm}")
 
     def kuserok(self, principal: str, user: str, uid: int) -> bool:
+        self.calls.append(("kuserok", principal))
         self._maybe_fail("kuserok")
         return self.kuserok_answer
 

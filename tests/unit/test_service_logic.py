@@ -151,6 +151,26 @@ def test_account_answers_the_kdcs_view_with_its_own_codes(make, krb, exc, code) 
     assert svc.account(ROOT, "u", UID)["code"] == code
 
 
+def test_auth_answers_kuserok_asked_during_the_exchange_and_again_for_a_renamed_principal(make, krb) -> None:
+    """krb5_kuserok is asked once, while the KDC exchange is in flight; when the KDC names the
+    principal otherwise (canonicalize) it is asked again for that name; a failure leaves the
+    answer out (acct_mgmt then asks), and the login stands."""
+    svc = make()
+    krb.kuserok_answer = False
+    reply = svc.auth(ROOT, "u", UID, UID, "pw", kuserok=True)
+    assert reply["ok"] and reply["kuserok"] is False, reply
+    assert [name for op, name in krb.calls if op == "kuserok"] == ["u@UNIT.TEST"]
+    krb.calls.clear()
+    krb.kdc_name, krb.kuserok_answer = "U@UNIT.TEST", True
+    reply = svc.auth(ROOT, "u", UID, UID, "pw", kuserok=True)
+    assert reply["ok"] and reply["principal"] == "U@UNIT.TEST" and reply["kuserok"] is True, reply
+    asked = [name for op, name in krb.calls if op == "kuserok"]
+    assert asked == ["u@UNIT.TEST", "U@UNIT.TEST"]
+    krb.fail["kuserok"] = errors.TicketError("bad name")
+    reply = svc.auth(ROOT, "u", UID, UID, "pw", kuserok=True)
+    assert reply["ok"] and "kuserok" not in reply, reply
+
+
 def test_account_refused_by_kuserok_abandons_the_hooks_login_at_once(make, krb) -> None:
     svc = make()
     name = _auth(svc)["ccache"]
