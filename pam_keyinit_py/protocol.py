@@ -16,7 +16,7 @@ that step ({``text``: str, ``hidden``: bool}, at most :data:`MAX_PROMPTS`, each 
 and ``answered`` how many of the request's ``answers`` the exchange used before it.  The hook
 asks them through the PAM conversation and sends ``auth`` again with the password and
 ``answers`` (the first ``answered`` ones, then the new ones; at most :data:`MAX_ANSWERS`, each
-at most :data:`MAX_ANSWER` characters); the service runs a fresh AS exchange answering the
+at most :data:`MAX_ANSWER` bytes in UTF-8); the service runs a fresh AS exchange answering the
 questions in order.  Answers are secrets like the password: never logged by either side.
 
 ``account`` is pam_sm_acct_mgmt's question: with ``kuserok`` (default true) may ``principal``
@@ -272,9 +272,11 @@ def _check_str(op: str, key: str, value: str, limit: int) -> None:
         # JSON may carry an unpaired surrogate ("\ud800"), which no UTF-8 encoder takes:
         # refuse it here, where the error names the field and never the value.
         try:
-            value.encode()
+            encoded = value.encode()
         except UnicodeEncodeError:
             raise ProtocolError(BAD_REQUEST, f"{op}: field {key!r} is not valid Unicode") from None
+        if len(encoded) > limit:  # the limits are libkrb5's buffers, in bytes (an OTP answer: 1024)
+            raise ProtocolError(BAD_REQUEST, f"{op}: field {key!r} too long or holds NUL")
 
 
 def _recv_exact(sock: _socket.socket, n: int) -> bytes:

@@ -40,8 +40,10 @@ SESSION_TIMEOUT = 1.0
 #: At most this many principals of a ~/.k5login are tried with one password (search_k5login).
 K5LOGIN_MAX = 32
 PASSWORD_PROMPT = "Password: "
-#: At most this many rounds of the KDC's preauth questions per login (OTP asks one).
-PROMPT_ROUNDS = 3
+#: Rounds of the KDC's preauth questions per login.  Each round is a fresh AS exchange that sends
+#: the earlier answers again, and an OTP server refuses a token value it has seen: so one round
+#: (MIT's otp asks one question), and a KDC that asks again is refused.
+PROMPT_ROUNDS = 1
 
 class LoginState:
     """What one PAM handle learned at authenticate, for acct_mgmt and chauthtok.
@@ -199,8 +201,10 @@ def k5login_principals(pw: pwd.struct_passwd) -> list[str] | None:
 
 #: Reply codes that end a search_k5login search: a right password (even expired), the
 #: infrastructure failing, or a TGT that did not validate (a possible impostor).
+#: A ``prompt`` (an OTP principal asks its token whatever the password) does not end it: the
+#: search goes on, and the first such question is relayed only if no principal takes the password.
 _SEARCH_ENDS = frozenset({P.OK, P.PASSWORD_EXPIRED, P.KDC_UNREACHABLE, P.UNAVAILABLE, P.QUOTA,
-                          P.VALIDATION_FAILED, P.FAST_UNAVAILABLE, P.PROMPT})
+                          P.VALIDATION_FAILED, P.FAST_UNAVAILABLE})
 
 
 def _auth_request(opts: Options, user: str, pw: pwd.struct_passwd, password: str) -> dict[str, Any]:
@@ -213,11 +217,15 @@ def _auth_request(opts: Options, user: str, pw: pwd.struct_passwd, password: str
     names = k5login_principals(pw) if opts.search_k5login else None
     if names is None:
         return request(opts, base, opts.auth_timeout)
+    asks: dict[str, Any] | None = None
     for name in names:
         reply = request(opts, {**base, "principal": name}, opts.auth_timeout)
-        if reply_code(reply) in _SEARCH_ENDS:
+        code = reply_code(reply)
+        if code == P.PROMPT:
+            asks = asks or reply
+        elif code in _SEARCH_ENDS:
             return reply
-    return P.reply_error(P.BAD_PASSWORD, "no principal of ~/.k5login takes this password")
+    return asks or P.reply_error(P.BAD_PASSWORD, "no principal of ~/.k5login takes this password")
 
 
 def _relay_prompts(pamh: PamHandle, opts: Options, user: str, pw: pwd.struct_passwd, password: str,
@@ -238,6 +246,9 @@ def _relay_prompts(pamh: PamHandle, opts: Options, user: str, pw: pwd.struct_pas
         banner = reply.get("banner")
         if isinstance(banner, str) and banner:
             say(pamh, pamh.PAM_TEXT_INFO, banner[:P.MAX_PROMPT_TEXT])
+        asker = reply.get("principal")
+        if opts.search_k5login and isinstance(asker, str) and asker.isprintable():
+            say(pamh, pamh.PAM_TEXT_INFO, f"Kerberos asks for {asker[:P.MAX_PROMPT_TEXT]}:")
         for question in prompts[:P.MAX_PROMPTS]:
             if not isinstance(question, dict):
                 return P.reply_error(P.BAD_REQUEST, "bad prompt from the service")
@@ -246,7 +257,7 @@ def _relay_prompts(pamh: PamHandle, opts: Options, user: str, pw: pwd.struct_pas
             why = ("no answer" if answer is None else
                    "this client answered it with the password (sshd PasswordAuthentication cannot ask it: "
                    "use keyboard-interactive)" if answer == password else
-                   "the answer is too long" if len(answer) > P.MAX_ANSWER else "")
+                   "the answer is too long" if len(answer.encode(errors="replace")) > P.MAX_ANSWER else "")
             if why:
                 asked = text.strip()
                 say(pamh, pamh.PAM_ERROR_MSG, f"Kerberos needs an answer to \"{asked}\"; {why}")

@@ -35,7 +35,7 @@ from cffi import FFI
 CDEF = """
 int pk_renew_marshalled(const char *ccname, const char *profile_path,
                         unsigned char **out, size_t *outlen, char *err, size_t errlen);
-void pk_free(void *p);
+void pk_free(void *p, size_t len);
 int pk_verify_marshalled(const unsigned char *data, size_t len, const char *server,
                          const char *keytab, const char *profile_path, char *server_out,
                          size_t server_outlen, char *err, size_t errlen);
@@ -59,7 +59,13 @@ SOURCE = r"""
 #include <stdlib.h>
 #include <string.h>
 
-static void pk_free(void *p) { free(p); }
+/* Free a marshalled credential (it holds the session key): zeroed first. */
+static void pk_free(void *p, size_t len)
+{
+    if (p != NULL && len)
+        explicit_bzero(p, len);
+    free(p);
+}
 
 static krb5_error_code pk_context(const char *profile_path, krb5_context *ctx)
 {
@@ -92,6 +98,8 @@ static krb5_error_code pk_marshal(krb5_context ctx, krb5_creds *creds, unsigned 
         memcpy(*out, data->data, data->length);
         *outlen = data->length;
     }
+    if (data->length)
+        explicit_bzero(data->data, data->length);
     krb5_free_data(ctx, data);
     return ret;
 }
@@ -162,7 +170,8 @@ static krb5_error_code pk_prompter(krb5_context ctx, void *data, const char *nam
     if (num <= 0)
         return 0;
     if (num > a->n - a->used) {
-        if (a->first[0] && strncmp(prompts[0].prompt, a->first, PK_PROMPT_MAX - 1) == 0) {
+        if (a->first[0] && prompts[0].prompt != NULL &&
+            strncmp(prompts[0].prompt, a->first, PK_PROMPT_MAX - 1) == 0) {
             a->restarted = 1;
             return KRB5_LIBOS_CANTREADPWD;
         }
@@ -184,7 +193,7 @@ static krb5_error_code pk_prompter(krb5_context ctx, void *data, const char *nam
         if (len >= prompts[i].reply->length)
             return KRB5_LIBOS_CANTREADPWD;  /* longer than libkrb5's buffer: never truncated */
         if (a->used == 0)
-            snprintf(a->first, sizeof(a->first), "%s", prompts[i].prompt);
+            snprintf(a->first, sizeof(a->first), "%s", prompts[i].prompt ? prompts[i].prompt : "");
         memcpy(prompts[i].reply->data, answer, len);
         prompts[i].reply->data[len] = '\0';
         prompts[i].reply->length = len;

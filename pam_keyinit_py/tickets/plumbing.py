@@ -320,7 +320,7 @@ def renewed_creds(ctx: krb5.Context, ccache_name: str, krb5_config: str | None, 
     try:
         data = ffi.buffer(out[0], outlen[0])[:]
     finally:
-        lib.pk_free(out[0])
+        lib.pk_free(out[0], outlen[0])
     return krb5.unmarshal_credentials(ctx, data)
 
 

@@ -34,8 +34,14 @@ from .plumbing import Krb5Failure, secret_buffer, wipe
 _ASKED_BYTES = (P.MAX_PROMPT_TEXT + 2) * (P.MAX_PROMPTS + 1)
 
 
+#: C0 and C1 controls (and DEL): a KDC's text goes to the user's terminal (sshd keyboard-interactive),
+#: so an impostor's escape sequences are dropped; a newline or tab becomes a space.
+_CONTROLS = {c: None for c in [*range(0x20), *range(0x7F, 0xA0)]} | {0x09: " ", 0x0A: " ", 0x0D: " "}
+
+
 def _text(raw: bytes | None) -> str:
-    return (raw or b"").decode(errors="replace")[:P.MAX_PROMPT_TEXT]
+    """A question or banner of the KDC as shown to the user: UTF-8, no control characters, clipped."""
+    return (raw or b"").decode(errors="replace").translate(_CONTROLS)[:P.MAX_PROMPT_TEXT]
 
 
 class Declined(Exception):
@@ -64,8 +70,10 @@ def answered(principal: str, password: bytearray, answers: list[str], *, what: s
     from ._krb5_renew import ffi, lib
 
     # Each answer as a zeroable NUL-terminated bytearray (as the password), handed to C in place.
-    buffers = [secret_buffer(answer) for answer in answers]
+    buffers: list[bytearray] = []
     try:
+        for answer in answers:
+            buffers.append(secret_buffer(answer))
         views = [ffi.from_buffer("char[]", buf) for buf in buffers]  # kept alive through the call
         array = ffi.new("char *[]", views) if views else ffi.NULL
         used, restarted, count = ffi.new("int *"), ffi.new("int *"), ffi.new("int *")
@@ -85,7 +93,7 @@ def answered(principal: str, password: bytearray, answers: list[str], *, what: s
         try:
             data = ffi.buffer(out[0], outlen[0])[:]
         finally:
-            lib.pk_free(out[0])
+            lib.pk_free(out[0], outlen[0])
         return krb5.unmarshal_credentials(ctx, data)
     if restarted[0]:
         raise errors.BadPassword(f"{what}: the KDC refused the answers", KRB5KDC_ERR_PREAUTH_FAILED)

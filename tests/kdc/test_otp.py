@@ -93,7 +93,9 @@ class OtpUser:
         otp.realm.modify_principal(user.name, "+requires_preauth")
         otp.realm.set_string(user.name, "otp", "[]")
         self.password = secrets.token_urlsafe(12)  # what the user types at "Password:"; no key has it
-        self.token = f"{secrets.randbelow(10**6):06d}"
+        # Long and random, so "not in the log" cannot pass or fail by chance (the responder
+        # compares any bytes; a real token is 6 digits).
+        self.token = secrets.token_hex(16)
         otp.radius.expect(user.name, self.token)
 
     def auth(self, daemon: TicketD, **extra: object) -> dict:
@@ -146,7 +148,7 @@ def test_otp_user_is_asked_then_gets_tgt_with_the_token(otp_realm, otp_ticketd, 
 
 
 def test_wrong_token_is_refused_and_stores_nothing(otp_realm, otp_ticketd, otp_user):
-    wrong = f"{(int(otp_user.token) + 1) % 10**6:06d}"
+    wrong = secrets.token_hex(16)  # never the token (a 2**-128 chance)
     reply = otp_user.auth(otp_ticketd, answers=[wrong])
     assert reply.get("code") == P.BAD_PASSWORD, reply
     assert otp_realm.radius.requests(otp_user.name) == [False]
@@ -245,7 +247,7 @@ def test_pam_login_asks_the_token_and_stores_the_tgt(pamwrap, otp_realm, otp_tic
 
 def test_pam_wrong_token_is_auth_err(pamwrap, otp_realm, otp_ticketd, otp_user):
     service = _service(pamwrap, otp_ticketd.socket)
-    wrong = f"{(int(otp_user.token) + 1) % 10**6:06d}"
+    wrong = secrets.token_hex(16)  # never the token (a 2**-128 chance)
     res = _pamtester(pamwrap, service, otp_user.name, [otp_user.password, wrong], "authenticate")
     assert res.returncode != 0 and STRERROR["auth_err"] in res.stderr, res.stdout + res.stderr
     assert otp_realm.radius.requests(otp_user.name) == [False]
