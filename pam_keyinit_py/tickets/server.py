@@ -243,8 +243,11 @@ class Server:
             if keep and not self._stopping:
                 conn.deadline = time.monotonic() + self.limits.request_timeout
                 assert self._sel is not None
-                self._sel.register(conn.sock, selectors.EVENT_READ, conn)
-                self._read(conn)  # its end of stream (a one-request client) or its next request
+                try:
+                    self._sel.register(conn.sock, selectors.EVENT_READ, conn)
+                    self._read(conn)  # its end of stream (a one-request client) or its next request
+                except OSError:  # epoll_ctl ENOMEM, a reset: this connection's failure, not the loop's
+                    self._close(conn)
             else:
                 self._close(conn)
 

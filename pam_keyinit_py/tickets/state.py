@@ -74,18 +74,20 @@ def on_tmpfs(directory: str | Path) -> bool:
     return struct.unpack_from("@l", buf.raw)[0] == TMPFS_MAGIC
 
 
-#: st_dev -> on_tmpfs, for the directories saves go to: a file system is asked once (statfs
+#: (st_dev, st_ino) of a directory saves go to -> on_tmpfs: a file system is asked once (statfs
 #: through ctypes cost 0.04 ms a save in the daemon); one mounted over the directory later has
-#: another st_dev, so it is asked again.
-_tmpfs_devs: dict[int, bool] = {}
+#: another st_dev or root inode, so it is asked again (st_dev alone: anonymous device numbers
+#: are reused after an unmount).
+_tmpfs_dirs: dict[tuple[int, int], bool] = {}
 
 
 def _durable(directory: str) -> bool:
     """Whether writes into ``directory`` need fsync(2): not on a tmpfs (see :func:`on_tmpfs`)."""
-    dev = os.stat(directory).st_dev
-    tmpfs = _tmpfs_devs.get(dev)
+    st = os.stat(directory)
+    key = (st.st_dev, st.st_ino)
+    tmpfs = _tmpfs_dirs.get(key)
     if tmpfs is None:
-        tmpfs = _tmpfs_devs[dev] = on_tmpfs(directory)
+        tmpfs = _tmpfs_dirs[key] = on_tmpfs(directory)
     return not tmpfs
 
 
