@@ -43,8 +43,8 @@ class HostPam(PamWrapper):
         path = self.pam_dir / unique
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         self.written.append(path)  # before the write: a failed write still leaves nothing behind
-        os.fchmod(fd, 0o644)  # whatever the umask: libpam and admins read it like its neighbours
-        with os.fdopen(fd, "w") as out:
+        with os.fdopen(fd, "w") as out:  # owns fd from here: closed whatever fails below
+            os.fchmod(fd, 0o644)  # whatever the umask: libpam and admins read it like its neighbours
             out.write("\n".join(lines) + "\n")
         return unique
 

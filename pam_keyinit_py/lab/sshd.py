@@ -227,11 +227,14 @@ class Sshd:
             proc.wait(timeout=10)
 
     def close(self) -> None:
-        """stop() and remove the temporary directories."""
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-        if self._own_pamwrap:
-            self.pamwrap.close()
+        """stop() and remove the temporary directories (and a real /etc/pam.d service), also when
+        stop() fails."""
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            if self._own_pamwrap:
+                self.pamwrap.close()
 
     def __enter__(self) -> Sshd:
         return self

@@ -317,6 +317,14 @@ def test_100_concurrent_ssh_logins(hostpam, ticketd, load_users, user_krb5, toge
 def test_hostpam_services_are_unique_and_removed_also_on_failure(tmp_path, monkeypatch):  # noqa: ANN001
     """The helper the load tests stand on: unique names, the real libpam's environment, nothing left."""
     monkeypatch.setenv("LD_PRELOAD", "libpam_wrapper.so")  # as a caller under pam_wrapper would have it
+    old_umask = os.umask(0o077)  # a umask that would make the files unreadable to libpam's readers
+    try:
+        _hostpam_round(tmp_path)
+    finally:
+        os.umask(old_umask)
+
+
+def _hostpam_round(tmp_path: Path) -> None:
     lines = ["auth required pam_permit.so", "session required pam_permit.so"]
     written: list[Path] = []
     with pytest.raises(RuntimeError), HostPam(pam_dir=tmp_path) as pam:

@@ -41,7 +41,7 @@ def test_a_job_wakes_one_idle_worker_and_every_job_runs() -> None:
         assert pool.submit(job, root=job % 2 == 0)
     release.set()
     for _ in range(8):
-        all_done.acquire()
+        assert all_done.acquire(timeout=10), "a job was never run (a lost wake-up)"
     for _ in range(1000):  # until all eight wait for work again (bounded: a hang fails the test)
         with pool._cond:
             if pool._idle == 8:
@@ -51,7 +51,7 @@ def test_a_job_wakes_one_idle_worker_and_every_job_runs() -> None:
     pool._cond.woken = 0
     for job in range(8, 12):
         assert pool.submit(job, root=True)
-        all_done.acquire()
+        assert all_done.acquire(timeout=10), "a job was never run (a lost wake-up)"
     assert sorted(done) == list(range(12))
     # notify_all woke all eight idle workers for each job (32 wake-ups for 4 jobs).
     assert pool._cond.woken == 4
