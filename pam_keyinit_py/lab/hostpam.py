@@ -7,18 +7,46 @@ their configuration.  :class:`HostPam` has the same interface, but libpam reads 
 from ``/etc/pam.d`` itself: each file gets a unique random name (``<name>-<8 hex>``), is
 created ``O_EXCL|O_NOFOLLOW`` (a file of that name is never overwritten), and is removed by
 :meth:`HostPam.close`.  The hook's shim and any probe scripts still live in the private
-directory, so only the service files touch the host.
+directory, so only the service files touch the host.  Each file's first line names the process
+that wrote it; a file left by a process that is gone (a killed test run skips ``close``) is
+removed by the next :class:`HostPam`.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 
 from .pamwrap import PamWrapper
 
 PAM_DIR = Path("/etc/pam.d")
+#: The first line of every service file written here; ``{pid}`` is the writer's.
+MARK = "# written by the pam-keyinit-py lab (HostPam) of pid {pid}; removed when it closes"
+_MARKED = re.compile(r"# written by the pam-keyinit-py lab \(HostPam\) of pid (\d+);")
+_UNIQUE = re.compile(r".+-[0-9a-f]{8}")
+
+
+def sweep(pam_dir: Path = PAM_DIR) -> list[Path]:
+    """Remove the service files a HostPam of a process that no longer exists left in ``pam_dir``.
+
+    Only files named ``<name>-<8 hex>`` whose first line is :data:`MARK` are candidates, and only
+    when /proc has no such pid (a reused pid keeps a file: the safe side).  Returns what went.
+    """
+    gone = []
+    for path in pam_dir.iterdir():
+        if not _UNIQUE.fullmatch(path.name) or path.is_symlink() or not path.is_file():
+            continue
+        try:
+            with path.open() as f:
+                found = _MARKED.match(f.readline())
+        except (OSError, UnicodeDecodeError):
+            continue
+        if found and not Path(f"/proc/{found.group(1)}").exists():
+            path.unlink(missing_ok=True)
+            gone.append(path)
+    return gone
 
 
 class HostPam(PamWrapper):
@@ -31,6 +59,7 @@ class HostPam(PamWrapper):
     """
 
     def __init__(self, directory: str | Path | None = None, pam_dir: Path = PAM_DIR) -> None:
+        sweep(pam_dir)
         super().__init__(directory)
         self.pam_dir = pam_dir
         self.written: list[Path] = []
@@ -45,7 +74,7 @@ class HostPam(PamWrapper):
         self.written.append(path)  # before the write: a failed write still leaves nothing behind
         with os.fdopen(fd, "w") as out:  # owns fd from here: closed whatever fails below
             os.fchmod(fd, 0o644)  # whatever the umask: libpam and admins read it like its neighbours
-            out.write("\n".join(lines) + "\n")
+            out.write("\n".join([MARK.format(pid=os.getpid()), *lines]) + "\n")
         return unique
 
     def env(self) -> dict[str, str]:

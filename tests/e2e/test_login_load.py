@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -41,7 +42,7 @@ import pytest
 from pam_keyinit_py.keyutils.proc import read_key_users
 from pam_keyinit_py.lab import pamwrap as pw
 from pam_keyinit_py.lab import sshd as lab_sshd
-from pam_keyinit_py.lab.hostpam import HostPam
+from pam_keyinit_py.lab.hostpam import MARK, HostPam, sweep
 from tests.conftest import require, require_root
 from tests.e2e.test_sshd_tickets import _stack
 from tests.kdc import ticketd as td
@@ -324,6 +325,23 @@ def test_hostpam_services_are_unique_and_removed_also_on_failure(tmp_path, monke
         os.umask(old_umask)
 
 
+def test_hostpam_sweeps_what_a_killed_run_left_and_nothing_else(tmp_path):  # noqa: ANN001
+    """A run killed before close() leaves its service file; the next HostPam removes it, but never
+    a file of a live writer, one without the mark, or one that is not named <name>-<8 hex>."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid is gone from /proc (and not yet reused: pids grow)
+    body = "\nauth required pam_permit.so\n"
+    files = {"left-0123abcd": MARK.format(pid=dead.pid), "live-0123abcd": MARK.format(pid=os.getpid()),
+             "admins-0123abcd": "# an admin's own service", "left-by-name": MARK.format(pid=dead.pid)}
+    for name, first in files.items():
+        (tmp_path / name).write_text(first + body)
+    assert sweep(tmp_path) == [tmp_path / "left-0123abcd"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["admins-0123abcd", "left-by-name", "live-0123abcd"]
+    (tmp_path / "left-4567cdef").write_text(MARK.format(pid=dead.pid) + body)
+    HostPam(pam_dir=tmp_path).close()  # a new HostPam sweeps on its way in
+    assert not (tmp_path / "left-4567cdef").exists()
+
+
 def _hostpam_round(tmp_path: Path) -> None:
     lines = ["auth required pam_permit.so", "session required pam_permit.so"]
     written: list[Path] = []
@@ -331,7 +349,7 @@ def _hostpam_round(tmp_path: Path) -> None:
         first, second = pam.service("keyinit-load", lines), pam.service("keyinit-load", lines)
         assert first != second and first.startswith("keyinit-load-") and second.startswith("keyinit-load-")
         written = [tmp_path / first, tmp_path / second]
-        assert written[0].read_text() == "\n".join(lines) + "\n"
+        assert written[0].read_text() == "\n".join([MARK.format(pid=os.getpid()), *lines]) + "\n"
         assert written[0].stat().st_mode & 0o777 == 0o644
         assert not any(k.startswith(("LD_PRELOAD", "PAM_WRAPPER")) for k in pam.env())
         private = pam.dir
