@@ -166,6 +166,35 @@ def key_usage(uids: set[int]) -> dict[int, tuple[int, int, int, int]]:
     return {k.uid: (k.nkeys, k.nikeys, k.qnkeys, k.qnbytes) for k in read_key_users() if k.uid in uids}
 
 
+KeyRows = dict[int, tuple[int, int, int, int]]
+
+
+def beyond(now: KeyRows, baseline: KeyRows) -> KeyRows:
+    """The uids whose key counts or bytes are above ``baseline``: what the logins left behind.
+
+    Below the baseline is not a leak: a session keyring that a warm-up login's exiting processes
+    still held when the baseline was read is gone later (seen once in ten runs: one 5-byte
+    ``_ses`` keyring fewer for every user after the burst).
+    """
+    return {uid: row for uid, row in now.items()
+            if any(a > b for a, b in zip(row, baseline.get(uid, (0, 0, 0, 0)), strict=True))}
+
+
+def user_processes(uids: set[int]) -> list[int]:
+    """Pids of processes whose real uid is in ``uids`` (an sshd session child, a session's shell)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/status") as status:
+                    uid = next(int(line.split()[1]) for line in status if line.startswith("Uid:"))
+            except (OSError, StopIteration, ValueError):
+                continue
+            if uid in uids:
+                pids.append(int(entry))
+    return pids
+
+
 #: Why a login whose session missed another in the rendezvous failed.
 MISSED = "its session did not meet all"
 
@@ -211,9 +240,9 @@ def _settled(daemon: TicketD, users: list[td.SvcUser], uids: set[int], keys: dic
     left = {u.name: persistent_caches(u.uid) for u in users if persistent_caches(u.uid)}
     if left:
         return f"caches left: {left}"
-    now = key_usage(uids)
-    if now != keys:
-        return f"/proc/key-users {now} != baseline {keys}"
+    left_keys = beyond(key_usage(uids), keys)
+    if left_keys:
+        return f"/proc/key-users above the baseline {keys}: {left_keys}"
     usage = process_usage(daemon)
     # Every thread but the bounded request pool is back to idle (KDC helpers, reapers ended).
     if usage["fds"] > idle["fds"] or usage["other_threads"] > idle["other_threads"] \
@@ -247,9 +276,9 @@ def _baseline(daemon: TicketD, users: list[td.SvcUser], login: Login, meet: Rend
     assert failures == [], failures
     uids = {u.uid for u in users}
 
-    def quiet() -> bool:
+    def quiet() -> bool:  # and no process of the users holds a session keyring any more
         return (daemon.request({"op": "status"})["service"]["sessions"] == 0
-                and not any(persistent_caches(u.uid) for u in users))
+                and not any(persistent_caches(u.uid) for u in users) and not user_processes(uids))
 
     daemon.wait_for(quiet, 30, "the warm-up sessions to close")
     prev: dict = {}
