@@ -74,7 +74,7 @@ __all__ = [
     "Reaper", "TicketInfo", "acquire_keytab", "acquire_password", "collection_name", "destroy",
     "destroy_quiet", "fast_armor", "flush_deferred", "host_principal", "import_file", "info",
     "is_enterprise_name", "is_service_cache", "keytab_name", "list_caches", "machine_account",
-    "parse_login_name", "renew", "retiring", "secret_buffer", "sweep_retired", "verify_creds", "wipe",
+    "renew", "retiring", "secret_buffer", "sweep_retired", "verify_creds", "wipe",
 ]
 
 
@@ -120,8 +120,9 @@ def acquire_password(
 
     With ``canonicalize`` the request carries the canonicalize flag
     (krb5_get_init_creds_opt_set_canonicalize) and the cache is made for the client name the KDC
-    answers with, so ``alice``, ``ALICE`` and the UPN ``alice@example.com`` (parsed as an
-    enterprise name, see :func:`parse_login_name`) all give one ``alice@REALM`` cache.
+    answers with, so ``alice``, ``ALICE`` and the UPN ``alice@example.com`` (parsed with
+    KRB5_PRINCIPAL_PARSE_ENTERPRISE when :func:`is_enterprise_name`, by the C helper of
+    :mod:`.preauth`) all give one ``alice@REALM`` cache.
 
     ``validate`` ("require", "if-keytab", "never") checks the TGT with :func:`verify_creds`
     against ``validate_keytab``/``validate_principal`` before anything is stored; ``fast``
@@ -190,12 +191,6 @@ def is_enterprise_name(name: str) -> bool:
     """
     _user, at, domain = name.rpartition("@")
     return bool(at) and domain != domain.upper()
-
-
-def parse_login_name(ctx: krb5.Context, name: str) -> krb5.Principal:
-    """krb5_parse_name_flags, with KRB5_PRINCIPAL_PARSE_ENTERPRISE for a UPN (NT-ENTERPRISE, RFC 6806)."""
-    flags = krb5.PrincipalParseFlags.enterprise if is_enterprise_name(name) else krb5.PrincipalParseFlags.none
-    return krb5.parse_name_flags(ctx, name.encode(), flags)
 
 
 def acquire_keytab(

@@ -48,18 +48,6 @@ def test_a_lower_case_domain_is_a_upn(name: str, enterprise: bool) -> None:
     assert ccache.is_enterprise_name(name) is enterprise
 
 
-def test_a_upn_parses_as_an_enterprise_principal_of_the_default_realm(tmp_path, monkeypatch) -> None:  # noqa: ANN001
-    conf = tmp_path / "krb5.conf"
-    conf.write_text("[libdefaults]\n default_realm = AD.EXAMPLE.ORG\n")
-    monkeypatch.setenv("KRB5_CONFIG", str(conf))
-    ctx = krb5.init_context()
-    upn = ccache.parse_login_name(ctx, "alice@example.org")
-    assert upn.type == 10  # KRB5_NT_ENTERPRISE_PRINCIPAL
-    assert upn.realm == b"AD.EXAMPLE.ORG" and upn.components == [b"alice@example.org"]
-    plain = ccache.parse_login_name(ctx, "alice@OTHER.ORG")
-    assert plain.realm == b"OTHER.ORG" and plain.components == [b"alice"]
-
-
 # ------------------------------------------------------------------ the FAST armor client
 
 def _keytab(path: Path, *names: str) -> str:
