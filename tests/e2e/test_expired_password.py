@@ -42,6 +42,15 @@ def _pexpect():
     return pexpect
 
 
+def session_ran(child, server, daemon) -> str:  # noqa: ANN001
+    """The transcript of a closed ssh pty client whose login succeeded and whose command ran
+    (exit 0, :data:`MARK` printed); else fail with the transcript, sshd's and the service's logs."""
+    transcript = child.before or ""
+    assert child.exitstatus == 0, f"{transcript}\n--- sshd ---\n{server.log()[-3000:]}\n{daemon.log()}"
+    assert MARK in transcript
+    return transcript
+
+
 def _change_dialogue(child, old: str, new: str) -> None:
     """Answer the hook's prompts: the password, then the current one again and the new one twice."""
     child.expect("Password: ")
@@ -76,9 +85,7 @@ def test_ssh_keyboard_interactive_changes_an_expired_password(sshd_factory, prim
         child.expect(pexpect.EOF)
     finally:
         child.close()
-    transcript = child.before or ""
-    assert child.exitstatus == 0, f"{transcript}\n--- sshd ---\n{server.log()[-3000:]}\n{ticketd.log()}"
-    assert MARK in transcript
+    transcript = session_ran(child, server, ticketd)
     _assert_changed(kadmind, svc_user, new, transcript)
     log = ticketd.log()
     assert "password changed through kpasswd" in log

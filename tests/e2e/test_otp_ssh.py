@@ -15,7 +15,7 @@ from __future__ import annotations
 from pam_keyinit_py.lab import pamconfigs
 from pam_keyinit_py.lab.sshd import KBDINT, PASSWORD
 from tests.e2e import test_sshd_krb5_login as krb5_login
-from tests.e2e.test_expired_password import MARK, _pexpect
+from tests.e2e.test_expired_password import MARK, _pexpect, session_ran
 from tests.kdc import test_otp as otp
 from tests.kdc.ticketd import persistent_caches
 
@@ -42,9 +42,7 @@ def test_ssh_keyboard_interactive_asks_the_token(sshd_factory, primary_stacks, o
         child.expect(pexpect.EOF)
     finally:
         child.close()
-    transcript = child.before or ""
-    assert child.exitstatus == 0, f"{transcript}\n--- sshd ---\n{server.log()[-3000:]}\n{otp_ticketd.log()}"
-    assert MARK in transcript
+    transcript = session_ran(child, server, otp_ticketd)
     assert f"Default principal: {otp_user.principal}" in transcript, transcript
     assert f"Ticket cache: KEYRING:persistent:{otp_user.uid}:" in transcript, transcript
     assert otp_realm.radius.requests(otp_user.name) == [True]
