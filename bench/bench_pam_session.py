@@ -87,10 +87,13 @@ def main() -> None:
         ratios: dict[str, list[float]] = {"cpu": [], "wall": []}
         for run in range(1, RUNS + 1):
             samples: dict[str, list[tuple[float, float]]] = {name: [] for name in stacks}
-            # interleave blocks of rounds so load from other jobs on the box hits all three alike
-            for _ in range(4):
-                for i, name in enumerate(stacks):
-                    samples[name] += _time(pw, f"bench{i}", max(1, ROUNDS // 4))
+            # Interleaved one pamtester run at a time, in an order that turns each round, so that
+            # the machine's drift (this VM's floor moves 22-34 ms between minutes) hits all three alike.
+            names = list(stacks)
+            for r in range(ROUNDS):
+                for k in range(len(names)):
+                    i = (r + k) % len(names)
+                    samples[names[i]] += _time(pw, f"bench{i}", 1)
             results = {name: (statistics.median(w for w, _ in vals), statistics.median(c for _, c in vals))
                        for name, vals in samples.items()}
             n = len(next(iter(samples.values())))

@@ -131,9 +131,14 @@ def pam_code(pamh: PamHandle, call: str, reply: dict[str, Any]) -> int:
     return int(getattr(pamh, table.get(reply_code(reply), table[""])))
 
 
+def socket_path(opts: Options) -> str:
+    """The service's socket: ``socket=`` of the PAM line, else :data:`protocol.DEFAULT_SOCKET`."""
+    return opts.socket or P.DEFAULT_SOCKET
+
+
 def request(opts: Options, message: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """One request to the service at ``opts.socket``; a missing or silent service is a reply too."""
-    return P.request(message, opts.socket, connect_timeout=CONNECT_TIMEOUT, timeout=timeout)
+    """One request to the service at :func:`socket_path`; a missing or silent service is a reply too."""
+    return P.request(message, socket_path(opts), connect_timeout=CONNECT_TIMEOUT, timeout=timeout)
 
 
 def prompt(pamh: PamHandle, text: str, hidden: bool = True) -> str | None:

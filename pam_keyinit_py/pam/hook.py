@@ -13,11 +13,12 @@ users below ``minimum_uid`` get PAM_IGNORE from them.  No exception leaves an en
 (:func:`_never_raises`): an unexpected one is logged (its class and where it was raised, never
 its text or locals, which may hold a password) and becomes that entry point's error code.
 
-Imports at load: stdlib, ``log`` and ``options`` (which reads ``protocol``'s default socket).
-The pam_keyinit logic (``keyinit``, layer 0's cffi module) is loaded by the first session or
-setcred call, the ticket client (``client``, ``account``) by the first auth, account or
-password call, so sshd's keyboard-interactive auth child loads no keyring code.  Nothing here
-loads Kerberos: the service does that work.
+Imports at load: stdlib, ``log`` and ``options``; not ``protocol``, which only the ticket
+client needs (a ``force revoke`` session line never loads it).  The pam_keyinit logic
+(``keyinit``, layer 0's cffi module) is loaded by the first session or setcred call, the
+ticket client (``client``, ``account``) by the first auth, account or password call, so
+sshd's keyboard-interactive auth child loads no keyring code.  Nothing here loads Kerberos:
+the service does that work.
 """
 
 from __future__ import annotations

@@ -9,11 +9,11 @@ lands in ``Options.unknown`` so the hook can log it once to syslog and carry on,
 pam_keyinit carries on.
 
 Stdlib only and no regular expressions, dataclasses or typing: this runs inside every login.
+Nor the service's ``protocol``: a session-only line (``force revoke``) never talks to the
+service, and ``protocol`` with its JSON and socket modules is a third of the hook's import.
 """
 
 from __future__ import annotations
-
-from ..protocol import DEFAULT_SOCKET
 
 DEFAULT_MINIMUM_UID = 1000
 #: Seconds the hook waits for the service's answer to a password (``auth_timeout=``).  The
@@ -47,8 +47,9 @@ class Options:
     use_authtok: bool = False
     #: auth: try the password with each principal of the user's ~/.k5login (pam_krb5's option).
     search_k5login: bool = False
-    #: the service's socket (an absolute path).
-    socket: str = DEFAULT_SOCKET
+    #: the service's socket (an absolute path); empty: ``protocol.DEFAULT_SOCKET``, which
+    #: :func:`pam_keyinit_py.pam.client.socket_path` reads when the hook first talks to the service.
+    socket: str = ""
     #: users with a smaller uid are not Kerberos users: auth, account, password and the
     #: session's tickets return PAM_IGNORE for them (the session keyring is still made).
     minimum_uid: int = DEFAULT_MINIMUM_UID

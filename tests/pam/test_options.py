@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from pam_keyinit_py.pam.options import DEFAULT_MINIMUM_UID, DEFAULT_SOCKET, Options, parse, parse_cached
+from pam_keyinit_py.pam.client import socket_path
+from pam_keyinit_py.pam.options import DEFAULT_MINIMUM_UID, Options, parse, parse_cached
+from pam_keyinit_py.protocol import DEFAULT_SOCKET
 
 
 def test_defaults() -> None:
     opts = parse([])
     assert opts == Options()
     assert (opts.force, opts.revoke, opts.debug, opts.link_persistent, opts.tickets) == (False,) * 5
-    assert opts.socket == DEFAULT_SOCKET == "/run/keyinit/ticketd.sock"
+    assert opts.socket == ""  # unset: the client reads protocol's default when it first connects
+    assert socket_path(opts) == DEFAULT_SOCKET == "/run/keyinit/ticketd.sock"
     assert opts.minimum_uid == DEFAULT_MINIMUM_UID == 1000
     assert opts.unknown == ()
 
@@ -22,6 +25,7 @@ def test_every_known_option() -> None:
     assert opts.force and opts.revoke and opts.debug and opts.link_persistent and opts.tickets
     assert opts.use_first_pass and opts.try_first_pass
     assert opts.socket == "/tmp/x.sock" and opts.minimum_uid == 500 and opts.unknown == ()
+    assert socket_path(opts) == "/tmp/x.sock"
 
 
 @pytest.mark.parametrize("bad", ["forc", "revoke=yes", "FORCE", "force ", "minimum_uid=abc", "minimum_uid=",
@@ -31,7 +35,7 @@ def test_unknown_and_malformed_are_collected_not_applied(bad: str) -> None:
     opts = parse(["revoke", bad])
     assert opts.unknown == (bad,)
     assert opts.revoke and not opts.force
-    assert opts.socket == DEFAULT_SOCKET and opts.minimum_uid == DEFAULT_MINIMUM_UID
+    assert socket_path(opts) == DEFAULT_SOCKET and opts.minimum_uid == DEFAULT_MINIMUM_UID
 
 
 def test_frozen() -> None:

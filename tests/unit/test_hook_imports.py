@@ -1,0 +1,34 @@
+"""What the PAM hook loads: it runs inside every login's interpreter, so each module is paid per login."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from pam_keyinit_py.pam.shim import repo_paths
+
+
+def _loaded(code: str) -> set[str]:
+    """Modules of the package, and the heavy stdlib ones, after ``code`` in a fresh ``python3 -I``
+    whose path is the shim's (see pam/shim.py)."""
+    probe = (f"import sys; sys.path[:0] = {repo_paths()!r}; {code}; "
+             "print(' '.join(m for m in sys.modules if m.startswith('pam_keyinit_py') "
+             "or m in ('json', '_json', 'socket', '_socket', 'krb5', 'struct')))")
+    out = subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+def test_a_session_only_line_loads_no_protocol_json_or_socket() -> None:
+    # What ``session optional pam_python.so pam_keyinit_py.py force revoke`` loads: the hook,
+    # its options, and at open_session the pam_keyinit logic (layer 0); no service client.
+    loaded = _loaded("import pam_keyinit_py.pam.hook as h, pam_keyinit_py.pam.keyinit; "
+                     "h.parse_cached(['force', 'revoke'])")
+    assert "pam_keyinit_py.pam.keyinit" in loaded and "pam_keyinit_py.keyutils" in loaded
+    assert not loaded & {"pam_keyinit_py.protocol", "pam_keyinit_py.pam.client", "json", "_json",
+                         "socket", "_socket", "krb5"}, loaded
+
+
+def test_the_ticket_client_still_reads_the_protocol() -> None:
+    loaded = _loaded("import pam_keyinit_py.pam.hook, pam_keyinit_py.pam.client")
+    assert {"pam_keyinit_py.protocol", "pam_keyinit_py.pam.client"} <= loaded
+    assert "krb5" not in loaded
