@@ -16,6 +16,7 @@ import pytest
 
 from pam_keyinit_py import protocol as P
 from pam_keyinit_py.lab.realm import Realm
+from pam_keyinit_py.tickets.validation import ARMOR_MARGIN, armor_renew_at
 from tests.kdc import ticketd as td
 from tests.kdc.ticketd import TEST_CONFIG, SvcUser, TicketD, persistent_caches, public_tmpdir
 
@@ -118,6 +119,29 @@ def test_wrong_key_in_keytab_is_a_validation_failure(daemons, realm, svc_user, t
     reply = svc_user.auth(daemon)
     assert reply["code"] == P.VALIDATION_FAILED, reply
     assert "TGT did not validate with host/localhost" in daemon.log()
+
+
+def test_one_armor_tgt_serves_many_logins_in_a_realm_of_short_tickets(daemons, fast_realm, fast_user):
+    """fast_realm's tickets live 60 s, under ARMOR_MARGIN (300 s): the armor TGT is still kept for
+    half its life, not fetched from the keytab again for every login (one AS exchange less each)."""
+    daemon = daemons(fast_realm.env, validate_principal=FAST_HOST, fast="require")
+    kdc_log = fast_realm.dir / "kdc.log"
+
+    def armor_tgts_issued() -> int:
+        return sum("ISSUE" in line and f"{FAST_HOST} for krbtgt/FAST.TEST@FAST.TEST" in line
+                   for line in kdc_log.read_text().splitlines())
+
+    before = armor_tgts_issued()
+    for _ in range(3):
+        reply = fast_user.auth(daemon)
+        assert reply["ok"], f"{reply}\n{daemon.log()}"
+    assert armor_tgts_issued() - before == 1
+
+
+def test_armor_renew_at() -> None:
+    assert armor_renew_at(1000.0, 1000.0 + 36000) == 1000.0 + 36000 - ARMOR_MARGIN  # 10 h: the margin
+    assert armor_renew_at(1000.0, 1060.0) == 1030.0  # 60 s: at half its life
+    assert armor_renew_at(1000.0, 990.0) == 990.0  # nonsense times: replaced at its end, never later
 
 
 @pytest.fixture
