@@ -44,7 +44,7 @@ PROG="ad-realm.sh" REALM_NOUN="AD realm"
 PY=/usr/bin/python3   # python3-samba is for Debian's interpreter, not a venv or pyenv one
 PORT=88               # Samba's KDC has no port setting: AD clients find it on 88
 # die, usage, read_realm, env_lines, pid_of, listening, serving, wait_until, stop_pidfile,
-# the env and status verbs and main: what realm.sh does alike.
+# the destroy, env and status verbs and main: what realm.sh does alike.
 # shellcheck source-path=SCRIPTDIR source=common.sh
 . "$HERE/common.sh"
 
@@ -192,15 +192,13 @@ EOF
 
 cmd_stop() { [ $# -eq 1 ] || usage; load "$1"; stop_pidfile "$DIR/run/samba.pid" samba; }
 
-cmd_destroy() {
-    [ $# -eq 1 ] || usage
-    [ -f "$1/realm.env" ] || return 0
-    cmd_stop "$1"
-    load "$1"
+# For destroy (common.sh): samba, then everything provision, start and the verbs wrote.
+stop_daemons() { cmd_stop "$DIR"; }
+
+remove_files() {
     rm -rf "${DIR:?}/etc" "$DIR/private" "$DIR/state" "$DIR/cache" "$DIR/bind-dns" "$DIR/run" \
         "$DIR/msg.lock" "$DIR/msg.sock" "$DIR/sysvol" "$DIR/provision.log" "$DIR"/*.tdb "$DIR"/*.log* "$DIR/samba.out" "$DIR/krb5.conf" \
         "$DIR/krb5.keytab" "$DIR/realm.env"
-    rmdir "$DIR" 2>/dev/null || true
 }
 
 check_name() {

@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # krb5/common.sh: what the two realm bootstraps, realm.sh (MIT) and ad-realm.sh (Samba AD DC),
 # do alike: messages and usage, reading DIR/realm.env, the daemons' pid files (start, wait, stop),
-# the `env` and `status` verbs and the verb dispatch.  Sourced, never run: each script sources
+# the `destroy`, `env` and `status` verbs and the verb dispatch.  Sourced, never run: each script sources
 # it from its own directory (`. "$HERE/common.sh"`), so it works from any cwd and wherever the
 # krb5/ directory is copied (vagrant syncs the whole repository to /src).
 #
@@ -10,6 +10,7 @@
 #   load DIR     read_realm DIR plus what its own verbs need (exports, paths);
 #   kdc_pid      the running KDC's pid on stdout (pid_of its pid file), or status 1;
 #   print_env    the `export` lines of `env` and `start` (env_lines with its own extras);
+#   stop_daemons, remove_files   destroy's two steps (after load);
 #   cmd_VERB     one function a verb: `main "$@"` runs cmd_$1 with the rest.
 # No file here may end in .py: krb5/ must never shadow pykrb5's `import krb5`.
 
@@ -92,6 +93,18 @@ stop_pidfile() {
     kill "$pid"
     wait_until 250 0.02 gone "$pid" || kill -KILL "$pid" 2>/dev/null || true
     rm -f "$1"
+}
+
+# DIR: stop the realm's daemons, remove the files the script wrote, and DIR itself if that
+# empties it.  Where no realm.env is there is nothing to do (exit 0): the lab destroys a
+# half-made realm that way.
+cmd_destroy() {
+    [ $# -eq 1 ] || usage
+    [ -f "$1/realm.env" ] || return 0
+    load "$1"
+    stop_daemons
+    remove_files
+    rmdir "$DIR" 2>/dev/null || true
 }
 
 cmd_env() { [ $# -eq 1 ] || usage; load "$1"; print_env; }

@@ -51,7 +51,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PROG="realm.sh" REALM_NOUN="realm"
 REPLICA_PORT="" KPROP_PORT=""
 # die, usage, read_realm, env_lines, pid_of, listening, serving, wait_until, stop_pidfile,
-# the env and status verbs and main: what ad-realm.sh does alike.
+# the destroy, env and status verbs and main: what ad-realm.sh does alike.
 # shellcheck source-path=SCRIPTDIR source=common.sh
 . "$HERE/common.sh"
 
@@ -114,6 +114,18 @@ kdc_up() {
 }
 
 kadmin() { "$(sbin kadmin.local)" -r "$REALM" "$@"; }
+
+# VERB ARG...: the kadmin.local request "VERB ARG..." on its stdin (nothing of it reaches argv);
+# its reply (stdout and stderr) in KADMIN_OUT: kadmin.local exits 0 even when a request fails, so
+# the caller judges by the message.  An ARG with a double quote or ';' is refused.
+kadmin_request() {
+    case "$*" in *[\"\;]*) die "$1: bad argument" ;; esac
+    KADMIN_OUT="$(printf '%s\n' "$*" | kadmin 2>&1)" || true
+}
+
+# The last lines of KADMIN_OUT for an error message, without kadmin.local's prompt echo and its
+# "Authenticating as principal ... with password" line.
+kadmin_said() { grep -v '^kadmin.local:\|^Authenticating' <<<"$KADMIN_OUT" | tail -n 2; }
 
 cmd_start() {
     local dir="" realm="PKK.TEST" maxlife="10m" maxrenew="1h" addr="127.0.0.1" port="" extra=() x otp=""
@@ -183,18 +195,14 @@ cmd_start() {
 
 cmd_stop() { [ $# -eq 1 ] || usage; load "$1"; stop_pidfile "$DIR/krb5kdc.pid" krb5kdc; }
 
-cmd_destroy() {
-    [ $# -eq 1 ] || usage
-    [ -f "$1/realm.env" ] || return 0
-    kadmind_stop "$1"
-    cmd_stop "$1"
-    load "$1"
-    replica_stop
+# For destroy (common.sh): every daemon of the realm, then every file start and the verbs wrote.
+stop_daemons() { kadmind_stop "$DIR"; cmd_stop "$DIR"; replica_stop; }
+
+remove_files() {
     rm -rf "$DIR/replica"
     rm -f "$DIR"/replica_datatrans*
     rm -f "$DIR"/principal* "$DIR/stash" "$DIR/kdc.conf" "$DIR/krb5.conf" "$DIR/kadm5.acl" "$DIR/krb5.keytab" \
         "$DIR"/*.log "$DIR/krb5kdc.out" "$DIR/kadmind.out" "$DIR/kadmind.pid" "$DIR/realm.env"
-    rmdir "$DIR" 2>/dev/null || true
 }
 
 cmd_addprinc() {
@@ -235,33 +243,28 @@ cmd_addprinc() {
 cmd_modprinc() {
     [ $# -ge 3 ] || usage
     load "$1"
-    local name="$2" out
+    local name="$2"
     shift 2
-    case "$name $*" in *[\"\;]*) die "modprinc: bad argument" ;; esac
-    out="$(printf 'modprinc %s %s\n' "$*" "$name" | kadmin 2>&1)" || true
-    grep -q "Principal \"$name@\?.*\" modified" <<<"$out" ||
-        die "modprinc $name failed: $(grep -v '^kadmin.local:' <<<"$out" | tail -n 2)"
+    kadmin_request modprinc "$@" "$name"
+    grep -q "Principal \"$name@\?.*\" modified" <<<"$KADMIN_OUT" || die "modprinc $name failed: $(kadmin_said)"
 }
 
 cmd_setstr() {
     [ $# -eq 4 ] || usage
     load "$1"
-    case "$2 $3 $4" in *[\"\;]*) die "setstr: bad argument" ;; esac
-    local out
-    out="$(printf 'setstr %s %s %s\n' "$2" "$3" "$4" | kadmin 2>&1)" || true
-    grep -q "Attribute set" <<<"$out" || die "setstr $2 failed: $(grep -v '^kadmin.local:' <<<"$out" | tail -n 2)"
+    kadmin_request setstr "$2" "$3" "$4"
+    grep -q "Attribute set" <<<"$KADMIN_OUT" || die "setstr $2 failed: $(kadmin_said)"
 }
 
 cmd_addpol() {
     [ $# -ge 3 ] || usage
     load "$1"
-    local name="$2" out
+    local name="$2"
     shift 2
-    case "$name $*" in *[\"\;]*) die "addpol: bad argument" ;; esac
-    out="$(printf 'addpol %s %s\n' "$*" "$name" | kadmin 2>&1)" || true
+    kadmin_request addpol "$@" "$name"
     # An existing policy is kept (idempotent, as addprinc).
-    if grep -qiE 'error|usage|invalid' <<<"$out" && ! grep -q 'already exists' <<<"$out"; then
-        die "addpol $name failed: $(grep -v '^kadmin.local:\|^Authenticating' <<<"$out" | tail -n 2)"
+    if grep -qiE 'error|usage|invalid' <<<"$KADMIN_OUT" && ! grep -q 'already exists' <<<"$KADMIN_OUT"; then
+        die "addpol $name failed: $(kadmin_said)"
     fi
 }
 
