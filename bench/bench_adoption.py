@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_tickets_service import _run_clients  # noqa: E402
+from bench_tickets_service import _drop_persistent, _run_clients  # noqa: E402
 
 from pam_keyinit_py import keyutils  # noqa: E402
 from pam_keyinit_py import protocol as P  # noqa: E402
@@ -48,15 +48,6 @@ WATCH_INTERVAL = 10.0  # the service's default adopt_watch_interval
 
 def _uids() -> list[int]:
     return [UID_BASE + i for i in range(USERS)]
-
-
-def _drop_persistent(uids: list[int]) -> None:
-    """Invalidate the persistent keyrings the bench made for the fake uids."""
-    for uid in uids:
-        try:
-            keyutils.invalidate(keyutils.get_persistent(uid, keyutils.KEY_SPEC_THREAD_KEYRING))
-        except OSError:
-            pass
 
 
 def _cpu() -> float:

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -83,6 +84,16 @@ def _run_clients(sock: str, messages: list[dict]) -> float:
     return time.monotonic() - t0
 
 
+def _drop_persistent(uids: Iterable[int]) -> None:
+    """KEYCTL_GET_PERSISTENT + KEYCTL_INVALIDATE for each uid: the persistent keyrings a bench made
+    (or the service touched) for its fake uids go, not just their contents."""
+    for uid in uids:
+        try:
+            keyutils.invalidate(keyutils.get_persistent(uid, keyutils.KEY_SPEC_THREAD_KEYRING))
+        except OSError:
+            pass
+
+
 def bench_rss(realm: Realm) -> None:
     directory = Path(tempfile.mkdtemp(prefix="pkd-bench-"))
     daemon = _start_daemon(directory, realm.env)
@@ -108,11 +119,7 @@ def bench_rss(realm: Realm) -> None:
               f"({CLIENTS} clients, state file committed before each reply)")
     finally:
         daemon.stop()
-        for i in range(SESSIONS):  # the touched persistent keyrings of the fake uids
-            try:
-                keyutils.invalidate(keyutils.get_persistent(UID_BASE + i, keyutils.KEY_SPEC_THREAD_KEYRING))
-            except OSError:
-                pass
+        _drop_persistent(range(UID_BASE, UID_BASE + SESSIONS))  # the keyrings the service touched
         shutil.rmtree(directory, ignore_errors=True)
 
 

@@ -40,12 +40,13 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-PROG="ad-realm.sh"
+PROG="ad-realm.sh" REALM_NOUN="AD realm"
 PY=/usr/bin/python3   # python3-samba is for Debian's interpreter, not a venv or pyenv one
 PORT=88               # Samba's KDC has no port setting: AD clients find it on 88
-
-die() { echo "$PROG: $*" >&2; exit 1; }
-usage() { sed -n '4,39p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+# die, usage, read_realm, env_lines, pid_of, listening, serving, wait_until, stop_pidfile,
+# the destroy, env and status verbs and main: what realm.sh does alike.
+# shellcheck source-path=SCRIPTDIR source=common.sh
+. "$HERE/common.sh"
 
 need() {
     command -v samba-tool >/dev/null 2>&1 && [ -x /usr/sbin/samba ] &&
@@ -53,31 +54,11 @@ need() {
         die "samba AD DC not installed (make setup: apt-get install samba samba-ad-dc samba-ad-provision)"
 }
 
-load() {
-    DIR="$(cd "$1" 2>/dev/null && pwd)" || die "$1: no such directory"
-    [ -f "$DIR/realm.env" ] || die "$DIR: no AD realm here (run: $PROG start $DIR)"
-    # shellcheck disable=SC1091
-    . "$DIR/realm.env"
-    SMBCONF="$DIR/etc/smb.conf"
-    export KRB5_CONFIG="$DIR/krb5.conf"
-}
+load() { read_realm "$1"; SMBCONF="$DIR/etc/smb.conf"; }
 
-print_env() {
-    printf 'export KRB5_CONFIG=%q\n' "$DIR/krb5.conf"
-    printf 'export REALM=%q\n' "$REALM"
-    printf 'export KDC_PORT=%q\n' "$PORT"
-}
+print_env() { env_lines; }
 
-samba_pid() {
-    local pid
-    pid="$(cat "$DIR/run/samba.pid" 2>/dev/null)" || return 1
-    pid="${pid//[!0-9]/}"
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
-    grep -qx samba "/proc/$pid/comm" 2>/dev/null || return 1
-    echo "$pid"
-}
-
-listening() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
+kdc_pid() { pid_of "$DIR/run/samba.pid" samba; }
 
 # Who else holds 88 on loopback (an MIT KDC, a host samba)?  Samba would fail to bind it.
 port_owner() {
@@ -196,7 +177,7 @@ EOF
     else
         load "$DIR"
     fi
-    if samba_pid >/dev/null; then print_env; return 0; fi
+    if kdc_pid >/dev/null; then print_env; return 0; fi
     local owner
     owner="$(port_owner)"
     [ -z "$owner" ] || die "cannot start the AD KDC: $owner (another KDC or samba on this machine?)"
@@ -204,38 +185,20 @@ EOF
     # One process (-M single): a lab KDC on a 2-core machine.  It daemonizes and writes the pid.
     /usr/sbin/samba -D -M single -s "$SMBCONF" >>"$DIR/samba.out" 2>&1 ||
         die "samba failed to start: $(tail -n 3 "$DIR/samba.out")"
-    local i
-    for i in $(seq 1 300); do
-        if samba_pid >/dev/null && listening; then print_env; return 0; fi
-        sleep 0.05
-    done
+    if wait_until 300 0.05 serving "$DIR/run/samba.pid" samba 127.0.0.1 "$PORT"; then print_env; return 0; fi
     cmd_stop "$DIR" || true
     die "samba's KDC did not answer on 127.0.0.1:$PORT; see $DIR/samba.log and $DIR/samba.out"
 }
 
-cmd_stop() {
-    [ $# -eq 1 ] || usage
-    load "$1"
-    local pid i
-    pid="$(samba_pid)" || { rm -f "$DIR/run/samba.pid"; return 0; }
-    kill "$pid"
-    for i in $(seq 1 250); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.02
-    done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
-    rm -f "$DIR/run/samba.pid"
-}
+cmd_stop() { [ $# -eq 1 ] || usage; load "$1"; stop_pidfile "$DIR/run/samba.pid" samba; }
 
-cmd_destroy() {
-    [ $# -eq 1 ] || usage
-    [ -f "$1/realm.env" ] || return 0
-    cmd_stop "$1"
-    load "$1"
-    rm -rf "$DIR/etc" "$DIR/private" "$DIR/state" "$DIR/cache" "$DIR/bind-dns" "$DIR/run" \
+# For destroy (common.sh): samba, then everything provision, start and the verbs wrote.
+stop_daemons() { cmd_stop "$DIR"; }
+
+remove_files() {
+    rm -rf "${DIR:?}/etc" "$DIR/private" "$DIR/state" "$DIR/cache" "$DIR/bind-dns" "$DIR/run" \
         "$DIR/msg.lock" "$DIR/msg.sock" "$DIR/sysvol" "$DIR/provision.log" "$DIR"/*.tdb "$DIR"/*.log* "$DIR/samba.out" "$DIR/krb5.conf" \
         "$DIR/krb5.keytab" "$DIR/realm.env"
-    rmdir "$DIR" 2>/dev/null || true
 }
 
 check_name() {
@@ -407,33 +370,4 @@ db.modify(m)
     echo "$keytab"
 }
 
-cmd_env() { [ $# -eq 1 ] || usage; load "$1"; print_env; }
-
-cmd_status() {
-    [ $# -eq 1 ] || usage
-    load "$1"
-    local pid
-    if pid="$(samba_pid)"; then
-        echo "realm $REALM kdc 127.0.0.1:$PORT pid $pid"
-    else
-        echo "realm $REALM kdc 127.0.0.1:$PORT stopped"
-        return 3
-    fi
-}
-
-[ $# -ge 1 ] || usage
-cmd="$1"
-shift
-case "$cmd" in
-    start) cmd_start "$@" ;;
-    stop) cmd_stop "$@" ;;
-    destroy) cmd_destroy "$@" ;;
-    adduser) cmd_adduser "$@" ;;
-    deluser) cmd_deluser "$@" ;;
-    ktadd) cmd_ktadd "$@" ;;
-    hostkeytab) cmd_hostkeytab "$@" ;;
-    env) cmd_env "$@" ;;
-    status) cmd_status "$@" ;;
-    -h|--help|help) usage ;;
-    *) echo "$PROG: unknown command $cmd" >&2; usage ;;
-esac
+main "$@"

@@ -48,11 +48,12 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-PROG="realm.sh"
+PROG="realm.sh" REALM_NOUN="realm"
 REPLICA_PORT="" KPROP_PORT=""
-
-die() { echo "$PROG: $*" >&2; exit 1; }
-usage() { sed -n '4,47p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+# die, usage, read_realm, env_lines, pid_of, listening, serving, wait_until, stop_pidfile,
+# the destroy, env and status verbs and main: what ad-realm.sh does alike.
+# shellcheck source-path=SCRIPTDIR source=common.sh
+. "$HERE/common.sh"
 
 need() {
     local tool
@@ -86,20 +87,9 @@ for _ in range(50):
 PY
 }
 
-load() {
-    DIR="$(cd "$1" 2>/dev/null && pwd)" || die "$1: no such directory"
-    [ -f "$DIR/realm.env" ] || die "$DIR: no realm here (run: $PROG start $DIR)"
-    # shellcheck disable=SC1091
-    . "$DIR/realm.env"
-    export KRB5_CONFIG="$DIR/krb5.conf" KRB5_KDC_PROFILE="$DIR/kdc.conf"
-}
+load() { read_realm "$1"; export KRB5_KDC_PROFILE="$DIR/kdc.conf"; }
 
-print_env() {
-    printf 'export KRB5_CONFIG=%q\n' "$DIR/krb5.conf"
-    printf 'export KRB5_KDC_PROFILE=%q\n' "$DIR/kdc.conf"
-    printf 'export REALM=%q\n' "$REALM"
-    printf 'export KDC_PORT=%q\n' "$PORT"
-}
+print_env() { env_lines "KRB5_KDC_PROFILE=$DIR/kdc.conf"; }
 
 render() { # template output
     local replica=(-e '/^@REPLICA_KDC@$/d') udp=(-e 's|^@UDP_PREF@$|    udp_preference_limit = 1|')
@@ -113,28 +103,29 @@ render() { # template output
     mv -f "$2.tmp" "$2"
 }
 
-kdc_pid() {
-    local pid
-    [ -f "$DIR/krb5kdc.pid" ] || return 1
-    pid="$(cat "$DIR/krb5kdc.pid" 2>/dev/null)" || return 1
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
-    # Only our krb5kdc, never a recycled pid.
-    grep -q krb5kdc "/proc/$pid/comm" 2>/dev/null || return 1
-    echo "$pid"
-}
+kdc_pid() { pid_of "$DIR/krb5kdc.pid" krb5kdc; }
 
-listening() { (exec 3<>"/dev/tcp/${ADDR:-127.0.0.1}/${1:-$PORT}") 2>/dev/null; }
-
-kadmind_pid() {
-    local pid
-    [ -f "$DIR/kadmind.pid" ] || return 1
-    pid="$(cat "$DIR/kadmind.pid" 2>/dev/null)" || return 1
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
-    grep -q kadmind "/proc/$pid/comm" 2>/dev/null || return 1
-    echo "$pid"
+# For wait_until: 0 once the KDC serves its port; 2 if it wrote its pid file and died (someone
+# holds the port); 1 while neither.
+kdc_up() {
+    serving "$DIR/krb5kdc.pid" krb5kdc "${ADDR:-}" "$PORT" && return 0
+    [ -f "$DIR/krb5kdc.pid" ] && ! kdc_pid >/dev/null && return 2
+    return 1
 }
 
 kadmin() { "$(sbin kadmin.local)" -r "$REALM" "$@"; }
+
+# VERB ARG...: the kadmin.local request "VERB ARG..." on its stdin (nothing of it reaches argv);
+# its reply (stdout and stderr) in KADMIN_OUT: kadmin.local exits 0 even when a request fails, so
+# the caller judges by the message.  An ARG with a double quote or ';' is refused.
+kadmin_request() {
+    case "$*" in *[\"\;]*) die "$1: bad argument" ;; esac
+    KADMIN_OUT="$(printf '%s\n' "$*" | kadmin 2>&1)" || true
+}
+
+# The last lines of KADMIN_OUT for an error message, without kadmin.local's prompt echo and its
+# "Authenticating as principal ... with password" line.
+kadmin_said() { grep -v '^kadmin.local:\|^Authenticating' <<<"$KADMIN_OUT" | tail -n 2; }
 
 cmd_start() {
     local dir="" realm="PKK.TEST" maxlife="10m" maxrenew="1h" addr="127.0.0.1" port="" extra=() x otp=""
@@ -190,16 +181,11 @@ cmd_start() {
         load "$DIR"
     fi
     if kdc_pid >/dev/null; then print_env; return 0; fi
-    local try
-    for try in 1 2 3 4 5 6 7 8 9 10; do
+    local try pid
+    for ((try = 0; try < 10; try++)); do
         rm -f "$DIR/krb5kdc.pid"
         "$(sbin krb5kdc)" -r "$REALM" -P "$DIR/krb5kdc.pid" >>"$DIR/krb5kdc.out" 2>&1 || true
-        local i
-        for i in $(seq 1 100); do
-            if kdc_pid >/dev/null && listening; then print_env; return 0; fi
-            if [ -f "$DIR/krb5kdc.pid" ] && ! kdc_pid >/dev/null; then break; fi
-            sleep 0.02
-        done
+        if wait_until 100 0.02 kdc_up; then print_env; return 0; fi
         # Someone took our port between runs (restart after "KDC down"): wait and retry.
         if pid="$(kdc_pid)"; then kill "$pid" 2>/dev/null || true; fi
         sleep 0.2
@@ -207,33 +193,16 @@ cmd_start() {
     die "krb5kdc did not start on ${ADDR:-127.0.0.1}:$PORT; see $DIR/kdc.log and $DIR/krb5kdc.out"
 }
 
-cmd_stop() {
-    [ $# -eq 1 ] || usage
-    load "$1"
-    local pid i
-    pid="$(kdc_pid)" || { rm -f "$DIR/krb5kdc.pid"; return 0; }
-    kill -CONT "$pid" 2>/dev/null || true  # a SIGSTOPped KDC (failover tests) cannot act on SIGTERM
-    kill "$pid"
-    for i in $(seq 1 250); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.02
-    done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
-    rm -f "$DIR/krb5kdc.pid"
-}
+cmd_stop() { [ $# -eq 1 ] || usage; load "$1"; stop_pidfile "$DIR/krb5kdc.pid" krb5kdc; }
 
-cmd_destroy() {
-    [ $# -eq 1 ] || usage
-    [ -f "$1/realm.env" ] || return 0
-    kadmind_stop "$1"
-    cmd_stop "$1"
-    load "$1"
-    replica_stop
+# For destroy (common.sh): every daemon of the realm, then every file start and the verbs wrote.
+stop_daemons() { kadmind_stop "$DIR"; cmd_stop "$DIR"; replica_stop; }
+
+remove_files() {
     rm -rf "$DIR/replica"
     rm -f "$DIR"/replica_datatrans*
     rm -f "$DIR"/principal* "$DIR/stash" "$DIR/kdc.conf" "$DIR/krb5.conf" "$DIR/kadm5.acl" "$DIR/krb5.keytab" \
         "$DIR"/*.log "$DIR/krb5kdc.out" "$DIR/kadmind.out" "$DIR/kadmind.pid" "$DIR/realm.env"
-    rmdir "$DIR" 2>/dev/null || true
 }
 
 cmd_addprinc() {
@@ -274,33 +243,28 @@ cmd_addprinc() {
 cmd_modprinc() {
     [ $# -ge 3 ] || usage
     load "$1"
-    local name="$2" out
+    local name="$2"
     shift 2
-    case "$name $*" in *[\"\;]*) die "modprinc: bad argument" ;; esac
-    out="$(printf 'modprinc %s %s\n' "$*" "$name" | kadmin 2>&1)" || true
-    grep -q "Principal \"$name@\?.*\" modified" <<<"$out" ||
-        die "modprinc $name failed: $(grep -v '^kadmin.local:' <<<"$out" | tail -n 2)"
+    kadmin_request modprinc "$@" "$name"
+    grep -q "Principal \"$name@\?.*\" modified" <<<"$KADMIN_OUT" || die "modprinc $name failed: $(kadmin_said)"
 }
 
 cmd_setstr() {
     [ $# -eq 4 ] || usage
     load "$1"
-    case "$2 $3 $4" in *[\"\;]*) die "setstr: bad argument" ;; esac
-    local out
-    out="$(printf 'setstr %s %s %s\n' "$2" "$3" "$4" | kadmin 2>&1)" || true
-    grep -q "Attribute set" <<<"$out" || die "setstr $2 failed: $(grep -v '^kadmin.local:' <<<"$out" | tail -n 2)"
+    kadmin_request setstr "$2" "$3" "$4"
+    grep -q "Attribute set" <<<"$KADMIN_OUT" || die "setstr $2 failed: $(kadmin_said)"
 }
 
 cmd_addpol() {
     [ $# -ge 3 ] || usage
     load "$1"
-    local name="$2" out
+    local name="$2"
     shift 2
-    case "$name $*" in *[\"\;]*) die "addpol: bad argument" ;; esac
-    out="$(printf 'addpol %s %s\n' "$*" "$name" | kadmin 2>&1)" || true
+    kadmin_request addpol "$@" "$name"
     # An existing policy is kept (idempotent, as addprinc).
-    if grep -qiE 'error|usage|invalid' <<<"$out" && ! grep -q 'already exists' <<<"$out"; then
-        die "addpol $name failed: $(grep -v '^kadmin.local:\|^Authenticating' <<<"$out" | tail -n 2)"
+    if grep -qiE 'error|usage|invalid' <<<"$KADMIN_OUT" && ! grep -q 'already exists' <<<"$KADMIN_OUT"; then
+        die "addpol $name failed: $(kadmin_said)"
     fi
 }
 
@@ -339,18 +303,7 @@ cmd_hostkeytab() {
     echo "$keytab"
 }
 
-kadmind_stop() {
-    load "$1"
-    local pid i
-    pid="$(kadmind_pid)" || { rm -f "$DIR/kadmind.pid"; return 0; }
-    kill "$pid"
-    for i in $(seq 1 250); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.02
-    done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
-    rm -f "$DIR/kadmind.pid"
-}
+kadmind_stop() { load "$1"; stop_pidfile "$DIR/kadmind.pid" kadmind; }
 
 # kadmind (kadmin and kpasswd services) for the realm, on the ports kdc.conf names.  It daemonizes
 # and writes DIR/kadmind.pid; ready when both its TCP ports accept.
@@ -363,42 +316,18 @@ cmd_kadmind() {
     esac
     need kadmind
     load "$1"
-    if kadmind_pid >/dev/null; then return 0; fi
+    if pid_of "$DIR/kadmind.pid" kadmind >/dev/null; then return 0; fi
     rm -f "$DIR/kadmind.pid"
     "$(sbin kadmind)" -r "$REALM" -P "$DIR/kadmind.pid" >>"$DIR/kadmind.out" 2>&1 ||
         die "kadmind failed: $(tail -n 3 "$DIR/kadmind.out")"
-    local i
-    for i in $(seq 1 250); do
-        if kadmind_pid >/dev/null && listening "$KPASSWD_PORT" && listening "$KADMIN_PORT"; then return 0; fi
-        sleep 0.02
-    done
+    if wait_until 250 0.02 serving "$DIR/kadmind.pid" kadmind "${ADDR:-}" "$KPASSWD_PORT" "$KADMIN_PORT"; then
+        return 0
+    fi
     kadmind_stop "$DIR"
     die "kadmind did not listen on ${ADDR:-127.0.0.1}:$KPASSWD_PORT; see $DIR/kadmind.log and $DIR/kadmind.out"
 }
 
 # ---- the replica: a second krb5kdc fed by kprop/kpropd (all under DIR/replica) ----
-
-pid_of() { # PIDFILE COMM: the pid in PIDFILE if that process is alive and is COMM
-    local pid
-    [ -f "$1" ] || return 1
-    pid="$(cat "$1" 2>/dev/null)" || return 1
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
-    grep -qx "$2" "/proc/$pid/comm" 2>/dev/null || return 1
-    echo "$pid"
-}
-
-stop_pidfile() { # PIDFILE COMM
-    local pid i
-    pid="$(pid_of "$1" "$2")" || { rm -f "$1"; return 0; }
-    kill -CONT "$pid" 2>/dev/null || true  # a SIGSTOPped process cannot act on SIGTERM
-    kill "$pid"
-    for i in $(seq 1 250); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.02
-    done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
-    rm -f "$1"
-}
 
 # kdb5_util dump of the primary, sent to the replica's kpropd with kprop (host/ key from the
 # realm keytab, to host/localhost on the kpropd port).
@@ -413,7 +342,7 @@ replica_kprop() {
 
 replica_start() {
     need krb5kdc kdb5_util kprop kpropd
-    local rdir="$DIR/replica" i
+    local rdir="$DIR/replica"
     mkdir -p "$rdir"
     chmod 0700 "$rdir"
     if [ -z "${REPLICA_PORT:-}" ]; then
@@ -437,21 +366,16 @@ replica_start() {
         KRB5_KDC_PROFILE="$rdir/kdc.conf" "$(sbin kpropd)" -r "$REALM" -P "$KPROP_PORT" -a "$rdir/kpropd.acl" \
             -f "$rdir/from_primary" -s "$DIR/krb5.keytab" --pid-file="$rdir/kpropd.pid" \
             >>"$rdir/kpropd.out" 2>&1 || die "kpropd failed: $(tail -n 3 "$rdir/kpropd.out")"
-        for i in $(seq 1 250); do
-            if pid_of "$rdir/kpropd.pid" kpropd >/dev/null && listening "$KPROP_PORT"; then break; fi
-            sleep 0.02
-        done
-        listening "$KPROP_PORT" || die "kpropd did not listen on 127.0.0.1:$KPROP_PORT; see $rdir/kpropd.out"
+        wait_until 250 0.02 serving "$rdir/kpropd.pid" kpropd "${ADDR:-}" "$KPROP_PORT" ||
+            listening "$KPROP_PORT" "${ADDR:-}" ||
+            die "kpropd did not listen on 127.0.0.1:$KPROP_PORT; see $rdir/kpropd.out"
     fi
     [ -f "$rdir/principal" ] || replica_kprop
     if ! pid_of "$rdir/krb5kdc.pid" krb5kdc >/dev/null; then
         rm -f "$rdir/krb5kdc.pid"
         KRB5_KDC_PROFILE="$rdir/kdc.conf" "$(sbin krb5kdc)" -r "$REALM" -P "$rdir/krb5kdc.pid" \
             >>"$rdir/krb5kdc.out" 2>&1 || true
-        for i in $(seq 1 250); do
-            if pid_of "$rdir/krb5kdc.pid" krb5kdc >/dev/null && listening "$REPLICA_PORT"; then return 0; fi
-            sleep 0.02
-        done
+        wait_until 250 0.02 serving "$rdir/krb5kdc.pid" krb5kdc "${ADDR:-}" "$REPLICA_PORT" && return 0
         die "replica krb5kdc did not start on 127.0.0.1:$REPLICA_PORT; see $rdir/kdc.log and $rdir/krb5kdc.out"
     fi
 }
@@ -481,37 +405,4 @@ cmd_replica() {
     esac
 }
 
-cmd_env() { [ $# -eq 1 ] || usage; load "$1"; print_env; }
-
-cmd_status() {
-    [ $# -eq 1 ] || usage
-    load "$1"
-    local pid
-    if pid="$(kdc_pid)"; then
-        echo "realm $REALM kdc 127.0.0.1:$PORT pid $pid"
-    else
-        echo "realm $REALM kdc 127.0.0.1:$PORT stopped"
-        return 3
-    fi
-}
-
-[ $# -ge 1 ] || usage
-cmd="$1"
-shift
-case "$cmd" in
-    start) cmd_start "$@" ;;
-    stop) cmd_stop "$@" ;;
-    destroy) cmd_destroy "$@" ;;
-    addprinc) cmd_addprinc "$@" ;;
-    ktadd) cmd_ktadd "$@" ;;
-    modprinc) cmd_modprinc "$@" ;;
-    setstr) cmd_setstr "$@" ;;
-    hostkeytab) cmd_hostkeytab "$@" ;;
-    kadmind) cmd_kadmind "$@" ;;
-    replica) cmd_replica "$@" ;;
-    addpol) cmd_addpol "$@" ;;
-    env) cmd_env "$@" ;;
-    status) cmd_status "$@" ;;
-    -h|--help|help) usage ;;
-    *) echo "$PROG: unknown command $cmd" >&2; usage ;;
-esac
+main "$@"

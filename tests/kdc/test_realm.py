@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -107,3 +109,61 @@ def test_realm_sh_bad_input(tmp_path) -> None:
     assert r.returncode != 0 and "unknown command" in r.stderr
     r = subprocess.run(["bash", str(REALM_SH), "stop", str(tmp_path)], capture_output=True, text=True)
     assert r.returncode != 0 and "no realm here" in r.stderr
+
+
+def _script(path: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin", "LANG": "C"}
+    return subprocess.run(["bash", str(path), *args], cwd=cwd, capture_output=True, text=True, env=env)
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie nobody has reaped yet counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_bootstraps_run_from_a_copy_of_krb5_and_any_cwd(tmp_path) -> None:
+    """realm.sh and ad-realm.sh source common.sh from their own directory, not the cwd: a copy of
+    krb5/ (vagrant syncs the tree to /src) run from an unrelated directory answers every shared
+    verb as before -- usage (exit 2), unknown command, "no realm here", and, for the MIT realm,
+    start, status, env, stop of a SIGSTOPped KDC (stop_pidfile's SIGCONT first), status 3, destroy."""
+    copy = tmp_path / "copy" / "krb5"
+    shutil.copytree(REALM_SH.parent, copy)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name, noun in (("realm.sh", "realm"), ("ad-realm.sh", "AD realm")):
+        r = _script(copy / name, "help", cwd=elsewhere)
+        assert r.returncode == 2 and f"{name} status DIR" in r.stderr and "#" not in r.stderr, r.stderr
+        r = _script(copy / name, "frobnicate", cwd=elsewhere)
+        assert r.returncode == 2 and r.stderr.startswith(f"{name}: unknown command frobnicate\n"), r.stderr
+        r = _script(copy / name, "status", str(elsewhere), cwd=elsewhere)
+        assert r.returncode == 1, r.stderr
+        assert r.stderr == f"{name}: {elsewhere}: no {noun} here (run: {name} start {elsewhere})\n"
+
+    require(available(), "MIT KDC tools not installed")
+    rdir = tmp_path / "realm"
+    sh = copy / "realm.sh"
+    try:
+        r = _script(sh, "start", str(rdir), "-r", "PKKCOPY.TEST", cwd=elsewhere)
+        assert r.returncode == 0, r.stderr
+        names = [line.split("=", 1)[0] for line in r.stdout.splitlines()]
+        assert names == ["export KRB5_CONFIG", "export KRB5_KDC_PROFILE", "export REALM", "export KDC_PORT"]
+        assert _script(sh, "env", str(rdir), cwd=elsewhere).stdout == r.stdout
+        port = r.stdout.splitlines()[-1].split("=", 1)[1]
+        status = _script(sh, "status", str(rdir), cwd=elsewhere)
+        pid = int((rdir / "krb5kdc.pid").read_text())
+        assert status.returncode == 0, status.stderr
+        assert status.stdout == f"realm PKKCOPY.TEST kdc 127.0.0.1:{port} pid {pid}\n"
+        os.kill(pid, signal.SIGSTOP)
+        assert _script(sh, "stop", str(rdir), cwd=elsewhere).returncode == 0
+        assert not _alive(pid) and not (rdir / "krb5kdc.pid").exists()
+        # It exited on SIGTERM (continued first), not on the SIGKILL that ends a 5 s wait.
+        assert f"krb5kdc[{pid}](info): shutting down" in (rdir / "kdc.log").read_text()
+        status = _script(sh, "status", str(rdir), cwd=elsewhere)
+        assert status.returncode == 3
+        assert status.stdout == f"realm PKKCOPY.TEST kdc 127.0.0.1:{port} stopped\n"
+    finally:
+        _script(sh, "destroy", str(rdir), cwd=elsewhere)
+    assert not rdir.exists()
