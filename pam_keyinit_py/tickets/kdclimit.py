@@ -20,8 +20,8 @@ says tasks are waiting for a CPU.  An exchange is mostly CPU (string-to-key, the
 when the KDC is near; sixteen of them sharing two cores all end late together, where a few at
 a time end one after another (measured on 2 cores, 20 logins at once: median 47 -> 30-38 ms,
 the last login unchanged).  When the exchanges wait on the network (a remote or silent KDC)
-the CPUs are idle and nothing waits: the gate never costs a slow KDC's logins time.  Without
-PSI (``/proc/pressure/cpu`` missing) it is off.
+the CPUs are idle and nothing waits (unless other work keeps them busy: then an exchange
+starts at most GATE_MAX later).  Without PSI (``/proc/pressure/cpu`` missing) it is off.
 
 No krb5 import here: the service configures the limit before libkrb5 is loaded.
 """
