@@ -92,7 +92,10 @@ class KdcSlots:
 
     def __init__(self, limit: int = DEFAULT_LIMIT, soft: int | None = None,
                  saturated: Callable[[], bool] | None = None, gate_max: float = GATE_MAX) -> None:
-        self._lock = threading.Condition()
+        self._lock = threading.Lock()
+        self._slot = threading.Condition(self._lock)  # waiting for in_flight < limit
+        self._gate = threading.Condition(self._lock)  # waiting at the CPU gate (polls, see acquire)
+        self._slot_waiters = 0
         self.limit = limit
         self.soft = soft if soft is not None else cpus()
         self._saturated = saturated or CpuPressure().saturated
@@ -106,7 +109,8 @@ class KdcSlots:
     def configure(self, limit: int) -> None:
         with self._lock:
             self.limit = max(1, int(limit))
-            self._lock.notify_all()
+            self._slot.notify_all()
+            self._gate.notify_all()
 
     def acquire(self, key: Hashable | None = None, wait: float = 0.0) -> str | None:
         """Take a slot, waiting up to ``wait`` seconds for one; None when taken, else why not
@@ -115,25 +119,29 @@ class KdcSlots:
         deadline = start + wait
         gate_end = min(deadline, start + self.gate_max)
         waited_at_gate = False
-        # Every wait here is at most GATE_POLL: release() wakes one waiter, which may be one that
-        # cannot use the slot (still at the gate, or refused for its key); the others look again.
         with self._lock:
             while True:
                 if key is not None and key in self._keys:
                     self.refused += 1
+                    self._slot.notify()  # a slot this waiter was woken for goes to the next one
                     return "the previous exchange for it is still waiting for the KDC"
                 now = time.monotonic()
                 if self.in_flight >= self.limit:
                     if now >= deadline:
                         self.refused += 1
                         return f"{self.in_flight} exchanges are already waiting for the KDC (max_kdc_calls)"
-                    self._lock.wait(min(deadline - now, GATE_POLL))
+                    self._slot_waiters += 1
+                    try:
+                        self._slot.wait(deadline - now)
+                    finally:
+                        self._slot_waiters -= 1
                     continue
                 if self.in_flight >= self.soft and now < gate_end and self._saturated():
+                    # The pressure changes without any release: look again every GATE_POLL.
                     if not waited_at_gate:
                         waited_at_gate = True
                         self.gated += 1
-                    self._lock.wait(min(gate_end - now, GATE_POLL))
+                    self._gate.wait(min(gate_end - now, GATE_POLL))
                     continue
                 break
             self.in_flight += 1
@@ -147,7 +155,8 @@ class KdcSlots:
             self.in_flight -= 1
             if key is not None:
                 self._keys.discard(key)
-            self._lock.notify()
+            # A caller waiting at max_kdc_calls has waited longest; else the first at the gate.
+            (self._slot if self._slot_waiters else self._gate).notify()
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:

@@ -95,3 +95,23 @@ def test_cpu_pressure_sees_more_runnable_tasks_than_cpus() -> None:
         for p in spinners:
             p.terminate()
             p.join()
+
+
+def test_waiters_at_the_gate_and_at_the_limit_never_exceed_the_limit() -> None:
+    busy = [True]
+    slots = KdcSlots(limit=2, soft=1, saturated=lambda: busy[0], gate_max=30.0)
+    assert slots.acquire() is None  # A
+    b, out_b = _start(slots, wait=1.5)  # at the gate: one in flight, CPUs busy
+    time.sleep(0.1)
+    assert out_b == [] and slots.gated == 1
+    busy[0] = False
+    assert slots.acquire(wait=0.0) is None  # C: CPUs idle, the second slot
+    d, out_d = _start(slots, wait=1.5)  # at max_kdc_calls, and so is B now
+    time.sleep(0.1)
+    assert out_b == [] and out_d == [] and slots.in_flight == 2
+    slots.release()  # A ends: one of B and D gets its slot, the other is refused at its deadline
+    b.join(5)
+    d.join(5)
+    results = sorted(map(str, out_b + out_d))
+    assert results == ["2 exchanges are already waiting for the KDC (max_kdc_calls)", "None"]
+    assert slots.in_flight == 2 and slots.peak == 2
