@@ -13,15 +13,17 @@ them when the refusal was immediate).  An exchange refused after that, or one fo
 in flight, fails as "no KDC answered", which callers already handle (login: the KDC's fault,
 not the user's; renewal: retry with back-off).
 
-While the CPUs are saturated, fewer exchanges start side by side: beyond ``soft`` in flight
-(one per CPU this process may run on), a new one waits for a running one to end, at most
-:data:`GATE_MAX` seconds, while the kernel's CPU pressure (:class:`CpuPressure`, PSI "some")
+While the CPUs are saturated, fewer exchanges start side by side: beyond ``soft`` active
+(one per CPU this process may run on; an exchange whose caller gave up on a silent KDC is not
+active), a new one waits for a running one to end, at most :data:`GATE_MAX` seconds and a
+quarter of its own bound, while the kernel's CPU pressure (:class:`CpuPressure`, PSI "some")
 says tasks are waiting for a CPU.  An exchange is mostly CPU (string-to-key, the KDC's reply)
 when the KDC is near; sixteen of them sharing two cores all end late together, where a few at
 a time end one after another (measured on 2 cores, 20 logins at once: median 47 -> 30-38 ms,
 the last login unchanged).  When the exchanges wait on the network (a remote or silent KDC)
 the CPUs are idle and nothing waits (unless other work keeps them busy: then an exchange
-starts at most GATE_MAX later).  Without PSI (``/proc/pressure/cpu`` missing) it is off.
+starts at most GATE_MAX later).  Without PSI (``/proc/pressure/cpu`` missing) it is off, and
+on a host with at least max_kdc_calls CPUs it never engages.
 
 No krb5 import here: the service configures the limit before libkrb5 is loaded.
 """
@@ -44,43 +46,59 @@ GATE_POLL = 0.02
 class CpuPressure:
     """Whether tasks are waiting for a CPU now: the growth of ``/proc/pressure/cpu``'s "some
     total" (microseconds during which at least one runnable task had no CPU, PSI) over the
-    time since the previous reading, at least ``interval`` seconds apart.  Thread-safe when
-    called under one lock (KdcSlots does)."""
+    time since the previous reading, read at most every ``interval`` seconds.  A reading more
+    than ``window`` seconds after the previous one (the service was idle) or after a failed one
+    only starts a new window: it says nothing about now.  Without the file (no PSI) it is never
+    saturated and stops looking.  Not thread-safe: KdcSlots calls it under its lock (one
+    open/read/close of a /proc file, at most every ``interval``)."""
 
     PATH = "/proc/pressure/cpu"
     #: Saturated: tasks waited for a CPU during at least this share of the interval.
     THRESHOLD = 0.3
 
-    def __init__(self, path: str = PATH, interval: float = 0.01) -> None:
+    def __init__(self, path: str = PATH, interval: float = 0.01, window: float = 0.5,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.path = path
         self.interval = interval
-        self._at = 0.0
+        self.window = window
+        self._clock = clock
+        self._absent = False
+        self._at = 0.0  # when _total was read; 0: no baseline
         self._total = 0.0
+        self._checked = -interval  # when the answer below was last worked out
         self._saturated = False
 
     def read_total(self) -> float | None:
-        """The "some" stall total in seconds, None without PSI."""
+        """The "some" line's stall total in seconds; None when it cannot be read."""
         try:
             with open(self.path, "rb") as f:
                 return int(f.readline().rsplit(b"total=", 1)[1]) / 1e6
+        except FileNotFoundError:
+            self._absent = True
+            return None
         except (OSError, IndexError, ValueError):
             return None
 
     def saturated(self) -> bool:
-        now = time.monotonic()
-        if now - self._at < self.interval:
+        if self._absent:
+            return False
+        now = self._clock()
+        if now - self._checked < self.interval:
             return self._saturated
+        self._checked = now
         total = self.read_total()
         if total is None:
-            self._at, self._saturated = now, False
+            self._at, self._saturated = 0.0, False
             return False
-        self._saturated = bool(self._at) and (total - self._total) >= self.THRESHOLD * (now - self._at)
+        fresh = self._at and now - self._at <= self.window
+        self._saturated = bool(fresh) and (total - self._total) >= self.THRESHOLD * (now - self._at)
         self._at, self._total = now, total
         return self._saturated
 
 
 def cpus() -> int:
-    """CPUs this process may run on (sched_getaffinity), at least 1."""
+    """CPUs this process may run on (sched_getaffinity), at least 1.  A cgroup CPU quota is not
+    counted: under one, the gate lets as many exchanges run as there are CPUs in the set."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except OSError:
@@ -101,6 +119,9 @@ class KdcSlots:
         self._saturated = saturated or CpuPressure().saturated
         self.gate_max = gate_max
         self.in_flight = 0
+        #: Exchanges in flight whose caller still waits for them (bounded's abandon(): a helper
+        #: left on a silent KDC is in flight, but uses no CPU and is no reason to gate).
+        self.active = 0
         self.peak = 0
         self.refused = 0
         self.gated = 0  # exchanges that waited at the CPU gate
@@ -114,16 +135,20 @@ class KdcSlots:
 
     def acquire(self, key: Hashable | None = None, wait: float = 0.0) -> str | None:
         """Take a slot, waiting up to ``wait`` seconds for one; None when taken, else why not
-        (the caller raises KdcUnreachable).  A key already in flight is refused at once."""
+        (the caller raises KdcUnreachable).  A key in flight is refused, at once or when its
+        turn comes.  While the CPUs are saturated and ``soft`` exchanges are active, wait at the
+        gate for one to end, at most GATE_MAX and a quarter of ``wait`` (so a short budget
+        keeps most of itself for the exchange)."""
         start = time.monotonic()
         deadline = start + wait
-        gate_end = min(deadline, start + self.gate_max)
-        waited_at_gate = False
+        gate_end = start + min(self.gate_max, wait / 4)
+        waited_at_gate = woken = False
         with self._lock:
             while True:
                 if key is not None and key in self._keys:
                     self.refused += 1
-                    self._slot.notify()  # a slot this waiter was woken for goes to the next one
+                    if woken:  # the slot this waiter was woken for goes to the next one
+                        (self._slot if self._slot_waiters else self._gate).notify()
                     return "the previous exchange for it is still waiting for the KDC"
                 now = time.monotonic()
                 if self.in_flight >= self.limit:
@@ -132,36 +157,50 @@ class KdcSlots:
                         return f"{self.in_flight} exchanges are already waiting for the KDC (max_kdc_calls)"
                     self._slot_waiters += 1
                     try:
-                        self._slot.wait(deadline - now)
+                        woken = self._slot.wait(deadline - now)
                     finally:
                         self._slot_waiters -= 1
                     continue
-                if self.in_flight >= self.soft and now < gate_end and self._saturated():
+                if self.active >= self.soft and now < gate_end and self._saturated():
                     # The pressure changes without any release: look again every GATE_POLL.
                     if not waited_at_gate:
                         waited_at_gate = True
                         self.gated += 1
-                    self._gate.wait(min(gate_end - now, GATE_POLL))
+                    woken = self._gate.wait(min(gate_end - now, GATE_POLL))
                     continue
                 break
             self.in_flight += 1
+            self.active += 1
             self.peak = max(self.peak, self.in_flight)
             if key is not None:
                 self._keys.add(key)
             return None
 
-    def release(self, key: Hashable | None = None) -> None:
+    def abandon(self, exchange: dict[str, bool]) -> None:
+        """The caller stopped waiting for the exchange (``exchange``: bounded's record of it,
+        shared with its release): it stays in flight, holding its slot and key, but no longer
+        counts as active for the gate.  Exactly one of abandon and release lowers ``active``."""
+        with self._lock:
+            if not exchange.get("released") and not exchange.get("abandoned"):
+                exchange["abandoned"] = True
+                self.active -= 1
+
+    def release(self, key: Hashable | None = None, exchange: dict[str, bool] | None = None) -> None:
         with self._lock:
             self.in_flight -= 1
+            if exchange is None or not exchange.get("abandoned"):
+                self.active -= 1
+            if exchange is not None:
+                exchange["released"] = True
             if key is not None:
                 self._keys.discard(key)
-            # A caller waiting at max_kdc_calls has waited longest; else the first at the gate.
+            # A caller at max_kdc_calls first (it has no gate to poll); else one at the gate.
             (self._slot if self._slot_waiters else self._gate).notify()
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
-            return {"in_flight": self.in_flight, "limit": self.limit, "peak": self.peak,
-                    "refused": self.refused, "gated": self.gated}
+            return {"in_flight": self.in_flight, "active": self.active, "limit": self.limit,
+                    "peak": self.peak, "refused": self.refused, "gated": self.gated}
 
 
 SLOTS = KdcSlots()

@@ -215,6 +215,7 @@ def bounded(func: Callable[[], _T], timeout: float | None, what: str, key: Hasha
         raise KdcUnreachable(f"{what}: not started: {why}", errors.KRB5_KDC_UNREACH)
     timeout = max(0.0, timeout - (time.monotonic() - start))
     box: dict[str, object] = {}
+    exchange: dict[str, bool] = {}  # SLOTS' record of it: released by the helper, or abandoned here
     # A bare lock, held until the helper is done: the caller's wait and the helper's wake-up are
     # one futex each (threading.Event adds a Condition, a waiter lock and a deque per exchange).
     done = _thread.allocate_lock()
@@ -228,19 +229,20 @@ def bounded(func: Callable[[], _T], timeout: float | None, what: str, key: Hasha
             box["error"] = exc
         finally:
             _park(helper)
-            SLOTS.release(key)
+            SLOTS.release(key, exchange)
             done.release()
 
     try:
         _hand_to_helper(run)
     except RuntimeError:  # out of tasks (TasksMax): a failed attempt, not a broken cache
-        SLOTS.release(key)
+        SLOTS.release(key, exchange)
         raise KdcUnreachable(f"{what}: not started: cannot start a thread", errors.KRB5_KDC_UNREACH) from None
     if meanwhile is not None:
         waited = time.monotonic()
         meanwhile()
         timeout = max(0.0, timeout - (time.monotonic() - waited))
     if not done.acquire(timeout=timeout):
+        SLOTS.abandon(exchange)  # still in flight (slot and key held), but no longer one to gate on
         raise KdcUnreachable(f"{what}: no KDC answered within {timeout:g} s", errors.KRB5_KDC_UNREACH)
     if "error" in box:
         raise box["error"]  # type: ignore[misc]

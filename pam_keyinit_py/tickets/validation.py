@@ -88,15 +88,18 @@ _armor_lock = threading.Lock()
 ARMOR_MARGIN = 300.0
 
 
-def armor_renew_at(starttime: float, endtime: float) -> float:
-    """When to replace an armor TGT valid from ``starttime`` to ``endtime``: ARMOR_MARGIN before it
-    ends, or at half its life when that is shorter.
+def armor_renew_at(received: float, starttime: float, endtime: float) -> float:
+    """When (this host's clock) to replace an armor TGT received at ``received`` and valid from
+    ``starttime`` to ``endtime`` (the KDC's clock): ARMOR_MARGIN before it ends, or at half its
+    life when that is shorter.  Counted from the local receive time, so a skewed clock cannot
+    keep an expired armor TGT in use.
 
     A fixed margin alone fetched a new armor TGT (one more AS exchange, from the keytab) for
     every login in a realm whose tickets live under ARMOR_MARGIN (max_life = 60 s in the FAST
     tests: with the primary KDC stopped, a login then waited for three failovers, not two).
     """
-    return endtime - min(ARMOR_MARGIN, max(0.0, endtime - starttime) / 2)
+    life = max(0.0, endtime - starttime)
+    return received + life - min(ARMOR_MARGIN, life / 2)
 
 
 def machine_account(ctx: krb5.Context, keytab: str | None) -> str | None:
@@ -146,6 +149,7 @@ def fast_armor(ctx: krb5.Context, *, keytab: str | None = None, principal: str |
         princ = krb5.parse_name_flags(ctx, name.encode())
         kt = krb5.kt_resolve(ctx, keytab.encode()) if keytab else krb5.kt_default(ctx)
         creds = krb5.get_init_creds_keytab(ctx, princ, krb5.get_init_creds_opt_alloc(ctx), kt)
+        received = time.time()
         cc = krb5.cc_new_unique(ctx, b"MEMORY", None)
         krb5.cc_initialize(ctx, cc, princ)
         krb5.cc_store_cred(ctx, cc, creds)
@@ -157,7 +161,8 @@ def fast_armor(ctx: krb5.Context, *, keytab: str | None = None, principal: str |
         names = [*names, full_name(cc)]
         stale, names = names[:-2], names[-2:]
         times = creds.times
-        _armor[key] = (names, armor_renew_at(float(times.starttime or times.authtime), float(times.endtime)))
+        _armor[key] = (names, armor_renew_at(received, float(times.starttime or times.authtime),
+                                             float(times.endtime)))
     for old in stale:
         try:
             cc_destroy(ctx, krb5.cc_resolve(ctx, old.encode()))

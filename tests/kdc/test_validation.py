@@ -139,9 +139,9 @@ def test_one_armor_tgt_serves_many_logins_in_a_realm_of_short_tickets(daemons, f
 
 
 def test_armor_renew_at() -> None:
-    assert armor_renew_at(1000.0, 1000.0 + 36000) == 1000.0 + 36000 - ARMOR_MARGIN  # 10 h: the margin
-    assert armor_renew_at(1000.0, 1060.0) == 1030.0  # 60 s: at half its life
-    assert armor_renew_at(1000.0, 990.0) == 990.0  # nonsense times: replaced at its end, never later
+    assert armor_renew_at(5000.0, 1000.0, 1000.0 + 36000) == 5000.0 + 36000 - ARMOR_MARGIN  # 10 h: margin
+    assert armor_renew_at(5000.0, 1000.0, 1060.0) == 5030.0  # 60 s: half its life, from the local clock
+    assert armor_renew_at(5000.0, 1000.0, 990.0) == 5000.0  # nonsense times: replaced at once
 
 
 @pytest.fixture
