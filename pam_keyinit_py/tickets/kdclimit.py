@@ -148,7 +148,7 @@ class KdcSlots:
                 if key is not None and key in self._keys:
                     self.refused += 1
                     if woken:  # the slot this waiter was woken for goes to the next one
-                        (self._slot if self._slot_waiters else self._gate).notify()
+                        self._wake_next()
                     return "the previous exchange for it is still waiting for the KDC"
                 now = time.monotonic()
                 if self.in_flight >= self.limit:
@@ -194,8 +194,12 @@ class KdcSlots:
                 exchange["released"] = True
             if key is not None:
                 self._keys.discard(key)
-            # A caller at max_kdc_calls first (it has no gate to poll); else one at the gate.
-            (self._slot if self._slot_waiters else self._gate).notify()
+            self._wake_next()
+
+    def _wake_next(self) -> None:
+        """Hand a free slot on (lock held): to a caller at max_kdc_calls first (it has no gate to
+        poll), else to one at the gate."""
+        (self._slot if self._slot_waiters else self._gate).notify()
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
