@@ -11,11 +11,12 @@ sized one only for a larger result; ``keyring_ids`` is the project's one
 decoder of a keyring's members.
 """
 
-from __future__ import annotations
-
 from ._keyutils import ffi as _ffi
 from ._keyutils import lib as _lib
-from .errors import error_for
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .errors import KeyutilsError
 
 _NULL = _ffi.NULL
 # Payload buffers are overwritten by the kernel; skip cffi's zero fill.
@@ -39,9 +40,22 @@ def _b(value: bytes | bytearray | memoryview | str | None) -> object:
     return value
 
 
+def failure(operation: str) -> "KeyutilsError":
+    """The errno-specific exception for the libkeyutils call that just failed (cffi's saved errno).
+
+    ``errors`` (a dozen exception classes, as much CPU as the rest of layer 0's Python) is
+    imported here, on the first failure, not with layer 0: a login that fails no call never
+    builds those classes.
+    """
+    err = _ffi.errno  # read before the import, whose file lookups may set errno
+    from .errors import error_for
+
+    return error_for(err, operation)
+
+
 def _check(ret: int, operation: str) -> int:
     if ret < 0:
-        raise error_for(_ffi.errno, operation)
+        raise failure(operation)
     return ret
 
 
@@ -61,7 +75,7 @@ def add_key(
         data, 0 if data is _NULL else len(data), ringid,  # type: ignore[arg-type]
     )
     if ret < 0:
-        raise error_for(_ffi.errno, "add_key")
+        raise failure("add_key")
     return ret
 
 
@@ -72,7 +86,7 @@ def request_key(
     """request_key(2): find a key, calling /sbin/request-key with ``callout_info`` if absent."""
     ret = _lib.request_key(_b(type), _b(description), _b(callout_info), destringid)
     if ret < 0:
-        raise error_for(_ffi.errno, "request_key")
+        raise failure("request_key")
     return ret
 
 
@@ -127,7 +141,7 @@ def _fetch(call, key_id: int, operation: str, strip: int) -> bytes:
     _pool.append(buf)
     while True:
         if ret < 0:
-            raise error_for(_ffi.errno, operation)
+            raise failure(operation)
         # The payload is larger than the buffer: retry with the size the kernel gave.
         size = ret
         big = _alloc("char[]", size)
@@ -164,7 +178,7 @@ def link(key_id: int, ringid: int) -> None:
 def unlink(key_id: int, ringid: int) -> None:
     """KEYCTL_UNLINK: remove a key's link from a keyring."""
     if _unlink(key_id, ringid) < 0:
-        raise error_for(_ffi.errno, "keyctl_unlink")
+        raise failure("keyctl_unlink")
 
 
 def search(ringid: int, type: bytes | str, description: bytes | str, destringid: int = 0) -> int:

@@ -6,14 +6,12 @@ only the calling thread, which is what a module inside a multi-threaded host
 (sshd's monitor, the ticket service's worker pool) needs.
 """
 
-from __future__ import annotations
-
 # posix, not os: os brings _collections_abc, stat and posixpath, ~0.7 ms of each pykeyctl run.
 import posix
 
 from ._keyutils import ffi as _ffi
 from ._keyutils import lib as _lib
-from .errors import error_for
+from .calls import failure
 
 _KEEP = 0xFFFFFFFF  # (uid_t)-1: leave this id unchanged
 
@@ -24,7 +22,7 @@ def _id(value: int) -> int:
 
 def _check(ret: int, operation: str) -> None:
     if ret < 0:
-        raise error_for(_ffi.errno, operation)
+        raise failure(operation)
 
 
 def thread_setresuid(ruid: int = -1, euid: int = -1, suid: int = -1) -> None:

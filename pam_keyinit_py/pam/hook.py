@@ -21,8 +21,6 @@ sshd's keyboard-interactive auth child loads no keyring code.  Nothing here load
 the service does that work.
 """
 
-from __future__ import annotations
-
 import pwd
 
 from .log import LOG_DEBUG, LOG_ERR, syslog
@@ -39,7 +37,7 @@ if TYPE_CHECKING:
     Entry = Callable[["Hook", PamHandle, int, list[str]], int]
 
 
-def _options(pamh: PamHandle, argv: list[str]) -> Options:
+def _options(pamh: "PamHandle", argv: list[str]) -> Options:
     # argv[0] is the script path pam_python was given; the options follow.
     opts, first = parse_cached(argv[1:] if argv else ())
     if first and opts.unknown:
@@ -48,7 +46,7 @@ def _options(pamh: PamHandle, argv: list[str]) -> Options:
     return opts
 
 
-def _crash(pamh: PamHandle, where: str, exc: BaseException) -> None:
+def _crash(pamh: "PamHandle", where: str, exc: BaseException) -> None:
     """Log an unexpected exception: its class and the innermost file:line, no text, no locals."""
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
@@ -57,13 +55,13 @@ def _crash(pamh: PamHandle, where: str, exc: BaseException) -> None:
     syslog(pamh, LOG_ERR, f"{where}: unexpected {type(exc).__name__}{at}")
 
 
-def _never_raises(error: str) -> Callable[[Entry], Entry]:
+def _never_raises(error: str) -> "Callable[[Entry], Entry]":
     """Wrap an entry point so nothing reaches libpam: an exception is logged and becomes ``error``.
 
     pam_python would turn it into PAM_SERVICE_ERR with a traceback (locals and all) in syslog.
     """
-    def wrap(entry: Entry) -> Entry:
-        def guarded(self: Hook, pamh: PamHandle, flags: int, argv: list[str]) -> int:
+    def wrap(entry: "Entry") -> "Entry":
+        def guarded(self: "Hook", pamh: "PamHandle", flags: int, argv: list[str]) -> int:
             try:
                 return entry(self, pamh, flags, argv)
             except BaseException as exc:  # noqa: BLE001 - nothing may reach libpam
@@ -77,7 +75,7 @@ def _never_raises(error: str) -> Callable[[Entry], Entry]:
     return wrap
 
 
-def _user(pamh: PamHandle, prompt: str | None) -> tuple[str, pwd.struct_passwd] | None:
+def _user(pamh: "PamHandle", prompt: str | None) -> tuple[str, pwd.struct_passwd] | None:
     """pam_get_user(3) and getpwnam(3); None for no user, or one the system does not know."""
     try:
         user = pamh.get_user(prompt)
@@ -91,7 +89,7 @@ def _ours(opts: Options, pw: pwd.struct_passwd) -> bool:
     return pw.pw_uid >= opts.minimum_uid
 
 
-def _kerberos_user(pamh: PamHandle, argv: list[str], below_minimum: bool = False,
+def _kerberos_user(pamh: "PamHandle", argv: list[str], below_minimum: bool = False,
                    ) -> tuple[Options, str, pwd.struct_passwd, bool] | int:
     """The auth/account/password calls' start: (options, user, passwd entry, ours), or the PAM code
     to return now: PAM_USER_UNKNOWN, or PAM_IGNORE below minimum_uid unless ``below_minimum``."""
@@ -114,7 +112,7 @@ class Hook:
         self.ticket_sids: list[int] = []  # the service's ids of the sessions this handle opened
 
     @property
-    def state(self) -> KeyinitState:
+    def state(self) -> "KeyinitState":
         """pam_keyinit's state for this handle (loads the keyring code on first use)."""
         if self._state is None:
             from .keyinit import KeyinitState
@@ -123,7 +121,7 @@ class Hook:
         return self._state
 
     @property
-    def login(self) -> LoginState:
+    def login(self) -> "LoginState":
         """What authenticate learned in this handle."""
         if self._login is None:
             from .client import LoginState
@@ -132,7 +130,7 @@ class Hook:
         return self._login
 
     @_never_raises("PAM_AUTHINFO_UNAVAIL")
-    def authenticate(self, pamh: PamHandle, flags: int, argv: list[str]) -> int:
+    def authenticate(self, pamh: "PamHandle", flags: int, argv: list[str]) -> int:
         """pam_sm_authenticate: the service gets a TGT with the password (pam_keyinit has no auth part)."""
         found = _kerberos_user(pamh, argv)
         if isinstance(found, int):
@@ -143,7 +141,7 @@ class Hook:
         return client.authenticate(pamh, opts, user, pw, self.login)
 
     @_never_raises("PAM_SERVICE_ERR")
-    def acct_mgmt(self, pamh: PamHandle, flags: int, argv: list[str]) -> int:
+    def acct_mgmt(self, pamh: "PamHandle", flags: int, argv: list[str]) -> int:
         """pam_sm_acct_mgmt: expired password, krb5_kuserok, and the KDC's view of the principal."""
         found = _kerberos_user(pamh, argv)
         if isinstance(found, int):
@@ -154,7 +152,7 @@ class Hook:
         return account.acct_mgmt(pamh, opts, user, pw, self.login)
 
     @_never_raises("PAM_AUTHTOK_ERR")
-    def chauthtok(self, pamh: PamHandle, flags: int, argv: list[str]) -> int:
+    def chauthtok(self, pamh: "PamHandle", flags: int, argv: list[str]) -> int:
         """pam_sm_chauthtok: change the Kerberos password through kpasswd (PRELIM_CHECK, UPDATE_AUTHTOK)."""
         # Users below minimum_uid come too: the new password is still asked for the next module.
         found = _kerberos_user(pamh, argv, below_minimum=True)
@@ -166,7 +164,7 @@ class Hook:
         return account.chauthtok(pamh, flags, opts, user, pw, ours, self.login)
 
     @_never_raises("PAM_CRED_ERR")
-    def setcred(self, pamh: PamHandle, flags: int, argv: list[str]) -> int:
+    def setcred(self, pamh: "PamHandle", flags: int, argv: list[str]) -> int:
         """pam_sm_setcred: ESTABLISH_CRED creates the keyring, DELETE_CRED revokes it with ``revoke``.
 
         Hosts call setcred and open_session in either order; whichever comes first makes the keyring.
@@ -185,7 +183,7 @@ class Hook:
         return int(pamh.PAM_IGNORE)
 
     @_never_raises("PAM_SESSION_ERR")
-    def open_session(self, pamh: PamHandle, flags: int, argv: list[str]) -> int:
+    def open_session(self, pamh: "PamHandle", flags: int, argv: list[str]) -> int:
         """pam_sm_open_session: count the session, make the keyring, register with the ticket service."""
         from .keyinit import debug, do_keyinit
 
@@ -199,7 +197,7 @@ class Hook:
         return ret
 
     @_never_raises("PAM_SESSION_ERR")
-    def close_session(self, pamh: PamHandle, flags: int, argv: list[str]) -> int:
+    def close_session(self, pamh: "PamHandle", flags: int, argv: list[str]) -> int:
         """pam_sm_close_session: the last close revokes the keyring this handle made, with ``revoke``."""
         from .keyinit import debug, kill_keyrings
 
@@ -213,10 +211,10 @@ class Hook:
             kill_keyrings(state, pamh, pamh.PAM_SESSION_ERR)
         return int(pamh.PAM_SUCCESS)
 
-    def end(self, pamh: PamHandle) -> None:
+    def end(self, pamh: "PamHandle") -> None:
         """pam_sm_end: pam_end() drops this handle's state with the shim's namespace."""
 
-    def _tickets(self, call: str, pamh: PamHandle, opts: Options) -> None:
+    def _tickets(self, call: str, pamh: "PamHandle", opts: Options) -> None:
         """The session's ticket part, ``client.open_session`` or ``client.close_session``.
 
         Its PAM code is logged with ``debug`` and not returned: the session's code is

@@ -11,9 +11,6 @@ syscalls, as pam_keyinit does: glibc's wrappers would change every thread of
 the host (sshd's monitor may run other threads).
 """
 
-from __future__ import annotations
-
-import errno
 import os
 import pwd
 
@@ -42,13 +39,13 @@ class KeyinitState:
         self.pw: pwd.struct_passwd | None = None
 
 
-def debug(state: KeyinitState, pamh: PamHandle, message: str) -> None:
+def debug(state: KeyinitState, pamh: "PamHandle", message: str) -> None:
     """LOG_DEBUG, only with the ``debug`` option (pam_keyinit's debug())."""
     if state.xdebug:
         syslog(pamh, LOG_DEBUG, message)
 
 
-def note_options(state: KeyinitState, opts: Options) -> None:
+def note_options(state: KeyinitState, opts: "Options") -> None:
     """pam_keyinit's argv loop: ``debug`` and ``revoke`` stick once seen; ``force`` is per call."""
     if opts.debug:
         state.xdebug = True
@@ -56,7 +53,7 @@ def note_options(state: KeyinitState, opts: Options) -> None:
         state.do_revoke = True
 
 
-def init_keyrings(state: KeyinitState, pamh: PamHandle, opts: Options, uid: int, error_ret: int) -> int:
+def init_keyrings(state: KeyinitState, pamh: "PamHandle", opts: "Options", uid: int, error_ret: int) -> int:
     """Give the calling thread a new session keyring with @u linked in (runs with the user's real ids).
 
     Without ``force`` this acts only when @s is still the user-session keyring
@@ -69,8 +66,10 @@ def init_keyrings(state: KeyinitState, pamh: PamHandle, opts: Options, uid: int,
             session = ku.get_keyring_id(ku.KEY_SPEC_SESSION_KEYRING, False)
         except OSError as exc:
             debug(state, pamh, f"GET SESSION = -1 ({exc.strerror})")
+            from errno import ENOSYS  # only here: errno's import is paid by every login
+
             # don't worry about keyrings if the facility is not there
-            return success if exc.errno == errno.ENOSYS else error_ret
+            return success if exc.errno == ENOSYS else error_ret
         debug(state, pamh, f"GET SESSION = {session}")
         try:
             usession = ku.get_keyring_id(ku.KEY_SPEC_USER_SESSION_KEYRING, False)
@@ -100,7 +99,7 @@ def init_keyrings(state: KeyinitState, pamh: PamHandle, opts: Options, uid: int,
     return success
 
 
-def link_persistent(state: KeyinitState, pamh: PamHandle, uid: int) -> None:
+def link_persistent(state: KeyinitState, pamh: "PamHandle", uid: int) -> None:
     """KEYCTL_GET_PERSISTENT(uid, @s): link _persistent.<uid> into the session keyring.
 
     The user's Kerberos ccaches then show up in `keyctl show`.  Beyond pam_keyinit,
@@ -113,7 +112,7 @@ def link_persistent(state: KeyinitState, pamh: PamHandle, uid: int) -> None:
         syslog(pamh, LOG_WARNING, f"Unable to link the persistent keyring of uid {uid}: {exc.strerror}")
 
 
-def do_keyinit(state: KeyinitState, pamh: PamHandle, opts: Options, error_ret: int) -> int:
+def do_keyinit(state: KeyinitState, pamh: "PamHandle", opts: "Options", error_ret: int) -> int:
     """Create the session keyring as the user's real uid/gid, once per handle."""
     note_options(state, opts)
     # Called again (setcred then open_session, or the module listed twice): the keyring
@@ -173,7 +172,7 @@ def do_keyinit(state: KeyinitState, pamh: PamHandle, opts: Options, error_ret: i
     return ret
 
 
-def _restore_rgid(pamh: PamHandle, gid: int, old_gid: int) -> bool:
+def _restore_rgid(pamh: "PamHandle", gid: int, old_gid: int) -> bool:
     if gid == old_gid:
         return True
     try:
@@ -184,7 +183,7 @@ def _restore_rgid(pamh: PamHandle, gid: int, old_gid: int) -> bool:
         return False
 
 
-def _restore_egid(pamh: PamHandle, gid: int, old_gid: int) -> bool:
+def _restore_egid(pamh: "PamHandle", gid: int, old_gid: int) -> bool:
     if gid == old_gid:
         return True
     try:
@@ -195,7 +194,7 @@ def _restore_egid(pamh: PamHandle, gid: int, old_gid: int) -> bool:
         return False
 
 
-def kill_keyrings(state: KeyinitState, pamh: PamHandle, error_ret: int) -> int:
+def kill_keyrings(state: KeyinitState, pamh: "PamHandle", error_ret: int) -> int:
     """KEYCTL_REVOKE the keyring this handle created, with the user's effective uid/gid.
 
     The keyring grants the user (and the possessor) SETATTR, so revoking as

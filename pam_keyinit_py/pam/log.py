@@ -11,8 +11,6 @@ and change the host process's ident.
 Messages never carry secrets: callers pass user names, ids and errno texts only.
 """
 
-from __future__ import annotations
-
 LOG_ERR = 3
 LOG_WARNING = 4
 LOG_NOTICE = 5
@@ -38,7 +36,7 @@ def _load() -> object:
     return _pam_syslog
 
 
-def syslog(pamh: PamHandle, priority: int, message: str) -> None:
+def syslog(pamh: "PamHandle", priority: int, message: str) -> None:
     """pam_syslog(pamh, priority, "%s", message); never raises."""
     text = (_PREFIX + message).encode("utf-8", "replace").replace(b"\0", b"?")
     try:

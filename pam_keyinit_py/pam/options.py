@@ -13,8 +13,6 @@ Nor the service's ``protocol``: a session-only line (``force revoke``) never tal
 service, and ``protocol`` with its JSON and socket modules is a third of the hook's import.
 """
 
-from __future__ import annotations
-
 DEFAULT_MINIMUM_UID = 1000
 #: Seconds the hook waits for the service's answer to a password (``auth_timeout=``).  The
 #: service bounds a login's KDC exchanges by its kdc_timeout (6 s default); the hook waits a
@@ -88,7 +86,7 @@ class Options:
 
 #: Every field of :class:`Options`, in table order; (name, type) of the options proper.
 FIELDS: tuple[str, ...] = tuple(Options.__annotations__)
-_TABLE: dict[str, str] = {name: kind for name, kind in Options.__annotations__.items() if name != "unknown"}
+_TABLE: dict[str, type] = {name: kind for name, kind in Options.__annotations__.items() if name != "unknown"}
 
 
 def _parse_path(text: str) -> str | None:
@@ -111,8 +109,8 @@ def _parse_seconds(text: str) -> float | None:
     return float(value) if 1 <= value <= 60 else None
 
 
-#: The parser of each value type in the table (annotations are strings here: PEP 563).
-_PARSERS = {"str": _parse_path, "int": _parse_uid, "float": _parse_seconds}
+#: The parser of each value type in the table.
+_PARSERS = {str: _parse_path, int: _parse_uid, float: _parse_seconds}
 
 
 def parse(args: list[str] | tuple[str, ...]) -> Options:
@@ -129,7 +127,7 @@ def parse(args: list[str] | tuple[str, ...]) -> Options:
         name, sep, text = arg.partition("=")
         kind = _TABLE.get(name)
         value: object = None
-        if kind == "bool":
+        if kind is bool:
             value = True if not sep else None
         elif kind is not None and sep:
             value = _PARSERS[kind](text)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -67,6 +69,30 @@ def test_errors_are_oserror_subclasses_by_errno() -> None:
         k.search(S, "user", "layer0:absent")
     with pytest.raises(k.KeyInvalidArgumentError):
         k.add_key("user", "", "v", S)
+
+
+def test_error_classes_load_on_the_first_failure_with_that_calls_errno() -> None:
+    # Layer 0 imports errors.py only when a call fails (the PAM hook never pays for the classes);
+    # the exception must still be errno-specific, with the failed call's errno, not one left
+    # by the import's own file lookups (ENOENT).
+    code = (
+        "import sys\n"
+        "from pam_keyinit_py import keyutils as k\n"
+        "assert 'pam_keyinit_py.keyutils.errors' not in sys.modules\n"
+        "try:\n"
+        "    k.describe(0x7FFFFFF0)\n"
+        "except OSError as exc:\n"
+        "    print(type(exc).__name__, exc.errno, exc)\n"
+        "from pam_keyinit_py.keyutils import KeyPermissionError\n"
+        "print(issubclass(KeyPermissionError, PermissionError), 'NoKeyError' in dir(k),\n"
+        "      k.NoKeyError.__name__)\n"
+        "k.nonesuch\n"
+    )
+    proc_ = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    lines = proc_.stdout.splitlines()
+    assert lines == [f"NoKeyError {errno.ENOKEY} keyctl_describe_alloc: Required key not available",
+                     "True True NoKeyError"], proc_.stdout + proc_.stderr
+    assert "AttributeError: module 'pam_keyinit_py.keyutils' has no attribute 'nonesuch'" in proc_.stderr
 
 
 def test_expired_key() -> None:
