@@ -13,8 +13,7 @@ this module on every run, and those imports cost more than its whole run.
 
 from __future__ import annotations
 
-from . import calls
-from .constants import KEY_SPEC_SESSION_KEYRING
+from . import KEY_SPEC_SESSION_KEYRING, calls
 from .errors import KeyutilsError
 
 # Names for annotations only; importing typing/collections at run time slows every pykeyctl run.
