@@ -16,8 +16,6 @@ MIT's KEYRING ccache type (krb5 ``src/lib/krb5/ccache/cc_keyring.c``):
 sshd's delegated GSSAPI credentials arrive as ``FILE:/tmp/krb5cc_<uid>_XXXXXXXXXX``.
 """
 
-from __future__ import annotations
-
 import posix  # not os: os costs ~0.7 ms of every `keyinit status` (protocol imports this)
 
 #: Subsidiary-name prefix of caches the ticket service creates ("KEYRING:persistent:1000:keyinit_3f2a…").

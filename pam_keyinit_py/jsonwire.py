@@ -5,8 +5,6 @@ fresh interpreter, paid by every login; ``_json``'s scanner and ASCII quoting ar
 protocol needs.  :func:`too_deep` bounds nesting before the (recursive) C scanner sees a body.
 """
 
-from __future__ import annotations
-
 try:
     import _json
 except ImportError:  # an interpreter without the C accelerator: the json package works too

@@ -46,8 +46,6 @@ re, the pure-Python decoder) cost ~19 ms in pam_python's fresh interpreter, paid
 every login, twice under sshd's keyboard-interactive split.
 """
 
-from __future__ import annotations
-
 import _socket
 import posix as _posix  # not os: os costs ~0.7 ms of every `keyinit status`
 import sys
@@ -200,7 +198,7 @@ class ProtocolError(KeyinitError):
         self.code = code
 
 
-def encode(message: dict[str, Any], limit: int = MAX_MESSAGE) -> bytes:
+def encode(message: "dict[str, Any]", limit: int = MAX_MESSAGE) -> bytes:
     """Frame one message: length prefix + compact JSON (``v`` is added if missing)."""
     if "v" not in message:
         message = {"v": VERSION, **message}
@@ -210,7 +208,7 @@ def encode(message: dict[str, Any], limit: int = MAX_MESSAGE) -> bytes:
     return len(body).to_bytes(_HEADER_SIZE, "big") + body
 
 
-def decode(body: bytes, max_depth: int | None = MAX_DEPTH) -> dict[str, Any]:
+def decode(body: bytes, max_depth: int | None = MAX_DEPTH) -> "dict[str, Any]":
     """Parse one frame body into a dict with a supported ``v``; no schema check.
 
     Nesting deeper than ``max_depth`` is refused before parsing (the C scanner recurses); with
@@ -232,7 +230,7 @@ def decode(body: bytes, max_depth: int | None = MAX_DEPTH) -> dict[str, Any]:
     return message
 
 
-def validate_request(message: dict[str, Any]) -> dict[str, Any]:
+def validate_request(message: "dict[str, Any]") -> "dict[str, Any]":
     """Check a request against its :data:`OPS` fields; return it or raise ProtocolError(BAD_REQUEST)."""
     op = message.get("op")
     if not isinstance(op, str) or op not in OPS:
@@ -291,7 +289,7 @@ def _recv_exact(sock: _socket.socket, n: int) -> bytes:
     return bytes(chunks)
 
 
-def recv_message(sock: _socket.socket, limit: int = MAX_MESSAGE) -> dict[str, Any]:
+def recv_message(sock: _socket.socket, limit: int = MAX_MESSAGE) -> "dict[str, Any]":
     """Read one framed message; EOFError at a clean end of stream, ProtocolError on bad input.
 
     The length is checked before any body is read, so an oversized frame costs
@@ -305,17 +303,17 @@ def recv_message(sock: _socket.socket, limit: int = MAX_MESSAGE) -> dict[str, An
     return decode(_recv_exact(sock, length), MAX_DEPTH if limit <= MAX_MESSAGE else None)
 
 
-def send_message(sock: _socket.socket, message: dict[str, Any], limit: int = MAX_MESSAGE) -> None:
+def send_message(sock: _socket.socket, message: "dict[str, Any]", limit: int = MAX_MESSAGE) -> None:
     """Write one framed message."""
     sock.sendall(encode(message, limit))
 
 
-def reply_ok(**fields: Any) -> dict[str, Any]:
+def reply_ok(**fields: "Any") -> "dict[str, Any]":
     """A success reply."""
     return {"v": VERSION, "ok": True, **fields}
 
 
-def reply_error(code: str, error: str) -> dict[str, Any]:
+def reply_error(code: str, error: str) -> "dict[str, Any]":
     """A failure reply with a machine code and a human message (never a secret)."""
     return {"v": VERSION, "ok": False, "code": code, "error": error}
 
@@ -337,12 +335,12 @@ def _timeval(seconds: float) -> bytes:
 
 
 def request(
-    message: dict[str, Any],
+    message: "dict[str, Any]",
     path: str = DEFAULT_SOCKET,
     *,
     connect_timeout: float = 1.0,
     timeout: float = 10.0,
-) -> dict[str, Any]:
+) -> "dict[str, Any]":
     """Send one request to the service and return its reply.
 
     Never raises for a missing or silent service: that becomes a reply with

@@ -32,8 +32,6 @@ The hook has looked the user up; its never-raise wrapper catches what escapes.  
 ``protocol`` (through ``client``) only; no password reaches a log line.
 """
 
-from __future__ import annotations
-
 import pwd
 
 from .. import protocol as P
@@ -59,7 +57,7 @@ PLAIN_RETYPE_PROMPT = "Retype new password: "
 
 # ------------------------------------------------------------------ pam_sm_acct_mgmt
 
-def acct_mgmt(pamh: PamHandle, opts: Options, user: str, pw: pwd.struct_passwd, login: LoginState) -> int:
+def acct_mgmt(pamh: "PamHandle", opts: "Options", user: str, pw: pwd.struct_passwd, login: LoginState) -> int:
     """pam_sm_acct_mgmt for a user at or above minimum_uid."""
     if login.user == user and (login.principal or login.expired):
         # Authenticated through the hook in this handle: the KDC answered moments ago; only
@@ -94,7 +92,7 @@ def acct_mgmt(pamh: PamHandle, opts: Options, user: str, pw: pwd.struct_passwd, 
 
 # ------------------------------------------------------------------ pam_sm_chauthtok
 
-def _new_password(pamh: PamHandle, opts: Options, kerberos: bool = True) -> str | None:
+def _new_password(pamh: "PamHandle", opts: "Options", kerberos: bool = True) -> str | None:
     """PAM_AUTHTOK with use_authtok; else asked twice and stored in PAM_AUTHTOK (pam_krb5's prompts).
 
     For a user that is not ours (``kerberos`` false) the prompts do not say Kerberos: the
@@ -113,7 +111,7 @@ def _new_password(pamh: PamHandle, opts: Options, kerberos: bool = True) -> str 
     return first
 
 
-def chauthtok(pamh: PamHandle, flags: int, opts: Options, user: str, pw: pwd.struct_passwd, ours: bool,
+def chauthtok(pamh: "PamHandle", flags: int, opts: "Options", user: str, pw: pwd.struct_passwd, ours: bool,
               login: LoginState) -> int:
     """pam_sm_chauthtok; ``ours`` is false for a user below minimum_uid."""
     prelim = bool(flags & pamh.PAM_PRELIM_CHECK)
@@ -164,7 +162,7 @@ def chauthtok(pamh: PamHandle, flags: int, opts: Options, user: str, pw: pwd.str
     return int(pamh.PAM_SUCCESS)
 
 
-def _check_current(pamh: PamHandle, opts: Options, user: str, pw: pwd.struct_passwd, login: LoginState,
+def _check_current(pamh: "PamHandle", opts: "Options", user: str, pw: pwd.struct_passwd, login: LoginState,
                    base: dict[str, object]) -> int:
     """PAM_PRELIM_CHECK: the current password must get a kadmin/changepw ticket; kept in PAM_OLDAUTHTOK."""
     old = stored = get_item(pamh, "oldauthtok")

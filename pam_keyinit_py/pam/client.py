@@ -19,8 +19,6 @@ library is loaded here, only the stdlib and ``protocol``.  The functions return 
 an unexpected exception is the caller's to catch.  The password never reaches a log line.
 """
 
-from __future__ import annotations
-
 import pwd
 
 from .. import protocol as P
@@ -120,28 +118,28 @@ PAM_CODES: dict[str, dict[str, str]] = {
 }
 
 
-def reply_code(reply: dict[str, Any]) -> str:
+def reply_code(reply: "dict[str, Any]") -> str:
     """The reply's code: ``P.OK`` for a success, else its ``code`` (``""`` when it has none)."""
     return P.OK if reply.get("ok") else str(reply.get("code") or "")
 
 
-def pam_code(pamh: PamHandle, call: str, reply: dict[str, Any]) -> int:
+def pam_code(pamh: "PamHandle", call: str, reply: "dict[str, Any]") -> int:
     """The PAM return code of ``reply`` to ``call`` (a key of :data:`PAM_CODES`)."""
     table = PAM_CODES[call]
     return int(getattr(pamh, table.get(reply_code(reply), table[""])))
 
 
-def socket_path(opts: Options) -> str:
+def socket_path(opts: "Options") -> str:
     """The service's socket: ``socket=`` of the PAM line, else :data:`protocol.DEFAULT_SOCKET`."""
     return opts.socket or P.DEFAULT_SOCKET
 
 
-def request(opts: Options, message: dict[str, Any], timeout: float) -> dict[str, Any]:
+def request(opts: "Options", message: "dict[str, Any]", timeout: float) -> "dict[str, Any]":
     """One request to the service at :func:`socket_path`; a missing or silent service is a reply too."""
     return P.request(message, socket_path(opts), connect_timeout=CONNECT_TIMEOUT, timeout=timeout)
 
 
-def prompt(pamh: PamHandle, text: str, hidden: bool = True) -> str | None:
+def prompt(pamh: "PamHandle", text: str, hidden: bool = True) -> str | None:
     """One question (echo off unless ``hidden`` is false) through the application's conversation;
     None for no answer."""
     try:
@@ -152,7 +150,7 @@ def prompt(pamh: PamHandle, text: str, hidden: bool = True) -> str | None:
     return getattr(reply, "resp", None) or None
 
 
-def get_item(pamh: PamHandle, item: str) -> str | None:
+def get_item(pamh: "PamHandle", item: str) -> str | None:
     """pam_get_item of PAM_AUTHTOK (``authtok``) or PAM_OLDAUTHTOK (``oldauthtok``); None if unset."""
     try:
         return getattr(pamh, item) or None
@@ -160,7 +158,7 @@ def get_item(pamh: PamHandle, item: str) -> str | None:
         return None
 
 
-def set_item(pamh: PamHandle, item: str, value: str) -> bool:
+def set_item(pamh: "PamHandle", item: str, value: str) -> bool:
     """pam_set_item of PAM_AUTHTOK or PAM_OLDAUTHTOK, for the modules after this one."""
     try:
         setattr(pamh, item, value)
@@ -169,7 +167,7 @@ def set_item(pamh: PamHandle, item: str, value: str) -> bool:
         return False
 
 
-def _ask_password(pamh: PamHandle) -> str | None:
+def _ask_password(pamh: "PamHandle") -> str | None:
     """Prompt, and keep the answer in PAM_AUTHTOK as pam_krb5 does, for later modules (try_first_pass)."""
     token = prompt(pamh, PASSWORD_PROMPT)
     if token:
@@ -212,7 +210,7 @@ _SEARCH_ENDS = frozenset({P.OK, P.PASSWORD_EXPIRED, P.KDC_UNREACHABLE, P.UNAVAIL
                           P.VALIDATION_FAILED, P.FAST_UNAVAILABLE})
 
 
-def _auth_request(opts: Options, user: str, pw: pwd.struct_passwd, password: str) -> dict[str, Any]:
+def _auth_request(opts: "Options", user: str, pw: pwd.struct_passwd, password: str) -> "dict[str, Any]":
     """The service's ``auth``: as user@REALM, or with search_k5login each ~/.k5login principal in turn.
 
     ``kuserok`` asks the service for krb5_kuserok(principal, user) in the same reply.
@@ -233,8 +231,8 @@ def _auth_request(opts: Options, user: str, pw: pwd.struct_passwd, password: str
     return asks or P.reply_error(P.BAD_PASSWORD, "no principal of ~/.k5login takes this password")
 
 
-def _relay_prompts(pamh: PamHandle, opts: Options, user: str, pw: pwd.struct_passwd, password: str,
-                   reply: dict[str, Any]) -> dict[str, Any]:
+def _relay_prompts(pamh: "PamHandle", opts: "Options", user: str, pw: pwd.struct_passwd, password: str,
+                   reply: "dict[str, Any]") -> "dict[str, Any]":
     """Ask the KDC's preauth questions of a ``prompt`` reply through the conversation and send
     ``auth`` again with the answers (the first ``answered`` ones kept), up to PROMPT_ROUNDS.
 
@@ -279,7 +277,7 @@ def _relay_prompts(pamh: PamHandle, opts: Options, user: str, pw: pwd.struct_pas
     return reply
 
 
-def say(pamh: PamHandle, style: int, text: str) -> None:
+def say(pamh: "PamHandle", style: int, text: str) -> None:
     """One message through the application's conversation (its answer is ignored)."""
     try:
         pamh.conversation(pamh.Message(style, text))
@@ -287,8 +285,8 @@ def say(pamh: PamHandle, style: int, text: str) -> None:
         pass
 
 
-def authenticate(pamh: PamHandle, opts: Options, user: str, pw: pwd.struct_passwd,
-                 login: LoginState | None = None) -> int:
+def authenticate(pamh: "PamHandle", opts: "Options", user: str, pw: pwd.struct_passwd,
+                 login: "LoginState | None" = None) -> int:
     """pam_sm_authenticate: get a TGT for the user through the service; map the outcome to a PAM code.
 
     ``login`` (the handle's :class:`LoginState`) learns the principal and the
@@ -336,7 +334,7 @@ def authenticate(pamh: PamHandle, opts: Options, user: str, pw: pwd.struct_passw
     return pam_code(pamh, "auth", reply)
 
 
-def _pam_getenv(pamh: PamHandle, name: str) -> str | None:
+def _pam_getenv(pamh: "PamHandle", name: str) -> str | None:
     """pam_getenv(3) through pam_python's ``pamh.env`` mapping; None when unset."""
     try:
         value = pamh.env[name]
@@ -345,7 +343,7 @@ def _pam_getenv(pamh: PamHandle, name: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def open_session(pamh: PamHandle, opts: Options, pw: pwd.struct_passwd, sids: list[int]) -> int:
+def open_session(pamh: "PamHandle", opts: "Options", pw: pwd.struct_passwd, sids: list[int]) -> int:
     """Register the session with the service (the caller's pid is the session's anchor).
 
     ``sids`` belongs to this PAM handle: the service's session id is kept there for the
@@ -385,7 +383,7 @@ def open_session(pamh: PamHandle, opts: Options, pw: pwd.struct_passwd, sids: li
     return pam_code(pamh, "session", reply)
 
 
-def close_session(pamh: PamHandle, opts: Options, pw: pwd.struct_passwd, sids: list[int]) -> int:
+def close_session(pamh: "PamHandle", opts: "Options", pw: pwd.struct_passwd, sids: list[int]) -> int:
     """Unregister the session this handle opened; the service clears the tickets at the uid's last one.
 
     A handle that registered nothing sends nothing: a close without a sid would close
