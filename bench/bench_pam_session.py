@@ -12,6 +12,8 @@ stacks), since single runs swing; the hook's import in ``/usr/bin/python3 -I`` â
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -57,6 +59,24 @@ def _time(pw: PamWrapper, service: str, rounds: int) -> list[tuple[float, float]
             raise RuntimeError(f"pamtester {service} failed ({proc.returncode})")
         out.append((wall, (usage.ru_utime + usage.ru_stime) * 1000))
     return out
+
+
+def instructions(pw: PamWrapper, service: str) -> int | None:
+    """User-space instructions of one pamtester open+close under callgrind; None without valgrind.
+
+    Deterministic (the same count run after run, whatever else the machine does), where the CPU
+    ratio swings by several percent on a shared VM; it leaves out the kernel's part (file
+    lookups, page faults), so it is a floor of the CPU figure, shown beside it, not a target.
+    """
+    if not shutil.which("valgrind"):
+        return None
+    argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+            "pamtester", service, "nobody", "open_session", "close_session"]
+    out = subprocess.run(argv, env=pw.env(), capture_output=True, text=True, timeout=300)
+    found = re.search(r"Collected : (\d+)", out.stderr)
+    if out.returncode != 0 or not found:
+        raise RuntimeError(f"callgrind on pamtester {service} failed: {out.stderr[-500:]}")
+    return int(found.group(1))
 
 
 def import_time_ms() -> float:
@@ -107,11 +127,19 @@ def main() -> None:
             ratios["wall"].append(hook[0] / floor[0])
             print(f"  hook / empty pam_python: cpu {ratios['cpu'][-1]:.3f}, wall {ratios['wall'][-1]:.3f}; "
                   f"hook / pam_keyinit.so (cpu) {hook[1] / c_mod[1]:.1f}")
+        counts = [instructions(pw, "bench0"), instructions(pw, "bench1")]
     for label in ("cpu", "wall"):
         ratio = statistics.median(ratios[label])
         print(f"ratio hook / empty pam_python ({label}), median of {RUNS} runs = {ratio:.3f} "
               f"(runs: {', '.join(f'{r:.3f}' for r in ratios[label])}; target <= {TARGET_RATIO}: "
               f"{verdict(ratio <= TARGET_RATIO)})")
+    if None in counts:
+        print("instructions (callgrind): not measured, valgrind is not installed")
+    else:
+        hook_ir, empty_ir = counts
+        print(f"instructions (callgrind, user space, deterministic): hook {hook_ir / 1e6:.2f} M, "
+              f"empty pam_python {empty_ir / 1e6:.2f} M, ratio {hook_ir / empty_ir:.3f} "
+              f"(the kernel's part is not in it: a floor of the CPU ratio)")
     ms = import_time_ms()
     print(f"hook import time in /usr/bin/python3 -I: {ms:.2f} ms (median of 15; "
           f"target <= {TARGET_IMPORT_MS} ms: {verdict(ms <= TARGET_IMPORT_MS)})")

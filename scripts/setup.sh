@@ -20,8 +20,8 @@ PACKAGES=(
   krb5-otp
   # Active Directory: a Samba AD DC on loopback (krb5/ad-realm.sh), provisioned privately
   samba samba-ad-dc samba-ad-provision winbind smbclient ldb-tools
-  # process tools used by the tests
-  procps passwd strace
+  # process tools used by the tests; valgrind for make bench's deterministic instruction counts
+  procps passwd strace valgrind
   # a real systemd for the unit's test: debootstrap builds its root filesystem once (cached)
   debootstrap
   # the anchor for docker-credential-keyctl's error texts: upstream's Go helpers
