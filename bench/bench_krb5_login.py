@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from anchors import ensure_pam_krb5  # noqa: E402
-from phases import print_table, read_phases, service_ops, timed_shim  # noqa: E402
+from phases import print_table, process_cpu_ms, read_phases, service_ops, timed_shim  # noqa: E402
 
 from pam_keyinit_py.lab import pamconfigs  # noqa: E402
 from pam_keyinit_py.lab import users as lab_users  # noqa: E402
@@ -49,12 +49,6 @@ EMPTY = "".join(f"def pam_sm_{op}(pamh, flags, argv):\n    return pamh.PAM_SUCCE
                 for op in ("authenticate", "setcred", "acct_mgmt", "open_session", "close_session",
                            "chauthtok"))
 KRB5_PROFILE = Path("/usr/share/pam-configs/krb5")
-
-
-def _cpu_of(pid: int) -> float:
-    """utime+stime of a process in ms (/proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
 
 
 def _login(pw: PamWrapper, service: str, user: str, password: str,
@@ -123,10 +117,10 @@ def main() -> None:
         service_cpu: list[float] = []
         for _ in range(ROUNDS):  # interleaved, so load from other jobs hits all stacks alike
             for i, name in enumerate(services):
-                before = _cpu_of(daemon.proc.pid)
+                before = process_cpu_ms(daemon.proc.pid)
                 samples[name].append(_login(pw, f"krb5bench{i}", user.name, password, env))
                 if i == 0:
-                    service_cpu.append(_cpu_of(daemon.proc.pid) - before)
+                    service_cpu.append(process_cpu_ms(daemon.proc.pid) - before)
             _login(pw, "krb5benchtimed", user.name, password, env)  # phases only
         phases = read_phases(phase_log)
         phases.update(service_ops(daemon.socket, user.name, user.uid, user.gid, password, ROUNDS))

@@ -35,7 +35,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from anchors import PAM_KRB5, ensure_pam_krb5  # noqa: E402
-from phases import paired, print_table, read_phases, service_ops, spread, timed_shim, verdict  # noqa: E402
+from phases import (  # noqa: E402
+    paired,
+    print_table,
+    process_cpu_ms,
+    read_phases,
+    service_ops,
+    spread,
+    timed_shim,
+    verdict,
+)
 
 from pam_keyinit_py.lab import users as lab_users  # noqa: E402
 from pam_keyinit_py.lab.pamwrap import PAM_PYTHON, PamWrapper  # noqa: E402
@@ -88,14 +97,16 @@ STACKS = (("anchor", anchor), ("floor", floor), ("ours", ours), ("timed", timed)
 TARGET_MS = 15.0
 
 
-def cpu_ms(pid: int, children: bool = True) -> float:
-    """A process's user+sys CPU in ms (/proc/<pid>/stat), with its reaped children's by default.
+def cpu_ms(pid: int) -> float:
+    """A process's user+sys CPU in ms (/proc/<pid>/stat), its reaped children's included.
 
     sshd -D reaps each login's processes (pre-auth child, monitor, auth child, session), so the
-    master's cutime+cstime grows by a login's whole CPU, whatever else the machine runs.
+    master's cutime+cstime grows by a login's whole CPU, whatever else the machine runs.  The
+    kernel sums the children's time in ns and rounds once when read, so the 10 ms tick is an
+    error of the whole run's total, not of each login's.
     """
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if children else 0)
+    ticks = sum(int(f) for f in fields[11:15])
     return ticks * 1000 / os.sysconf("SC_CLK_TCK")
 
 
@@ -157,10 +168,10 @@ def main() -> None:
                     shuffle(order)
                     for name in order:
                         server = servers[name]
-                        before = cpu_ms(daemon.proc.pid, children=False)
+                        before = process_cpu_ms(daemon.proc.pid)
                         times[name] += time_logins(server, user, password, 1)
                         if name == "ours":
-                            svc_cpu += cpu_ms(daemon.proc.pid, children=False) - before
+                            svc_cpu += process_cpu_ms(daemon.proc.pid) - before
                 time.sleep(0.5)  # the last logins' processes reaped
                 for name, pid in masters.items():
                     results[(mode, name)] = times[name]
