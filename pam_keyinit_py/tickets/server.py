@@ -77,6 +77,7 @@ class _Conn:
     buf: bytearray = field(default_factory=bytearray)
     want: int = _HEADER.size  # bytes the current frame part still needs
     in_body: bool = False
+    watched: bool = False  # registered with the selector (only while its request is incomplete)
 
 
 class Server:
@@ -242,11 +243,9 @@ class Server:
             conn, keep = self._done.popleft()
             if keep and not self._stopping:
                 conn.deadline = time.monotonic() + self.limits.request_timeout
-                assert self._sel is not None
                 try:
-                    self._sel.register(conn.sock, selectors.EVENT_READ, conn)
                     self._read(conn)  # its end of stream (a one-request client) or its next request
-                except OSError:  # epoll_ctl ENOMEM, a reset: this connection's failure, not the loop's
+                except OSError:  # epoll_ctl ENOMEM: this connection's failure, not the loop's
                     self._close(conn)
             else:
                 self._close(conn)
@@ -257,7 +256,9 @@ class Server:
             if listener is self.root_sock and len(self._conns) >= self.limits.max_connections:
                 return  # the rest wait in the root backlog
             try:
-                sock, _addr = listener.accept()
+                # accept4 itself: socket.accept() would build the socket through the listener's
+                # family/type properties (two IntEnum conversions per connection).
+                fd, _addr = listener._accept()  # type: ignore[attr-defined]
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
@@ -276,7 +277,7 @@ class Server:
                                os.strerror(exc.errno or 0), self._accept_backoff, len(self._conns))
                 return
             self._accept_backoff = 0.0
-            self._admit(sock)
+            self._admit(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd))
 
     def _admit(self, sock: socket.socket) -> None:
         try:
@@ -307,26 +308,34 @@ class Server:
                 pass
             sock.close()
             return
-        sock.setblocking(False)
+        # The socket stays in blocking mode: the loop reads it with MSG_DONTWAIT and sends to it
+        # only with MSG_DONTWAIT, and a worker sends with its own timeout (Dispatcher.send).
         conn = _Conn(sock, pid, uid, time.monotonic() + lim.request_timeout)
         self._conns.add(conn)
         self._per_uid[uid] += 1
-        assert self._sel is not None
-        self._sel.register(sock, selectors.EVENT_READ, conn)
         # A client sends its request right after connect(2): it is usually there already, and
-        # reading it now saves the epoll_wait round (and, under load, a wake-up of this thread).
-        self._read(conn)
+        # reading it now saves the epoll_wait round (and, under load, a wake-up of this thread),
+        # and the register/unregister pair of a connection watched only to be read at once.
+        try:
+            self._read(conn)
+        except OSError:  # epoll_ctl's ENOMEM: this connection's failure, not the loop's
+            self._close(conn)
 
     def _read(self, conn: _Conn) -> None:
         """Read what the frame still needs (never more: a request costs at most MAX_MESSAGE).
 
         The body is read right after its header when it is there already (a client sends both
-        at once), not at the next pass of the loop: one epoll_wait less per request.
+        at once), not at the next pass of the loop: one epoll_wait less per request.  The
+        connection is watched (epoll) only while its request is incomplete.
         """
         while True:
             try:
-                chunk = conn.sock.recv(conn.want)
+                chunk = conn.sock.recv(conn.want, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
+                if not conn.watched:
+                    assert self._sel is not None
+                    self._sel.register(conn.sock, selectors.EVENT_READ, conn)
+                    conn.watched = True
                 return
             except OSError:
                 self._close(conn)
@@ -337,7 +346,7 @@ class Server:
             conn.buf += chunk
             conn.want -= len(chunk)
             if conn.want:
-                return
+                continue  # the rest may be there already; if not, recv says so and the loop watches
             if conn.in_body:
                 break
             (length,) = _HEADER.unpack(conn.buf)
@@ -353,8 +362,7 @@ class Server:
         conn.buf.clear()
         conn.in_body, conn.want = False, _HEADER.size
         conn.deadline = 0.0  # the service's own time does not count against the client
-        assert self._sel is not None
-        self._sel.unregister(conn.sock)
+        self._unwatch(conn)
         if not self._pool.submit((conn, body), conn.uid == 0):
             self._refusals(("no-worker",), logging.ERROR, "cannot start a worker thread (out of tasks): "
                            "request of pid %d uid %d answered busy", conn.pid, conn.uid)
@@ -368,7 +376,7 @@ class Server:
         self._refusals(("bad", conn.uid), logging.WARNING, "bad message from pid %d uid %d: %s; connection "
                        "closed", conn.pid, conn.uid, exc)
         try:
-            conn.sock.send(P.encode(P.reply_error(exc.code, str(exc))))
+            conn.sock.send(P.encode(P.reply_error(exc.code, str(exc))), socket.MSG_DONTWAIT)
         except OSError:
             pass
         self._close(conn)
@@ -388,12 +396,19 @@ class Server:
         self._per_uid[conn.uid] -= 1
         if self._per_uid[conn.uid] <= 0:
             del self._per_uid[conn.uid]
-        if self._sel is not None:
+        try:
+            self._unwatch(conn)
+        except OSError:
+            pass
+        conn.sock.close()
+
+    def _unwatch(self, conn: _Conn) -> None:
+        if conn.watched and self._sel is not None:
+            conn.watched = False
             try:
                 self._sel.unregister(conn.sock)
             except (KeyError, ValueError):
                 pass
-        conn.sock.close()
 
     # ------------------------------------------------------------------ workers
 
