@@ -5,6 +5,13 @@ beside it a root-only one (``ticketd.root.sock``, mode 0600) that root's clients
 (:func:`root_socket`), so users flooding the public socket cannot delay a login's connect.
 Framing: each message is a 4-byte big-endian length followed by that many
 bytes of UTF-8 JSON holding one object.  Every message carries ``"v": 1``.
+A connection carries one request after another, each answered before the next is read.  A
+client with nothing more to send shuts down its sending side (``shutdown(SHUT_WR)``) after its
+last request, as :func:`request` does: the service then closes the connection as soon as that
+request is answered (the worker that answered it does, instead of handing it back to the event
+loop only to read the end of stream).  Nothing else changes: a service older than this reads
+the end of stream after the reply and closes too, and a client that keeps the connection open
+may send its next request after each reply.
 
 ``auth`` with ``kuserok`` true also answers krb5_kuserok(principal, user) in its success reply
 (``kuserok``: bool), so the hook's acct_mgmt needs no request of its own after the hook's auth.
@@ -374,6 +381,7 @@ def request(
             sock.settimeout(timeout)
             try:
                 send_message(sock, message)
+                sock.shutdown(_socket.SHUT_WR)  # the only request: the service closes after its reply
             except (BrokenPipeError, ConnectionResetError):
                 pass  # a refusing service replies (busy) and closes before reading: read its reply
             sock.settimeout(max(0.001, deadline - time.monotonic()))

@@ -94,7 +94,6 @@ class Clearing(Core):
         an ``open`` (which takes the lock) comes either before the check or after the destroy.
         """
         policy = self.config.clear_on_logout
-        gid_default = primary_gid(uid)
         with self.lock:
             if self.sessions.count(uid):
                 return []  # a login opened a session since the last close: its tickets stay
@@ -119,7 +118,9 @@ class Clearing(Core):
                 listed = [i.ccache for i in self.krb.list_caches(uid) if i.ccache not in names]
             except Exception as exc:
                 log.warning("listing caches of uid %d: %s", uid, exc)
-        gid = mine[0].gid if mine else gid_default
+        # The passwd look-up (NSS: files, sssd, systemd-userdb...) only when nothing tracked gives
+        # the gid and there is something to destroy: not at every last close; outside the lock.
+        gid = mine[0].gid if mine else primary_gid(uid) if names or listed else uid
         cleared: list[str] = []
         for name in names + listed:
             with self.lock:

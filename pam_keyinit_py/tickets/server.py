@@ -25,6 +25,10 @@ keep root's logins waiting:
 * root's clients connect through a second, root-only socket (mode 0600, ``ticketd.root.sock``)
   whose listen backlog no user can fill.
 
+After its reply, the worker closes the connection itself when the client has sent its end of
+stream (a one-request client shuts down its sending side: see protocol.py), and otherwise hands
+it back to the loop for the next request.  The connection counts are kept under a lock for that.
+
 A malformed, oversized or unauthorised message gets an error reply; a malformed or
 oversized one also closes the connection.  The service carries on either way.
 """
@@ -38,6 +42,7 @@ import os
 import selectors
 import socket
 import struct
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +71,18 @@ def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
     return _UCRED.unpack(raw)
 
 
+def _ended(sock: socket.socket) -> bool:
+    """True when the client sent its end of stream (shutdown(SHUT_WR) or close) and nothing
+    before it: recv(MSG_PEEK | MSG_DONTWAIT) reads 0 bytes.  A reset counts as ended; bytes of a
+    next request, or nothing yet, do not."""
+    try:
+        return not sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+
+
 @dataclass(eq=False)
 class _Conn:
     """One client connection, owned by the loop thread except while a worker runs its request."""
@@ -77,6 +94,7 @@ class _Conn:
     buf: bytearray = field(default_factory=bytearray)
     want: int = _HEADER.size  # bytes the current frame part still needs
     in_body: bool = False
+    watched: bool = False  # registered with the selector (only while its request is incomplete)
 
 
 class Server:
@@ -94,9 +112,12 @@ class Server:
         self._wake_r, self._wake_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._done: collections.deque[tuple[_Conn, bool]] = collections.deque()
+        self._done: collections.deque[_Conn] = collections.deque()  # answered, may send more
+        # The loop adds connections; the loop or, after its reply, a worker removes them.
+        self._lock = threading.Lock()  # guards _conns, _per_uid and _root_held
         self._conns: set[_Conn] = set()
         self._per_uid: collections.Counter[int] = collections.Counter()
+        self._root_held = False  # the root listener is unwatched at max_connections: a close wakes the loop
         self._pool = _Pool(self.limits.workers, self.limits.root_reserved_workers, self._handle)
         self._accept_paused_until = 0.0
         self._accept_backoff = 0.0
@@ -184,7 +205,9 @@ class Server:
                     if isinstance(key.data, _Conn):
                         self._close(key.data)
             self._expire(time.monotonic())
-        for conn in list(self._conns):
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
             self._close(conn)
         for listener in listeners:
             listener.close()
@@ -198,8 +221,10 @@ class Server:
         """
         assert self._sel is not None and self.sock is not None and self.root_sock is not None
         paused = now < self._accept_paused_until
+        with self._lock:  # a worker closing a connection after this sees _root_held and wakes the loop
+            full = self._root_held = len(self._conns) >= self.limits.max_connections
         for listener in (self.sock, self.root_sock):
-            want = not paused and (listener is self.sock or len(self._conns) < self.limits.max_connections)
+            want = not paused and (listener is self.sock or not full)
             if want and listener not in registered:
                 self._sel.register(listener, selectors.EVENT_READ, listener)
                 registered.add(listener)
@@ -211,9 +236,10 @@ class Server:
         timeout = 1.0
         if now < self._accept_paused_until:
             timeout = min(timeout, self._accept_paused_until - now)
-        for conn in self._conns:
-            if conn.deadline:
-                timeout = min(timeout, max(0.0, conn.deadline - now))
+        with self._lock:
+            deadlines = [conn.deadline for conn in self._conns if conn.deadline]
+        if deadlines:
+            timeout = min(timeout, max(0.0, min(deadlines) - now))
         return timeout
 
     def shutdown(self) -> None:
@@ -239,14 +265,12 @@ class Server:
         except (BlockingIOError, InterruptedError):
             pass
         while self._done:
-            conn, keep = self._done.popleft()
-            if keep and not self._stopping:
+            conn = self._done.popleft()
+            if not self._stopping:
                 conn.deadline = time.monotonic() + self.limits.request_timeout
-                assert self._sel is not None
                 try:
-                    self._sel.register(conn.sock, selectors.EVENT_READ, conn)
-                    self._read(conn)  # its end of stream (a one-request client) or its next request
-                except OSError:  # epoll_ctl ENOMEM, a reset: this connection's failure, not the loop's
+                    self._read(conn)  # its next request, or its end of stream
+                except OSError:  # epoll_ctl ENOMEM: this connection's failure, not the loop's
                     self._close(conn)
             else:
                 self._close(conn)
@@ -257,7 +281,9 @@ class Server:
             if listener is self.root_sock and len(self._conns) >= self.limits.max_connections:
                 return  # the rest wait in the root backlog
             try:
-                sock, _addr = listener.accept()
+                # accept4 itself: socket.accept() would build the socket through the listener's
+                # family/type properties (two IntEnum conversions per connection).
+                fd, _addr = listener._accept()  # type: ignore[attr-defined]
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
@@ -276,7 +302,7 @@ class Server:
                                os.strerror(exc.errno or 0), self._accept_backoff, len(self._conns))
                 return
             self._accept_backoff = 0.0
-            self._admit(sock)
+            self._admit(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd))
 
     def _admit(self, sock: socket.socket) -> None:
         try:
@@ -288,15 +314,22 @@ class Server:
         if self._done and (len(self._conns) >= lim.max_connections - lim.root_reserved_connections
                            or self._per_uid[uid] >= lim.max_connections_per_uid):
             self._drain_wakeups()  # answered connections may be closed by now: count them out first
+        # Checked and counted in under one lock: a worker closing a connection meanwhile cannot
+        # make either wrong.
         why = None
-        if len(self._conns) >= lim.max_connections:
-            why = f"{len(self._conns)} connections open (max_connections={lim.max_connections})"
-        elif uid != 0 and len(self._conns) >= lim.max_connections - lim.root_reserved_connections:
-            why = (f"{len(self._conns)} connections open, the last {lim.root_reserved_connections} "
-                   "are for root")
-        elif uid != 0 and self._per_uid[uid] >= lim.max_connections_per_uid:
-            why = f"{self._per_uid[uid]} connections of this uid open (max_connections_per_uid=" \
-                  f"{lim.max_connections_per_uid})"
+        with self._lock:
+            total, mine = len(self._conns), self._per_uid[uid]
+            if total >= lim.max_connections:
+                why = f"{total} connections open (max_connections={lim.max_connections})"
+            elif uid != 0 and total >= lim.max_connections - lim.root_reserved_connections:
+                why = f"{total} connections open, the last {lim.root_reserved_connections} are for root"
+            elif uid != 0 and mine >= lim.max_connections_per_uid:
+                why = f"{mine} connections of this uid open (max_connections_per_uid=" \
+                      f"{lim.max_connections_per_uid})"
+            else:
+                conn = _Conn(sock, pid, uid, time.monotonic() + lim.request_timeout)
+                self._conns.add(conn)
+                self._per_uid[uid] += 1
         if why is not None:
             self.refused += 1
             self._refusals(("refuse", uid), logging.WARNING,
@@ -307,26 +340,31 @@ class Server:
                 pass
             sock.close()
             return
-        sock.setblocking(False)
-        conn = _Conn(sock, pid, uid, time.monotonic() + lim.request_timeout)
-        self._conns.add(conn)
-        self._per_uid[uid] += 1
-        assert self._sel is not None
-        self._sel.register(sock, selectors.EVENT_READ, conn)
+        # The socket stays in blocking mode: the loop reads it with MSG_DONTWAIT and sends to it
+        # only with MSG_DONTWAIT, and a worker sends with its own timeout (Dispatcher.send).
         # A client sends its request right after connect(2): it is usually there already, and
-        # reading it now saves the epoll_wait round (and, under load, a wake-up of this thread).
-        self._read(conn)
+        # reading it now saves the epoll_wait round (and, under load, a wake-up of this thread),
+        # and the register/unregister pair of a connection watched only to be read at once.
+        try:
+            self._read(conn)
+        except OSError:  # epoll_ctl's ENOMEM: this connection's failure, not the loop's
+            self._close(conn)
 
     def _read(self, conn: _Conn) -> None:
         """Read what the frame still needs (never more: a request costs at most MAX_MESSAGE).
 
         The body is read right after its header when it is there already (a client sends both
-        at once), not at the next pass of the loop: one epoll_wait less per request.
+        at once), not at the next pass of the loop: one epoll_wait less per request.  The
+        connection is watched (epoll) only while its request is incomplete.
         """
         while True:
             try:
-                chunk = conn.sock.recv(conn.want)
+                chunk = conn.sock.recv(conn.want, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
+                if not conn.watched:
+                    assert self._sel is not None
+                    self._sel.register(conn.sock, selectors.EVENT_READ, conn)
+                    conn.watched = True
                 return
             except OSError:
                 self._close(conn)
@@ -337,7 +375,7 @@ class Server:
             conn.buf += chunk
             conn.want -= len(chunk)
             if conn.want:
-                return
+                continue  # the rest may be there already; if not, recv says so and the loop watches
             if conn.in_body:
                 break
             (length,) = _HEADER.unpack(conn.buf)
@@ -353,8 +391,7 @@ class Server:
         conn.buf.clear()
         conn.in_body, conn.want = False, _HEADER.size
         conn.deadline = 0.0  # the service's own time does not count against the client
-        assert self._sel is not None
-        self._sel.unregister(conn.sock)
+        self._unwatch(conn)
         if not self._pool.submit((conn, body), conn.uid == 0):
             self._refusals(("no-worker",), logging.ERROR, "cannot start a worker thread (out of tasks): "
                            "request of pid %d uid %d answered busy", conn.pid, conn.uid)
@@ -368,45 +405,66 @@ class Server:
         self._refusals(("bad", conn.uid), logging.WARNING, "bad message from pid %d uid %d: %s; connection "
                        "closed", conn.pid, conn.uid, exc)
         try:
-            conn.sock.send(P.encode(P.reply_error(exc.code, str(exc))))
+            conn.sock.send(P.encode(P.reply_error(exc.code, str(exc))), socket.MSG_DONTWAIT)
         except OSError:
             pass
         self._close(conn)
 
     def _expire(self, now: float) -> None:
-        for conn in [c for c in self._conns if c.deadline and c.deadline <= now]:
+        with self._lock:
+            expired = [c for c in self._conns if c.deadline and c.deadline <= now]
+        for conn in expired:
             if conn.buf or conn.in_body:
                 self._refusals(("slow", conn.uid), logging.WARNING,
                                "pid %d uid %d did not send its request within %.0fs: connection closed",
                                conn.pid, conn.uid, self.limits.request_timeout)
             self._close(conn)
 
-    def _close(self, conn: _Conn) -> None:
-        if conn not in self._conns:
-            return
-        self._conns.discard(conn)
-        self._per_uid[conn.uid] -= 1
-        if self._per_uid[conn.uid] <= 0:
-            del self._per_uid[conn.uid]
-        if self._sel is not None:
+    def _close(self, conn: _Conn) -> bool:
+        """Count the connection out and close it (on the loop, or on the worker that answered it:
+        then it is not watched, and the selector is not touched).  True when the loop must wake to
+        watch the root listener again (it was full)."""
+        with self._lock:
+            if conn not in self._conns:
+                return False
+            self._conns.discard(conn)
+            self._per_uid[conn.uid] -= 1
+            if self._per_uid[conn.uid] <= 0:
+                del self._per_uid[conn.uid]
+            wake = self._root_held
+        try:
+            self._unwatch(conn)
+        except OSError:
+            pass
+        conn.sock.close()
+        return wake
+
+    def _unwatch(self, conn: _Conn) -> None:
+        if conn.watched and self._sel is not None:
+            conn.watched = False
             try:
                 self._sel.unregister(conn.sock)
             except (KeyError, ValueError):
                 pass
-        conn.sock.close()
 
     # ------------------------------------------------------------------ workers
 
     def _handle(self, job: tuple[_Conn, bytes]) -> None:
-        """Run one request on a worker thread, reply, and hand the connection back to the loop."""
+        """Run one request on a worker thread and reply; then close the connection here when it is
+        done (a failed reply, a bad request, or the client's end of stream already there: a
+        one-request client shuts down its sending side, see protocol.request), else hand it back
+        to the loop for its next request."""
         conn, body = job
         keep = False
         try:
-            keep = self.requests.serve(conn.sock, conn.pid, conn.uid, body)
+            keep = self.requests.serve(conn.sock, conn.pid, conn.uid, body) and not _ended(conn.sock)
         finally:
             del body  # may hold a password
-            self._done.append((conn, keep))
-            self._wake()
+            if keep:
+                self._done.append(conn)
+                self._wake()
+            elif self._close(conn):
+                self._wake()
 
     def _connections(self) -> dict[str, Any]:
         """The connection figures root's ``status`` shows."""

@@ -571,3 +571,96 @@ def test_out_of_tasks_the_daemon_answers_busy_and_serves_later(limited):
         if limited.alive():
             (PIDS_CGROUP / "cgroup.procs").write_text(str(pid))
         group.rmdir()
+
+
+
+def _frames(sock: socket.socket, count: int, *, then: bool = True) -> tuple[list[dict], bytes | None]:
+    """Read ``count`` framed replies; with ``then``, also what follows until the server closes:
+    b"" when it closed right after them, None when it reset the connection (closed with a
+    request of ours unread)."""
+    sock.settimeout(10)
+    buf = b""
+    replies = []
+    while len(replies) < count:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {len(replies)} of {count} replies"
+        buf += chunk
+        while len(buf) >= 4 and len(buf) >= 4 + struct.unpack(">I", buf[:4])[0]:
+            length = struct.unpack(">I", buf[:4])[0]
+            replies.append(json.loads(buf[4:4 + length]))
+            buf = buf[4 + length:]
+    if not then:
+        return replies, buf
+    try:
+        while chunk := sock.recv(65536):
+            buf += chunk
+    except ConnectionResetError:
+        return replies, None
+    return replies, buf
+
+
+def test_one_request_client_gets_its_reply_then_the_end_of_stream(limited):
+    """A client that shuts down its sending side after its request (protocol.request does) gets
+    the reply and then the end of stream: the service closed the connection and counted it out
+    (root's next status sees only itself)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(limited.socket)
+        s.sendall(P.encode({"op": "status"}))
+        s.shutdown(socket.SHUT_WR)
+        replies, rest = _frames(s, 1)
+    finally:
+        s.close()
+    assert replies[0]["ok"], replies
+    assert rest == b""
+    status = limited.request({"op": "status"})
+    assert status["service"]["connections"]["open"] == 1, status
+
+
+def test_connection_carries_requests_one_after_another_and_pipelined(limited):
+    """Without the end of stream a connection stays open for the next request: one sent after
+    the reply, and two sent at once (the second is there when the first's worker looks for the
+    end of stream) are answered in order; the end of stream after the last closes it.  A bad
+    request among them is answered and closes the connection, unread requests after it or not."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(limited.socket)
+        s.sendall(P.encode({"op": "tickets"}))
+        (first,), rest = _frames(s, 1, then=False)
+        assert rest == b""
+        s.sendall(P.encode({"op": "status"}) + P.encode({"op": "tickets"}))
+        s.shutdown(socket.SHUT_WR)
+        replies, rest = _frames(s, 2)
+    finally:
+        s.close()
+    assert first["ok"] and "tickets" in first, first
+    assert replies[0]["ok"] and "service" in replies[0], replies
+    assert replies[1]["ok"] and "tickets" in replies[1], replies
+    assert rest == b""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(limited.socket)
+        s.sendall(P.encode({"op": "status"}) + P.encode({"op": "nonsense"}) + P.encode({"op": "tickets"}))
+        replies, rest = _frames(s, 2)
+    finally:
+        s.close()
+    assert replies[0]["ok"] and "service" in replies[0], replies
+    assert replies[1]["code"] == P.BAD_REQUEST, replies
+    assert rest in (b"", None)  # closed; reset when the third request was still unread
+
+
+LOOP = r"""
+import json, sys
+from pam_keyinit_py import protocol as P
+replies = [P.request({"op": "status"}, sys.argv[1]) for _ in range(int(sys.argv[2]))]
+print(json.dumps([reply.get("code", "ok") for reply in replies]))
+"""
+
+
+def test_user_connecting_in_a_loop_is_never_refused(limited, svc_user):
+    """A user's one-request connections, one after another, four times its per-uid cap: each is
+    counted out when its reply is sent, so none is refused "busy"."""
+    n = 4 * LIMITS["max_connections_per_uid"]
+    proc = svc_user.user.run([str(VENV_BIN / "python"), "-c", LOOP, limited.socket, str(n)], timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == ["ok"] * n
