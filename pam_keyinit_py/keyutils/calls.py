@@ -47,7 +47,7 @@ def failure(operation: str) -> "KeyutilsError":
     imported here, on the first failure, not with layer 0: a login that fails no call never
     builds those classes.
     """
-    err = _ffi.errno  # read before the import, whose file lookups may set errno
+    err = _ffi.errno  # the failed call's, kept per thread by cffi: read it before anything else runs
     from .errors import error_for
 
     return error_for(err, operation)

@@ -9,11 +9,12 @@ from pam_keyinit_py.pam.shim import repo_paths
 
 
 def _loaded(code: str) -> set[str]:
-    """Modules of the package, and the heavy stdlib ones, after ``code`` in a fresh ``python3 -I``
-    whose path is the shim's (see pam/shim.py)."""
-    probe = (f"import sys; sys.path[:0] = {repo_paths()!r}; {code}; "
-             "print(' '.join(m for m in sys.modules if m.startswith('pam_keyinit_py') "
-             "or m in ('json', '_json', 'socket', '_socket', 'krb5', 'struct', '__future__', 'errno')))")
+    """Modules of the package, and the heavy stdlib ones, that ``code`` loads in a fresh
+    ``python3 -I`` whose path is the shim's (see pam/shim.py); not those the interpreter's own
+    start (site) loaded before it."""
+    probe = (f"import sys; before = set(sys.modules); sys.path[:0] = {repo_paths()!r}; {code}; "
+             "print(' '.join(m for m in sys.modules if m not in before and (m.startswith('pam_keyinit_py') "
+             "or m in ('json', '_json', 'socket', '_socket', 'krb5', 'struct', '__future__', 'errno'))))")
     out = subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, text=True, check=True)
     return set(out.stdout.split())
 
