@@ -76,10 +76,10 @@ class Adoption(Renewal):
         with self.lock:
             if not self.sessions.count(uid):
                 return  # the last session closed while the collection was listed: adopt nothing
-            # One of the uid's sessions (counted above, so there is one): its gid, without the
-            # passwd look-up (NSS) that next()'s default ran under the lock at every scan.
-            sid = next(iter(self.sessions.by_uid.get(uid, ())), None)
-            gid = self.sessions.by_sid[sid].gid if sid is not None else primary_gid(uid)
+            # The uid's oldest session (counted above, so there is one; sids increase): its gid,
+            # without the passwd look-up (NSS) that next()'s default ran under the lock at every scan.
+            sids = self.sessions.by_uid.get(uid)
+            gid = self.sessions.by_sid[min(sids)].gid if sids else primary_gid(uid)
             for info in infos:
                 if info.ccache not in self.tickets:
                     # A cache this service made (its name says so) is the service's even when it was

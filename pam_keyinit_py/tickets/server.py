@@ -302,7 +302,12 @@ class Server:
                                os.strerror(exc.errno or 0), self._accept_backoff, len(self._conns))
                 return
             self._accept_backoff = 0.0
-            self._admit(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd))
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
+            if sock.gettimeout() is not None:
+                # A process-wide socket.setdefaulttimeout() (a library's) would make CPython poll
+                # for that long before each recv(MSG_DONTWAIT): one silent client, a stalled loop.
+                sock.settimeout(None)
+            self._admit(sock)
 
     def _admit(self, sock: socket.socket) -> None:
         try:
@@ -375,7 +380,9 @@ class Server:
             conn.buf += chunk
             conn.want -= len(chunk)
             if conn.want:
-                continue  # the rest may be there already; if not, recv says so and the loop watches
+                if conn.watched:
+                    return  # short read: the buffer is empty now, and epoll says when more comes
+                continue  # not watched yet: recv again, whose EAGAIN registers it
             if conn.in_body:
                 break
             (length,) = _HEADER.unpack(conn.buf)

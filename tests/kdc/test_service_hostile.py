@@ -573,7 +573,6 @@ def test_out_of_tasks_the_daemon_answers_busy_and_serves_later(limited):
         group.rmdir()
 
 
-
 def _frames(sock: socket.socket, count: int, *, then: bool = True) -> tuple[list[dict], bytes | None]:
     """Read ``count`` framed replies; with ``then``, also what follows until the server closes:
     b"" when it closed right after them, None when it reset the connection (closed with a
@@ -664,3 +663,70 @@ def test_user_connecting_in_a_loop_is_never_refused(limited, svc_user):
     proc = svc_user.user.run([str(VENV_BIN / "python"), "-c", LOOP, limited.socket, str(n)], timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == ["ok"] * n
+
+
+def _open_connections(daemon, settle: float = 10.0) -> int:  # noqa: ANN001
+    """What root's status counts as open, this status's own connection included, once it reads 1
+    or ``settle`` seconds have passed (the loop counts out a closed connection when it reads the
+    end of stream, after the client's close returned)."""
+    deadline = time.monotonic() + settle
+    while True:
+        count = daemon.request({"op": "status"})["service"]["connections"]["open"]
+        if count == 1 or time.monotonic() >= deadline:
+            return count
+        time.sleep(0.05)
+
+
+def test_at_max_connections_a_worker_closing_one_lets_root_in(limited):
+    """At max_connections (8, all root), root's next client waits in the root backlog; when one
+    held connection sends its request and half-closes, the worker that answers it closes it, and
+    that close must bring the loop back to the root listener: the waiter is served."""
+    root_path = P.root_socket(limited.socket)
+    held = _root_connections(root_path, 8)
+    replies: list[dict] = []
+    try:
+        waiter = threading.Thread(target=lambda: replies.append(
+            P.request({"op": "status"}, limited.socket, connect_timeout=20, timeout=20)))
+        waiter.start()
+        waiter.join(1.0)
+        assert waiter.is_alive() and replies == [], replies  # not refused: waiting for room
+        one = held.pop()
+        one.sendall(P.encode({"op": "tickets"}))
+        one.shutdown(socket.SHUT_WR)
+        answered, rest = _frames(one, 1)
+        one.close()
+        assert answered[0]["ok"] and rest == b"", (answered, rest)
+        waiter.join(20)
+        assert replies and replies[0]["ok"], replies
+    finally:
+        for s in held:
+            s.close()
+    assert _open_connections(limited) == 1
+
+
+def test_half_a_header_then_the_end_of_stream_is_closed_and_counted_out(limited):
+    """A client that sends two bytes of a header and half-closes gets the end of stream (no
+    reply, no wait for the request deadline) and is no longer counted."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(limited.socket)
+        s.sendall(b"\0\0")
+        s.shutdown(socket.SHUT_WR)
+        s.settimeout(10)
+        assert s.recv(100) == b""
+    finally:
+        s.close()
+    assert _open_connections(limited) == 1
+
+
+def test_a_client_gone_with_requests_unread_is_counted_out(limited):
+    """Two requests sent at once and the connection closed before any reply: the worker's reply
+    or its look for the end of stream meets the reset, the connection is counted out, and the
+    service goes on."""
+    for _ in range(5):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(limited.socket)
+        s.sendall(P.encode({"op": "status"}) + P.encode({"op": "tickets"}))
+        s.close()
+    assert _open_connections(limited) == 1
+    assert limited.alive()
