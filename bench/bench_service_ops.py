@@ -27,7 +27,7 @@
    ms longer after 0.2 s idle than back to back; inside an ssh login it was 9.4 ms against 6.1 ms
    from this bench's back-to-back loop). CPU per login beside the wall times: on 2 shared cores,
    20 logins at once are CPU-bound, and the medians then mostly say how the kernel shared the CPU
-   out. Ours = the service process (/proc/PID/stat, ended threads included) + this process's
+   out. Ours = the service process (its CPU-time clock, ended threads included) + this process's
    clients during ours' batches; the anchor = this process during its batches. Ours also destroys
    the cache each login retired (after a 2 s grace, so often during a later batch); the anchor
    leaves its old caches to the bench's cleanup, outside the figures. Below it, the service's CPU
@@ -53,7 +53,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from phases import verdict  # noqa: E402
+from phases import process_cpu_ms, verdict  # noqa: E402
 
 from pam_keyinit_py import keyutils  # noqa: E402
 from pam_keyinit_py import protocol as P  # noqa: E402
@@ -308,13 +308,6 @@ def _clear_uid(uid: int) -> None:
         pass
 
 
-def _task_cpu_ms(pid: int) -> float:
-    """CPU ms of process ``pid`` so far, its ended threads included (/proc/PID/stat utime+stime,
-    in clock ticks: 10 ms steps, so the figures below are sums over many logins)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
-
-
 def _thread_cpu_ms(pid: int) -> dict[str, float]:
     """CPU ms of each live thread of ``pid`` so far, summed by kind: its kernel name (the timed
     launcher sets it from the Python name) without a trailing ``-N``; the main thread (the event
@@ -417,13 +410,13 @@ def bench_auth(realm: Realm, daemons: dict[str, TimedTicketD], users: list[tuple
                 order = (("ours", o), ("anchor", a)) if r % 2 == 0 else (("anchor", a), ("ours", o))
                 for name, fn in order:
                     time.sleep(idle)
-                    service0, here0 = _task_cpu_ms(pid), time.process_time()
+                    service0, here0 = process_cpu_ms(pid), time.process_time()
                     threads0 = _thread_cpu_ms(pid) if name == "ours" else {}
                     batches[name].append(_batch(fn, n, first))
                     times[name] += batches[name][-1]
                     here = (time.process_time() - here0) * 1000
                     if name == "ours":
-                        cpu["service"] += _task_cpu_ms(pid) - service0
+                        cpu["service"] += process_cpu_ms(pid) - service0
                         cpu["client"] += here
                         for thread, ms in _thread_cpu_ms(pid).items():
                             by_thread[thread] += ms - threads0.get(thread, 0.0)
