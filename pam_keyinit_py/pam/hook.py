@@ -18,7 +18,10 @@ client needs (a ``force revoke`` session line never loads it).  The pam_keyinit 
 (``keyinit``, layer 0's cffi module) is loaded by the first session or setcred call, the
 ticket client (``client``, ``account``) by the first auth, account or password call, so
 sshd's keyboard-interactive auth child loads no keyring code.  Nothing here loads Kerberos:
-the service does that work.
+the service does that work.  No module on these paths has ``from __future__ import
+annotations``: the future statement is a real import of ``__future__`` in every login's fresh
+interpreter, so annotations naming TYPE_CHECKING-only names are quoted instead
+(tests/unit/test_hook_imports.py pins it).
 """
 
 import pwd
