@@ -452,24 +452,30 @@ def test_the_root_socket_is_root_only(limited, svc_user):
         assert P.recv_message(sock, P.MAX_REPLY)["service"]["pid"] == limited.proc.pid
 
 
-def test_root_waits_for_room_instead_of_being_refused(limited):
-    """At max_connections (8), root's next connect waits in the root socket's backlog instead of
-    getting "busy", and is served as soon as a connection closes."""
-    root_path = P.root_socket(limited.socket)
-    held = _root_connections(root_path, 8)
+def _root_waits_for_room(daemon, free_one) -> None:  # noqa: ANN001
+    """Hold max_connections (8) root connections: root's next client must wait in the root
+    socket's backlog, not be refused "busy"; then ``free_one(held)`` ends one held connection,
+    and the waiter must be served."""
+    held = _root_connections(P.root_socket(daemon.socket), 8)
     replies: list[dict] = []
     try:
         waiter = threading.Thread(target=lambda: replies.append(
-            P.request({"op": "status"}, limited.socket, connect_timeout=20, timeout=20)))
+            P.request({"op": "status"}, daemon.socket, connect_timeout=20, timeout=20)))
         waiter.start()
         waiter.join(1.0)
         assert waiter.is_alive() and replies == [], replies  # not refused: waiting for room
-        held.pop().close()
+        free_one(held)
         waiter.join(20)
         assert replies and replies[0]["ok"], replies
     finally:
         for s in held:
             s.close()
+
+
+def test_root_waits_for_room_instead_of_being_refused(limited):
+    """At max_connections (8), root's next connect waits in the root socket's backlog instead of
+    getting "busy", and is served as soon as a connection closes."""
+    _root_waits_for_room(limited, lambda held: held.pop().close())
 
 
 def test_repeated_requests_of_a_user_cost_one_log_line_and_one_renewal(limited, svc_user):
@@ -681,26 +687,15 @@ def test_at_max_connections_a_worker_closing_one_lets_root_in(limited):
     """At max_connections (8, all root), root's next client waits in the root backlog; when one
     held connection sends its request and half-closes, the worker that answers it closes it, and
     that close must bring the loop back to the root listener: the waiter is served."""
-    root_path = P.root_socket(limited.socket)
-    held = _root_connections(root_path, 8)
-    replies: list[dict] = []
-    try:
-        waiter = threading.Thread(target=lambda: replies.append(
-            P.request({"op": "status"}, limited.socket, connect_timeout=20, timeout=20)))
-        waiter.start()
-        waiter.join(1.0)
-        assert waiter.is_alive() and replies == [], replies  # not refused: waiting for room
+    def one_request_then_half_close(held: list[socket.socket]) -> None:
         one = held.pop()
         one.sendall(P.encode({"op": "tickets"}))
         one.shutdown(socket.SHUT_WR)
         answered, rest = _frames(one, 1)
         one.close()
         assert answered[0]["ok"] and rest == b"", (answered, rest)
-        waiter.join(20)
-        assert replies and replies[0]["ok"], replies
-    finally:
-        for s in held:
-            s.close()
+
+    _root_waits_for_room(limited, one_request_then_half_close)
     assert _open_connections(limited) == 1
 
 
