@@ -93,6 +93,11 @@ def test_error_classes_load_on_the_first_failure_with_that_calls_errno() -> None
     assert lines == [f"NoKeyError {errno.ENOKEY} keyctl_describe_alloc: Required key not available",
                      "True True NoKeyError"], proc_.stdout + proc_.stderr
     assert "AttributeError: module 'pam_keyinit_py.keyutils' has no attribute 'nonesuch'" in proc_.stderr
+    # keyutils/__init__ names errors.py's public names without importing it: the list must follow it.
+    from pam_keyinit_py.keyutils import errors
+
+    public = {n for n in vars(errors) if not n.startswith("_")} - {"annotations", "posix"}
+    assert k._ERRORS == public
 
 
 def test_expired_key() -> None:
