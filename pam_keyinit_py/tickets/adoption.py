@@ -5,7 +5,9 @@ tickets, ``[[keytab]]`` entries; and the daily touch of the persistent keyring.
   (``kinit`` in a session) are tracked (origin ``adopted``) and renewed.  They are found by a
   scan of the collection at the first session, by rescans every ``adopt_scan_interval``, and
   soon after the uid's keys change (``/proc/key-users``, polled every ``adopt_watch_interval``:
-  this kernel has no key notifications).
+  this kernel has no key notifications).  A scan first reads the collection's member names
+  from the kernel (a few keyctl calls, :mod:`.collection`) and lists the collection with libkrb5
+  only when one of them is not tracked yet: at most scans nothing is new.
 * **Delegation.**  A delegated TGT that sshd wrote to ``FILE:/tmp/krb5cc_<uid>_*`` is moved
   into ``KEYRING:persistent:<uid>`` at ``open`` (origin ``delegated``).
 * **Keytab entries.**  Each ``[[keytab]]`` principal's TGT is re-acquired from its keytab at
@@ -67,11 +69,14 @@ class Adoption(Renewal):
         """Adopt caches the user made in their persistent collection (their own kinit) while logged in."""
         if not self.sessions.count(uid):
             return
-        try:
-            infos = self.krb.list_caches(uid)
-        except Exception as exc:
-            log.warning("listing caches of uid %d: %s", uid, exc)
+        if self._nothing_new(uid):
             infos = []
+        else:
+            try:
+                infos = self.krb.list_caches(uid)
+            except Exception as exc:
+                log.warning("listing caches of uid %d: %s", uid, exc)
+                infos = []
         adopted: list[Tracked] = []
         with self.lock:
             if not self.sessions.count(uid):
@@ -95,6 +100,20 @@ class Adoption(Renewal):
         if reschedule:
             self.scheduler.schedule(("scan", uid), time.time() + self.config.adopt_scan_interval,
                                     partial(self._scan, uid))
+
+    def _nothing_new(self, uid: int) -> bool:
+        """Whether every cache the kernel lists in the uid's collection is tracked already.
+
+        Then the scan adopts nothing and libkrb5 need not list the collection (the kernel's
+        list is a few keyctl calls: krb.cache_names).  A collection that cannot be read this way
+        is listed with libkrb5 as before.
+        """
+        try:
+            names = self.krb.cache_names(uid)
+        except Exception:  # noqa: BLE001 - unknown, not empty: libkrb5 lists it (and logs why not)
+            return False
+        with self.lock:
+            return all(name in self.tickets for name in names)
 
     def _keytab_job(self, index: int) -> None:
         """Re-acquire a [[keytab]] principal's TGT (as k5start -f), then schedule the next run."""

@@ -24,6 +24,7 @@ class KrbSide(Protocol):
     def renew(self, ccache: str, uid: int, gid: int, *, timeout: float, grace: float) -> Any: ...
     def destroy(self, ccache: str, uid: int, gid: int) -> None: ...
     def list_caches(self, uid: int) -> list[Any]: ...
+    def cache_names(self, uid: int) -> set[str]: ...
     def sweep_retired(self, uid: int) -> list[str]: ...
     def import_file(self, source: str, uid: int, gid: int) -> Any: ...
     def kuserok(self, principal: str, user: str, uid: int) -> bool: ...
@@ -87,6 +88,15 @@ class Krb5:
     def list_caches(self, uid: int) -> list[Any]:
         """krb5_cccol_cursor over KEYRING:persistent:<uid>: one TicketInfo per cache with a TGT."""
         return self._ccache().list_caches(uid)
+
+    def cache_names(self, uid: int) -> set[str]:
+        """Names of the caches in KEYRING:persistent:<uid> as the kernel lists them (keyctl reads,
+        no libkrb5: tickets/collection.py), less those waiting out their grace period to be
+        destroyed, as :meth:`list_caches` leaves them out.  OSError when the collection cannot be read.
+        """
+        from . import collection
+
+        return collection.cache_names(uid) - self._ccache().retiring(uid)
 
     def sweep_retired(self, uid: int) -> list[str]:
         """Destroy the uid's caches a renewal retired before a restart (their RETIRED mark)."""

@@ -29,8 +29,8 @@ from .. import keyutils
 from .. import protocol as P
 from ..ccname import subsidiary
 from ..keyutils import proc
-from ..keyutils.model import KeyInfo
 from . import journal, metrics
+from .collection import cache_keyrings, describe
 
 log = logging.getLogger("keyinit-ticketd")
 
@@ -38,50 +38,27 @@ log = logging.getLogger("keyinit-ticketd")
 SYSCTLS = "kernel.keys.maxbytes (and kernel.keys.maxkeys)"
 
 
-def _describe(key: int) -> tuple[bytes, bytes]:
-    """KEYCTL_DESCRIBE through layer 0's one parser: (type, description)."""
-    info = KeyInfo.of(key)
-    return info.type_bytes, info.description_bytes
-
-
 def cache_sizes(uid: int) -> dict[str, tuple[int, int]]:
     """{subsidiary name: (quota bytes, keys)} of each KEYRING cache in ``uid``'s persistent collection.
 
-    Walks ``_persistent.<uid>`` -> ``_krb`` -> each cache keyring (keyctl_get_persistent into
-    this thread's keyring, so the keys are possessed and keyctl_read may read them) and counts
-    what the kernel charges: description + NUL (+ payload) for the cache keyring and each key.
+    Walks ``_persistent.<uid>`` -> ``_krb`` -> each cache keyring (:func:`.collection.cache_keyrings`:
+    possessed, so keyctl_read may read them) and counts what the kernel charges: description +
+    NUL (+ payload) for the cache keyring and each key.  Empty when the collection cannot be read.
     """
-    thread = keyutils.KEY_SPEC_THREAD_KEYRING
-    try:
-        ring = keyutils.get_persistent(uid, thread)
-    except OSError:
-        return {}
     sizes: dict[str, tuple[int, int]] = {}
     try:
-        for krb in keyutils.keyring_ids(ring):
-            try:
-                if _describe(krb) != (b"keyring", b"_krb"):
-                    continue
-                caches = keyutils.keyring_ids(krb)
-            except OSError:
-                continue
-            for cache in caches:
+        with cache_keyrings(uid) as caches:
+            for cdesc, cache in caches:
                 try:
-                    ctype, cdesc = _describe(cache)
-                    if ctype != b"keyring":
-                        continue
                     size, count = len(cdesc) + 1, 1
                     for key in keyutils.keyring_ids(cache):
-                        size += len(_describe(key)[1]) + 1 + len(keyutils.read(key))
+                        size += len(describe(key)[1]) + 1 + len(keyutils.read(key))
                         count += 1
                 except OSError:
                     continue  # a cache retired under us
                 sizes[cdesc.decode(errors="replace")] = (size, count)
-    finally:
-        try:
-            keyutils.unlink(ring, thread)
-        except OSError:
-            pass
+    except OSError:
+        return {}
     return sizes
 
 

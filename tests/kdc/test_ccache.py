@@ -120,6 +120,25 @@ def test_reacquire_retires_own_cache_but_keeps_users_kinit(realm: Realm, kdc_use
     assert names[mine].principal == kdc_user.principal and names[mine].endtime > time.time()
 
 
+def test_the_kernels_list_of_the_collection_names_what_libkrb5_lists(realm: Realm, kdc_user: KdcUser) -> None:
+    """collection.cache_names (keyctl reads) against ccache.list_caches (krb5_cccol_cursor): the
+    adoption scan trusts the first to skip the second."""
+    from pam_keyinit_py.tickets import collection
+    from pam_keyinit_py.tickets.krb import Krb5
+
+    assert collection.cache_names(kdc_user.uid) == set()  # no _krb keyring yet
+    user_kinit(kdc_user, realm)
+    first = acquire(kdc_user, realm)
+    second = acquire(kdc_user, realm)  # retires the first: destroyed after its grace period
+    mine = f"KEYRING:persistent:{kdc_user.uid}:krb_ccache_mine"
+    listed = {i.ccache for i in ccache.list_caches(kdc_user.uid, kdc_user.gid, krb5_config=conf(realm))}
+    assert listed == {second.ccache, mine}
+    assert collection.cache_names(kdc_user.uid) == {first.ccache, second.ccache, mine}
+    assert Krb5().cache_names(kdc_user.uid) == listed  # the retiring one left out, as list_caches does
+    ccache.flush_deferred()
+    assert collection.cache_names(kdc_user.uid) == listed
+
+
 def test_bad_password_unknown_principal_and_no_secret_in_text(realm: Realm, kdc_user: KdcUser) -> None:
     wrong = "Wr0ng-" + kdc_user.password
     with pytest.raises(errors.BadPassword) as exc:

@@ -80,7 +80,13 @@ class FakeKrb:
         self.caches.pop(ccache, None)
 
     def list_caches(self, uid: int) -> list[Info]:
+        self.calls.append(("list_caches", uid))
+        self._maybe_fail("list_caches")
         return [i for i in self.caches.values() if i.uid == uid]
+
+    def cache_names(self, uid: int) -> set[str]:
+        self._maybe_fail("cache_names")
+        return {i.ccache for i in self.caches.values() if i.uid == uid}
 
     def sweep_retired(self, uid: int) -> list[str]:
         return []

@@ -263,6 +263,32 @@ def test_a_scan_adopts_the_users_own_kinit_while_logged_in(make, krb) -> None:
     assert svc.tickets[kinit].origin == ADOPTED and svc.scheduler.due(("renew", kinit)) is not None
 
 
+def _listed(krb: FakeKrb) -> int:
+    return sum(1 for call, _ in krb.calls if call == "list_caches")
+
+
+def test_a_scan_lists_with_libkrb5_only_when_the_kernel_shows_an_untracked_cache(make, krb) -> None:
+    svc = make()
+    login = _auth(svc)["ccache"]
+    assert svc.open(ROOT, "u", UID, UID)["ok"]
+    svc._scan(UID, reschedule=False)
+    assert _listed(krb) == 0 and set(svc.tickets) == {login}  # only the login's own cache: nothing new
+    kinit = krb._new(UID, "u@UNIT.TEST", service=False).ccache
+    svc._scan(UID, reschedule=False)
+    assert _listed(krb) == 1 and svc.tickets[kinit].origin == ADOPTED
+    svc._scan(UID, reschedule=False)
+    assert _listed(krb) == 1  # adopted now: tracked, so not listed again
+
+
+def test_a_scan_whose_kernel_read_fails_lists_with_libkrb5(make, krb) -> None:
+    svc = make()
+    assert svc.open(ROOT, "u", UID, UID)["ok"]
+    kinit = krb._new(UID, "u@UNIT.TEST", service=False).ccache
+    krb.fail["cache_names"] = PermissionError(13, "Permission denied")
+    svc._scan(UID, reschedule=False)
+    assert _listed(krb) == 1 and svc.tickets[kinit].origin == ADOPTED
+
+
 def test_the_operations_table_and_the_service_agree() -> None:
     assert P.ROOT_OPS == {"auth", "account", "chpass", "open", "close", "metrics"}
     mutating = {n for n, op in P.OPS.items() if op.mutating}

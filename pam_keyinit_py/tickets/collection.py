@@ -1,0 +1,79 @@
+"""A uid's persistent ccache collection as the kernel holds it, read with keyctl alone (no libkrb5).
+
+MIT's KEYRING layout (see :mod:`pam_keyinit_py.ccname`): keyctl_get_persistent(uid) returns
+``_persistent.<uid>``, which holds the keyring ``_krb``; each keyring in ``_krb`` is one cache,
+named by its description (``KEYRING:persistent:<uid>:<description>``).
+
+- :func:`cache_keyrings`: each cache keyring's description and serial, the persistent keyring
+  linked into this thread's keyring meanwhile (so the keys are possessed: keyctl_read and
+  keyctl_describe work for root on a user's keys).
+- :func:`cache_names`: the caches' full names.  The adoption scan asks this first: listing the
+  collection with libkrb5 (krb5_cccol_cursor, then each cache's principal and credentials, as the
+  user) costs about ten times as much, and at most logins finds nothing new.
+
+Reading takes keyctl_get_persistent, which (like any look at the collection) resets the kernel's
+expiry of the persistent keyring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from .. import keyutils
+from ..ccname import collection_name
+from ..keyutils.model import KeyInfo
+
+#: The keyring in ``_persistent.<uid>`` whose member keyrings are the caches (MIT's cc_keyring.c).
+COLLECTION_KEYRING = b"_krb"
+
+
+def describe(key: int) -> tuple[bytes, bytes]:
+    """KEYCTL_DESCRIBE through layer 0's one parser: (type, description)."""
+    info = KeyInfo.of(key)
+    return info.type_bytes, info.description_bytes
+
+
+@contextmanager
+def cache_keyrings(uid: int) -> Iterator[list[tuple[bytes, int]]]:
+    """(description, serial) of each cache keyring in ``uid``'s persistent collection.
+
+    keyctl_get_persistent(uid) into this thread's keyring (unlinked again at the end of the
+    block), then keyctl_read of ``_persistent.<uid>`` and of ``_krb``, and keyctl_describe of each
+    member.  A member destroyed while it is read is left out; no ``_krb`` is an empty list.
+    OSError when the persistent keyring or ``_krb`` cannot be read (the caller cannot tell
+    what the collection holds).
+    """
+    thread = keyutils.KEY_SPEC_THREAD_KEYRING
+    ring = keyutils.get_persistent(uid, thread)
+    try:
+        found: list[tuple[bytes, int]] = []
+        for krb in keyutils.keyring_ids(ring):
+            try:
+                if describe(krb) != (b"keyring", COLLECTION_KEYRING):
+                    continue
+            except OSError:
+                continue  # unlinked meanwhile
+            for cache in keyutils.keyring_ids(krb):
+                try:
+                    ctype, cdesc = describe(cache)
+                except OSError:
+                    continue  # a cache destroyed under us
+                if ctype == b"keyring":
+                    found.append((cdesc, cache))
+        yield found
+    finally:
+        try:
+            keyutils.unlink(ring, thread)
+        except OSError:
+            pass
+
+
+def cache_names(uid: int) -> set[str]:
+    """The names (``KEYRING:persistent:<uid>:<name>``) of the caches in ``uid``'s collection.
+
+    OSError as :func:`cache_keyrings`: the answer is unknown, not empty.
+    """
+    collection = collection_name(uid)
+    with cache_keyrings(uid) as caches:
+        return {f"{collection}:{desc.decode('utf-8', 'surrogateescape')}" for desc, _ in caches}
