@@ -41,12 +41,15 @@ class Adoption(Renewal):
     """Finds, imports and re-acquires the tickets that no password login brought."""
 
     def _refresh_uid(self, uid: int) -> None:
-        """On a uid's first session: touch its persistent keyring and adopt its own caches.
+        """On a uid's first session: adopt its own caches now, touch its persistent keyring on its timer.
 
-        Both run on the scheduler thread, so a login does not wait for them.
+        The scan runs on the scheduler thread, so a login does not wait for it; its look at the
+        collection (keyctl_get_persistent) resets the keyring's expiry as a touch does, so the
+        first touch comes one ``persistent_touch_interval`` later (one job per login, not two).
         """
         now = time.time()
-        self.scheduler.schedule(("touch", uid), now, partial(self._touch, uid))
+        self.scheduler.schedule(("touch", uid), now + self.config.persistent_touch_interval,
+                                partial(self._touch, uid))
         self.scheduler.schedule(("scan", uid), now, partial(self._scan, uid))
 
     def _adopt_soon(self, uid: int) -> None:
