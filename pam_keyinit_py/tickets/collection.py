@@ -17,6 +17,7 @@ expiry of the persistent keyring.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -26,6 +27,8 @@ from ..keyutils.model import KeyInfo
 
 #: The keyring in ``_persistent.<uid>`` whose member keyrings are the caches (MIT's cc_keyring.c).
 COLLECTION_KEYRING = b"_krb"
+#: keyctl errnos of a key that went away between the keyring's read and the key's describe.
+GONE = frozenset({errno.ENOKEY, errno.EKEYREVOKED, errno.EKEYEXPIRED})
 
 
 def describe(key: int) -> tuple[bytes, bytes]:
@@ -40,9 +43,9 @@ def cache_keyrings(uid: int) -> Iterator[list[tuple[bytes, int]]]:
 
     keyctl_get_persistent(uid) into this thread's keyring (unlinked again at the end of the
     block), then keyctl_read of ``_persistent.<uid>`` and of ``_krb``, and keyctl_describe of each
-    member.  A member destroyed while it is read is left out; no ``_krb`` is an empty list.
-    OSError when the persistent keyring or ``_krb`` cannot be read (the caller cannot tell
-    what the collection holds).
+    member.  A key destroyed while it is read (ENOKEY, EKEYREVOKED, EKEYEXPIRED) is left out; no
+    ``_krb`` is an empty list.  Any other OSError (EACCES: a user may take the possessor's
+    rights off their keys) propagates: the caller cannot tell what the collection holds.
     """
     thread = keyutils.KEY_SPEC_THREAD_KEYRING
     ring = keyutils.get_persistent(uid, thread)
@@ -52,13 +55,17 @@ def cache_keyrings(uid: int) -> Iterator[list[tuple[bytes, int]]]:
             try:
                 if describe(krb) != (b"keyring", COLLECTION_KEYRING):
                     continue
-            except OSError:
-                continue  # unlinked meanwhile
+            except OSError as exc:
+                if exc.errno in GONE:
+                    continue
+                raise
             for cache in keyutils.keyring_ids(krb):
                 try:
                     ctype, cdesc = describe(cache)
-                except OSError:
-                    continue  # a cache destroyed under us
+                except OSError as exc:
+                    if exc.errno in GONE:
+                        continue  # a cache destroyed under us
+                    raise
                 if ctype == b"keyring":
                     found.append((cdesc, cache))
         yield found

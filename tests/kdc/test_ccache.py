@@ -139,6 +139,26 @@ def test_the_kernels_list_of_the_collection_names_what_libkrb5_lists(realm: Real
     assert collection.cache_names(kdc_user.uid) == listed
 
 
+def test_a_collection_root_may_not_describe_is_unknown_not_empty(realm: Realm, kdc_user: KdcUser) -> None:
+    """A user may take the possessor's rights off their own cache keyring: root's kernel read then
+    fails (EACCES) instead of leaving the cache out, so the adoption scan lists with libkrb5, as
+    the user, who still sees it."""
+    from pam_keyinit_py.tickets import collection
+
+    user_kinit(kdc_user, realm)
+    with collection.cache_keyrings(kdc_user.uid) as caches:
+        [(_desc, serial)] = caches
+    # As the user, possessing the collection (persistent keyring linked into a new session keyring):
+    # user all, possessor none.
+    r = kdc_user.user.run(["keyctl", "session", "-", "sh", "-c",
+                           f"keyctl get_persistent @s >/dev/null && keyctl setperm {serial} 0x003f0000"])
+    assert r.returncode == 0, r.stderr
+    with pytest.raises(PermissionError):
+        collection.cache_names(kdc_user.uid)
+    listed = ccache.list_caches(kdc_user.uid, kdc_user.gid, krb5_config=conf(realm))
+    assert [i.ccache for i in listed] == [f"KEYRING:persistent:{kdc_user.uid}:krb_ccache_mine"]
+
+
 def test_bad_password_unknown_principal_and_no_secret_in_text(realm: Realm, kdc_user: KdcUser) -> None:
     wrong = "Wr0ng-" + kdc_user.password
     with pytest.raises(errors.BadPassword) as exc:
