@@ -5,8 +5,13 @@
   (once per interpreter: twice per keyboard-interactive ssh login), ``authenticate``,
   ``acct_mgmt``, ``setcred``, ``open_session``, ``close_session``, and inside authenticate the
   request to the service alone (``authenticate: service request``: the rest of authenticate is
-  the hook's own work).  The timed stack runs beside the plain one and is never part of a total
-  or a ratio.
+  the hook's own work).  Each hook phase is also noted as the CPU time its thread spent
+  (``<phase> CPU``, CLOCK_THREAD_CPUTIME_ID): the wall time of a phase that waits for the
+  service (authenticate, open_session, close_session) is mostly that wait, which the CPU row
+  leaves out.  The shim loads the protocol itself, before any phase (to time the service request),
+  so its import is a row of its own (``protocol import CPU``), which the plain hook pays inside
+  authenticate (keyboard-interactive: again inside the monitor's open_session).  The timed stack
+  runs beside the plain one and is never part of a total or a ratio.
 - In the service, from outside: bench-only requests on its socket (:func:`service_ops`), the
   same ``auth``/``open``/``close`` a login sends, timed as round trips (IPC included), so
   service.py is not touched.
@@ -22,18 +27,24 @@ from pathlib import Path
 from pam_keyinit_py import protocol as P
 from pam_keyinit_py.pam.shim import repo_paths
 
-PHASES = ("import", "authenticate", "authenticate: service request", "acct_mgmt", "setcred", "open_session",
-          "close_session")
+#: Table order: each hook phase's wall time, then its thread's CPU time.  sshd calls setcred three
+#: times a login: ESTABLISH in the monitor (which makes the keyring), ESTABLISH again in the forked
+#: session child, DELETE in the monitor after close_session.
+PHASES = ("import", "import CPU", "protocol import CPU", "authenticate", "authenticate CPU",
+          "authenticate: service request",
+          "acct_mgmt", "acct_mgmt CPU", "setcred ESTABLISH", "setcred ESTABLISH CPU",
+          "setcred ESTABLISH (forked child)", "setcred ESTABLISH (forked child) CPU", "setcred DELETE",
+          "setcred DELETE CPU", "open_session", "open_session CPU", "close_session", "close_session CPU")
 
 _SHIM = '''\
 import os, sys, time
-_t0 = time.perf_counter()
+_t0, _c0 = time.perf_counter(), time.thread_time()
 for _p in reversed({paths!r}):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 _fresh = "pam_keyinit_py.pam.hook" not in sys.modules
 from pam_keyinit_py.pam.hook import Hook as _Hook
-_t1 = time.perf_counter()
+_t1, _c1 = time.perf_counter(), time.thread_time()
 
 
 def _note(phase, ms):
@@ -47,20 +58,37 @@ def _note(phase, ms):
 
 if _fresh:
     _note("import", (_t1 - _t0) * 1000)
+    _note("import CPU", (_c1 - _c0) * 1000)
 _hook = _Hook()
+
+
+_pid = os.getpid()  # the process that loaded the hook (sshd's monitor, or its kbd-int auth child)
 
 
 def _timed(name, fn):
     def call(pamh, flags, argv):
-        t = time.perf_counter()
+        label = name
+        if name == "setcred":
+            label += (" ESTABLISH" if flags & pamh.PAM_ESTABLISH_CRED else
+                      " DELETE" if flags & pamh.PAM_DELETE_CRED else " other")
+            label += "" if os.getpid() == _pid else " (forked child)"
+        t, c = time.perf_counter(), time.thread_time()
         try:
             return fn(pamh, flags, argv)
         finally:
-            _note(name, (time.perf_counter() - t) * 1000)
+            wall, cpu = time.perf_counter() - t, time.thread_time() - c
+            _note(label, wall * 1000)
+            _note(label + " CPU", cpu * 1000)
     return call
 
 
+# The plain hook loads the protocol in authenticate (or the first open_session): the shim loads it
+# here, so that cost shows in its own row instead of in neither phase.
+_fresh_p = "pam_keyinit_py.protocol" not in sys.modules
+_t2, _c2 = time.perf_counter(), time.thread_time()
 import pam_keyinit_py.protocol as _P
+if _fresh_p:
+    _note("protocol import CPU", (time.thread_time() - _c2) * 1000)
 
 if not hasattr(_P, "_bench_request"):  # once per interpreter: the shim runs once per PAM handle
     _P._bench_request, _P._bench_in_auth = _P.request, [False]

@@ -37,3 +37,14 @@ def test_the_ticket_client_still_reads_the_protocol() -> None:
     loaded = _loaded("import pam_keyinit_py.pam.hook, pam_keyinit_py.pam.client, pam_keyinit_py.pam.account")
     assert {"pam_keyinit_py.protocol", "pam_keyinit_py.pam.client"} <= loaded
     assert not loaded & {"krb5", "__future__", "pam_keyinit_py.keyutils.errors"}, loaded
+    # The delegated-cache rule is loaded by the first open_session that finds a KRB5CCNAME to
+    # check, not with the protocol: a password or keyboard-interactive login never needs it.
+    assert "pam_keyinit_py.ccname" not in loaded, loaded
+
+
+def test_the_protocol_serves_the_delegated_cache_rule_on_first_use() -> None:
+    loaded = _loaded("import pam_keyinit_py.protocol as P; "
+                     "assert P.is_delegated_ccache('FILE:/tmp/krb5cc_1000_Ab12', 1000); "
+                     "assert P.DELEGATED_CCACHE_PREFIX == 'FILE:/tmp/krb5cc_'; "
+                     "from pam_keyinit_py.protocol import is_delegated_ccache")
+    assert "pam_keyinit_py.ccname" in loaded, loaded
