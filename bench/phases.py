@@ -85,7 +85,7 @@ def _timed(name, fn):
 # The plain hook loads the protocol in authenticate (or the first open_session): the shim loads it
 # here, so that cost shows in its own row instead of in neither phase.
 _fresh_p = "pam_keyinit_py.protocol" not in sys.modules
-_t2, _c2 = time.perf_counter(), time.thread_time()
+_c2 = time.thread_time()
 import pam_keyinit_py.protocol as _P
 if _fresh_p:
     _note("protocol import CPU", (time.thread_time() - _c2) * 1000)
