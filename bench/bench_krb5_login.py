@@ -19,7 +19,8 @@ when pam_krb5 (or the hook) succeeds, pam_unix's auth line is jumped over, so it
 (yescrypt, ~4 ms of CPU here) runs in neither Kerberos stack; subtracting it made pam_krb5's own
 cost look ~4 ms smaller than it is (CPU, one run: pam_krb5 stack 9.3 ms, pam_unix alone 6.4,
 pam_permit in pam_krb5's place 2.5).  CPU = pamtester's user+sys (wait4), plus for ours the service's CPU per
-login (its /proc/<pid>/stat delta), because the hook's Kerberos work happens there.
+login (its CPU-time clock, phases.ServiceCpu), because the hook's Kerberos work happens there; the
+service's share is also printed by thread (the event loop, the workers, the KDC helper...).
 
 Beside the totals, where ours' time goes (bench/phases.py): each hook phase from a timed copy of
 the shim run interleaved with the others (not in the totals), and the service's auth, open and
@@ -42,13 +43,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from anchors import ensure_pam_krb5  # noqa: E402
-from phases import print_table, process_cpu_ms, read_phases, service_ops, timed_shim  # noqa: E402
+from phases import NamedTicketD, ServiceCpu, print_table, read_phases, service_ops, timed_shim  # noqa: E402
 
 from pam_keyinit_py.lab import pamconfigs  # noqa: E402
 from pam_keyinit_py.lab import users as lab_users  # noqa: E402
 from pam_keyinit_py.lab.pamwrap import PAM_PYTHON, PamWrapper  # noqa: E402
 from pam_keyinit_py.lab.realm import Realm  # noqa: E402
-from pam_keyinit_py.lab.ticketd import TicketD  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "24"))
 OPS = ("authenticate", "acct_mgmt", "open_session", "close_session")
@@ -88,7 +88,7 @@ def main() -> None:
     work.mkdir(mode=0o755)
     realm = Realm.start(None, "BENCH.TEST", maxlife="1h", maxrenew="1d")
     user = lab_users.create("pkb")
-    daemon = TicketD(work / "ticketd", realm.env, log_level="WARNING")
+    daemon = NamedTicketD(work / "ticketd", realm.env, log_level="WARNING")
     pw = PamWrapper()
     try:
         password = "bench-" + os.urandom(6).hex()
@@ -120,13 +120,14 @@ def main() -> None:
         phase_log.write_text("")
         samples: dict[str, list[tuple[float, float]]] = {name: [] for name in services}
         assert daemon.proc is not None
-        service_cpu: list[float] = []
+        service = ServiceCpu(daemon.proc.pid)
         for _ in range(ROUNDS):  # interleaved, so load from other jobs hits all stacks alike
             for i, name in enumerate(services):
-                before = process_cpu_ms(daemon.proc.pid)
+                if i == 0:
+                    service.before()
                 samples[name].append(_login(pw, f"krb5bench{i}", user.name, password, env))
                 if i == 0:
-                    service_cpu.append(process_cpu_ms(daemon.proc.pid) - before)
+                    service.after()
             _login(pw, "krb5benchtimed", user.name, password, env)  # phases only
         phases = read_phases(phase_log)
         phases.update(service_ops(daemon.socket, user.name, user.uid, user.gid, password, ROUNDS))
@@ -136,8 +137,9 @@ def main() -> None:
         for name, vals in samples.items():
             med[name] = (statistics.median(w for w, _ in vals), statistics.median(c for _, c in vals))
             print(f"{name:45s} {med[name][0]:8.2f} {med[name][1]:8.2f}")
-        svc = statistics.mean(service_cpu)
+        svc = service.total / ROUNDS
         print(f"{'  + keyinit-ticketd CPU per login (mean)':45s} {'':8s} {svc:8.2f}")
+        print(f"    the service's by thread: {service.line(ROUNDS)}")
         o, k, e, p = (med[name] for name in services)
         for label, idx in (("wall", 0), ("cpu", 1)):
             own = o[idx] - e[idx] + (svc if idx == 1 else 0.0)

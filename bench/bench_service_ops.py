@@ -31,8 +31,9 @@
    clients during ours' batches; the anchor = this process during its batches. Ours also destroys
    the cache each login retired (after a 2 s grace, so often during a later batch); the anchor
    leaves its old caches to the bench's cleanup, outside the figures. Below it, the service's CPU
-   by thread (the timed launcher names each thread for the kernel): the event loop, the workers,
-   the KDC helper that runs the exchange, the scheduler's renewers.
+   by thread (the timed launcher names each thread for the kernel; each thread's CPU from its
+   schedstat, in ns): the event loop, the workers, the KDC helper that runs the exchange, the
+   scheduler's renewers.
 
 Run: ``sudo .venv/bin/python bench/bench_service_ops.py`` or ``make bench ONLY=service_ops``.
 """
@@ -40,7 +41,6 @@ Run: ``sudo .venv/bin/python bench/bench_service_ops.py`` or ``make bench ONLY=s
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import statistics
 import sys
@@ -53,11 +53,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from phases import process_cpu_ms, verdict  # noqa: E402
+from phases import NAME_THREADS, NamedTicketD, ServiceCpu, verdict  # noqa: E402
 
 from pam_keyinit_py import keyutils  # noqa: E402
 from pam_keyinit_py import protocol as P  # noqa: E402
-from pam_keyinit_py.lab import ticketd as lab_ticketd  # noqa: E402
 from pam_keyinit_py.lab.realm import Realm, available  # noqa: E402
 from pam_keyinit_py.tickets import state as statefile  # noqa: E402
 
@@ -95,21 +94,9 @@ MAX_KDC_CALLS = int(os.environ.get("BENCH_MAX_KDC_CALLS", "0"))
 #: $KEYINIT_BENCH_OPS_LOG after the reply went out, so the recording adds nothing to the figures.
 _TIMED_LAUNCHER = '''\
 #!{python}
-import ctypes, os, re, sys, threading, time
+import os, re, sys, threading, time
 sys.path.insert(0, {repo!r})
-
-# Each thread's Python name as its kernel name (prctl PR_SET_NAME: /proc/PID/task/TID/comm), so
-# the bench can tell the service's CPU by thread (see _thread_cpu_ms).
-_prctl = ctypes.CDLL(None).prctl
-_thread_run = threading.Thread.run
-
-
-def _named_run(self):
-    _prctl(15, self.name.encode()[:15], 0, 0, 0)
-    return _thread_run(self)
-
-
-threading.Thread.run = _named_run
+{name_threads}
 from pam_keyinit_py.tickets import dispatch
 
 _log = os.environ["KEYINIT_BENCH_OPS_LOG"]
@@ -159,25 +146,17 @@ sys.exit(main())
 '''
 
 
-class TimedTicketD(lab_ticketd.TicketD):
-    """lab's TicketD started through :data:`_TIMED_LAUNCHER` (same config, same readiness)."""
+class TimedTicketD(NamedTicketD):
+    """lab's TicketD started through :data:`_TIMED_LAUNCHER` (same config, same readiness; threads named)."""
 
     def __init__(self, directory: Path, krb5_env: dict[str, str], **config: object) -> None:
         self.ops_log = Path(directory) / "ops.log"
         env = {**krb5_env, "KEYINIT_BENCH_OPS_LOG": str(self.ops_log)}
         super().__init__(directory, env, **config)
-        self.launcher = self.dir / "timed-ticketd"
-        self.launcher.write_text(_TIMED_LAUNCHER.format(python=sys.executable,
-                                                        repo=str(Path(__file__).resolve().parent.parent)))
-        self.launcher.chmod(0o755)
 
-    def start(self, timeout: float = 15.0) -> float:
-        saved = lab_ticketd.TICKETD
-        lab_ticketd.TICKETD = self.launcher
-        try:
-            return super().start(timeout)
-        finally:
-            lab_ticketd.TICKETD = saved
+    def launcher_text(self) -> str:
+        return _TIMED_LAUNCHER.format(python=sys.executable, repo=str(Path(__file__).resolve().parent.parent),
+                                      name_threads=NAME_THREADS)
 
     def take_ops(self) -> dict[str, list[float]]:
         """The service-side ms per op recorded so far (the log is emptied)."""
@@ -308,23 +287,6 @@ def _clear_uid(uid: int) -> None:
         pass
 
 
-def _thread_cpu_ms(pid: int) -> dict[str, float]:
-    """CPU ms of each live thread of ``pid`` so far, summed by kind: its kernel name (the timed
-    launcher sets it from the Python name) without a trailing ``-N``; the main thread (the event
-    loop) as ``loop``."""
-    out: dict[str, float] = defaultdict(float)
-    tick = 1000 / os.sysconf("SC_CLK_TCK")
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-        except OSError:  # the thread ended meanwhile
-            continue
-        name = "loop" if tid == str(pid) else re.sub(r"-\d+$", "", stat[stat.index("(") + 1:stat.rindex(")")])
-        fields = stat.rsplit(")", 1)[1].split()
-        out[name] += (int(fields[11]) + int(fields[12])) * tick
-    return out
-
-
 def _batch(fn, n: int, first: int = 0) -> list[float]:  # noqa: ANN001 - fn(i) -> ms
     """Run fn(first..first+n-1, modulo USERS) at once (a barrier), return each call's ms."""
     out: list[float] = [0.0] * n
@@ -403,23 +365,21 @@ def bench_auth(realm: Realm, daemons: dict[str, TimedTicketD], users: list[tuple
             daemons[validate].take_ops()
             times: dict[str, list[float]] = {"ours": [], "anchor": []}
             batches: dict[str, list[list[float]]] = {"ours": [], "anchor": []}
-            cpu = {"service": 0.0, "client": 0.0, "anchor": 0.0}
-            by_thread: dict[str, float] = defaultdict(float)
-            pid = daemons[validate].proc.pid  # type: ignore[union-attr]
+            cpu = {"client": 0.0, "anchor": 0.0}
+            service = ServiceCpu(daemons[validate].proc.pid)  # type: ignore[union-attr]
             for r in range(rounds):
                 order = (("ours", o), ("anchor", a)) if r % 2 == 0 else (("anchor", a), ("ours", o))
                 for name, fn in order:
                     time.sleep(idle)
-                    service0, here0 = process_cpu_ms(pid), time.process_time()
-                    threads0 = _thread_cpu_ms(pid) if name == "ours" else {}
+                    if name == "ours":
+                        service.before()
+                    here0 = time.process_time()
                     batches[name].append(_batch(fn, n, first))
                     times[name] += batches[name][-1]
                     here = (time.process_time() - here0) * 1000
                     if name == "ours":
-                        cpu["service"] += process_cpu_ms(pid) - service0
+                        service.after()
                         cpu["client"] += here
-                        for thread, ms in _thread_cpu_ms(pid).items():
-                            by_thread[thread] += ms - threads0.get(thread, 0.0)
                     else:
                         cpu["anchor"] += here
                     for i in range(first, first + n):  # the logins end (untimed), both sides alike
@@ -442,14 +402,10 @@ def bench_auth(realm: Realm, daemons: dict[str, TimedTicketD], users: list[tuple
                   f"handler {_spread(taken['auth:handler'], 1)}, state commit {_spread(taken['commit'], 2)}")
             print(f"  anchor {anchor_name:38s} {_spread(times['anchor'], 1):>20s}")
             logins = n * rounds
-            print(f"  CPU per login: ours {cpu['service'] / logins:.2f} ms in the service + "
+            print(f"  CPU per login: ours {service.total / logins:.2f} ms in the service + "
                   f"{cpu['client'] / logins:.2f} ms in its clients; anchor {cpu['anchor'] / logins:.2f} ms "
-                  f"(ratio {(cpu['service'] + cpu['client']) / max(cpu['anchor'], 1e-9):.2f}x)")
-            # Each thread's figure counts in 10 ms clock ticks: good to about one tick over the logins.
-            ranked = sorted(by_thread.items(), key=lambda kv: -kv[1])
-            shown = ", ".join(f"{thread} {ms / logins:.2f}" for thread, ms in ranked if ms > 0)
-            tick = 1000 / os.sysconf("SC_CLK_TCK") / logins
-            print(f"    the service's by thread: {shown} ms (each +-{tick:.2f})")
+                  f"(ratio {(service.total + cpu['client']) / max(cpu['anchor'], 1e-9):.2f}x)")
+            print(f"    the service's by thread: {service.line(logins)}")
             if n > 1:
                 # The batch's last login: both sides' makespan is CPU-bound (2 cores, KDC included),
                 # so it follows the CPU per login; the median follows how many exchanges share the

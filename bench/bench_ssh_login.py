@@ -36,9 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from anchors import PAM_KRB5, ensure_pam_krb5  # noqa: E402
 from phases import (  # noqa: E402
+    NamedTicketD,
+    ServiceCpu,
     paired,
     print_table,
-    process_cpu_ms,
     read_phases,
     service_ops,
     spread,
@@ -50,7 +51,6 @@ from pam_keyinit_py.lab import users as lab_users  # noqa: E402
 from pam_keyinit_py.lab.pamwrap import PAM_PYTHON, PamWrapper  # noqa: E402
 from pam_keyinit_py.lab.realm import Realm  # noqa: E402
 from pam_keyinit_py.lab.sshd import KBDINT, PASSWORD, Sshd  # noqa: E402
-from pam_keyinit_py.lab.ticketd import TicketD  # noqa: E402
 
 LOGINS = int(os.environ.get("BENCH_LOGINS", "40"))
 
@@ -138,12 +138,13 @@ def main() -> None:
     realm.add_principal(user, password)
     # sshd (and so pam_krb5 in it) reads the realm through KRB5_CONFIG, like the service.
     os.environ.update(realm.env)
-    daemon = TicketD(work / "ticketd", realm.env)
+    daemon = NamedTicketD(work / "ticketd", realm.env)
     os.chmod(daemon.dir, 0o755)
     daemon.start()
     results: dict[tuple[str, str], list[float]] = {}
     phases: dict[str, dict[str, list[float]]] = {}
     cpu: dict[tuple[str, str], float] = {}
+    by_thread: dict[str, str] = {}
     try:
         for mode in (PASSWORD, KBDINT):
             servers = {}
@@ -163,20 +164,22 @@ def main() -> None:
                 assert daemon.proc is not None
                 masters = {name: server.proc.pid for name, server in servers.items() if server.proc}
                 cpu0 = {name: cpu_ms(pid) for name, pid in masters.items()}
-                svc_cpu = 0.0
+                svc = ServiceCpu(daemon.proc.pid)
                 for _ in range(LOGINS):
                     shuffle(order)
                     for name in order:
                         server = servers[name]
-                        before = process_cpu_ms(daemon.proc.pid)
+                        if name == "ours":
+                            svc.before()
                         times[name] += time_logins(server, user, password, 1)
                         if name == "ours":
-                            svc_cpu += process_cpu_ms(daemon.proc.pid) - before
+                            svc.after()
                 time.sleep(0.5)  # the last logins' processes reaped
                 for name, pid in masters.items():
                     results[(mode, name)] = times[name]
                     cpu[(mode, name)] = (cpu_ms(pid) - cpu0[name]) / LOGINS
-                cpu[(mode, "service")] = svc_cpu / LOGINS
+                cpu[(mode, "service")] = svc.total / LOGINS
+                by_thread[mode] = svc.line(LOGINS)
                 phases[mode] = read_phases(log)
             finally:
                 for server in servers.values():
@@ -209,6 +212,8 @@ def main() -> None:
         own = o + svc - f
         print(f"{mode:22} {a:21.1f} {f:17.1f} {o:17.1f} {svc:9.1f} {own:15.1f}  "
               f"target <= {TARGET_MS:g} ms: {verdict(own <= TARGET_MS)}")
+    for mode in (PASSWORD, KBDINT):
+        print(f"the service's CPU per login by thread, {mode}: {by_thread[mode]}")
     print("'empty pam_python' is the same stack with empty modules: pam_python's interpreter itself")
     print("(one in the monitor, one more in the keyboard-interactive auth child); ratio = ours / anchor")
     for mode in (PASSWORD, KBDINT):

@@ -19,12 +19,17 @@
 
 from __future__ import annotations
 
+import os
+import re
 import statistics
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 from pam_keyinit_py import protocol as P
+from pam_keyinit_py.lab import ticketd as lab_ticketd
+from pam_keyinit_py.lab.ticketd import TicketD
 from pam_keyinit_py.pam.shim import repo_paths
 
 #: Table order: each hook phase's wall time, then its thread's CPU time.  sshd calls setcred three
@@ -183,6 +188,102 @@ def process_cpu_ms(pid: int) -> float:
     a tick, more than the service's whole share of a login.
     """
     return time.clock_gettime((~pid << 3) | 2) * 1000
+
+
+#: Launcher lines that give each of the service's threads its Python name as its kernel name
+#: (prctl PR_SET_NAME: /proc/PID/task/TID/comm), so a bench can tell its CPU by thread
+#: (:func:`thread_cpu_ms`).  Bench-only: the service itself does not name its threads.
+NAME_THREADS = '''\
+import ctypes as _ctypes, threading as _threading
+_prctl = _ctypes.CDLL(None).prctl
+_thread_run = _threading.Thread.run
+
+
+def _named_run(self):
+    _prctl(15, self.name.encode()[:15], 0, 0, 0)
+    return _thread_run(self)
+
+
+_threading.Thread.run = _named_run
+'''
+
+_NAMED_LAUNCHER = '''\
+#!{python}
+import sys
+sys.path.insert(0, {repo!r})
+{name_threads}
+from pam_keyinit_py.tickets.daemon import main
+sys.exit(main())
+'''
+
+
+class NamedTicketD(TicketD):
+    """lab's TicketD started through a launcher that names its threads (same config, same readiness)."""
+
+    def __init__(self, directory: Path, krb5_env: dict[str, str] | None = None, **config: object) -> None:
+        super().__init__(directory, krb5_env, **config)
+        self.launcher = self.dir / "named-ticketd"
+        self.launcher.write_text(self.launcher_text())
+        self.launcher.chmod(0o755)
+
+    def launcher_text(self) -> str:
+        """The launcher script (a subclass may run more before the daemon's main)."""
+        return _NAMED_LAUNCHER.format(python=sys.executable, repo=str(Path(__file__).resolve().parent.parent),
+                                      name_threads=NAME_THREADS)
+
+    def start(self, timeout: float = 15.0) -> float:
+        saved = lab_ticketd.TICKETD
+        lab_ticketd.TICKETD = self.launcher
+        try:
+            return super().start(timeout)
+        finally:
+            lab_ticketd.TICKETD = saved
+
+
+def thread_cpu_ms(pid: int) -> dict[str, float]:
+    """CPU ms of each live thread of ``pid`` so far (``/proc/PID/task/TID/schedstat``, ns), summed by
+    kind: its kernel name (:data:`NAME_THREADS`) without a trailing ``-N``; the main thread (the
+    event loop) as ``loop``.  Threads that ended are not in it (compare with :func:`process_cpu_ms`)."""
+    out: dict[str, float] = defaultdict(float)
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            comm = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+            ns = int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):  # the thread ended meanwhile
+            continue
+        out["loop" if tid == str(pid) else re.sub(r"-\d+$", "", comm)] += ns / 1e6
+    return out
+
+
+class ServiceCpu:
+    """The service's CPU over a bench's own logins: in total (:func:`process_cpu_ms`, ended threads
+    included) and by thread (:func:`thread_cpu_ms`), summed between each :meth:`before` and :meth:`after`."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.total = 0.0
+        self.per_login: list[float] = []
+        self.by_thread: dict[str, float] = defaultdict(float)
+        self._t0, self._threads0 = 0.0, {}
+
+    def before(self) -> None:
+        self._threads0, self._t0 = thread_cpu_ms(self.pid), process_cpu_ms(self.pid)
+
+    def after(self) -> float:
+        """Add what the service spent since :meth:`before`; return that (ms)."""
+        spent = process_cpu_ms(self.pid) - self._t0
+        for thread, ms in thread_cpu_ms(self.pid).items():
+            self.by_thread[thread] += ms - self._threads0.get(thread, 0.0)
+        self.total += spent
+        self.per_login.append(spent)
+        return spent
+
+    def line(self, logins: int) -> str:
+        """``krb5-kdc 5.51, worker 2.02, ... ms`` per login, and what threads that ended took."""
+        ranked = sorted(self.by_thread.items(), key=lambda kv: -kv[1])
+        shown = ", ".join(f"{thread} {ms / logins:.2f}" for thread, ms in ranked if ms >= 0.005 * logins)
+        ended = (self.total - sum(self.by_thread.values())) / logins
+        return f"{shown} ms" + (f"; threads that ended meanwhile {ended:.2f} ms" if ended >= 0.01 else "")
 
 
 def print_table(title: str, samples: dict[str, list[float]]) -> None:
