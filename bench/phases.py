@@ -240,42 +240,43 @@ class NamedTicketD(TicketD):
             lab_ticketd.TICKETD = saved
 
 
-def thread_cpu_ms(pid: int) -> dict[str, float]:
-    """CPU ms of each live thread of ``pid`` so far (``/proc/PID/task/TID/schedstat``, ns), summed by
-    kind: its kernel name (:data:`NAME_THREADS`) without a trailing ``-N``; the main thread (the
-    event loop) as ``loop``.  Threads that ended are not in it (compare with :func:`process_cpu_ms`)."""
-    out: dict[str, float] = defaultdict(float)
+def thread_cpu_ms(pid: int) -> dict[int, tuple[str, float]]:
+    """{tid: (kind, CPU ms so far)} of each live thread of ``pid`` (``/proc/PID/task/TID/schedstat``,
+    ns).  The kind is its kernel name (:data:`NAME_THREADS`) without a trailing ``-N``; the main
+    thread (the event loop) is ``loop``.  Threads that ended are not in it (see :func:`process_cpu_ms`)."""
+    out: dict[int, tuple[str, float]] = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             comm = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
             ns = int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
         except (OSError, ValueError, IndexError):  # the thread ended meanwhile
             continue
-        out["loop" if tid == str(pid) else re.sub(r"-\d+$", "", comm)] += ns / 1e6
+        out[int(tid)] = ("loop" if tid == str(pid) else re.sub(r"-\d+$", "", comm), ns / 1e6)
     return out
 
 
 class ServiceCpu:
     """The service's CPU over a bench's own logins: in total (:func:`process_cpu_ms`, ended threads
-    included) and by thread (:func:`thread_cpu_ms`), summed between each :meth:`before` and :meth:`after`."""
+    included) and by kind of thread (:func:`thread_cpu_ms`, each thread's own difference), summed
+    between each :meth:`before` and :meth:`after`."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.total = 0.0
-        self.per_login: list[float] = []
         self.by_thread: dict[str, float] = defaultdict(float)
-        self._t0, self._threads0 = 0.0, {}
+        self._t0 = 0.0
+        self._threads0: dict[int, tuple[str, float]] = {}
 
     def before(self) -> None:
         self._threads0, self._t0 = thread_cpu_ms(self.pid), process_cpu_ms(self.pid)
 
     def after(self) -> float:
-        """Add what the service spent since :meth:`before`; return that (ms)."""
+        """Add what the service spent since :meth:`before`; return that (ms).  A thread that
+        started meanwhile counts whole; one that ended meanwhile only in the total."""
         spent = process_cpu_ms(self.pid) - self._t0
-        for thread, ms in thread_cpu_ms(self.pid).items():
-            self.by_thread[thread] += ms - self._threads0.get(thread, 0.0)
+        for tid, (kind, ms) in thread_cpu_ms(self.pid).items():
+            self.by_thread[kind] += ms - self._threads0.get(tid, (kind, 0.0))[1]
         self.total += spent
-        self.per_login.append(spent)
         return spent
 
     def line(self, logins: int) -> str:
