@@ -11,6 +11,7 @@ import inspect
 import json
 import logging
 import os
+import time
 
 import pytest
 
@@ -18,6 +19,7 @@ from pam_keyinit_py import protocol as P
 from pam_keyinit_py.errors import KeyinitError
 from pam_keyinit_py.tickets import errors
 from pam_keyinit_py.tickets import state as statefile
+from pam_keyinit_py.tickets.adoption import SCAN_AFTER_OPEN
 from pam_keyinit_py.tickets.config import Config, ConfigError
 from pam_keyinit_py.tickets.core import ADOPTED, LOGIN, Peer
 from pam_keyinit_py.tickets.dispatch import Dispatcher
@@ -261,6 +263,16 @@ def test_a_scan_adopts_the_users_own_kinit_while_logged_in(make, krb) -> None:
     kinit = krb._new(UID, "u@UNIT.TEST", service=False).ccache
     svc._scan(UID, reschedule=False)
     assert svc.tickets[kinit].origin == ADOPTED and svc.scheduler.due(("renew", kinit)) is not None
+
+
+def test_a_first_open_schedules_its_scan_after_the_reply_and_its_touch_on_the_timer(make) -> None:
+    svc = make(persistent_touch_interval=600)
+    t0 = time.time()
+    assert svc.open(ROOT, "u", UID, UID)["ok"]
+    scan, touch = svc.scheduler.due(("scan", UID)), svc.scheduler.due(("touch", UID))
+    assert scan is not None and t0 + SCAN_AFTER_OPEN <= scan <= time.time() + SCAN_AFTER_OPEN
+    # The scan's keyctl_get_persistent resets the keyring's expiry now: the touch waits its interval.
+    assert touch is not None and touch >= t0 + 600
 
 
 def _listed(krb: FakeKrb) -> int:
