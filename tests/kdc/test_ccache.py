@@ -129,7 +129,9 @@ def test_the_kernels_list_of_the_collection_names_what_libkrb5_lists(realm: Real
     assert collection.cache_names(kdc_user.uid) == set()  # no _krb keyring yet
     user_kinit(kdc_user, realm)
     first = acquire(kdc_user, realm)
-    second = acquire(kdc_user, realm)  # retires the first: destroyed after its grace period
+    # Retires the first, destroyed after its grace period: a long one, so the reaper cannot take
+    # it before the asserts below (flush_deferred does, at the end).
+    second = acquire(kdc_user, realm, grace=120)
     mine = f"KEYRING:persistent:{kdc_user.uid}:krb_ccache_mine"
     listed = {i.ccache for i in ccache.list_caches(kdc_user.uid, kdc_user.gid, krb5_config=conf(realm))}
     assert listed == {second.ccache, mine}
