@@ -53,7 +53,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from phases import NAME_THREADS, NamedTicketD, ServiceCpu, verdict  # noqa: E402
+from phases import NamedTicketD, ServiceCpu, verdict  # noqa: E402
 
 from pam_keyinit_py import keyutils  # noqa: E402
 from pam_keyinit_py import protocol as P  # noqa: E402
@@ -149,14 +149,12 @@ sys.exit(main())
 class TimedTicketD(NamedTicketD):
     """lab's TicketD started through :data:`_TIMED_LAUNCHER` (same config, same readiness; threads named)."""
 
+    LAUNCHER = _TIMED_LAUNCHER
+
     def __init__(self, directory: Path, krb5_env: dict[str, str], **config: object) -> None:
         self.ops_log = Path(directory) / "ops.log"
         env = {**krb5_env, "KEYINIT_BENCH_OPS_LOG": str(self.ops_log)}
         super().__init__(directory, env, **config)
-
-    def launcher_text(self) -> str:
-        return _TIMED_LAUNCHER.format(python=sys.executable, repo=str(Path(__file__).resolve().parent.parent),
-                                      name_threads=NAME_THREADS)
 
     def take_ops(self) -> dict[str, list[float]]:
         """The service-side ms per op recorded so far (the log is emptied)."""

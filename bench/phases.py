@@ -220,16 +220,16 @@ sys.exit(main())
 class NamedTicketD(TicketD):
     """lab's TicketD started through a launcher that names its threads (same config, same readiness)."""
 
+    #: The launcher script, formatted with ``python``, ``repo`` and ``name_threads`` (a subclass's
+    #: template may run more before the daemon's main).
+    LAUNCHER = _NAMED_LAUNCHER
+
     def __init__(self, directory: Path, krb5_env: dict[str, str] | None = None, **config: object) -> None:
         super().__init__(directory, krb5_env, **config)
         self.launcher = self.dir / "named-ticketd"
-        self.launcher.write_text(self.launcher_text())
+        self.launcher.write_text(self.LAUNCHER.format(python=sys.executable, name_threads=NAME_THREADS,
+                                                      repo=str(Path(__file__).resolve().parent.parent)))
         self.launcher.chmod(0o755)
-
-    def launcher_text(self) -> str:
-        """The launcher script (a subclass may run more before the daemon's main)."""
-        return _NAMED_LAUNCHER.format(python=sys.executable, repo=str(Path(__file__).resolve().parent.parent),
-                                      name_threads=NAME_THREADS)
 
     def start(self, timeout: float = 15.0) -> float:
         saved = lab_ticketd.TICKETD
