@@ -65,6 +65,8 @@ UID_BASE = 3_400_000  # uids without passwd entries (distinct from the other ben
 ANCHOR_UIDS = 1000
 #: And each of our two services has its own uids: one would otherwise retire the other's caches.
 REQUIRE_UIDS = 2000
+#: And bench_auth_parts' in-process logins (ours, and its anchor ANCHOR_UIDS above).
+PARTS_UIDS = 3000
 CONCURRENT = 20
 #: Logins rotate over this many principals and uids: each uid then logs in again only after
 #: ~0.5 s, so the caches its earlier logins retired (destroyed after a 2 s grace) stay within
@@ -308,6 +310,93 @@ def _batch(fn, n: int, first: int = 0) -> list[float]:  # noqa: ANN001 - fn(i) -
     return out
 
 
+#: In-process rounds of bench_auth_parts (each runs every part once, interleaved).
+PARTS_ROUNDS = 60
+
+
+def bench_auth_parts(realm: Realm, users: list[tuple[str, str, int]], krb5_config: str) -> None:
+    """Where ours' auth differs from the anchor below the service: its krb5 layer, in this process.
+
+    Three pairs, interleaved round by round in one thread (no service, no socket, no helper
+    thread: ``timeout=None``), each ours beside the anchor's same step:
+    - the exchange: krb5_get_init_creds_password through the service's C helper
+      (preauth.answered: a context from the profile path, the prompter, the marshalled creds)
+      against pykrb5's call on this thread's context;
+    - the store: cachestore.install as acquire_password calls it (the user's current primary
+      looked up to retire it, a new subsidiary, krb_ccache:primary switched) against the
+      anchor's cc_new_unique + initialize + store + switch, with the same creds;
+    - the whole: ccache.acquire_password against the anchor's gic + store.
+    What the service adds on top (socket, accept loop, worker, KDC helper thread, state commit,
+    reply) is the round trip above less the whole here.
+    """
+    import krb5
+    from pam_keyinit_py.tickets import cachestore, ccache, plumbing, preauth
+
+    user, password, uid = users[0]
+    ours_uid, anchor_uid = uid + PARTS_UIDS, uid + PARTS_UIDS + ANCHOR_UIDS
+    principal = realm.principal(user)
+    ctx = plumbing.context(krb5_config)
+    princ = krb5.parse_name_flags(ctx, principal.encode())
+
+    def helper_gic() -> object:
+        return preauth.answered(principal, plumbing.secret_buffer(password), [], what=principal,
+                                enterprise=False, lifetime=None, renew_lifetime=None, forwardable=True,
+                                renewable=True, canonicalize=False, armor=None, fast_required=False,
+                                krb5_config=krb5_config, ctx=ctx)
+
+    def pykrb5_gic() -> object:
+        return krb5.get_init_creds_password(ctx, princ, krb5.get_init_creds_opt_alloc(ctx), password.encode())
+
+    creds = pykrb5_gic()
+
+    def install() -> None:
+        cachestore.install(ctx, ccache.collection_name(ours_uid), princ, creds, ours_uid, ours_uid,
+                           prefix=ccache.SERVICE_PREFIX, make_primary=True, replace=None,
+                           retire_service_primary=True, krb5_config=krb5_config, grace=0,
+                           reaper=cachestore.DEFERRED)
+
+    def store() -> None:
+        with keyutils.thread_credentials(anchor_uid, anchor_uid, effective=True):
+            krb5.cc_set_default_name(ctx, f"KEYRING:persistent:{anchor_uid}".encode())
+            cc = krb5.cc_new_unique(ctx, b"KEYRING", None)
+            krb5.cc_initialize(ctx, cc, princ)
+            krb5.cc_store_cred(ctx, cc, creds)
+            krb5.cc_switch(ctx, cc)
+
+    def acquire() -> None:
+        ccache.acquire_password(principal, password, ours_uid, ours_uid, timeout=None,
+                                krb5_config=krb5_config, grace=0)
+
+    def bare() -> None:
+        _bare_login(principal, password.encode(), anchor_uid, False, krb5_config, "")
+
+    pairs = (("the exchange", "C helper gic", helper_gic, "pykrb5 gic", pykrb5_gic),
+             ("the store", "cachestore.install", install, "new_unique+store+switch", store),
+             ("the whole", "acquire_password", acquire, "gic + store", bare))
+    taken: dict[str, list[float]] = defaultdict(list)
+    try:
+        for r in range(PARTS_ROUNDS + 3):
+            for _label, a_name, a_fn, b_name, b_fn in pairs:
+                order = ((a_name, a_fn), (b_name, b_fn))
+                for name, fn in order if r % 2 else order[::-1]:
+                    t = time.perf_counter()
+                    fn()
+                    if r >= 3:  # the first rounds warm contexts and imports
+                        taken[name].append((time.perf_counter() - t) * 1000)
+                _clear_uid(ours_uid)
+                _clear_uid(anchor_uid)
+                time.sleep(0.005)  # the kernel's key GC gives the cleared caches' quota back
+    finally:
+        _clear_uid(ours_uid)
+        _clear_uid(anchor_uid)
+    print(f"where ours' auth differs below the service: its krb5 layer in this process, one thread, "
+          f"{PARTS_ROUNDS} interleaved rounds, validate never, ms min/median/max:")
+    for label, a_name, _a, b_name, _b in pairs:
+        extra = statistics.median(taken[a_name]) - statistics.median(taken[b_name])
+        print(f"  {label:13s} ours {a_name:20s} {_spread(taken[a_name]):>17s}   anchor {b_name:24s} "
+              f"{_spread(taken[b_name]):>17s}   ours - anchor {extra:+.2f}")
+
+
 def udp_krb5_conf(realm: Realm, directory: Path) -> Path:
     """The realm's krb5.conf without its TCP-only line (``udp_preference_limit = 1``).
 
@@ -446,11 +535,12 @@ def main() -> None:
         bench_open_close(daemons["never"])
         print(f"both sides reach the KDC over UDP ({conf}; see udp_krb5_conf)")
         bench_auth(realm, daemons, users, str(conf))
+        bench_auth_parts(realm, users, str(conf))
     finally:
         for d in daemons.values():
             d.stop()
         for _user, _password, uid in users:
-            for shift in (0, ANCHOR_UIDS, REQUIRE_UIDS):
+            for shift in (0, ANCHOR_UIDS, REQUIRE_UIDS, PARTS_UIDS, PARTS_UIDS + ANCHOR_UIDS):
                 _clear_uid(uid + shift)
         shutil.rmtree(base, ignore_errors=True)
         shutil.rmtree(shm, ignore_errors=True)
