@@ -395,7 +395,11 @@ class Service(Recovery):
             self.krb.destroy(name, owner, gid)
         except Exception as exc:
             return P.reply_error(P.NOT_FOUND, f"{P.brief(name, 120)}: {P.brief(str(exc), 200)}")
-        log.info("destroyed %s (uid %d) at the request of uid %d", P.brief(name, 120), owner, peer_uid)
+        line = ("destroyed %s (uid %d) at the request of uid %d", P.brief(name, 120), owner, peer_uid)
+        if peer_uid == 0:
+            log.info(*line)
+        else:  # any user may send destroy after destroy (an empty collection's destroy succeeds)
+            self.ratelimited(("destroyed", peer_uid), logging.INFO, *line)
         return P.reply_ok(destroyed=name)
 
     def metrics(self, peer: Peer) -> dict[str, Any]:

@@ -500,6 +500,23 @@ def test_repeated_requests_of_a_user_cost_one_log_line_and_one_renewal(limited, 
         holder.close()
 
 
+def test_a_users_destroys_of_its_own_collection_cost_a_bounded_log(limited, svc_user):
+    """krb5_cc_destroy of a user's own KEYRING:persistent:<uid> succeeds even when it is empty, so
+    a user can send destroy after destroy, each answered ok: 200 of them must not log 200 lines
+    (one user filling the log, and journald's per-unit rate limit then dropping the service's own
+    lines), but one rate-limited line that counts the rest."""
+    name = f"KEYRING:persistent:{svc_user.uid}"
+    code = ("import json,sys\nfrom pam_keyinit_py import protocol as P\n"
+            "msg, n = {'op': 'destroy', 'ccache': sys.argv[2]}, int(sys.argv[3])\n"
+            "print(json.dumps([P.request(msg, sys.argv[1]).get('code', 'ok') for _ in range(n)]))\n")
+    proc = svc_user.user.run([str(VENV_BIN / "python"), "-c", code, limited.socket, name, "200"], timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == ["ok"] * 200, proc.stdout
+    lines = limited.log().count(f"at the request of uid {svc_user.uid}")
+    assert 1 <= lines <= 2, limited.log()  # one line per 10 s (two if this took >10 s)
+    assert limited.alive()
+
+
 FUZZ = r"""
 import random, socket, struct, sys
 path, n = sys.argv[1], int(sys.argv[2])
