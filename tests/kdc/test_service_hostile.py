@@ -25,6 +25,7 @@ import pytest
 
 from pam_keyinit_py import protocol as P
 from pam_keyinit_py.lab.users import become
+from pam_keyinit_py.tickets.ratelimit import RateLimitedLog
 from pam_keyinit_py.tickets.server import _Pool
 from tests.conftest import VENV_BIN, delete_user, make_user, require, require_root
 from tests.kdc import ticketd as td
@@ -515,6 +516,46 @@ def test_a_users_destroys_of_its_own_collection_cost_a_bounded_log(limited, svc_
     lines = limited.log().count(f"at the request of uid {svc_user.uid}")
     assert 1 <= lines <= 2, limited.log()  # one line per 10 s (two if this took >10 s)
     assert limited.alive()
+
+
+# Run as root: for each of N uids (no account needed), connect with that effective uid (SO_PEERCRED
+# records the euid at connect(2)), send a request with an unknown op and read the error reply.
+# What a user with a subordinate uid range (/etc/subuid, newuidmap) can do from a user namespace.
+MANY_UIDS = r"""
+import os, socket, sys
+from pam_keyinit_py import protocol as P
+path, first, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+codes = set()
+for uid in range(first, first + n):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    os.seteuid(uid)
+    try:
+        s.connect(path)
+    finally:
+        os.seteuid(0)
+    s.settimeout(10)
+    P.send_message(s, {"op": "nonsense"})
+    codes.add(P.recv_message(s, P.MAX_REPLY)["code"])
+    s.close()
+print(",".join(sorted(codes)))
+"""
+
+
+def test_many_uids_cannot_flood_the_log(limited):
+    """300 uids, one malformed request each: one uid's lines are rate-limited per uid, but a user
+    holding a subordinate uid range (65,536 uids on Debian 12) must not get one line per uid
+    either: the lines any client can cause are bounded in total (RateLimitedLog.max_lines per
+    interval; twice that if this took longer than one interval)."""
+    n = 3 * RateLimitedLog.MAX_LINES
+    first = 3_000_000 + (os.getpid() % 1000) * 1000
+    proc = subprocess.run([str(VENV_BIN / "python"), "-c", MANY_UIDS, limited.socket, str(first), str(n)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == P.BAD_REQUEST, proc.stdout
+    lines = limited.log().count("bad message from pid")
+    assert 1 <= lines <= 2 * RateLimitedLog.MAX_LINES, lines
+    assert limited.alive()
+    assert limited.request({"op": "status"})["ok"]
 
 
 FUZZ = r"""
