@@ -52,10 +52,16 @@ def collection_of(name: str) -> str:
 
 
 def uid_of(name: str) -> int | None:
-    """The uid in a ``KEYRING:persistent:<uid>[:...]`` name, else None."""
+    """The uid in a ``KEYRING:persistent:<uid>[:...]`` name, else None.
+
+    Only what libkrb5 reads as a uid (cc_keyring.c: strtol) counts: ASCII digits (str.isdigit
+    also takes other scripts' digits) of a value a uid_t can hold, (uid_t)-1 excepted.
+    """
     parts = name.split(":")
-    if len(parts) >= 3 and parts[0] == "KEYRING" and parts[1] == "persistent" and parts[2].isdigit():
-        return int(parts[2])
+    if len(parts) >= 3 and parts[0] == "KEYRING" and parts[1] == "persistent":
+        digits = parts[2]
+        if digits.isascii() and digits.isdigit() and int(digits) < 2**32 - 1:
+            return int(digits)
     return None
 
 

@@ -518,6 +518,17 @@ def test_a_users_destroys_of_its_own_collection_cost_a_bounded_log(limited, svc_
     assert limited.alive()
 
 
+def test_a_destroy_naming_no_real_uid_is_not_found_and_logs_no_long_line(limited, svc_user):
+    """A user's destroy of ``KEYRING:persistent:`` + 4,000 digits (or non-ASCII digits, which
+    str.isdigit takes and libkrb5's strtol does not) names no uid: it is not a cache of anyone, and
+    the 4,000 digits must not reach the log (they did, whole, in the "tried to destroy" line)."""
+    for digits in ("9" * 4000, "\u0661\u0660\u0660\u0661"):
+        reply = limited.request_as(svc_user.user, {"op": "destroy", "ccache": "KEYRING:persistent:" + digits})
+        assert reply["code"] == P.NOT_FOUND, reply
+    assert "9" * 200 not in limited.log()
+    assert limited.alive()
+
+
 # Run as root: for each of N uids (no account needed), connect with that effective uid (SO_PEERCRED
 # records the euid at connect(2)), send a request with an unknown op and read the error reply.
 # What a user with a subordinate uid range (/etc/subuid, newuidmap) can do from a user namespace.

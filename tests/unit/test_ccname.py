@@ -23,6 +23,10 @@ def test_collection_and_its_subsidiaries() -> None:
     assert ccname.collection_of("FILE:/tmp/x") == "FILE:/tmp/x"
     assert ccname.uid_of(new) == 1000 and ccname.uid_of(coll) == 1000
     assert ccname.uid_of("KEYRING:session:foo") is None and ccname.uid_of("FILE:/tmp/krb5cc_0") is None
+    # Only a uid libkrb5 would read there: ASCII digits, within uid_t, not (uid_t)-1.
+    assert ccname.uid_of("KEYRING:persistent:4294967294") == 4294967294
+    for digits in ("4294967295", "9" * 4000, "\u0661\u0660\u0660\u0660", "", "-1", " 1"):
+        assert ccname.uid_of(f"KEYRING:persistent:{digits}") is None, digits
 
 
 def test_only_the_service_prefix_marks_a_service_cache() -> None:
