@@ -60,8 +60,11 @@ def uid_of(name: str) -> int | None:
     parts = name.split(":")
     if len(parts) >= 3 and parts[0] == "KEYRING" and parts[1] == "persistent":
         digits = parts[2]
-        if digits.isascii() and digits.isdigit() and int(digits) < 2**32 - 1:
-            return int(digits)
+        # int() refuses over 4,300 digits (ValueError): leading zeros aside, a uid has at most 10.
+        significant = digits.lstrip("0") or "0"
+        if digits.isascii() and digits.isdigit() and len(significant) <= 10:
+            uid = int(significant)
+            return uid if uid < 2**32 - 1 else None
     return None
 
 

@@ -25,7 +25,8 @@ def test_collection_and_its_subsidiaries() -> None:
     assert ccname.uid_of("KEYRING:session:foo") is None and ccname.uid_of("FILE:/tmp/krb5cc_0") is None
     # Only a uid libkrb5 would read there: ASCII digits, within uid_t, not (uid_t)-1.
     assert ccname.uid_of("KEYRING:persistent:4294967294") == 4294967294
-    for digits in ("4294967295", "9" * 4000, "\u0661\u0660\u0660\u0660", "", "-1", " 1"):
+    assert ccname.uid_of("KEYRING:persistent:" + "0" * 5000 + "1000") == 1000
+    for digits in ("4294967295", "9" * 4000, "9" * 5000, "\u0661\u0660\u0660\u0660", "", "-1", " 1"):
         assert ccname.uid_of(f"KEYRING:persistent:{digits}") is None, digits
 
 
