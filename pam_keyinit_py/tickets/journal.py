@@ -14,6 +14,11 @@ CODE_LINE, CODE_FUNC; journald adds the trusted _PID, _UID, _SYSTEMD_UNIT.  A re
 Under systemd, stderr is a stream to journald too (``$JOURNAL_STREAM`` names its device and inode);
 that is how :func:`under_journald` knows to switch.  A record the socket refuses (too large for one
 datagram, journald restarting) is written to stderr instead, never lost and never raised.
+
+On stderr (:class:`LineFormatter`) a record is one line: control characters in its message are
+escaped, and a traceback's lines are indented.  Messages quote what users chose (a principal
+in a cache they made, a cache name they sent), and a newline there would start a line that
+reads as the service's own.
 """
 
 from __future__ import annotations
@@ -62,6 +67,31 @@ def under_journald(stream: Any = None) -> bool:
     return st.st_dev == int(dev) and st.st_ino == int(ino)
 
 
+#: Escaped on stderr (see :class:`LineFormatter`): C0 controls but tab, DEL, C1 controls (NEL
+#: among them) and Unicode's line and paragraph separators, all that str.splitlines or a terminal
+#: takes for a line break or an escape sequence.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(9), *range(11, 32), *range(127, 160))} | {
+    10: "\\n", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+class LineFormatter(logging.Formatter):
+    """``keyinit-ticketd[pid]: LEVEL message`` on stderr, one line per record.
+
+    The message's control characters are escaped (``\\n``, ``\\x0d``), and each line of a
+    traceback is indented and escaped alike, so no text a client chose begins a line.
+    """
+
+    def __init__(self, identifier: str = IDENTIFIER) -> None:
+        super().__init__(f"{identifier}[%(process)d]: %(levelname)s %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = record.message.translate(_ESCAPES)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+        return "\n".join("  " + line.translate(_ESCAPES) for line in super().formatException(ei).splitlines())
+
+
 def _field(name: str, value: object) -> bytes:
     data = str(value).encode("utf-8", "replace")
     key = name.encode()
@@ -79,7 +109,7 @@ class JournalHandler(logging.Handler):
         self.identifier = identifier
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self.fallback = logging.StreamHandler(sys.stderr)
-        self.fallback.setFormatter(logging.Formatter(f"{identifier}[%(process)d]: %(levelname)s %(message)s"))
+        self.fallback.setFormatter(LineFormatter(identifier))
 
     def encode(self, record: logging.LogRecord) -> bytes:
         """The datagram for ``record``: MESSAGE, PRIORITY, SYSLOG_IDENTIFIER, CODE_*, KEYINIT_*."""
@@ -119,7 +149,7 @@ def setup(level: int) -> None:
         handler: logging.Handler = JournalHandler()
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(f"{IDENTIFIER}[%(process)d]: %(levelname)s %(message)s"))
+        handler.setFormatter(LineFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
