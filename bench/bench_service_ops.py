@@ -255,13 +255,21 @@ def _bare_login(principal: str, password: bytes, uid: int, verify: bool, krb5_co
                                         server, 512, err, 512)
         if code:
             raise RuntimeError(f"verify_init_creds: {ffi.string(err).decode(errors='replace')}")
+    _bare_store(ctx, princ, creds, uid)
+    return (time.perf_counter() - t) * 1000
+
+
+def _bare_store(ctx: object, princ: object, creds: object, uid: int) -> None:
+    """The anchor's store, as the user (per-thread setresuid): krb5_cc_set_default_name
+    (KEYRING:persistent:<uid>) + krb5_cc_new_unique + cc_initialize + cc_store_cred + cc_switch."""
+    import krb5
+
     with keyutils.thread_credentials(uid, uid, effective=True):
         krb5.cc_set_default_name(ctx, f"KEYRING:persistent:{uid}".encode())
         cc = krb5.cc_new_unique(ctx, b"KEYRING", None)
         krb5.cc_initialize(ctx, cc, princ)
         krb5.cc_store_cred(ctx, cc, creds)
         krb5.cc_switch(ctx, cc)
-    return (time.perf_counter() - t) * 1000
 
 
 def _session(sock: str, user: str, uid: int) -> None:
@@ -356,12 +364,7 @@ def bench_auth_parts(realm: Realm, users: list[tuple[str, str, int]], krb5_confi
                            reaper=cachestore.DEFERRED)
 
     def store() -> None:
-        with keyutils.thread_credentials(anchor_uid, anchor_uid, effective=True):
-            krb5.cc_set_default_name(ctx, f"KEYRING:persistent:{anchor_uid}".encode())
-            cc = krb5.cc_new_unique(ctx, b"KEYRING", None)
-            krb5.cc_initialize(ctx, cc, princ)
-            krb5.cc_store_cred(ctx, cc, creds)
-            krb5.cc_switch(ctx, cc)
+        _bare_store(ctx, princ, creds, anchor_uid)
 
     def acquire() -> None:
         ccache.acquire_password(principal, password, ours_uid, ours_uid, timeout=None,
