@@ -38,6 +38,10 @@ SESSION_TIMEOUT = 1.0
 #: At most this many principals of a ~/.k5login are tried with one password (search_k5login).
 K5LOGIN_MAX = 32
 PASSWORD_PROMPT = "Password: "
+#: Longest password sent to the service, in bytes: PAM_MAX_RESP_SIZE - 1, where pam_krb5 stops
+#: (``rejecting password longer than 511``, PAM_AUTH_ERR).  The protocol would refuse a longer
+#: one (4096) with an exception, which the hook would report as its own bug.
+MAX_PASSWORD = 511
 #: Rounds of the KDC's preauth questions per login.  Each round is a fresh AS exchange that sends
 #: the earlier answers again, and an OTP server refuses a token value it has seen: so one round
 #: (MIT's otp asks one question), and a KDC that asks again is refused.
@@ -215,6 +219,8 @@ def _auth_request(opts: "Options", user: str, pw: pwd.struct_passwd, password: s
 
     ``kuserok`` asks the service for krb5_kuserok(principal, user) in the same reply.
     """
+    if len(password.encode(errors="replace")) > MAX_PASSWORD:
+        return P.reply_error(P.BAD_PASSWORD, f"password longer than {MAX_PASSWORD} bytes")
     base = {"op": "auth", "user": user, "uid": pw.pw_uid, "gid": pw.pw_gid, "password": password,
             "kuserok": True}
     names = k5login_principals(pw) if opts.search_k5login else None
