@@ -309,7 +309,8 @@ def authenticate(pamh: "PamHandle", opts: "Options", user: str, pw: pwd.struct_p
     else:
         password = _ask_password(pamh)
     if not password:
-        return int(pamh.PAM_CONV_ERR)
+        # No answer, or an empty one: pam_krb5's prompt_password calls both an authentication failure.
+        return int(pamh.PAM_AUTH_ERR)
     reply = _auth_request(opts, user, pw, password)
     if (stored and opts.try_first_pass and not opts.use_first_pass
             and reply_code(reply) == P.BAD_PASSWORD):

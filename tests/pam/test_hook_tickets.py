@@ -136,6 +136,19 @@ def test_an_exception_in_an_entry_point_becomes_its_code_and_a_log_line_without_
         assert "s3cr3t" not in res.stderr and "Traceback" not in res.stderr, res.stderr
 
 
+def test_an_empty_password_is_auth_err_and_sends_nothing(pamwrap, tmp_path) -> None:
+    """An empty answer to the hook's own prompt is a wrong password: PAM_AUTH_ERR, as pam_krb5's
+    prompt_password gives ("rejecting empty password"), not PAM_CONV_ERR, which the manual does
+    not list and on which login(1) stops instead of asking again.  The socket does not exist, so
+    a request would have been PAM_AUTHINFO_UNAVAIL."""
+    absent = tmp_path / "absent.sock"
+    service = _service(pamwrap, [pamwrap.hook_line("auth", "required", f"minimum_uid=0 socket={absent}")])
+    res = pamtester(pamwrap, service, "root", [""], "authenticate")
+    assert "Password: " in res.stdout + res.stderr  # the hook asked
+    assert res.returncode != 0 and STRERROR["auth_err"] in res.stderr, res.stderr
+    assert "unexpected" not in res.stderr, res.stderr
+
+
 #: An earlier auth module that sets PAM_AUTHTOK to a password longer than PAM_MAX_RESP_SIZE - 1.
 LONG_FIRST = """def pam_sm_authenticate(pamh, flags, argv):
     pamh.authtok = "x" * 5000
