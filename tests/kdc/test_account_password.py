@@ -263,6 +263,29 @@ def test_acct_mgmt_refuses_bob_own_principal_missing_from_his_k5login(pamwrap, r
     ticketd.wait_for(lambda: persistent_caches(bob.uid) == {}, 10, "the ticket cleared at logout")
 
 
+def test_expired_k5login_principal_is_checked_and_changed_as_itself(pamwrap, kadmind, ticketd, bob):
+    """search_k5login: alice@REALM, whom bob's ~/.k5login names, logs in to bob with her expired
+    password.  The account check and the change are alice's.  The service's password_expired reply
+    named no principal, so acct_mgmt asked krb5_kuserok for bob@REALM (absent from the .k5login:
+    PAM_PERM_DENIED) and the change went to bob@REALM (no such principal: PAM_USER_UNKNOWN)."""
+    kadmind.modify_principal(bob.alice, "+needchange")
+    service = pamwrap.service("pkb-k5login-expired", stack(pamwrap, ticketd.socket, "search_k5login"))
+    res = pamtester(pamwrap, service, bob.name, [bob.passwords["alice"]], "authenticate", "acct_mgmt")
+    out = res.stdout + res.stderr
+    assert "successfully authenticated" in out, out
+    assert res.returncode != 0 and STRERROR["new_authtok_reqd"] in out, out + ticketd.log()
+    # The change at login, as login(1) and sshd's keyboard-interactive run it: then acct_mgmt passes.
+    new = new_password()
+    res = pamtester(pamwrap, service, bob.name, [bob.passwords["alice"], bob.passwords["alice"], new, new],
+                    "authenticate", "chauthtok(PAM_CHANGE_EXPIRED_AUTHTOK)", "acct_mgmt")
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out + ticketd.log()
+    assert kinit_ok(kadmind, bob.alice, new) and not kinit_ok(kadmind, bob.alice, bob.passwords["alice"])
+    tickets = ticketd.request({"op": "tickets", "uid": bob.uid})["tickets"]
+    assert [t["principal"] for t in tickets] == [bob.alice], tickets
+    assert new not in ticketd.log() and bob.passwords["alice"] not in ticketd.log()
+
+
 def test_a_silent_kpasswd_server_does_not_freeze_the_service(realm, svc_user, tmp_path):
     """kpasswd accepts and never answers: the change fails after its bound, and meanwhile the
     service keeps answering (pykrb5's set_password held the GIL for all 24 s of libkrb5's retries)."""
