@@ -179,6 +179,11 @@ def _ask_password(pamh: "PamHandle") -> str | None:
     return token
 
 
+def fits(password: str) -> bool:
+    """Whether ``password`` is at most :data:`MAX_PASSWORD` bytes (pam_krb5 refuses a longer one)."""
+    return len(password.encode(errors="replace")) <= MAX_PASSWORD
+
+
 def k5login_principals(pw: pwd.struct_passwd) -> list[str] | None:
     """The principals in ``~user/.k5login``, or None when it does not exist (search_k5login).
 
@@ -219,7 +224,7 @@ def _auth_request(opts: "Options", user: str, pw: pwd.struct_passwd, password: s
 
     ``kuserok`` asks the service for krb5_kuserok(principal, user) in the same reply.
     """
-    if len(password.encode(errors="replace")) > MAX_PASSWORD:
+    if not fits(password):
         return P.reply_error(P.BAD_PASSWORD, f"password longer than {MAX_PASSWORD} bytes")
     base = {"op": "auth", "user": user, "uid": pw.pw_uid, "gid": pw.pw_gid, "password": password,
             "kuserok": True}

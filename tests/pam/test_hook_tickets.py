@@ -174,3 +174,25 @@ def test_an_over_long_password_is_auth_err_not_an_unexpected_error(pamwrap, tmp_
         res = pamtester(pamwrap, service, "root", [""], "authenticate")
         assert res.returncode != 0 and STRERROR["auth_err"] in res.stderr, (options, res.stderr)
         assert "unexpected" not in res.stderr, (options, res.stderr)
+
+
+#: An earlier password module that sets PAM_OLDAUTHTOK to a password longer than 511 bytes.
+LONG_OLD = """def pam_sm_chauthtok(pamh, flags, argv):
+    pamh.oldauthtok = "x" * 5000
+    return pamh.PAM_SUCCESS
+"""
+
+
+def test_an_over_long_current_password_is_not_an_unexpected_error(pamwrap, tmp_path) -> None:
+    """passwd: a current password longer than 511 bytes is refused as pam_krb5 refuses it
+    (PAM_AUTHTOK_RECOVERY_ERR), before any request; it was an "unexpected ProtocolError" and
+    PAM_AUTHTOK_ERR."""
+    first = pamwrap.dir / "long_old.py"
+    first.write_text(LONG_OLD)
+    first.chmod(0o644)
+    absent = tmp_path / "absent.sock"
+    service = _service(pamwrap, [f"password required {PAM_PYTHON} {first}",
+                                 pamwrap.hook_line("password", "required", f"minimum_uid=0 socket={absent}")])
+    res = pamtester(pamwrap, service, "root", [], "chauthtok")
+    assert res.returncode != 0 and STRERROR["authtok_recovery_err"] in res.stderr, res.stderr
+    assert "unexpected" not in res.stderr, res.stderr
