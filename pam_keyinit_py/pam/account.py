@@ -99,9 +99,10 @@ def _new_password(pamh: "PamHandle", opts: "Options", kerberos: bool = True) -> 
     password is asked only for the module after this one.
     """
     if opts.use_authtok:
-        return get_item(pamh, "authtok")
+        stored = get_item(pamh, "authtok")
+        return stored if stored and fits(stored) else None
     first = prompt(pamh, NEW_PROMPT if kerberos else PLAIN_NEW_PROMPT)
-    if not first:
+    if not first or (kerberos and not fits(first)):  # as pam_krb5: over 511 bytes is PAM_AUTHTOK_ERR
         return None
     second = prompt(pamh, RETYPE_PROMPT if kerberos else PLAIN_RETYPE_PROMPT)
     if first != second:

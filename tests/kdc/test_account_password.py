@@ -117,6 +117,19 @@ def test_passwd_relays_the_kpasswd_quality_refusal(pamwrap, kadmind, ticketd, sv
     assert kinit_ok(kadmind, svc_user.principal, svc_user.password)
 
 
+def test_passwd_refuses_a_new_password_the_login_would_refuse(pamwrap, kadmind, ticketd, svc_user):
+    """A new password over 511 bytes (PAM_MAX_RESP_SIZE - 1) is refused, as pam_krb5 refuses it
+    (PAM_AUTHTOK_ERR): the hook's auth refuses such a password, so setting it would lock the user
+    out of the very login that changed it."""
+    service = pamwrap.service("pkb-passwd-long", stack(pamwrap, ticketd.socket))
+    new = "N3w-" + "x" * 600
+    res = pamtester(pamwrap, service, svc_user.name, [svc_user.password, new, new], "chauthtok")
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and STRERROR["authtok_err"] in out, out
+    assert "unexpected" not in out, out
+    assert kinit_ok(kadmind, svc_user.principal, svc_user.password)
+
+
 def test_passwd_mismatched_retype_changes_nothing(pamwrap, kadmind, ticketd, svc_user):
     service = pamwrap.service("pkb-passwd-mismatch", stack(pamwrap, ticketd.socket))
     res = pamtester(pamwrap, service, svc_user.name, [svc_user.password, new_password(), new_password()],
