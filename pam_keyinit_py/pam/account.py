@@ -35,7 +35,7 @@ The hook has looked the user up; its never-raise wrapper catches what escapes.  
 import pwd
 
 from .. import protocol as P
-from .client import LoginState, get_item, pam_code, prompt, request, set_item
+from .client import LoginState, fits, get_item, pam_code, prompt, request, set_item
 from .client import say as _say
 from .log import LOG_NOTICE, LOG_WARNING, syslog
 
@@ -99,9 +99,10 @@ def _new_password(pamh: "PamHandle", opts: "Options", kerberos: bool = True) -> 
     password is asked only for the module after this one.
     """
     if opts.use_authtok:
-        return get_item(pamh, "authtok")
+        stored = get_item(pamh, "authtok")
+        return stored if stored and fits(stored) else None
     first = prompt(pamh, NEW_PROMPT if kerberos else PLAIN_NEW_PROMPT)
-    if not first:
+    if not first or (kerberos and not fits(first)):  # as pam_krb5: over 511 bytes is PAM_AUTHTOK_ERR
         return None
     second = prompt(pamh, RETYPE_PROMPT if kerberos else PLAIN_RETYPE_PROMPT)
     if first != second:
@@ -177,13 +178,13 @@ def _check_current(pamh: "PamHandle", opts: "Options", user: str, pw: pwd.struct
         if login.expired:
             _say(pamh, pamh.PAM_TEXT_INFO, EXPIRED_TEXT)
         old = prompt(pamh, CURRENT_PROMPT)
-    if not old:
+    if not old or not fits(old):  # longer than 511 bytes: pam_krb5's AUTH_ERR, RECOVER_ERR here
         return int(pamh.PAM_AUTHTOK_RECOVERY_ERR)
     reply = request(opts, {**base, "old_password": old}, CHPASS_TIMEOUT)
     if stored and opts.try_first_pass and reply.get("code") == P.BAD_PASSWORD:
         # pam_krb5's try_first_pass: an earlier module's old password is not the Kerberos one.
         old = prompt(pamh, CURRENT_PROMPT)
-        if not old:
+        if not old or not fits(old):
             return int(pamh.PAM_AUTHTOK_RECOVERY_ERR)
         reply = request(opts, {**base, "old_password": old}, CHPASS_TIMEOUT)
     if reply.get("ok"):

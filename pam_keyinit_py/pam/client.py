@@ -38,6 +38,10 @@ SESSION_TIMEOUT = 1.0
 #: At most this many principals of a ~/.k5login are tried with one password (search_k5login).
 K5LOGIN_MAX = 32
 PASSWORD_PROMPT = "Password: "
+#: Longest password sent to the service, in bytes: PAM_MAX_RESP_SIZE - 1, where pam_krb5 stops
+#: (``rejecting password longer than 511``, PAM_AUTH_ERR).  The protocol would refuse a longer
+#: one (4096) with an exception, which the hook would report as its own bug.
+MAX_PASSWORD = 511
 #: Rounds of the KDC's preauth questions per login.  Each round is a fresh AS exchange that sends
 #: the earlier answers again, and an OTP server refuses a token value it has seen: so one round
 #: (MIT's otp asks one question), and a KDC that asks again is refused.
@@ -175,6 +179,11 @@ def _ask_password(pamh: "PamHandle") -> str | None:
     return token
 
 
+def fits(password: str) -> bool:
+    """Whether ``password`` is at most :data:`MAX_PASSWORD` bytes (pam_krb5 refuses a longer one)."""
+    return len(password.encode(errors="replace")) <= MAX_PASSWORD
+
+
 def k5login_principals(pw: pwd.struct_passwd) -> list[str] | None:
     """The principals in ``~user/.k5login``, or None when it does not exist (search_k5login).
 
@@ -215,6 +224,8 @@ def _auth_request(opts: "Options", user: str, pw: pwd.struct_passwd, password: s
 
     ``kuserok`` asks the service for krb5_kuserok(principal, user) in the same reply.
     """
+    if not fits(password):
+        return P.reply_error(P.BAD_PASSWORD, f"password longer than {MAX_PASSWORD} bytes")
     base = {"op": "auth", "user": user, "uid": pw.pw_uid, "gid": pw.pw_gid, "password": password,
             "kuserok": True}
     names = k5login_principals(pw) if opts.search_k5login else None
@@ -303,7 +314,8 @@ def authenticate(pamh: "PamHandle", opts: "Options", user: str, pw: pwd.struct_p
     else:
         password = _ask_password(pamh)
     if not password:
-        return int(pamh.PAM_CONV_ERR)
+        # No answer, or an empty one: pam_krb5's prompt_password calls both an authentication failure.
+        return int(pamh.PAM_AUTH_ERR)
     reply = _auth_request(opts, user, pw, password)
     if (stored and opts.try_first_pass and not opts.use_first_pass
             and reply_code(reply) == P.BAD_PASSWORD):

@@ -195,7 +195,9 @@ class Hook:
         state.session_counter += 1
         debug(state, pamh, f"OPEN {state.session_counter}")
         ret = do_keyinit(state, pamh, opts, pamh.PAM_SESSION_ERR)
-        if ret == pamh.PAM_SUCCESS and opts.tickets and state.pw is not None:
+        # Also when the keyring step failed (EDQUOT at a full key quota): on an optional line the
+        # session goes on, and an uncounted session loses its ticket at another one's logout.
+        if opts.tickets and state.pw is not None:
             self._tickets("open_session", pamh, opts)
         return ret
 

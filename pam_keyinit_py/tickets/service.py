@@ -191,7 +191,10 @@ class Service(Recovery):
             del password
         log.info("auth %s (uid %d): password expired (the password itself is right): it must be changed",
                  principal, uid)
-        return P.reply_error(P.PASSWORD_EXPIRED, "password expired: it must be changed first")
+        # The principal, as a success names it: the hook's acct_mgmt (krb5_kuserok) and the change
+        # at login are about this one, which need not be user@REALM (search_k5login, principal_name).
+        return {**P.reply_error(P.PASSWORD_EXPIRED, "password expired: it must be changed first"),
+                "principal": principal}
 
     def _fast_args(self) -> dict[str, Any]:
         """The login's FAST policy for the kadmin/changepw exchanges (same keytab and host principal)."""

@@ -117,6 +117,19 @@ def test_passwd_relays_the_kpasswd_quality_refusal(pamwrap, kadmind, ticketd, sv
     assert kinit_ok(kadmind, svc_user.principal, svc_user.password)
 
 
+def test_passwd_refuses_a_new_password_the_login_would_refuse(pamwrap, kadmind, ticketd, svc_user):
+    """A new password over 511 bytes (PAM_MAX_RESP_SIZE - 1) is refused, as pam_krb5 refuses it
+    (PAM_AUTHTOK_ERR): the hook's auth refuses such a password, so setting it would lock the user
+    out of the very login that changed it."""
+    service = pamwrap.service("pkb-passwd-long", stack(pamwrap, ticketd.socket))
+    new = "N3w-" + "x" * 600
+    res = pamtester(pamwrap, service, svc_user.name, [svc_user.password, new, new], "chauthtok")
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and STRERROR["authtok_err"] in out, out
+    assert "unexpected" not in out, out
+    assert kinit_ok(kadmind, svc_user.principal, svc_user.password)
+
+
 def test_passwd_mismatched_retype_changes_nothing(pamwrap, kadmind, ticketd, svc_user):
     service = pamwrap.service("pkb-passwd-mismatch", stack(pamwrap, ticketd.socket))
     res = pamtester(pamwrap, service, svc_user.name, [svc_user.password, new_password(), new_password()],
@@ -261,6 +274,29 @@ def test_acct_mgmt_refuses_bob_own_principal_missing_from_his_k5login(pamwrap, r
     assert res.returncode == 0, res.stderr + ticketd.log()
     # ... the next login's ticket is cleared at its own logout, as if the refused one never was.
     ticketd.wait_for(lambda: persistent_caches(bob.uid) == {}, 10, "the ticket cleared at logout")
+
+
+def test_expired_k5login_principal_is_checked_and_changed_as_itself(pamwrap, kadmind, ticketd, bob):
+    """search_k5login: alice@REALM, whom bob's ~/.k5login names, logs in to bob with her expired
+    password.  The account check and the change are alice's.  The service's password_expired reply
+    named no principal, so acct_mgmt asked krb5_kuserok for bob@REALM (absent from the .k5login:
+    PAM_PERM_DENIED) and the change went to bob@REALM (no such principal: PAM_USER_UNKNOWN)."""
+    kadmind.modify_principal(bob.alice, "+needchange")
+    service = pamwrap.service("pkb-k5login-expired", stack(pamwrap, ticketd.socket, "search_k5login"))
+    res = pamtester(pamwrap, service, bob.name, [bob.passwords["alice"]], "authenticate", "acct_mgmt")
+    out = res.stdout + res.stderr
+    assert "successfully authenticated" in out, out
+    assert res.returncode != 0 and STRERROR["new_authtok_reqd"] in out, out + ticketd.log()
+    # The change at login, as login(1) and sshd's keyboard-interactive run it: then acct_mgmt passes.
+    new = new_password()
+    res = pamtester(pamwrap, service, bob.name, [bob.passwords["alice"], bob.passwords["alice"], new, new],
+                    "authenticate", "chauthtok(PAM_CHANGE_EXPIRED_AUTHTOK)", "acct_mgmt")
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out + ticketd.log()
+    assert kinit_ok(kadmind, bob.alice, new) and not kinit_ok(kadmind, bob.alice, bob.passwords["alice"])
+    tickets = ticketd.request({"op": "tickets", "uid": bob.uid})["tickets"]
+    assert [t["principal"] for t in tickets] == [bob.alice], tickets
+    assert new not in ticketd.log() and bob.passwords["alice"] not in ticketd.log()
 
 
 def test_a_silent_kpasswd_server_does_not_freeze_the_service(realm, svc_user, tmp_path):

@@ -7,6 +7,7 @@ PAM return codes are read from pamtester's own messages (pam_strerror texts).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import time
@@ -134,3 +135,44 @@ def test_use_first_pass_takes_the_earlier_modules_password(pamwrap, ticketd, svc
     # pamtester exits without close_session: the service reaps the session and clears its ticket.
     ticketd.wait_for(lambda: "exited without close_session" in ticketd.log(), 5, "the session reaped")
     ticketd.wait_for(lambda: not klist_ok(svc_user.user, user_krb5), 5, "the ticket cleared")
+
+
+def test_a_session_whose_keyring_cannot_be_made_still_counts_for_the_ticket(pamwrap, ticketd, svc_user):
+    """The user's key quota is full: pam_keyinit's part fails (EDQUOT from JOIN_SESSION_KEYRING:
+    PAM_SESSION_ERR) and, the line being optional, the login goes on.  The ticket service must count
+    that session all the same: uncounted, the user's TGT is cleared at the logout of another session
+    while this one runs, and nothing renews it for this one."""
+    from pam_keyinit_py.keyutils import proc
+    from pam_keyinit_py.lab.users import settle
+
+    sock = ticketd.socket
+    services = {control: pamwrap.service(f"pkd-quota-{control}", [
+        pamwrap.hook_line("session", control, f"force revoke tickets socket={sock}"),
+        "session required pam_permit.so",
+    ]) for control in ("required", "optional")}
+    user = svc_user.user
+    # Fill the user's key quota with keys in their user keyring: big payloads, then one-byte ones,
+    # then one-letter names, until less is left than a "_ses" keyring costs (5 bytes).
+    fill = ("i=0; while head -c 1000 /dev/zero | keyctl padd user pkd-big-$i @u >/dev/null 2>&1; "
+            "do i=$((i+1)); done; j=0; while keyctl add user pkd-small-$j x @u >/dev/null 2>&1; "
+            "do j=$((j+1)); done; for c in a b c d e f g h i j k l m n o p q r s t u v w x y z; "
+            "do keyctl add user $c x @u >/dev/null 2>&1; done; echo $i $j")
+    settle(svc_user.uid)
+    before = proc.key_user(svc_user.uid)
+    try:
+        filled = user.run(["sh", "-c", fill])
+        assert filled.returncode == 0 and int(filled.stdout.split()[0]) > 0, filled
+        failed, _ = _pamtester(pamwrap, services["required"], svc_user.name, None, "open_session")
+        res, _ = _pamtester(pamwrap, services["optional"], svc_user.name, None, "open_session")
+    finally:
+        user.run(["keyctl", "clear", "@u"])
+    # The keyring step does fail (a required line fails the open with PAM_SESSION_ERR) ...
+    assert failed.returncode != 0 and "Cannot make/remove an entry" in failed.stderr, failed.stderr
+    # ... and with an optional line the session opens, and the service counts it (its opener's pid).
+    assert res.returncode == 0, res.stderr
+    pid = re.search(r"^PWRAP_\w+\[.*? \((\d+)\)\]", res.stderr, re.M)
+    assert pid is not None, res.stderr
+    assert f"for {svc_user.name} (uid {svc_user.uid}, pid {pid[1]})" in ticketd.log(), ticketd.log()
+    baseline = before.qnbytes if before is not None else 0
+    ticketd.wait_for(lambda: (proc.key_user(svc_user.uid) or proc.KeyUser(0, 0, 0, 0, 0, 1, 0, 1)).qnbytes
+                     < baseline + 1000, 10, "the kernel to release the filled quota")

@@ -134,3 +134,65 @@ def test_an_exception_in_an_entry_point_becomes_its_code_and_a_log_line_without_
         assert len(logged) == 1 and f"{op}: unexpected RuntimeError at " in logged[0], (op, res.stderr)
         assert logged[0].endswith(f"broken_shim.py:{raise_line}"), logged  # where it was raised
         assert "s3cr3t" not in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_an_empty_password_is_auth_err_and_sends_nothing(pamwrap, tmp_path) -> None:
+    """An empty answer to the hook's own prompt is a wrong password: PAM_AUTH_ERR, as pam_krb5's
+    prompt_password gives ("rejecting empty password"), not PAM_CONV_ERR, which the manual does
+    not list and on which login(1) stops instead of asking again.  The socket does not exist, so
+    a request would have been PAM_AUTHINFO_UNAVAIL."""
+    absent = tmp_path / "absent.sock"
+    service = _service(pamwrap, [pamwrap.hook_line("auth", "required", f"minimum_uid=0 socket={absent}")])
+    res = pamtester(pamwrap, service, "root", [""], "authenticate")
+    assert "Password: " in res.stdout + res.stderr  # the hook asked
+    assert res.returncode != 0 and STRERROR["auth_err"] in res.stderr, res.stderr
+    assert "unexpected" not in res.stderr, res.stderr
+
+
+#: An earlier auth module that sets PAM_AUTHTOK to a password longer than PAM_MAX_RESP_SIZE - 1.
+LONG_FIRST = """def pam_sm_authenticate(pamh, flags, argv):
+    pamh.authtok = "x" * 5000
+    return pamh.PAM_SUCCESS
+def pam_sm_setcred(pamh, flags, argv):
+    return pamh.PAM_SUCCESS
+"""
+
+
+def test_an_over_long_password_is_auth_err_not_an_unexpected_error(pamwrap, tmp_path) -> None:
+    """A password longer than 511 bytes is refused as pam_krb5 refuses it (PAM_AUTH_ERR), before
+    any request: it was an "unexpected ProtocolError" (the protocol carries 4096 characters) and
+    PAM_AUTHINFO_UNAVAIL, a log line that says the hook has a bug and a code that blames the KDC."""
+    first = pamwrap.dir / "long_first.py"
+    first.write_text(LONG_FIRST)
+    first.chmod(0o644)
+    absent = tmp_path / "absent.sock"
+    for options in ("use_first_pass", "try_first_pass"):
+        service = _service(pamwrap, [f"auth required {PAM_PYTHON} {first}",
+                                     pamwrap.hook_line("auth", "required",
+                                                       f"{options} minimum_uid=0 socket={absent}")])
+        # try_first_pass prompts once after the refused earlier password: answer it with nothing.
+        res = pamtester(pamwrap, service, "root", [""], "authenticate")
+        assert res.returncode != 0 and STRERROR["auth_err"] in res.stderr, (options, res.stderr)
+        assert "unexpected" not in res.stderr, (options, res.stderr)
+
+
+#: An earlier password module that sets PAM_OLDAUTHTOK to a password longer than 511 bytes.
+LONG_OLD = """def pam_sm_chauthtok(pamh, flags, argv):
+    pamh.oldauthtok = "x" * 5000
+    return pamh.PAM_SUCCESS
+"""
+
+
+def test_an_over_long_current_password_is_not_an_unexpected_error(pamwrap, tmp_path) -> None:
+    """passwd: a current password longer than 511 bytes is refused as pam_krb5 refuses it
+    (PAM_AUTHTOK_RECOVERY_ERR), before any request; it was an "unexpected ProtocolError" and
+    PAM_AUTHTOK_ERR."""
+    first = pamwrap.dir / "long_old.py"
+    first.write_text(LONG_OLD)
+    first.chmod(0o644)
+    absent = tmp_path / "absent.sock"
+    service = _service(pamwrap, [f"password required {PAM_PYTHON} {first}",
+                                 pamwrap.hook_line("password", "required", f"minimum_uid=0 socket={absent}")])
+    res = pamtester(pamwrap, service, "root", [], "chauthtok")
+    assert res.returncode != 0 and STRERROR["authtok_recovery_err"] in res.stderr, res.stderr
+    assert "unexpected" not in res.stderr, res.stderr
