@@ -211,7 +211,9 @@ def install(ctx: krb5.Context, target: str, princ: krb5.Principal, creds: krb5.C
     krb_ccache:primary), and only then retire ``replace`` (handed to ``reaper`` for ``grace``
     seconds; destroyed at once when ``grace`` is 0).  With ``retire_service_primary``,
     ``replace`` is the collection's primary if this service made it (:func:`_service_primary`),
-    looked up in the same switch to the user.  ``TicketInfo.replaced`` names what was retired.
+    looked up in the same switch to the user.  Otherwise, when ``replace`` is a KEYRING cache,
+    the new cache becomes primary exactly when ``replace`` is the primary at the switch
+    (``make_primary`` is then decided there).  ``TicketInfo.replaced`` names what was retired.
     """
     with as_user(uid, gid):
         if retire_service_primary:
@@ -227,6 +229,12 @@ def install(ctx: krb5.Context, target: str, princ: krb5.Principal, creds: krb5.C
             with discarded_on_failure(ctx, cc, what):
                 return tgt_info(ctx, cc, uid)
         with discarded_on_failure(ctx, cc, what):
+            if replace and not retire_service_primary and replace.startswith("KEYRING:"):
+                # The caller looked before its KDC exchange; a login or the user's kswitch may have
+                # moved the primary since, to ``replace`` or away from it.  Switching on that old
+                # look took the primary from a newer login, or left it naming ``replace``, which
+                # is destroyed after the grace (klist: no credentials cache found).
+                make_primary = is_primary(ctx, replace)
             if make_primary:
                 krb5.cc_switch(ctx, cc)  # writes krb_ccache:primary: EDQUOT can strike here too
             info = written_info(cc, princ, creds, uid, make_primary)
