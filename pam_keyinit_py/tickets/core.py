@@ -19,6 +19,7 @@ import logging
 import operator
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -113,13 +114,19 @@ class Pending:
         """The auths not yet followed by an open."""
         return len(self.auths)
 
-    def claim(self, pid: int, parent: int = 0) -> bool:
-        """Take an auth that process ``pid`` (whose parent is ``parent``) may claim: one it sent,
-        its child sent, or its parent sent; False if none."""
+    def claim(self, pid: int, parent: Callable[[], int] = lambda: 0) -> bool:
+        """Take an auth that process ``pid`` may claim: one it sent, its child sent, or its parent
+        sent (``parent()`` gives its parent pid, read only when nothing else matched); False if none."""
         for i, (sender, senders_parent) in enumerate(self.auths):
-            if sender in (0, pid, parent) or senders_parent == pid:
+            if sender in (0, pid) or senders_parent == pid:
                 del self.auths[i]
                 return True
+        if self.auths:
+            ppid = parent()
+            for i, (sender, _senders_parent) in enumerate(self.auths):
+                if sender == ppid != 0:
+                    del self.auths[i]
+                    return True
         return False
 
 

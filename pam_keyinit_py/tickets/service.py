@@ -268,13 +268,12 @@ class Service(Recovery):
         """
         pid = peer.pid
         pid_start = statefile.process_start_time(pid) or 0
-        parent = statefile.process_parent(pid) if uid in self.pending else 0  # see Pending.claim
         with self.lock:
             first = self.sessions.count(uid) == 0
             session = self.sessions.add(uid, gid, user, pid, pid_start, time.time())
             p = self.pending.get(uid)
             if p is not None:
-                if not p.claim(pid, parent) or p.logins > 0:
+                if not p.claim(pid, partial(statefile.process_parent, pid)) or p.logins > 0:
                     # No auth of this opener (an ssh key, GSSAPI), or another login of the uid is
                     # between auth and open: the pending caches stay held.
                     p = None
