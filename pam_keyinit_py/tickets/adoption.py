@@ -130,8 +130,17 @@ class Adoption(Renewal):
         entry = self.config.keytabs[index]
         key = ("keytab", index)
         again = partial(self._keytab_job, index)
+        target = entry.ccache
+        if target == collection_name(entry.uid):
+            with self.lock:
+                own = [x.ccache for x in self.tickets.values() if x.origin == KEYTAB and x.keytab == index]
+            if own:
+                # Replace this entry's own earlier cache (primary only if that one is): the
+                # collection's primary may be another entry's or a login's, and retiring
+                # nothing left the earlier generation behind, untracked, until its ticket ended.
+                target = own[0]
         try:
-            info = self.krb.acquire_keytab(entry.principal, entry.keytab, entry.uid, entry.gid, entry.ccache)
+            info = self.krb.acquire_keytab(entry.principal, entry.keytab, entry.uid, entry.gid, target)
         except errors.KdcUnreachable:
             delay = self.config.retry_min
             log.warning("keytab %s: no KDC answered; retry in %.0fs", entry.principal, delay)

@@ -97,16 +97,20 @@ def is_primary(ctx: krb5.Context, name: str) -> bool:
     return name.startswith("KEYRING:") and primary_name(ctx, collection_of(name)) == name
 
 
-def _service_primary(ctx: krb5.Context, collection: str) -> str | None:
-    """The current primary cache of the collection if this service made it (to retire it); the
-    caller runs as the user."""
+def _service_primary(ctx: krb5.Context, collection: str, princ: krb5.Principal) -> str | None:
+    """The current primary cache of the collection if this service made it for ``princ`` (an earlier
+    generation of the same ticket, to retire it); the caller runs as the user.
+
+    A service-made cache of another principal is another ticket the service keeps (a second
+    ``[[keytab]]`` entry of the uid, or the login's beside a keytab entry): not this one's to retire.
+    """
     try:
         cc = krb5.cc_resolve(ctx, collection.encode())
-        krb5.cc_get_principal(ctx, cc)
+        holder = krb5.cc_get_principal(ctx, cc)
     except krb5.Krb5Error:
         return None
     name = ccread.full_name(cc)
-    return name if is_service_cache(name) else None
+    return name if is_service_cache(name) and holder.name == princ.name else None
 
 
 # ------------------------------------------------------------------ destroying
@@ -210,12 +214,15 @@ def install(ctx: krb5.Context, target: str, princ: krb5.Principal, creds: krb5.C
     Order: write the new cache completely, switch primary to it (one atomic add_key of
     krb_ccache:primary), and only then retire ``replace`` (handed to ``reaper`` for ``grace``
     seconds; destroyed at once when ``grace`` is 0).  With ``retire_service_primary``,
-    ``replace`` is the collection's primary if this service made it (:func:`_service_primary`),
-    looked up in the same switch to the user.  ``TicketInfo.replaced`` names what was retired.
+    ``replace`` is the collection's primary if this service made it for ``princ``
+    (:func:`_service_primary`),
+    looked up in the same switch to the user.  Otherwise, when ``replace`` is a KEYRING cache,
+    the new cache becomes primary exactly when ``replace`` is the primary at the switch
+    (``make_primary`` is then decided there).  ``TicketInfo.replaced`` names what was retired.
     """
     with as_user(uid, gid):
         if retire_service_primary:
-            replace = _service_primary(ctx, target)
+            replace = _service_primary(ctx, target, princ)
         cc = write_new_freeing(ctx, target, princ, creds, prefix, uid, reaper)
         new_name = ccread.full_name(cc)
         what = f"installing the ticket of {princ} in {new_name}"
@@ -227,6 +234,12 @@ def install(ctx: krb5.Context, target: str, princ: krb5.Principal, creds: krb5.C
             with discarded_on_failure(ctx, cc, what):
                 return tgt_info(ctx, cc, uid)
         with discarded_on_failure(ctx, cc, what):
+            if replace and not retire_service_primary and replace.startswith("KEYRING:"):
+                # The caller looked before its KDC exchange; a login or the user's kswitch may have
+                # moved the primary since, to ``replace`` or away from it.  Switching on that old
+                # look took the primary from a newer login, or left it naming ``replace``, which
+                # is destroyed after the grace (klist: no credentials cache found).
+                make_primary = is_primary(ctx, replace)
             if make_primary:
                 krb5.cc_switch(ctx, cc)  # writes krb_ccache:primary: EDQUOT can strike here too
             info = written_info(cc, princ, creds, uid, make_primary)

@@ -8,8 +8,8 @@ API (names are stable; the service, CLI and tests import them):
 - ``acquire_password(principal, password, uid, gid, *, ...) -> TicketInfo``:
   krb5_get_init_creds_password (validated and FAST-armored as asked, :mod:`.validation`), then
   the TGT goes into a NEW cache of the user's ``KEYRING:persistent:<uid>`` collection, made
-  primary (krb5_cc_switch); the previous primary is retired if this service created it
-  (``TicketInfo.replaced`` names it).
+  primary (krb5_cc_switch); the previous primary is retired if this service created it for the
+  same principal (``TicketInfo.replaced`` names it).
 - ``acquire_keytab(principal, keytab, uid, gid, ccache=None, ...) -> TicketInfo``:
   krb5_get_init_creds_keytab into ``ccache`` (default the persistent collection), as ``k5start -f``.
 - ``renew(ccache_name, uid, gid, *, timeout, ...) -> TicketInfo``: krb5_get_renewed_creds, written
@@ -129,8 +129,9 @@ def acquire_password(
     ("try", "require", "never") armors the exchange with :func:`fast_armor` from the same keytab
     (client ``fast_principal``, by default the keytab's computer account or the validation
     principal).  The previous primary cache is destroyed after the switch only if this service created it
-    (a cache the user made with kinit is left alone).  ``meanwhile`` runs in the calling thread
-    while the KDC exchange does (see :func:`~.plumbing.bounded`).  Raises BadPassword, UnknownPrincipal,
+    for the same principal (a cache the user made with kinit, or a ``[[keytab]]`` entry's, is left
+    alone).  ``meanwhile`` runs in the calling thread while the KDC exchange does (see
+    :func:`~.plumbing.bounded`).  Raises BadPassword, UnknownPrincipal,
     KdcUnreachable (also after ``timeout`` seconds), PasswordExpired, QuotaExceeded,
     ValidationFailed, NoValidationKey (validate = "require"), FastUnavailable (fast = "require").
     """
@@ -213,8 +214,9 @@ def acquire_keytab(
     """krb5_get_init_creds_keytab (read as the caller), stored as ``uid`` in ``ccache``, like k5start -f.
 
     ``ccache`` defaults to ``KEYRING:persistent:<uid>``.  For a KEYRING collection the TGT goes
-    into a new primary cache and the previous service-made primary is retired; a named KEYRING
-    subsidiary is replaced by a new one; a FILE cache is written beside and renamed over.
+    into a new primary cache and the previous service-made primary of ``principal`` is retired;
+    a named KEYRING subsidiary is replaced by a new one; a FILE cache is written beside and
+    renamed over.
     """
     target = ccache or collection_name(uid)
     what = f"initial ticket for {principal} from keytab {keytab}"

@@ -46,8 +46,9 @@ class Clearing(Core):
                          "destroying %s", uid, self.config.pending_auth_timeout, name)
                 self._destroy_locked(name, uid, p.gid)
 
-    def _abandon_login(self, uid: int) -> None:
-        """One pending login of ``uid`` will never open a session (its account check refused it).
+    def _abandon_login(self, uid: int, sender: int) -> None:
+        """The pending login of ``uid`` that process ``sender`` authenticated will never open a
+        session (its account check refused it).
 
         It stops counting at once: otherwise it would keep the uid's login caches held until
         pending_auth_timeout, and a later login's ticket would outlive that login's logout.  When
@@ -55,9 +56,8 @@ class Clearing(Core):
         """
         with self.lock:
             p = self.pending.get(uid)
-            if p is None:
+            if p is None or not p.claim(sender):
                 return
-            p.logins -= 1
             if p.logins > 0:
                 self.save()
                 return

@@ -19,6 +19,7 @@ import logging
 import operator
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -92,15 +93,41 @@ _json_values = operator.attrgetter(*_JSON_FIELDS)
 class Pending:
     """Caches acquired at ``auth`` for a uid that no session has claimed yet.
 
-    ``logins`` counts the auths not yet followed by an ``open``: with two logins of one user in
-    flight, the first open must not take the entry (and the first logout then clear the second
-    login's cache before its session opens; the 100-login load test hit it).
+    ``auths`` holds one (pid, parent pid) per auth not yet followed by an ``open``: with two
+    logins of one user in flight, the first open must not take the entry (and the first logout
+    then clear the second login's cache before its session opens; the 100-login load test hit
+    it).  Only an open from the process that sent the auth (sshd's monitor with password
+    authentication, pamtester, su), from its parent (the monitor, when keyboard-interactive
+    authentication ran PAM in a child) or from a child of it claims a login: a session no auth
+    of this service preceded (an ssh key, GSSAPI) claims none, or its logout cleared a login's
+    cache before that login's session opened.  Pid 0 (a state file without pids) is claimed by
+    any open.
     """
 
     gid: int
     deadline: float
     ccaches: set[str] = field(default_factory=set)
-    logins: int = 0
+    auths: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def logins(self) -> int:
+        """The auths not yet followed by an open."""
+        return len(self.auths)
+
+    def claim(self, pid: int, parent: Callable[[], int] = lambda: 0) -> bool:
+        """Take an auth that process ``pid`` may claim: one it sent, its child sent, or its parent
+        sent (``parent()`` gives its parent pid, read only when nothing else matched); False if none."""
+        for i, (sender, senders_parent) in enumerate(self.auths):
+            if sender in (0, pid) or senders_parent == pid:
+                del self.auths[i]
+                return True
+        if self.auths:
+            ppid = parent()
+            for i, (sender, _senders_parent) in enumerate(self.auths):
+                if sender == ppid != 0:
+                    del self.auths[i]
+                    return True
+        return False
 
 
 class Core:
@@ -172,7 +199,7 @@ class Core:
         self._ticket_texts = texts
         data = {
             "pending": [{"uid": u, "gid": p.gid, "deadline": p.deadline, "ccaches": sorted(p.ccaches),
-                         "logins": p.logins}
+                         "logins": p.logins, "auths": p.auths}
                         for u, p in self.pending.items()],
         }
         return data, {"tickets": tickets, "sessions": [s.json_text() for s in self.sessions.by_sid.values()]}

@@ -41,8 +41,10 @@ class Recovery(Adoption, Clearing):
                 self.tickets[t.ccache] = t
             for raw in data.get("pending", []):
                 try:
+                    auths = raw.get("auths")
                     p = Pending(int(raw["gid"]), float(raw["deadline"]), set(raw["ccaches"]),
-                                int(raw.get("logins", 1)))
+                                [(int(a), int(b)) for a, b in auths] if auths is not None
+                                else [(0, 0)] * int(raw.get("logins", 1)))
                     self.pending[int(raw["uid"])] = p
                 except (KeyError, TypeError, ValueError):
                     continue

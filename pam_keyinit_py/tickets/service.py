@@ -80,7 +80,8 @@ class Service(Recovery):
         early: dict[str, bool | Exception] = {}
         try:
             reply = self._auth(user, uid, gid, password, principal, answers,
-                               partial(self._kuserok_into, early, user, uid) if kuserok is True else None)
+                               partial(self._kuserok_into, early, user, uid) if kuserok is True else None,
+                               sender=peer.pid)
             metrics.AUTHS.labels(reply.get("code", P.OK)).inc()
             if kuserok is True and reply.get("ok"):
                 answer = early.get(reply["principal"])
@@ -116,9 +117,10 @@ class Service(Recovery):
 
     def _auth(self, user: str, uid: int, gid: int, password: str, principal: str | None,
               answers: list[str] | None = None,
-              meanwhile: Callable[[str], None] | None = None) -> dict[str, Any]:
+              meanwhile: Callable[[str], None] | None = None, sender: int = 0) -> dict[str, Any]:
         """The auth itself; ``answers`` answer the KDC's preauth questions (OTP);
-        ``meanwhile(principal)`` runs in this thread while the KDC exchange does."""
+        ``meanwhile(principal)`` runs in this thread while the KDC exchange does; ``sender`` is the
+        requesting process: which opens may claim the login depends on it (see :class:`Pending`)."""
         cfg = self.config
         if not principal:
             principal = cfg.principal_name.replace("{user}", user)
@@ -153,6 +155,7 @@ class Service(Recovery):
             principal = info.principal
         for warning in info.warnings:
             log.warning("auth %s (uid %d): %s", principal, uid, warning)
+        parent = statefile.process_parent(sender) if sender else 0
         with self.lock:
             t = self._track(info, gid, LOGIN)
             replaced = getattr(info, "replaced", "")
@@ -165,7 +168,7 @@ class Service(Recovery):
                 p = self.pending[uid] = Pending(gid, 0.0)
             p.deadline = time.time() + cfg.pending_auth_timeout
             p.ccaches.add(t.ccache)
-            p.logins += 1
+            p.auths.append((sender, parent))
             self.save()
         self.scheduler.schedule(("pending", uid), p.deadline, partial(self._pending_expired, uid))
         self._schedule_renewal(t)
@@ -223,7 +226,7 @@ class Service(Recovery):
                          "auth_to_local)", user, uid, principal)
                 if not kdc:
                     # The hook's own login, refused after its auth: no session will claim its TGT.
-                    self._abandon_login(uid)
+                    self._abandon_login(uid, peer.pid)
                 return P.reply_error(P.DENIED, f"{principal} is not authorized to log in as {user}")
         if kdc:
             try:
@@ -273,9 +276,10 @@ class Service(Recovery):
             session = self.sessions.add(uid, gid, user, pid, pid_start, time.time())
             p = self.pending.get(uid)
             if p is not None:
-                p.logins -= 1
-                if p.logins > 0:
-                    p = None  # another login of the uid is between auth and open: its caches stay held
+                if not p.claim(pid, partial(statefile.process_parent, pid)) or p.logins > 0:
+                    # No auth of this opener (an ssh key, GSSAPI), or another login of the uid is
+                    # between auth and open: the pending caches stay held.
+                    p = None
                 else:
                     del self.pending[uid]
             self.save()

@@ -197,6 +197,16 @@ def process_start_time(pid: int) -> int | None:
 
     Together with the pid it names one process across pid reuse.
     """
+    return _stat_field(pid, 22)
+
+
+def process_parent(pid: int) -> int:
+    """The parent pid of ``pid`` (/proc/<pid>/stat field 4), or 0 when it cannot be read."""
+    return _stat_field(pid, 4) or 0
+
+
+def _stat_field(pid: int, number: int) -> int | None:
+    """Field ``number`` (1-based, as proc(5) counts, from 3 on) of /proc/<pid>/stat, or None."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             stat = fh.read()
@@ -205,7 +215,7 @@ def process_start_time(pid: int) -> int | None:
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
     fields = stat[stat.rfind(b")") + 2 :].split()
     try:
-        return int(fields[19])
+        return int(fields[number - 3])
     except (IndexError, ValueError):
         return None
 

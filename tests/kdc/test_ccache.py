@@ -272,6 +272,75 @@ def test_renew_not_renewable_and_missing_cache(realm: Realm, kdc_user: KdcUser) 
         ccache.destroy(info.ccache, kdc_user.uid, kdc_user.gid, krb5_config=conf(realm))
 
 
+def _during_renewal_exchange(monkeypatch: pytest.MonkeyPatch, action) -> None:
+    """Make ``action`` run (as root, on its own thread) while renew's KDC exchange is in flight.
+
+    The exchange runs as the user, and a thread inherits its creator's per-thread credentials:
+    the action's thread is started here, beforehand, and woken from inside the exchange.
+    """
+    real, go, done = ccache.renewed_creds, threading.Event(), threading.Event()
+    failed: list[BaseException] = []
+
+    def worker() -> None:
+        go.wait(30)
+        try:
+            action()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            failed.append(exc)
+        finally:
+            done.set()
+
+    def exchange_then_action(*args: object) -> object:
+        creds = real(*args)  # the KDC has answered; the new cache is not written yet
+        go.set()
+        assert done.wait(30)
+        if failed:
+            raise failed[0]
+        return creds
+
+    threading.Thread(target=worker, daemon=True).start()
+    monkeypatch.setattr(ccache, "renewed_creds", exchange_then_action)
+
+
+def _primary(ku: KdcUser, realm: Realm) -> str:
+    ctx = plumbing.context(conf(realm))
+    with plumbing.as_user(ku.uid, ku.gid):
+        return ccache.primary_name(ctx, ccache.collection_name(ku.uid))
+
+
+def test_a_renewal_leaves_primary_to_a_login_made_during_its_exchange(realm, kdc_user, monkeypatch):
+    """A new login's ticket becomes primary while the old one's renewal waits for the KDC: the
+    renewal must not take the primary back for the ticket that login replaced."""
+    old = acquire(kdc_user, realm, lifetime=45)
+    login: list[ccache.TicketInfo] = []
+    _during_renewal_exchange(monkeypatch, lambda: login.append(acquire(kdc_user, realm)))
+    renewed = ccache.renew(old.ccache, kdc_user.uid, kdc_user.gid, krb5_config=conf(realm))
+    assert login and login[0].replaced == old.ccache
+    assert _primary(kdc_user, realm) == login[0].ccache != renewed.ccache
+    assert not renewed.primary
+
+
+def test_a_renewal_keeps_primary_on_its_cache_when_the_user_switched_to_it_meanwhile(
+        realm, kdc_user, monkeypatch):
+    """The user kswitches to a cache while its renewal waits for the KDC: the renewed cache must
+    become primary, or the primary names the old one, destroyed after the grace (klist fails)."""
+    old = acquire(kdc_user, realm, lifetime=45)
+    user_kinit(kdc_user, realm)
+    mine = f"KEYRING:persistent:{kdc_user.uid}:krb_ccache_mine"
+    r = kdc_user.user.run(["kswitch", "-c", mine], env=realm.env)
+    assert r.returncode == 0 and _primary(kdc_user, realm) == mine, r.stderr
+
+    def switch_back() -> None:
+        r = kdc_user.user.run(["kswitch", "-c", old.ccache], env=realm.env)
+        assert r.returncode == 0, r.stderr
+
+    _during_renewal_exchange(monkeypatch, switch_back)
+    renewed = ccache.renew(old.ccache, kdc_user.uid, kdc_user.gid, krb5_config=conf(realm))
+    ccache.flush_deferred()  # the grace is over: the old cache is destroyed
+    assert _primary(kdc_user, realm) == renewed.ccache and renewed.primary
+    assert klist_s(kdc_user, realm) == 0
+
+
 def _reader(ku: KdcUser, realm: Realm) -> subprocess.Popen[str]:
     """`klist -s` as the user in a tight loop until SIGTERM; then prints "ok fail"."""
     script = ('ok=0; fail=0; trap \'echo "$ok $fail"; exit 0\' TERM; '

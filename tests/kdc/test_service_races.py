@@ -34,10 +34,14 @@ _GONE_OPENER = r"""
 import json, os, sys, _socket
 from pam_keyinit_py import protocol as P
 path, msg = sys.argv[1], json.loads(sys.argv[2])
+auth = json.loads(sys.stdin.readline())  # the login's auth (it holds the password: not in argv)
 r, w = os.pipe()
 opener = os.fork()
 if opener == 0:
-    # The opener connects (SO_PEERCRED records its pid), hands the socket to a child, and exits.
+    # The opener authenticates, as sshd's monitor does for a password login (only an open of the
+    # auth's process family claims its pending ticket) ...
+    assert P.request(auth, path)["ok"]
+    # ... connects (SO_PEERCRED records its pid), hands the socket to a child, and exits.
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     sock.connect(path)
     if os.fork() == 0:
@@ -56,10 +60,11 @@ os.write(w, b"x")
 def test_open_from_an_opener_already_gone_is_ended(ticketd, svc_user):
     """No close can come from a dead opener and the reaper cannot watch it: the session is ended
     at once (with the login's pending ticket) and the caller gets an error."""
-    assert svc_user.auth(ticketd)["ok"]
+    auth = {"op": "auth", "user": svc_user.name, "uid": svc_user.uid, "gid": svc_user.gid,
+            "password": svc_user.password}
     msg = {"op": "open", "user": svc_user.name, "uid": svc_user.uid, "gid": svc_user.gid}
     out = subprocess.run([str(VENV_BIN / "python"), "-c", _GONE_OPENER, ticketd.socket, json.dumps(msg)],
-                         capture_output=True, text=True, timeout=30)
+                         input=json.dumps(auth) + "\n", capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     opener, reply = out.stdout.splitlines()
     reply = json.loads(reply)

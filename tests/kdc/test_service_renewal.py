@@ -163,6 +163,41 @@ def test_keytab_entry_is_kept_fresh_as_the_user(realm, svc_user, user_krb5):
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def test_keytab_entries_and_a_login_of_one_uid_keep_each_others_tickets(realm, svc_user):
+    """Two [[keytab]] principals kept in one uid's collection, and a password login of that uid: each
+    acquisition retires only its own earlier cache, never another one the service tracks (a keytab
+    entry's cache was destroyed by the next entry's, or by the login's, after the grace)."""
+    directory = td.public_tmpdir("pkd-keytabs-")
+    services = [realm.add_principal(f"svc{i}-{svc_user.name}/localhost", None, maxlife="30s") for i in (1, 2)]
+    entries = [{"principal": s, "keytab": str(realm.keytab(s, directory / f"svc{i}.keytab")),
+                "uid": svc_user.uid} for i, s in enumerate(services)]
+    daemon = TicketD(directory, realm.env, **{**TEST_CONFIG, "renew_grace": 0.2}, keytab=entries)
+    daemon.start()
+    try:
+        daemon.wait_for(lambda: {t["principal"] for t in _tickets(daemon, svc_user.uid)} == set(services), 15,
+                        "both keytab entries' first TGT")
+        assert svc_user.auth(daemon)["ok"]
+        time.sleep(1.0)  # past the grace of whatever the login retired
+        from pam_keyinit_py.tickets import ccache  # krb5_cccol_cursor as the user (klist -l cuts names)
+
+        def held() -> list[str]:
+            caches = ccache.list_caches(svc_user.uid, krb5_config=str(realm.krb5_conf))
+            return sorted(i.principal for i in caches)
+
+        everyone = sorted([*services, svc_user.principal])
+        assert held() == everyone, (held(), daemon.log())
+        assert sorted(t["principal"] for t in _tickets(daemon, svc_user.uid)) == everyone
+        # Each entry's next TGT replaces its own earlier cache, whichever cache is primary then
+        # (the earlier generation was left behind, untracked, until its ticket ended).
+        daemon.wait_for(lambda: all(t["renewed"] >= 1 for t in _tickets(daemon, svc_user.uid)
+                                    if t["origin"] == "keytab"), 20, "each keytab entry's next TGT")
+        time.sleep(1.0)
+        assert held() == everyone, (held(), daemon.log())
+    finally:
+        daemon.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def test_user_cli_status_renew_tickets(ticketd, svc_user):
     svc_user.auth(ticketd)
     holder = SessionHolder(ticketd, svc_user.user)

@@ -11,6 +11,7 @@ import inspect
 import json
 import logging
 import os
+import subprocess
 import time
 
 import pytest
@@ -91,6 +92,48 @@ def test_the_first_logout_keeps_a_second_login_still_between_auth_and_open(make,
     assert svc.pending[UID].logins == 1  # the second login's open is still to come
     assert svc.close(ROOT, UID)["cleared"] == []
     assert krb.destroyed == [] and {first, second} <= set(svc.tickets)
+
+
+def test_a_session_no_auth_preceded_claims_no_login_still_between_auth_and_open(make, krb) -> None:
+    """auth (login A), then a session without auth (an ssh key login) opens and closes, then A's
+    session opens: A's ticket must survive the other login's logout.  It was claimed by the keyless
+    open, so that login's logout cleared it before A's session opened."""
+    svc = make()
+    # A's auth ran in a child of A's opener (this process), as sshd's keyboard-interactive PAM does;
+    # the other login's opener is another child of it (sshd's listener forks every monitor).
+    child, keyless = subprocess.Popen(["sleep", "60"]), subprocess.Popen(["sleep", "60"])
+    try:
+        name = svc.auth(Peer(child.pid, 0), "u", UID, UID, "pw")["ccache"]
+        other = Peer(keyless.pid, 0)
+        assert svc.open(other, "u", UID, UID)["ok"] and svc.pending[UID].logins == 1
+        assert svc.close(other, UID) == P.reply_ok(sessions=0, cleared=[])
+        assert krb.destroyed == [] and name in svc.tickets
+    finally:
+        for proc in (child, keyless):
+            proc.kill()
+            proc.wait()
+    assert svc.open(ROOT, "u", UID, UID)["ok"] and UID not in svc.pending  # A's own open claims it
+    assert svc.close(ROOT, UID)["cleared"] == [name]
+
+
+def test_an_open_from_the_parent_of_the_auths_sender_claims_the_login(make, krb, tmp_path) -> None:
+    """sshd with keyboard-interactive authentication runs PAM's auth in a child of the monitor and
+    opens the session in the monitor: the auth's sender's parent claims the login.  The pids are
+    in the state file: a restarted service matches the same way."""
+    svc = make()
+    child = subprocess.Popen(["sleep", "60"])  # the auth child; this test process is its monitor
+    try:
+        assert svc.auth(Peer(child.pid, 0), "u", UID, UID, "pw")["ok"]
+    finally:
+        child.kill()
+        child.wait()
+    assert svc.pending[UID].auths == [(child.pid, os.getpid())]
+    with svc.lock:
+        statefile.save(str(tmp_path / "state.json"), *svc._snapshot())
+    restored = make()
+    restored.restore()
+    assert restored.pending[UID].auths == [(child.pid, os.getpid())]
+    assert restored.open(ROOT, "u", UID, UID)["ok"] and UID not in restored.pending
 
 
 @pytest.mark.parametrize(("exc", "code", "text"), [
