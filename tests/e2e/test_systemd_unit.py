@@ -343,16 +343,20 @@ def test_k5login_in_home_is_honoured(service: sd.SystemdContainer, realm,  # noq
     k5login.write_text(f"nobody-else@{realm.realm}\n")
     os.chown(k5login, host_user.uid, host_user.gid)
 
-    def pamtester() -> subprocess.CompletedProcess[str]:
-        return service.run(["pamtester", "-v", "pkk-login", name, "authenticate", "acct_mgmt"],
+    def pamtester(*calls: str) -> subprocess.CompletedProcess[str]:
+        return service.run(["pamtester", "-v", "pkk-login", name, "authenticate", "acct_mgmt", *calls],
                            input=password + "\n", check=False)
 
     refused = pamtester()
     assert refused.returncode != 0 and "acct_mgmt" in refused.stderr, refused.stdout + refused.stderr
     assert "may not log in to it" in _journal(service)
     k5login.unlink()
-    allowed = pamtester()
+    # The whole login, its session too: an auth no session follows stays pending (its TGT held)
+    # for pending_auth_timeout, past this test, under the uid the next test's user gets.
+    service.write(RELEASE, "")  # the probe of pkk-login's session returns at once
+    allowed = pamtester("open_session", "close_session")
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr + _journal(service)
+    _wait("the caches cleared at logout", lambda: persistent_caches(host_user.uid) == {}, 15, service)
 
 
 def _journal_json(box: sd.SystemdContainer, *match: str) -> list[dict[str, Any]]:
