@@ -56,7 +56,7 @@ class Clearing(Core):
         """
         with self.lock:
             p = self.pending.get(uid)
-            if p is None or not p.claim(sender):
+            if p is None or p.claim(sender) is None:
                 return
             if p.logins > 0:
                 self.save()

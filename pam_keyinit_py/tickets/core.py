@@ -93,41 +93,57 @@ _json_values = operator.attrgetter(*_JSON_FIELDS)
 class Pending:
     """Caches acquired at ``auth`` for a uid that no session has claimed yet.
 
-    ``auths`` holds one (pid, parent pid) per auth not yet followed by an ``open``: with two
-    logins of one user in flight, the first open must not take the entry (and the first logout
-    then clear the second login's cache before its session opens; the 100-login load test hit
-    it).  Only an open from the process that sent the auth (sshd's monitor with password
+    ``auths`` holds one (pid, parent pid, cache) per auth not yet followed by an ``open``: with
+    two logins of one user in flight, the first open must not take the entry (and the first
+    logout then clear the second login's cache before its session opens; the 100-login load test
+    hit it).  Only an open from the process that sent the auth (sshd's monitor with password
     authentication, pamtester, su), from its parent (the monitor, when keyboard-interactive
     authentication ran PAM in a child) or from a child of it claims a login: a session no auth
     of this service preceded (an ssh key, GSSAPI) claims none, or its logout cleared a login's
     cache before that login's session opened.  Pid 0 (a state file without pids) is claimed by
     any open.
+
+    ``ccaches`` are the caches held until a session claims them or the deadline passes.  An
+    open that claims one auth while others wait releases that auth's own cache (:meth:`release`):
+    the session now holds it, and its logout clears it even while another auth of the uid (an
+    ssh client gone after authenticating, an auth-only PAM check) still waits.
     """
 
     gid: int
     deadline: float
     ccaches: set[str] = field(default_factory=set)
-    auths: list[tuple[int, int]] = field(default_factory=list)
+    auths: list[tuple[int, int, str]] = field(default_factory=list)
 
     @property
     def logins(self) -> int:
         """The auths not yet followed by an open."""
         return len(self.auths)
 
-    def claim(self, pid: int, parent: Callable[[], int] = lambda: 0) -> bool:
+    def claim(self, pid: int, parent: Callable[[], int] = lambda: 0) -> tuple[int, int, str] | None:
         """Take an auth that process ``pid`` may claim: one it sent, its child sent, or its parent
-        sent (``parent()`` gives its parent pid, read only when nothing else matched); False if none."""
-        for i, (sender, senders_parent) in enumerate(self.auths):
-            if sender in (0, pid) or senders_parent == pid:
-                del self.auths[i]
-                return True
+        sent (``parent()`` gives its parent pid, read only when nothing else matched); None if none."""
+        for i, auth in enumerate(self.auths):
+            if auth[0] in (0, pid) or auth[1] == pid:
+                return self.auths.pop(i)
         if self.auths:
             ppid = parent()
-            for i, (sender, _senders_parent) in enumerate(self.auths):
-                if sender == ppid != 0:
-                    del self.auths[i]
-                    return True
-        return False
+            for i, auth in enumerate(self.auths):
+                if auth[0] == ppid != 0:
+                    return self.auths.pop(i)
+        return None
+
+    def release(self, name: str) -> None:
+        """A claimed auth's cache is its session's now: held no longer, unless a waiting auth names it."""
+        if all(auth[2] != name for auth in self.auths):
+            self.ccaches.discard(name)
+
+    def rename(self, old: str, new: str | None) -> None:
+        """A held cache was replaced by ``new`` (a renewal's new cache; None: by nothing)."""
+        if old in self.ccaches:
+            self.ccaches.discard(old)
+            if new is not None:
+                self.ccaches.add(new)
+        self.auths = [(pid, ppid, (new or "") if name == old else name) for pid, ppid, name in self.auths]
 
 
 class Core:
@@ -219,7 +235,7 @@ class Core:
         with self.lock:
             t = self.tickets.pop(name, None)
             for p in self.pending.values():
-                p.ccaches.discard(name)
+                p.rename(name, None)
             if t is not None:
                 self.save()
         self.scheduler.cancel(("renew", name))

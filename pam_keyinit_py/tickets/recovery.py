@@ -43,8 +43,8 @@ class Recovery(Adoption, Clearing):
                 try:
                     auths = raw.get("auths")
                     p = Pending(int(raw["gid"]), float(raw["deadline"]), set(raw["ccaches"]),
-                                [(int(a), int(b)) for a, b in auths] if auths is not None
-                                else [(0, 0)] * int(raw.get("logins", 1)))
+                                [(int(a), int(b), str(c)) for a, b, c in auths] if auths is not None
+                                else [(0, 0, "")] * int(raw.get("logins", 1)))
                     self.pending[int(raw["uid"])] = p
                 except (KeyError, TypeError, ValueError):
                     continue
@@ -118,8 +118,5 @@ class Recovery(Adoption, Clearing):
                         t.update(heir)
                         self.tickets[heir.ccache] = t
                     for p in self.pending.values():
-                        if name in p.ccaches:
-                            p.ccaches.discard(name)
-                            if heirs:
-                                p.ccaches.add(t.ccache)
+                        p.rename(name, t.ccache if heirs else None)
                 self.save()

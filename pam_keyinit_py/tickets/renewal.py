@@ -124,9 +124,7 @@ class Renewal(Core):
                 t.ccache = info.ccache
                 self.tickets[info.ccache] = t
                 for p in self.pending.values():
-                    if name in p.ccaches:
-                        p.ccaches.discard(name)
-                        p.ccaches.add(info.ccache)
+                    p.rename(name, info.ccache)
             t.update(info)
             t.attempts = 0
             t.renewed += 1

@@ -168,7 +168,7 @@ class Service(Recovery):
                 p = self.pending[uid] = Pending(gid, 0.0)
             p.deadline = time.time() + cfg.pending_auth_timeout
             p.ccaches.add(t.ccache)
-            p.auths.append((sender, parent))
+            p.auths.append((sender, parent, t.ccache))
             self.save()
         self.scheduler.schedule(("pending", uid), p.deadline, partial(self._pending_expired, uid))
         self._schedule_renewal(t)
@@ -276,9 +276,13 @@ class Service(Recovery):
             session = self.sessions.add(uid, gid, user, pid, pid_start, time.time())
             p = self.pending.get(uid)
             if p is not None:
-                if not p.claim(pid, partial(statefile.process_parent, pid)) or p.logins > 0:
+                claimed = p.claim(pid, partial(statefile.process_parent, pid))
+                if claimed is None or p.logins > 0:
                     # No auth of this opener (an ssh key, GSSAPI), or another login of the uid is
-                    # between auth and open: the pending caches stay held.
+                    # between auth and open: the caches of the waiting auths stay held, but not
+                    # this login's own (this session's logout clears it).
+                    if claimed is not None:
+                        p.release(claimed[2])
                     p = None
                 else:
                     del self.pending[uid]

@@ -86,12 +86,32 @@ def test_clear_on_logout_decides_what_the_last_logout_destroys(make, krb, policy
 
 
 def test_the_first_logout_keeps_a_second_login_still_between_auth_and_open(make, krb) -> None:
+    """Two auths, one open: the open claims the first auth, whose cache its logout clears; the
+    second login's cache stays held for that login's own open."""
     svc = make()
     first, second = _auth(svc)["ccache"], _auth(svc)["ccache"]
     assert svc.open(ROOT, "u", UID, UID)["ok"]
     assert svc.pending[UID].logins == 1  # the second login's open is still to come
-    assert svc.close(ROOT, UID)["cleared"] == []
-    assert krb.destroyed == [] and {first, second} <= set(svc.tickets)
+    assert svc.pending[UID].ccaches == {second}
+    assert svc.close(ROOT, UID)["cleared"] == [first]
+    assert krb.destroyed == [first] and second in svc.tickets
+    assert svc.open(ROOT, "u", UID, UID)["ok"] and UID not in svc.pending
+    assert svc.close(ROOT, UID)["cleared"] == [second]
+
+
+def test_a_logout_clears_its_own_login_while_an_auth_of_another_process_waits(make, krb) -> None:
+    """An auth no session followed (an ssh client gone after authenticating, an auth-only PAM
+    check) waits for pending_auth_timeout; a later login of the uid, from another process, opens
+    and closes meanwhile: its logout clears its own cache, not the waiting auth's.  It cleared
+    neither (the waiting auth held every cache of the uid until its deadline)."""
+    svc = make()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    waiting = svc.auth(Peer(gone.pid, 0), "u", UID, UID, "pw")["ccache"]
+    mine = _auth(svc)["ccache"]
+    assert svc.open(ROOT, "u", UID, UID)["ok"] and svc.pending[UID].ccaches == {waiting}
+    assert svc.close(ROOT, UID)["cleared"] == [mine]
+    assert krb.destroyed == [mine] and waiting in svc.tickets and svc.pending[UID].logins == 1
 
 
 def test_a_session_no_auth_preceded_claims_no_login_still_between_auth_and_open(make, krb) -> None:
@@ -127,12 +147,13 @@ def test_an_open_from_the_parent_of_the_auths_sender_claims_the_login(make, krb,
     finally:
         child.kill()
         child.wait()
-    assert svc.pending[UID].auths == [(child.pid, os.getpid())]
+    name = svc.pending[UID].auths[0][2]
+    assert svc.pending[UID].auths == [(child.pid, os.getpid(), name)] and svc.pending[UID].ccaches == {name}
     with svc.lock:
         statefile.save(str(tmp_path / "state.json"), *svc._snapshot())
     restored = make()
     restored.restore()
-    assert restored.pending[UID].auths == [(child.pid, os.getpid())]
+    assert restored.pending[UID].auths == [(child.pid, os.getpid(), name)]
     assert restored.open(ROOT, "u", UID, UID)["ok"] and UID not in restored.pending
 
 
