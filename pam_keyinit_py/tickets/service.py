@@ -159,11 +159,14 @@ class Service(Recovery):
         with self.lock:
             t = self._track(info, gid, LOGIN)
             replaced = getattr(info, "replaced", "")
+            p = self.pending.get(uid)
             if replaced and replaced != t.ccache and replaced in self.tickets:
                 # Retired by this switch and destroyed after the grace: tracking it would only
                 # grow the state every request commits, and schedule a renewal that must fail.
+                # A login still waiting for its session has its TGT in the new primary now.
+                if p is not None:
+                    p.rename(replaced, t.ccache)
                 self._untrack(replaced)
-            p = self.pending.get(uid)
             if p is None:
                 p = self.pending[uid] = Pending(gid, 0.0)
             p.deadline = time.time() + cfg.pending_auth_timeout

@@ -28,6 +28,8 @@ class Info:
     service: bool = True
     validated: str = ""
     warnings: tuple[str, ...] = ()
+    #: The service-made cache of the same principal this one retired (cachestore.install).
+    replaced: str = ""
 
 
 @dataclass
@@ -40,6 +42,9 @@ class FakeKrb:
     kuserok_answer: bool = True
     #: The client name the KDC answers with (canonicalize), when set; else the asked principal.
     kdc_name: str = ""
+    #: acquire_password retires the uid's newest service cache of the same principal, as the real
+    #: install does with the collection's primary (the cache stays until the service destroys it).
+    retire: bool = False
     _ids: Any = field(default_factory=lambda: itertools.count(1))
 
     def _maybe_fail(self, op: str) -> None:
@@ -63,7 +68,13 @@ class FakeKrb:
         if meanwhile is not None:  # as plumbing.bounded: while the exchange is in flight
             meanwhile()
         self._maybe_fail("acquire_password")
-        return self._new(uid, self.kdc_name or principal)
+        name = self.kdc_name or principal
+        earlier = [i.ccache for i in self.caches.values()
+                   if i.uid == uid and i.principal == name and i.service]
+        info = self._new(uid, name)
+        if self.retire and earlier:
+            info.replaced = earlier[-1]
+        return info
 
     def acquire_keytab(self, principal: str, keytab: str, uid: int, gid: int, ccache: str | None) -> Info:
         self._maybe_fail("acquire_keytab")

@@ -136,6 +136,29 @@ def test_a_session_no_auth_preceded_claims_no_login_still_between_auth_and_open(
     assert svc.close(ROOT, UID)["cleared"] == [name]
 
 
+def test_a_later_login_of_one_principal_leaves_its_cache_to_an_earlier_login_still_waiting(make, krb) -> None:
+    """Two logins of one principal: the second auth retires the first's cache (the TGT of both is
+    the new primary now).  The second login opens and closes before the first opens: its logout
+    must leave that cache, which the first login's session, still to open, uses.  Releasing the
+    second login's own cache at its open cleared it then, and the first login opened with none."""
+    krb.retire = True
+    svc = make()
+    # The first login's process (another sshd monitor): neither this process's child nor parent.
+    earlier = Peer(int(subprocess.run(["sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!"], check=True,
+                                      capture_output=True, text=True).stdout), 0)
+    try:
+        first = svc.auth(earlier, "u", UID, UID, "pw")["ccache"]
+        second = _auth(svc)["ccache"]
+        assert first not in svc.tickets and svc.pending[UID].ccaches == {second}  # retired
+        assert svc.open(ROOT, "u", UID, UID)["ok"] and svc.pending[UID].logins == 1
+        assert svc.close(ROOT, UID)["cleared"] == []
+        assert second in svc.tickets and second not in krb.destroyed
+        assert svc.open(earlier, "u", UID, UID)["ok"] and UID not in svc.pending
+        assert svc.close(earlier, UID)["cleared"] == [second]
+    finally:
+        os.kill(earlier.pid, 9)
+
+
 def test_an_open_from_the_parent_of_the_auths_sender_claims_the_login(make, krb, tmp_path) -> None:
     """sshd with keyboard-interactive authentication runs PAM's auth in a child of the monitor and
     opens the session in the monitor: the auth's sender's parent claims the login.  The pids are
