@@ -215,10 +215,10 @@ def install(ctx: krb5.Context, target: str, princ: krb5.Principal, creds: krb5.C
     krb_ccache:primary), and only then retire ``replace`` (handed to ``reaper`` for ``grace``
     seconds; destroyed at once when ``grace`` is 0).  With ``retire_service_primary``,
     ``replace`` is the collection's primary if this service made it for ``princ``
-    (:func:`_service_primary`),
-    looked up in the same switch to the user.  Otherwise, when ``replace`` is a KEYRING cache,
-    the new cache becomes primary exactly when ``replace`` is the primary at the switch
-    (``make_primary`` is then decided there).  ``TicketInfo.replaced`` names what was retired.
+    (:func:`_service_primary`), looked up in the same switch to the user.  Otherwise, when
+    ``replace`` is a KEYRING cache, the new cache becomes primary exactly when ``replace`` is the
+    primary at the switch (``make_primary`` is then decided there).  ``TicketInfo.replaced``
+    names what was retired.
     """
     with as_user(uid, gid):
         if retire_service_primary:
