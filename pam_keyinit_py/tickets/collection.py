@@ -37,6 +37,16 @@ def describe(key: int) -> tuple[bytes, bytes]:
     return info.type_bytes, info.description_bytes
 
 
+def _describe_live(key: int) -> tuple[bytes, bytes] | None:
+    """:func:`describe`, or None for a key destroyed meanwhile (:data:`GONE`); other OSErrors propagate."""
+    try:
+        return describe(key)
+    except OSError as exc:
+        if exc.errno in GONE:
+            return None
+        raise
+
+
 @contextmanager
 def cache_keyrings(uid: int) -> Iterator[list[tuple[bytes, int]]]:
     """(description, serial) of each cache keyring in ``uid``'s persistent collection.
@@ -52,22 +62,12 @@ def cache_keyrings(uid: int) -> Iterator[list[tuple[bytes, int]]]:
     try:
         found: list[tuple[bytes, int]] = []
         for krb in keyutils.keyring_ids(ring):
-            try:
-                if describe(krb) != (b"keyring", COLLECTION_KEYRING):
-                    continue
-            except OSError as exc:
-                if exc.errno in GONE:
-                    continue
-                raise
+            if _describe_live(krb) != (b"keyring", COLLECTION_KEYRING):
+                continue
             for cache in keyutils.keyring_ids(krb):
-                try:
-                    ctype, cdesc = describe(cache)
-                except OSError as exc:
-                    if exc.errno in GONE:
-                        continue  # a cache destroyed under us
-                    raise
-                if ctype == b"keyring":
-                    found.append((cdesc, cache))
+                described = _describe_live(cache)
+                if described is not None and described[0] == b"keyring":
+                    found.append((described[1], cache))
         yield found
     finally:
         try:
