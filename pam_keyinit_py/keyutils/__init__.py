@@ -35,18 +35,16 @@ from .calls import (
     set_reqkey_keyring,
     set_timeout,
     setperm,
-    unlink,
-    update,
-    version,
-    watch_key,
-)
-from .creds import (
     thread_credentials,
     thread_setgroups,
     thread_setregid,
     thread_setresgid,
     thread_setresuid,
     thread_setreuid,
+    unlink,
+    update,
+    version,
+    watch_key,
 )
 
 # Constants of <keyutils.h> / <linux/keyctl.h>, as plain ints.  They live here, not in a module
