@@ -55,6 +55,7 @@ int pk_init_creds_answered(const char *profile_path, const char *principal, int 
 SOURCE = r"""
 #include <krb5/krb5.h>
 #include <profile.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,6 +82,84 @@ static krb5_error_code pk_context(const char *profile_path, krb5_context *ctx)
     ret = krb5_init_context_profile(profile, 0, ctx);
     profile_release(profile);
     return ret;
+}
+
+/* This thread's context for `profile_path`, kept for the thread's next call (the service's KDC
+ * helper threads are reused) and freed when the thread ends.  Making one costs a profile parse
+ * and libkrb5's plugin set-up on every call; pykrb5's callers keep one per thread too
+ * (tickets/plumbing.context).  libkrb5 re-reads a profile file whose mtime changed, so a kept
+ * context still sees an edited krb5.conf.  Free it with pk_release, never krb5_free_context. */
+struct pk_kept { krb5_context ctx; char *path; };
+static pthread_key_t pk_kept_key;
+static pthread_once_t pk_kept_once = PTHREAD_ONCE_INIT;
+static int pk_kept_ok;
+
+static void pk_kept_free(void *p)
+{
+    struct pk_kept *kept = p;
+
+    if (kept == NULL)
+        return;
+    if (kept->ctx != NULL)
+        krb5_free_context(kept->ctx);
+    free(kept->path);
+    free(kept);
+}
+
+static void pk_kept_key_make(void)
+{
+    pk_kept_ok = pthread_key_create(&pk_kept_key, pk_kept_free) == 0;
+}
+
+static struct pk_kept *pk_kept_get(void)
+{
+    if (pthread_once(&pk_kept_once, pk_kept_key_make) != 0 || !pk_kept_ok)
+        return NULL;
+    return pthread_getspecific(pk_kept_key);
+}
+
+static int pk_same_path(const char *a, const char *b)
+{
+    return a == NULL ? b == NULL : b != NULL && strcmp(a, b) == 0;
+}
+
+static krb5_error_code pk_thread_context(const char *profile_path, krb5_context *ctx)
+{
+    struct pk_kept *kept = pk_kept_get();
+    krb5_error_code ret;
+
+    if (kept != NULL && pk_same_path(kept->path, profile_path)) {
+        *ctx = kept->ctx;
+        krb5_clear_error_message(*ctx);
+        return 0;
+    }
+    ret = pk_context(profile_path, ctx);
+    if (ret || !pk_kept_ok)
+        return ret;
+    /* Keep the new one in place of the old (another profile path: tests use several). */
+    kept = calloc(1, sizeof(*kept));
+    if (kept == NULL || (profile_path != NULL && (kept->path = strdup(profile_path)) == NULL)) {
+        if (kept != NULL)
+            free(kept->path);
+        free(kept);
+        return 0;  /* not kept: pk_release frees it */
+    }
+    kept->ctx = *ctx;
+    pk_kept_free(pthread_getspecific(pk_kept_key));
+    if (pthread_setspecific(pk_kept_key, kept) != 0) {
+        kept->ctx = NULL;
+        pk_kept_free(kept);
+    }
+    return 0;
+}
+
+/* Free a context from pk_thread_context unless it is the one this thread keeps. */
+static void pk_release(krb5_context ctx)
+{
+    struct pk_kept *kept = pk_kept_ok ? pthread_getspecific(pk_kept_key) : NULL;
+
+    if (ctx != NULL && (kept == NULL || kept->ctx != ctx))
+        krb5_free_context(ctx);
 }
 
 /* krb5_marshal_credentials of `creds` into a malloc'd copy (*out, freed with pk_free). */
@@ -380,7 +459,7 @@ static int pk_verify_marshalled(const unsigned char *data, size_t len, const cha
         err[0] = '\0';
     if (server_outlen)
         server_out[0] = '\0';
-    ret = pk_context(profile_path, &ctx);
+    ret = pk_thread_context(profile_path, &ctx);
     if (ret)
         return ret;
     in.magic = KV5M_DATA;
@@ -420,7 +499,7 @@ out:
         krb5_free_principal(ctx, sprinc);
     if (creds != NULL)
         krb5_free_creds(ctx, creds);
-    krb5_free_context(ctx);
+    pk_release(ctx);
     return ret;
 }
 
@@ -441,7 +520,7 @@ static int pk_renew_marshalled(const char *ccname, const char *profile_path,
     *outlen = 0;
     if (errlen)
         err[0] = '\0';
-    ret = pk_context(profile_path, &ctx);
+    ret = pk_thread_context(profile_path, &ctx);
     if (ret)
         return ret;
     ret = krb5_cc_resolve(ctx, ccname, &cc);
@@ -463,7 +542,7 @@ out:
         krb5_free_principal(ctx, princ);
     if (cc != NULL)
         krb5_cc_close(ctx, cc);
-    krb5_free_context(ctx);
+    pk_release(ctx);
     return ret;
 }
 /* krb5_get_init_creds_password for `principal` (parsed as an enterprise name with `enterprise`),
@@ -500,7 +579,7 @@ int pk_init_creds_answered(const char *profile_path, const char *principal, int 
     *used = *restarted = *asked_count = 0;
     if (errlen)
         err[0] = '\0';
-    ret = pk_context(profile_path, &ctx);
+    ret = pk_thread_context(profile_path, &ctx);
     if (ret)
         return ret;
     ret = krb5_parse_name_flags(ctx, principal, enterprise ? KRB5_PRINCIPAL_PARSE_ENTERPRISE : 0,
@@ -538,7 +617,7 @@ out:
         krb5_get_init_creds_opt_free(ctx, opt);
     if (princ != NULL)
         krb5_free_principal(ctx, princ);
-    krb5_free_context(ctx);
+    pk_release(ctx);
     return ret;
 }
 """
