@@ -139,6 +139,20 @@ def test_passwd_mismatched_retype_changes_nothing(pamwrap, kadmind, ticketd, svc
     assert kinit_ok(kadmind, svc_user.principal, svc_user.password)
 
 
+@pytest.mark.parametrize("silent", [False, True], ids=["flags-0", "PAM_SILENT"])
+def test_passwd_under_pam_silent_still_prompts_but_shows_no_message(pamwrap, kadmind, ticketd, svc_user,
+                                                                     silent):
+    """PAM_SILENT (passwd -q, or any application that asks for it) drops the hook's PAM_ERROR_MSG,
+    as pam_krb5's pamk5_conv and pam_unix drop theirs; the prompts are questions, and still come."""
+    service = pamwrap.service("pkb-passwd-silent", stack(pamwrap, ticketd.socket))
+    op = "chauthtok(PAM_SILENT)" if silent else "chauthtok"
+    res = pamtester(pamwrap, service, svc_user.name, ["wrong-" + svc_user.password], op)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and STRERROR["authtok_recovery_err"] in out, out
+    assert "Current Kerberos password: " in out, out
+    assert ("Current Kerberos password incorrect" in out) is not silent, out
+
+
 # ------------------------------------------------------------------ expired passwords
 
 def test_expired_password_authenticates_then_account_requires_a_change(pamwrap, kadmind, ticketd, svc_user):
@@ -151,6 +165,24 @@ def test_expired_password_authenticates_then_account_requires_a_change(pamwrap, 
     expected = (f"auth {svc_user.principal} (uid {svc_user.uid}): "
                 "password expired (the password itself is right)")
     assert expected in ticketd.log()
+
+
+@pytest.mark.parametrize("silent", [False, True], ids=["flags-0", "PAM_SILENT"])
+def test_change_at_login_under_pam_silent_asks_without_the_expiry_notice(pamwrap, kadmind, ticketd,
+                                                                         svc_user, silent):
+    """The change of an expired password at login: its PAM_TEXT_INFO notice is dropped under
+    PAM_SILENT, and the three prompts still come and change the password."""
+    kadmind.modify_principal(svc_user.principal, "+needchange")
+    service = pamwrap.service("pkb-expired-silent", stack(pamwrap, ticketd.socket))
+    flags = "PAM_CHANGE_EXPIRED_AUTHTOK|PAM_SILENT" if silent else "PAM_CHANGE_EXPIRED_AUTHTOK"
+    new = new_password()
+    res = pamtester(pamwrap, service, svc_user.name, [svc_user.password, svc_user.password, new, new],
+                    "authenticate", f"chauthtok({flags})")
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out + ticketd.log()
+    assert "Current Kerberos password: " in out and "Retype new Kerberos password: " in out, out
+    assert ("Password expired.  You must change it now." in out) is not silent, out
+    assert kinit_ok(kadmind, svc_user.principal, new)
 
 
 def test_expired_principal_with_a_wrong_password_is_refused(pamwrap, kadmind, ticketd, svc_user):
