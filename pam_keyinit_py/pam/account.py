@@ -9,9 +9,10 @@ Account (pam_krb5's rules, plus the KDC's view of the principal):
   answered it in the auth reply, so no request is needed unless it said no (then ``account``
   tells the service to drop the refused login's TGT at once) or gave no answer;
 * any other login (public key, GSSAPI, another module's password) -> the service asks the
-  KDC, without a password, whether user@REALM is locked (PAM_PERM_DENIED), expired
-  (PAM_ACCT_EXPIRED) or must change its password (PAM_NEW_AUTHTOK_REQD).  A user without a
-  principal, or a KDC/service that does not answer, is not this module's to judge: PAM_IGNORE.
+  KDC, without a password, whether the user's principal (the service's ``principal_name``) is
+  locked (PAM_PERM_DENIED), expired (PAM_ACCT_EXPIRED) or must change its password
+  (PAM_NEW_AUTHTOK_REQD).  A user without a principal, or a KDC/service that does not answer,
+  is not this module's to judge: PAM_IGNORE.
 
 Password change (PAM's two passes, as pam_krb5):
 

@@ -3,7 +3,8 @@ the service's reply codes into PAM return codes.
 
 * :func:`authenticate` gets the password (PAM_AUTHTOK from an earlier module, or a prompt
   through the application's conversation) and sends it in the service's ``auth``; the service
-  acquires the TGT for user@default_realm into KEYRING:persistent:<uid> with the user's uid,
+  acquires the TGT for the user's principal (its ``principal_name``, default user@default_realm)
+  into KEYRING:persistent:<uid> with the user's uid,
   and answers krb5_kuserok for the principal in the same reply, so acct_mgmt needs no request.
 * A question of the KDC's preauth (an OTP token value) comes back as a ``prompt`` reply: it is
   asked through the conversation (PAM_PROMPT_ECHO_OFF, or ECHO_ON for a visible one) and the
@@ -103,8 +104,9 @@ PAM_CODES: dict[str, dict[str, str]] = {
     # answer fails closed.
     "kuserok": {P.OK: "PAM_SUCCESS", P.DENIED: "PAM_PERM_DENIED", P.BAD_REQUEST: "PAM_PERM_DENIED",
                 "": "PAM_AUTHINFO_UNAVAIL"},
-    # pam_sm_acct_mgmt after another module's authentication: the KDC's view of user@REALM.  A
-    # user without a principal, or no answer, is not this module's to judge.
+    # pam_sm_acct_mgmt after another module's authentication: the KDC's view of the user's
+    # principal (the service's principal_name).  A user without a principal, or no answer, is
+    # not this module's to judge.
     "account": {P.OK: "PAM_SUCCESS", P.UNKNOWN_PRINCIPAL: "PAM_IGNORE",
                 P.PASSWORD_EXPIRED: "PAM_NEW_AUTHTOK_REQD", P.ACCOUNT_EXPIRED: "PAM_ACCT_EXPIRED",
                 P.DENIED: "PAM_PERM_DENIED", "": "PAM_IGNORE"},
