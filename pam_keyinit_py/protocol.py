@@ -27,7 +27,8 @@ at most :data:`MAX_ANSWER` bytes in UTF-8); the service runs a fresh AS exchange
 questions in order.  Answers are secrets like the password: never logged by either side.
 
 ``account`` is pam_sm_acct_mgmt's question: with ``kuserok`` (default true) may ``principal``
-(default user@default_realm) log in to ``user`` (krb5_kuserok: ~/.k5login, auth_to_local), and
+(default: the user's principal, ticketd.toml's ``principal_name``, as for ``auth`` and
+``chpass``) log in to ``user`` (krb5_kuserok: ~/.k5login, auth_to_local), and
 with ``kdc`` (default true) does the KDC still issue tickets to it (not locked, not expired,
 password not expired)?  ``chpass`` without ``new_password`` only checks ``old_password`` (an
 initial ticket for kadmin/changepw, pam_sm_chauthtok's PAM_PRELIM_CHECK); with it, the password

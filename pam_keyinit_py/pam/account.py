@@ -9,9 +9,10 @@ Account (pam_krb5's rules, plus the KDC's view of the principal):
   answered it in the auth reply, so no request is needed unless it said no (then ``account``
   tells the service to drop the refused login's TGT at once) or gave no answer;
 * any other login (public key, GSSAPI, another module's password) -> the service asks the
-  KDC, without a password, whether user@REALM is locked (PAM_PERM_DENIED), expired
-  (PAM_ACCT_EXPIRED) or must change its password (PAM_NEW_AUTHTOK_REQD).  A user without a
-  principal, or a KDC/service that does not answer, is not this module's to judge: PAM_IGNORE.
+  KDC, without a password, whether the user's principal (the service's ``principal_name``) is
+  locked (PAM_PERM_DENIED), expired (PAM_ACCT_EXPIRED) or must change its password
+  (PAM_NEW_AUTHTOK_REQD).  A user without a principal, or a KDC/service that does not answer,
+  is not this module's to judge: PAM_IGNORE.
 
 Password change (PAM's two passes, as pam_krb5):
 
@@ -27,6 +28,8 @@ Password change (PAM's two passes, as pam_krb5):
 * Users below ``minimum_uid`` (the hook tells, as ``ours``) are ignored; in the update pass the
   new password is still asked for and stored, so a later module with ``use_authtok`` (pam_unix)
   can use it.
+* Under PAM_SILENT the PAM_TEXT_INFO and PAM_ERROR_MSG messages are not sent (pam_krb5's
+  pamk5_conv); the password prompts still are.
 
 The hook has looked the user up; its never-raise wrapper catches what escapes.  stdlib and
 ``protocol`` (through ``client``) only; no password reaches a log line.
@@ -92,7 +95,7 @@ def acct_mgmt(pamh: "PamHandle", opts: "Options", user: str, pw: pwd.struct_pass
 
 # ------------------------------------------------------------------ pam_sm_chauthtok
 
-def _new_password(pamh: "PamHandle", opts: "Options", kerberos: bool = True) -> str | None:
+def _new_password(pamh: "PamHandle", flags: int, opts: "Options", kerberos: bool = True) -> str | None:
     """PAM_AUTHTOK with use_authtok; else asked twice and stored in PAM_AUTHTOK (pam_krb5's prompts).
 
     For a user that is not ours (``kerberos`` false) the prompts do not say Kerberos: the
@@ -106,7 +109,7 @@ def _new_password(pamh: "PamHandle", opts: "Options", kerberos: bool = True) -> 
         return None
     second = prompt(pamh, RETYPE_PROMPT if kerberos else PLAIN_RETYPE_PROMPT)
     if first != second:
-        _say(pamh, pamh.PAM_ERROR_MSG, "Passwords don't match")
+        _say(pamh, flags, pamh.PAM_ERROR_MSG, "Passwords don't match")
         return None
     set_item(pamh, "authtok", first)  # for a later module stacked with use_authtok
     return first
@@ -121,18 +124,18 @@ def chauthtok(pamh: "PamHandle", flags: int, opts: "Options", user: str, pw: pwd
         return int(pamh.PAM_IGNORE)  # only an expired password is changed this way
     if not ours or (login.not_ours and login.user == user):
         if update and not opts.use_authtok and not get_item(pamh, "authtok"):
-            _new_password(pamh, opts, kerberos=False)
+            _new_password(pamh, flags, opts, kerberos=False)
         return int(pamh.PAM_IGNORE)
     principal = login.principal if login.user == user else None
     base = {"op": "chpass", "user": user, "uid": pw.pw_uid, "principal": principal}
     if prelim:
-        return _check_current(pamh, opts, user, pw, login, base)
+        return _check_current(pamh, flags, opts, user, pw, login, base)
     if not update:
         return int(pamh.PAM_IGNORE)
     old = get_item(pamh, "oldauthtok")
     if not old:  # PAM_PRELIM_CHECK did not run or did not succeed: nothing proves the old one
         return int(pamh.PAM_AUTHTOK_RECOVERY_ERR)
-    new = _new_password(pamh, opts)
+    new = _new_password(pamh, flags, opts)
     if not new:
         return int(pamh.PAM_AUTHTOK_ERR)
     reply = request(opts, {**base, "old_password": old, "new_password": new}, CHPASS_TIMEOUT)
@@ -141,9 +144,9 @@ def chauthtok(pamh: "PamHandle", flags: int, opts: "Options", user: str, pw: pwd
         code = reply.get("code")
         syslog(pamh, LOG_NOTICE, f"chauthtok {user}: {reply.get('error', code)}")
         if code == P.PASSWORD_REJECTED:
-            _say(pamh, pamh.PAM_ERROR_MSG, str(reply.get("error") or "Password change rejected"))
+            _say(pamh, flags, pamh.PAM_ERROR_MSG, str(reply.get("error") or "Password change rejected"))
         elif code not in (P.BAD_PASSWORD, P.DENIED, P.ACCOUNT_EXPIRED):
-            _say(pamh, pamh.PAM_ERROR_MSG, "Kerberos password change failed; try again later")
+            _say(pamh, flags, pamh.PAM_ERROR_MSG, "Kerberos password change failed; try again later")
         return pam_code(pamh, "chpass", reply)
     syslog(pamh, LOG_NOTICE, f"chauthtok {user}: Kerberos password of {reply.get('principal')} changed")
     if not login.expired:
@@ -163,8 +166,8 @@ def chauthtok(pamh: "PamHandle", flags: int, opts: "Options", user: str, pw: pwd
     return int(pamh.PAM_SUCCESS)
 
 
-def _check_current(pamh: "PamHandle", opts: "Options", user: str, pw: pwd.struct_passwd, login: LoginState,
-                   base: dict[str, object]) -> int:
+def _check_current(pamh: "PamHandle", flags: int, opts: "Options", user: str, pw: pwd.struct_passwd,
+                   login: LoginState, base: dict[str, object]) -> int:
     """PAM_PRELIM_CHECK: the current password must get a kadmin/changepw ticket; kept in PAM_OLDAUTHTOK."""
     old = stored = get_item(pamh, "oldauthtok")
     if not old and not (login.user == user and (login.principal or login.expired)):
@@ -176,7 +179,7 @@ def _check_current(pamh: "PamHandle", opts: "Options", user: str, pw: pwd.struct
             return int(pamh.PAM_USER_UNKNOWN)
     if not old:
         if login.expired:
-            _say(pamh, pamh.PAM_TEXT_INFO, EXPIRED_TEXT)
+            _say(pamh, flags, pamh.PAM_TEXT_INFO, EXPIRED_TEXT)
         old = prompt(pamh, CURRENT_PROMPT)
     if not old or not fits(old):  # longer than 511 bytes: pam_krb5's AUTH_ERR, RECOVER_ERR here
         return int(pamh.PAM_AUTHTOK_RECOVERY_ERR)
@@ -198,7 +201,7 @@ def _check_current(pamh: "PamHandle", opts: "Options", user: str, pw: pwd.struct
     syslog(pamh, LOG_NOTICE if code == P.BAD_PASSWORD else LOG_WARNING,
            f"chauthtok {user}: {reply.get('error', code)}")
     if code == P.BAD_PASSWORD:
-        _say(pamh, pamh.PAM_ERROR_MSG, "Current Kerberos password incorrect")
+        _say(pamh, flags, pamh.PAM_ERROR_MSG, "Current Kerberos password incorrect")
     elif code in (P.KDC_UNREACHABLE, P.UNAVAILABLE):
-        _say(pamh, pamh.PAM_ERROR_MSG, "Kerberos password service unavailable; try again later")
+        _say(pamh, flags, pamh.PAM_ERROR_MSG, "Kerberos password service unavailable; try again later")
     return pam_code(pamh, "chpass_check", reply)

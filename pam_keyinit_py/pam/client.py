@@ -3,7 +3,8 @@ the service's reply codes into PAM return codes.
 
 * :func:`authenticate` gets the password (PAM_AUTHTOK from an earlier module, or a prompt
   through the application's conversation) and sends it in the service's ``auth``; the service
-  acquires the TGT for user@default_realm into KEYRING:persistent:<uid> with the user's uid,
+  acquires the TGT for the user's principal (its ``principal_name``, default user@default_realm)
+  into KEYRING:persistent:<uid> with the user's uid,
   and answers krb5_kuserok for the principal in the same reply, so acct_mgmt needs no request.
 * A question of the KDC's preauth (an OTP token value) comes back as a ``prompt`` reply: it is
   asked through the conversation (PAM_PROMPT_ECHO_OFF, or ECHO_ON for a visible one) and the
@@ -103,8 +104,9 @@ PAM_CODES: dict[str, dict[str, str]] = {
     # answer fails closed.
     "kuserok": {P.OK: "PAM_SUCCESS", P.DENIED: "PAM_PERM_DENIED", P.BAD_REQUEST: "PAM_PERM_DENIED",
                 "": "PAM_AUTHINFO_UNAVAIL"},
-    # pam_sm_acct_mgmt after another module's authentication: the KDC's view of user@REALM.  A
-    # user without a principal, or no answer, is not this module's to judge.
+    # pam_sm_acct_mgmt after another module's authentication: the KDC's view of the user's
+    # principal (the service's principal_name).  A user without a principal, or no answer, is
+    # not this module's to judge.
     "account": {P.OK: "PAM_SUCCESS", P.UNKNOWN_PRINCIPAL: "PAM_IGNORE",
                 P.PASSWORD_EXPIRED: "PAM_NEW_AUTHTOK_REQD", P.ACCOUNT_EXPIRED: "PAM_ACCT_EXPIRED",
                 P.DENIED: "PAM_PERM_DENIED", "": "PAM_IGNORE"},
@@ -242,14 +244,15 @@ def _auth_request(opts: "Options", user: str, pw: pwd.struct_passwd, password: s
     return asks or P.reply_error(P.BAD_PASSWORD, "no principal of ~/.k5login takes this password")
 
 
-def _relay_prompts(pamh: "PamHandle", opts: "Options", user: str, pw: pwd.struct_passwd, password: str,
-                   reply: "dict[str, Any]") -> "dict[str, Any]":
+def _relay_prompts(pamh: "PamHandle", flags: int, opts: "Options", user: str, pw: pwd.struct_passwd,
+                   password: str, reply: "dict[str, Any]") -> "dict[str, Any]":
     """Ask the KDC's preauth questions of a ``prompt`` reply through the conversation and send
     ``auth`` again with the answers (the first ``answered`` ones kept), up to PROMPT_ROUNDS.
 
     An answer equal to the password is never sent: sshd's PasswordAuthentication conversation
     answers every echo-off question with the password (auth-pam.c sshpam_passwd_conv), so that
-    client cannot be asked, and the password must not reach the KDC's OTP server.
+    client cannot be asked, and the password must not reach the KDC's OTP server.  The banner
+    and the messages are dropped under PAM_SILENT in ``flags``; the questions are still asked.
     """
     answers: list[str] = []
     for _ in range(PROMPT_ROUNDS):
@@ -259,10 +262,10 @@ def _relay_prompts(pamh: "PamHandle", opts: "Options", user: str, pw: pwd.struct
         answers = answers[:answered] if isinstance(answered, int) and answered >= 0 else []
         banner = reply.get("banner")
         if isinstance(banner, str) and banner:
-            say(pamh, pamh.PAM_TEXT_INFO, banner[:P.MAX_PROMPT_TEXT])
+            say(pamh, flags, pamh.PAM_TEXT_INFO, banner[:P.MAX_PROMPT_TEXT])
         asker = reply.get("principal")
         if opts.search_k5login and isinstance(asker, str) and asker.isprintable():
-            say(pamh, pamh.PAM_TEXT_INFO, f"Kerberos asks for {asker[:P.MAX_PROMPT_TEXT]}:")
+            say(pamh, flags, pamh.PAM_TEXT_INFO, f"Kerberos asks for {asker[:P.MAX_PROMPT_TEXT]}:")
         for question in prompts[:P.MAX_PROMPTS]:
             if not isinstance(question, dict):
                 return P.reply_error(P.BAD_REQUEST, "bad prompt from the service")
@@ -274,7 +277,7 @@ def _relay_prompts(pamh: "PamHandle", opts: "Options", user: str, pw: pwd.struct
                    "the answer is too long" if len(answer.encode(errors="replace")) > P.MAX_ANSWER else "")
             if why:
                 asked = text.strip()
-                say(pamh, pamh.PAM_ERROR_MSG, f"Kerberos needs an answer to \"{asked}\"; {why}")
+                say(pamh, flags, pamh.PAM_ERROR_MSG, f"Kerberos needs an answer to \"{asked}\"; {why}")
                 return P.reply_error(P.PROMPT, f"the KDC's question \"{asked}\" was not answered: {why}")
             answers.append(answer)
         principal = reply.get("principal")
@@ -288,15 +291,22 @@ def _relay_prompts(pamh: "PamHandle", opts: "Options", user: str, pw: pwd.struct
     return reply
 
 
-def say(pamh: "PamHandle", style: int, text: str) -> None:
-    """One message through the application's conversation (its answer is ignored)."""
+def say(pamh: "PamHandle", flags: int, style: int, text: str) -> None:
+    """One PAM_TEXT_INFO or PAM_ERROR_MSG through the application's conversation (its answer is
+    ignored); nothing when the application passed PAM_SILENT in the call's ``flags``.
+
+    As pam_krb5's pamk5_conv and pam_unix: PAM_SILENT silences the module's messages, never
+    its questions (:func:`prompt` asks whatever the flags).
+    """
+    if flags & pamh.PAM_SILENT:
+        return
     try:
         pamh.conversation(pamh.Message(style, text))
     except Exception:  # noqa: BLE001 - an application that cannot show it
         pass
 
 
-def authenticate(pamh: "PamHandle", opts: "Options", user: str, pw: pwd.struct_passwd,
+def authenticate(pamh: "PamHandle", flags: int, opts: "Options", user: str, pw: pwd.struct_passwd,
                  login: "LoginState | None" = None) -> int:
     """pam_sm_authenticate: get a TGT for the user through the service; map the outcome to a PAM code.
 
@@ -325,7 +335,7 @@ def authenticate(pamh: "PamHandle", opts: "Options", user: str, pw: pwd.struct_p
             return int(pamh.PAM_AUTH_ERR)
         reply = _auth_request(opts, user, pw, password)
     if reply_code(reply) == P.PROMPT:
-        reply = _relay_prompts(pamh, opts, user, pw, password, reply)
+        reply = _relay_prompts(pamh, flags, opts, user, pw, password, reply)
     del password
     code = reply_code(reply)
     if login is not None and code in (P.OK, P.PASSWORD_EXPIRED):

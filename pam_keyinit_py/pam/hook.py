@@ -141,7 +141,7 @@ class Hook:
         from . import client
 
         opts, user, pw, _ = found
-        return client.authenticate(pamh, opts, user, pw, self.login)
+        return client.authenticate(pamh, flags, opts, user, pw, self.login)
 
     @_never_raises("PAM_SERVICE_ERR")
     def acct_mgmt(self, pamh: "PamHandle", flags: int, argv: list[str]) -> int:

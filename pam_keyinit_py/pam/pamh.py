@@ -58,6 +58,7 @@ class PamHandle(Protocol):
     PAM_PRELIM_CHECK: int
     PAM_UPDATE_AUTHTOK: int
     PAM_CHANGE_EXPIRED_AUTHTOK: int
+    PAM_SILENT: int
     # Conversation styles.
     PAM_PROMPT_ECHO_OFF: int
     PAM_PROMPT_ECHO_ON: int

@@ -40,10 +40,11 @@ int pk_verify_marshalled(const unsigned char *data, size_t len, const char *serv
                          const char *keytab, const char *profile_path, char *server_out,
                          size_t server_outlen, char *err, size_t errlen);
 int pk_host_principal(const char *profile_path, char *out, size_t outlen);
-int pk_set_password(const char *profile_path, const char *principal, const char *oldpw,
+int pk_set_password(const char *profile_path, const char *principal, int enterprise, const char *oldpw,
                     const char *newpw, const char *armor_ccache, int fast_required,
                     int *result_code, char *msg, size_t msglen, char *err, size_t errlen);
-int pk_kuserok(const char *profile_path, const char *principal, const char *luser, char *err, size_t errlen);
+int pk_kuserok(const char *profile_path, const char *principal, int enterprise, const char *luser,
+               char *err, size_t errlen);
 int pk_init_creds_answered(const char *profile_path, const char *principal, int enterprise,
                            int tkt_life, int renew_life, int forwardable, int canonicalize,
                            const char *armor_ccache, int fast_required, const char *password,
@@ -286,9 +287,10 @@ static krb5_error_code pk_prompter(krb5_context ctx, void *data, const char *nam
  * krb5_set_password(new password) for the same principal.  Returns a krb5 code (err gets its
  * message); on 0, *result_code is the kpasswd result and msg its text (result string and
  * krb5_chpw_message of the server's answer).  No password is ever copied into msg or err. */
-static int pk_set_password(const char *profile_path, const char *principal, const char *oldpw,
-                           const char *newpw, const char *armor_ccache, int fast_required,
-                           int *result_code, char *msg, size_t msglen, char *err, size_t errlen)
+static int pk_set_password(const char *profile_path, const char *principal, int enterprise,
+                           const char *oldpw, const char *newpw, const char *armor_ccache,
+                           int fast_required, int *result_code, char *msg, size_t msglen, char *err,
+                           size_t errlen)
 {
     krb5_context ctx = NULL;
     krb5_principal princ = NULL;
@@ -311,7 +313,10 @@ static int pk_set_password(const char *profile_path, const char *principal, cons
     ret = pk_context(profile_path, &ctx);
     if (ret)
         return ret;
-    ret = krb5_parse_name(ctx, principal, &princ);
+    /* A UPN (enterprise) is resolved by the KDC: the ticket, and so the change, are for the
+     * account it names (creds.client), as the login's TGT is. */
+    ret = krb5_parse_name_flags(ctx, principal, enterprise ? KRB5_PRINCIPAL_PARSE_ENTERPRISE : 0,
+                                &princ);
     if (ret)
         goto out;
     ret = krb5_get_init_creds_opt_alloc(ctx, &opt);
@@ -321,6 +326,8 @@ static int pk_set_password(const char *profile_path, const char *principal, cons
     krb5_get_init_creds_opt_set_forwardable(opt, 0);
     krb5_get_init_creds_opt_set_proxiable(opt, 0);
     krb5_get_init_creds_opt_set_renew_life(opt, 0);
+    if (enterprise)
+        krb5_get_init_creds_opt_set_canonicalize(opt, 1);
     /* FAST: the old password travels inside the armor of the host's TGT. */
     ret = pk_fast(ctx, opt, armor_ccache, fast_required);
     if (ret)
@@ -363,13 +370,11 @@ out:
     return ret;
 }
 
-/* krb5_kuserok(principal, luser): 1 allowed, 0 refused, -1 when the principal does not parse
- * or no context could be made (err says why). */
-static int pk_set_password(const char *profile_path, const char *principal, const char *oldpw,
-                    const char *newpw, const char *armor_ccache, int fast_required,
-                    int *result_code, char *msg, size_t msglen, char *err, size_t errlen);
-int pk_kuserok(const char *profile_path, const char *principal, const char *luser,
-                      char *err, size_t errlen)
+/* krb5_kuserok(principal, luser), the principal parsed as an enterprise name (a UPN) with
+ * `enterprise`: 1 allowed, 0 refused, -1 when the principal does not parse or no context could
+ * be made (err says why). */
+int pk_kuserok(const char *profile_path, const char *principal, int enterprise, const char *luser,
+               char *err, size_t errlen)
 {
     krb5_context ctx = NULL;
     krb5_principal princ = NULL;
@@ -384,7 +389,8 @@ int pk_kuserok(const char *profile_path, const char *principal, const char *luse
             snprintf(err, errlen, "cannot initialise krb5 (code %ld)", (long)ret);
         return -1;
     }
-    ret = krb5_parse_name(ctx, principal, &princ);
+    ret = krb5_parse_name_flags(ctx, principal, enterprise ? KRB5_PRINCIPAL_PARSE_ENTERPRISE : 0,
+                                &princ);
     if (ret) {
         if (errlen) {
             const char *msg = krb5_get_error_message(ctx, ret);

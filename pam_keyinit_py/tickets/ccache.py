@@ -65,6 +65,7 @@ from .cachestore import (
 from .config import FAST_MODES, VALIDATE_MODES
 from .delegated import MAX_IMPORT_BYTES, import_file
 from .errors import TicketError, from_krb5
+from .names import is_enterprise_name, parse_as_enterprise
 from .plumbing import as_user, bounded, cc_destroy, gic_options, renewed_creds, secret_buffer, wipe
 from .reaper import DEFAULT_GRACE, Reaper
 from .validation import fast_armor, host_principal, keytab_name, machine_account, validated, verify_creds
@@ -121,7 +122,7 @@ def acquire_password(
     With ``canonicalize`` the request carries the canonicalize flag
     (krb5_get_init_creds_opt_set_canonicalize) and the cache is made for the client name the KDC
     answers with, so ``alice``, ``ALICE`` and the UPN ``alice@example.com`` (parsed with
-    KRB5_PRINCIPAL_PARSE_ENTERPRISE when :func:`is_enterprise_name`, by the C helper of
+    KRB5_PRINCIPAL_PARSE_ENTERPRISE when :func:`.names.parse_as_enterprise`, by the C helper of
     :mod:`.preauth`) all give one ``alice@REALM`` cache.
 
     ``validate`` ("require", "if-keytab", "never") checks the TGT with :func:`verify_creds`
@@ -163,7 +164,7 @@ def acquire_password(
                 # libkrb5's own password change after KEY_EXP is off (the service reports it).
                 creds = preauth.answered(
                     principal, secret, answers or [], what=what, ctx=c,
-                    enterprise=canonicalize and is_enterprise_name(principal), lifetime=lifetime,
+                    enterprise=parse_as_enterprise(principal, canonicalize), lifetime=lifetime,
                     renew_lifetime=renew_lifetime, forwardable=forwardable, renewable=renewable,
                     canonicalize=canonicalize, armor=full_name(armor) if armor is not None else None,
                     fast_required=fast == "require", krb5_config=krb5_config)
@@ -182,16 +183,6 @@ def acquire_password(
                    make_primary=True, replace=None, retire_service_primary=True, krb5_config=krb5_config,
                    grace=grace, reaper=reaper or DEFERRED)
     return dataclasses.replace(info, validated=validated_with, warnings=notes)
-
-
-def is_enterprise_name(name: str) -> bool:
-    """True for a UPN-style name (``alice@example.com``): its realm part has a lower-case letter.
-
-    Realm names are upper case (AD's is its DNS domain upper-cased), a UPN suffix is a DNS
-    name as the user types it; ``alice@EXAMPLE.COM`` stays an ordinary principal.
-    """
-    _user, at, domain = name.rpartition("@")
-    return bool(at) and domain != domain.upper()
 
 
 def acquire_keytab(

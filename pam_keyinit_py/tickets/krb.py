@@ -27,10 +27,12 @@ class KrbSide(Protocol):
     def cache_names(self, uid: int) -> set[str]: ...
     def sweep_retired(self, uid: int) -> list[str]: ...
     def import_file(self, source: str, uid: int, gid: int) -> Any: ...
-    def kuserok(self, principal: str, user: str, uid: int) -> bool: ...
-    def account_state(self, principal: str, *, timeout: float) -> None: ...
-    def verify_changepw(self, principal: str, password: str, *, timeout: float, **fast: Any) -> None: ...
-    def change_password(self, principal: str, old: str, new: str, *, timeout: float, **fast: Any) -> None: ...
+    def kuserok(self, principal: str, user: str, uid: int, *, enterprise: bool = False) -> bool: ...
+    def account_state(self, principal: str, *, timeout: float, enterprise: bool = False) -> None: ...
+    def verify_changepw(self, principal: str, password: str, *, timeout: float, enterprise: bool = False,
+                        **fast: Any) -> str: ...
+    def change_password(self, principal: str, old: str, new: str, *, timeout: float, enterprise: bool = False,
+                        **fast: Any) -> None: ...
 
 
 class Krb5:
@@ -106,18 +108,27 @@ class Krb5:
         """Move a delegated FILE cache of the uid into its persistent collection, as the user."""
         return self._ccache().import_file(source, uid, gid)
 
-    def kuserok(self, principal: str, user: str, uid: int) -> bool:
-        """krb5_kuserok(principal, user), else as the uid's own name: ~/.k5login and auth_to_local."""
-        return bool(self._principals().kuserok_account(principal, user, uid))
+    def kuserok(self, principal: str, user: str, uid: int, *, enterprise: bool = False) -> bool:
+        """krb5_kuserok(principal, user), else as the uid's own name: ~/.k5login and auth_to_local.
 
-    def account_state(self, principal: str, *, timeout: float) -> None:
+        ``enterprise`` (here and below): ``principal`` is a UPN, parsed as an enterprise name
+        (tickets/names.py).
+        """
+        return bool(self._principals().kuserok_account(principal, user, uid, enterprise=enterprise))
+
+    def account_state(self, principal: str, *, timeout: float, enterprise: bool = False) -> None:
         """The KDC's view of the principal (locked, expired, password expired), sending no password."""
-        self._principals().account_state(principal, timeout=timeout)
+        self._principals().account_state(principal, timeout=timeout, enterprise=enterprise)
 
-    def verify_changepw(self, principal: str, password: str, *, timeout: float, **fast: Any) -> None:
-        """An initial ticket for kadmin/changepw: proves a password, even an expired one."""
-        self._principals().verify_changepw(principal, password, timeout=timeout, **fast)
+    def verify_changepw(self, principal: str, password: str, *, timeout: float, enterprise: bool = False,
+                        **fast: Any) -> str:
+        """An initial ticket for kadmin/changepw: proves a password, even an expired one; returns
+        the ticket's client (the KDC's name for a UPN)."""
+        return str(self._principals().verify_changepw(principal, password, timeout=timeout,
+                                                      enterprise=enterprise, **fast))
 
-    def change_password(self, principal: str, old: str, new: str, *, timeout: float, **fast: Any) -> None:
+    def change_password(self, principal: str, old: str, new: str, *, timeout: float, enterprise: bool = False,
+                        **fast: Any) -> None:
         """krb5_set_password through kpasswd with a kadmin/changepw ticket."""
-        self._principals().change_password(principal, old, new, timeout=timeout, **fast)
+        self._principals().change_password(principal, old, new, timeout=timeout, enterprise=enterprise,
+                                           **fast)

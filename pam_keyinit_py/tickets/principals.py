@@ -44,22 +44,24 @@ _KPASSWD_AUTHERROR = 3
 _KPASSWD_ACCESSDENIED = 5
 
 
-def kuserok(principal: str, user: str, krb5_config: str | None = None) -> bool:
+def kuserok(principal: str, user: str, krb5_config: str | None = None, *, enterprise: bool = False) -> bool:
     """krb5_kuserok: may ``principal`` log in as local ``user`` (.k5login / auth_to_local)?
 
-    Raises TicketError when the principal does not parse.
+    ``enterprise``: ``principal`` is a UPN, parsed with KRB5_PRINCIPAL_PARSE_ENTERPRISE
+    (names.parse_as_enterprise), as the KDC sees it.  Raises TicketError when it does not parse.
     """
     from ._krb5_renew import ffi, lib
 
     err = ffi.new("char[]", 256)
     profile = krb5_config.encode() if krb5_config else ffi.NULL
-    ok = lib.pk_kuserok(profile, principal.encode(), user.encode(), err, 256)
+    ok = lib.pk_kuserok(profile, principal.encode(), int(enterprise), user.encode(), err, 256)
     if ok < 0:
         raise TicketError(f"krb5_kuserok for {principal}: {ffi.string(err).decode(errors='replace')}")
     return ok == 1
 
 
-def kuserok_account(principal: str, user: str, uid: int, krb5_config: str | None = None) -> bool:
+def kuserok_account(principal: str, user: str, uid: int, krb5_config: str | None = None, *,
+                    enterprise: bool = False) -> bool:
     """krb5_kuserok for the account ``uid``: as ``user`` (the login's name), else as the account's
     own name (getpwuid(uid)->pw_name).
 
@@ -69,17 +71,20 @@ def kuserok_account(principal: str, user: str, uid: int, krb5_config: str | None
     to uid 1000 whatever the spelling, as SSSD's localauth plugin lets a principal in whose local
     name has the same uid.  ``uid`` comes from the PAM hook's getpwnam (a root-only request).
     """
-    if kuserok(principal, user, krb5_config):
+    if kuserok(principal, user, krb5_config, enterprise=enterprise):
         return True
     try:
         own = pwd.getpwuid(uid).pw_name
     except KeyError:
         return False
-    return own != user and kuserok(principal, own, krb5_config)
+    return own != user and kuserok(principal, own, krb5_config, enterprise=enterprise)
 
 
-def account_state(principal: str, *, timeout: float | None = 2.0, krb5_config: str | None = None) -> None:
+def account_state(principal: str, *, timeout: float | None = 2.0, krb5_config: str | None = None,
+                  enterprise: bool = False) -> None:
     """Ask the KDC whether it would issue ``principal`` a ticket, without a password.
+
+    ``enterprise``: a UPN, sent as an enterprise name with the canonicalize flag (AD resolves it).
 
     Returns when it would (libkrb5 stopped for the password).  Raises UnknownPrincipal,
     AccessDenied (locked/disabled), AccountExpired, PasswordExpired, KdcUnreachable, or
@@ -89,8 +94,7 @@ def account_state(principal: str, *, timeout: float | None = 2.0, krb5_config: s
 
     def exchange() -> None:
         ctx = context(krb5_config)
-        princ = krb5.parse_name_flags(ctx, principal.encode())
-        opt = krb5.get_init_creds_opt_alloc(ctx)
+        princ, opt = _client(ctx, principal, enterprise)
         try:
             krb5.get_init_creds_password(ctx, princ, opt, None)
         except krb5.Krb5Error as exc:
@@ -123,10 +127,21 @@ def _armor(ctx: krb5.Context, fast: str, keytab: str | None, host: str | None,
         return None
 
 
-def _changepw_creds(ctx: krb5.Context, principal: str, password: bytes, armor: krb5.CCache | None = None,
-                    fast_required: bool = False) -> krb5.Creds:
-    princ = krb5.parse_name_flags(ctx, principal.encode())
+def _client(ctx: krb5.Context, principal: str, enterprise: bool,
+            ) -> tuple[krb5.Principal, krb5.GetInitCredsOpt]:
+    """The AS request's client and options: a UPN (``enterprise``) is parsed with
+    KRB5_PRINCIPAL_PARSE_ENTERPRISE and the KDC asked to canonicalize it, as the login's auth does."""
+    flags = krb5.PrincipalParseFlags.enterprise if enterprise else krb5.PrincipalParseFlags.none
+    princ = krb5.parse_name_flags(ctx, principal.encode(), flags)
     opt = krb5.get_init_creds_opt_alloc(ctx)
+    if enterprise:
+        krb5.get_init_creds_opt_set_canonicalize(opt, True)
+    return princ, opt
+
+
+def _changepw_creds(ctx: krb5.Context, principal: str, password: bytes, armor: krb5.CCache | None = None,
+                    fast_required: bool = False, enterprise: bool = False) -> krb5.Creds:
+    princ, opt = _client(ctx, principal, enterprise)
     # A kadmin/changepw ticket is used once, here: nothing to forward, proxy or renew.
     krb5.get_init_creds_opt_set_forwardable(opt, False)
     krb5.get_init_creds_opt_set_proxiable(opt, False)
@@ -143,8 +158,12 @@ def _changepw_creds(ctx: krb5.Context, principal: str, password: bytes, armor: k
 
 def verify_changepw(principal: str, password: str, *, timeout: float | None = 2.0,
                     krb5_config: str | None = None, fast: str = "never", armor_keytab: str | None = None,
-                    armor_principal: str | None = None, fast_principal: str | None = None) -> None:
+                    armor_principal: str | None = None, fast_principal: str | None = None,
+                    enterprise: bool = False) -> str:
     """Prove ``password`` by getting a kadmin/changepw ticket (allowed for an expired password).
+
+    Returns the ticket's client: the KDC's name for an ``enterprise`` name (a UPN), else
+    ``principal``.
 
     ``fast`` ("try", "require", "never") armors the exchange as the login's ``auth`` does, with
     the host principal's TGT from ``armor_keytab``.  Raises BadPassword, UnknownPrincipal,
@@ -154,16 +173,20 @@ def verify_changepw(principal: str, password: str, *, timeout: float | None = 2.
     del password
     what = f"password check of {principal} (kadmin/changepw)"
 
-    def exchange() -> None:
+    def exchange() -> str:
         ctx = context(krb5_config)
         armor = _armor(ctx, fast, armor_keytab, armor_principal, krb5_config, fast_principal)
         try:
-            _changepw_creds(ctx, principal, secret[0], armor, fast == "require")
+            creds = _changepw_creds(ctx, principal, secret[0], armor, fast == "require", enterprise)
         except krb5.Krb5Error as exc:
             raise from_krb5(exc, what) from None
+        if not enterprise:
+            return principal
+        client = krb5.unparse_name_flags(ctx, creds.client)
+        return client.decode("utf-8", "replace") if isinstance(client, bytes) else str(client)
 
     try:
-        bounded(exchange, timeout, what)
+        return bounded(exchange, timeout, what)
     finally:
         secret.clear()
 
@@ -171,14 +194,14 @@ def verify_changepw(principal: str, password: str, *, timeout: float | None = 2.
 def change_password(principal: str, old_password: str, new_password: str, *,
                     timeout: float | None = 5.0, krb5_config: str | None = None, fast: str = "never",
                     armor_keytab: str | None = None, armor_principal: str | None = None,
-                    fast_principal: str | None = None) -> None:
+                    fast_principal: str | None = None, enterprise: bool = False) -> None:
     """Change ``principal``'s password through kpasswd (a kadmin/changepw ticket, krb5_set_password).
 
     Runs in the GIL-free C helper (tickets/_renew_build.py: pykrb5's set_password holds the
     GIL for the whole kpasswd exchange); ``fast`` armors the AS exchange as in
-    :func:`verify_changepw`.  Raises BadPassword (old password wrong), FastUnavailable,
-    PasswordRejected (the server's quality/history message, safe to show the user),
-    AccessDenied, KdcUnreachable, TicketError.
+    :func:`verify_changepw`, and an ``enterprise`` name is resolved by the KDC as there.  Raises
+    BadPassword (old password wrong), FastUnavailable, PasswordRejected (the server's
+    quality/history message, safe to show the user), AccessDenied, KdcUnreachable, TicketError.
     """
     from ._krb5_renew import ffi, lib
 
@@ -194,8 +217,8 @@ def change_password(principal: str, old_password: str, new_password: str, *,
         result = ffi.new("int *")
         msg = ffi.new("char[]", 1024)
         err = ffi.new("char[]", 512)
-        code = lib.pk_set_password(profile, principal.encode(), secret[0], secret[1], armor_name,
-                                   int(fast == "require"), result, msg, 1024, err, 512)
+        code = lib.pk_set_password(profile, principal.encode(), int(enterprise), secret[0], secret[1],
+                                   armor_name, int(fast == "require"), result, msg, 1024, err, 512)
         if code:
             text = ffi.string(err).decode("utf-8", "replace")
             raise from_krb5(Krb5Failure(code, text), what)

@@ -28,6 +28,7 @@ from . import errors, journal, kdclimit, metrics
 from . import state as statefile
 from .accounts import primary_gid
 from .core import KEYTAB, LOGIN, Peer, Pending, Tracked
+from .names import parse_as_enterprise, principal_of
 from .recovery import Recovery
 from .renewal import RENEWING
 from .sessions import Reaper
@@ -111,7 +112,8 @@ class Service(Recovery):
         """krb5_kuserok(principal, user) into ``results[principal]`` (the exception, if it fails:
         while the KDC exchange is in flight, nothing may be raised into it)."""
         try:
-            results[principal] = self.krb.kuserok(principal, user, uid)
+            results[principal] = self.krb.kuserok(principal, user, uid,
+                                                  enterprise=self._enterprise(principal))
         except Exception as exc:  # noqa: BLE001 - kept, and judged by auth after the exchange
             results[principal] = exc
 
@@ -122,10 +124,7 @@ class Service(Recovery):
         ``meanwhile(principal)`` runs in this thread while the KDC exchange does; ``sender`` is the
         requesting process: which opens may claim the login depends on it (see :class:`Pending`)."""
         cfg = self.config
-        if not principal:
-            principal = cfg.principal_name.replace("{user}", user)
-            if "@" not in principal:
-                principal = f"{principal}@{self.krb.default_realm()}"
+        principal = principal or self.principal_of(user)
         options: dict[str, Any] = {} if meanwhile is None else {"meanwhile": partial(meanwhile, principal)}
         try:
             info = self.krb.acquire_password(
@@ -188,8 +187,10 @@ class Service(Recovery):
         proves it, as pam_krb5 does.  Only then may the hook let the login go on to the change.
         """
         try:
-            self.krb.verify_changepw(principal, password, timeout=self.config.kdc_timeout,
-                                     **self._fast_args())
+            # A UPN's ticket names the account the KDC resolved it to: the name kuserok must judge.
+            principal = self.krb.verify_changepw(principal, password, timeout=self.config.kdc_timeout,
+                                                 enterprise=self._enterprise(principal),
+                                                 **self._fast_args()) or principal
         except errors.TicketError as exc:
             return errors.refusal(exc, _EXPIRED_ERRORS, log, "auth", principal, uid, " (password expired)",
                                   principal=principal, failed="no ticket")
@@ -201,6 +202,15 @@ class Service(Recovery):
         # at login are about this one, which need not be user@REALM (search_k5login, principal_name).
         return {**P.reply_error(P.PASSWORD_EXPIRED, "password expired: it must be changed first"),
                 "principal": principal}
+
+    def principal_of(self, user: str) -> str:
+        """The principal of local ``user`` when a request names none (auth, account, chpass alike):
+        ``principal_name`` with ``{user}`` replaced, the default realm appended without ``@``."""
+        return principal_of(self.config.principal_name, user, self.krb.default_realm)
+
+    def _enterprise(self, principal: str) -> bool:
+        """Whether ``principal`` is a UPN to parse as an enterprise name, as the login's auth parses it."""
+        return parse_as_enterprise(principal, self.config.canonicalize)
 
     def _fast_args(self) -> dict[str, Any]:
         """The login's FAST policy for the kadmin/changepw exchanges (same keytab and host principal)."""
@@ -214,13 +224,14 @@ class Service(Recovery):
         """pam_sm_acct_mgmt's checks: krb5_kuserok(principal, user), then the KDC's view of the principal.
 
         The KDC probe sends no password (see principals.account_state), so it never counts
-        towards a lockout.
+        towards a lockout.  Without ``principal`` it is the user's own, :meth:`principal_of`
+        (a publickey login, or an account check before a password change).
         """
-        if not principal:
-            principal = f"{user}@{self.krb.default_realm()}"
+        principal = principal or self.principal_of(user)
+        enterprise = self._enterprise(principal)
         if kuserok:
             try:
-                allowed = self.krb.kuserok(principal, user, uid)
+                allowed = self.krb.kuserok(principal, user, uid, enterprise=enterprise)
             except errors.TicketError as exc:
                 log.warning("account %s (uid %d): %s", user, uid, exc)
                 return P.reply_error(P.BAD_REQUEST, f"bad principal name {principal!r}")
@@ -233,7 +244,7 @@ class Service(Recovery):
                 return P.reply_error(P.DENIED, f"{principal} is not authorized to log in as {user}")
         if kdc:
             try:
-                self.krb.account_state(principal, timeout=self.config.kdc_timeout)
+                self.krb.account_state(principal, timeout=self.config.kdc_timeout, enterprise=enterprise)
             except errors.TicketError as exc:
                 return errors.refusal(exc, P.OPS["account"].errors, log, "account", user, uid,
                                       principal=principal, failed="account check failed")
@@ -242,17 +253,23 @@ class Service(Recovery):
     def chpass(self, peer: Peer, user: str, uid: int, old_password: str, principal: str | None = None,
                new_password: str | None = None) -> dict[str, Any]:
         """pam_sm_chauthtok through kpasswd: check ``old_password`` (kadmin/changepw ticket), and
-        with ``new_password`` change it.  Neither password reaches a log line or a reply."""
-        if not principal:
-            principal = f"{user}@{self.krb.default_realm()}"
+        with ``new_password`` change it.  Neither password reaches a log line or a reply.
+
+        Without ``principal`` it is the user's own, :meth:`principal_of` (``passwd`` run by the
+        user).  The check answers with the KDC's name for a UPN.
+        """
+        principal = principal or self.principal_of(user)
+        enterprise = self._enterprise(principal)
         timeout = self.config.kdc_timeout
         changing = new_password is not None
+        checked = ""
         try:
             if new_password is None:
-                self.krb.verify_changepw(principal, old_password, timeout=timeout, **self._fast_args())
+                checked = self.krb.verify_changepw(principal, old_password, timeout=timeout,
+                                                   enterprise=enterprise, **self._fast_args())
             else:
                 self.krb.change_password(principal, old_password, new_password, timeout=max(timeout, 5.0),
-                                         **self._fast_args())
+                                         enterprise=enterprise, **self._fast_args())
         except errors.TicketError as exc:
             return errors.refusal(exc, P.OPS["chpass"].errors, log, "chpass", principal, uid,
                                   principal=principal, failed="password change failed")
@@ -260,6 +277,9 @@ class Service(Recovery):
             del old_password, new_password
         if changing:
             log.info("chpass %s (uid %d): password changed through kpasswd", principal, uid)
+        elif checked and checked != principal:
+            log.info("chpass %s (uid %d): the KDC's name for it is %s", principal, uid, checked)
+            principal = checked
         return P.reply_ok(principal=principal, changed=changing)
 
     # ---------------------------------------------------------------- sessions

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,20 @@ def test_passwd_mismatched_retype_changes_nothing(pamwrap, kadmind, ticketd, svc
     assert kinit_ok(kadmind, svc_user.principal, svc_user.password)
 
 
+@pytest.mark.parametrize("silent", [False, True], ids=["flags-0", "PAM_SILENT"])
+def test_passwd_under_pam_silent_still_prompts_but_shows_no_message(pamwrap, kadmind, ticketd, svc_user,
+                                                                     silent):
+    """PAM_SILENT (passwd -q, or any application that asks for it) drops the hook's PAM_ERROR_MSG,
+    as pam_krb5's pamk5_conv and pam_unix drop theirs; the prompts are questions, and still come."""
+    service = pamwrap.service("pkb-passwd-silent", stack(pamwrap, ticketd.socket))
+    op = "chauthtok(PAM_SILENT)" if silent else "chauthtok"
+    res = pamtester(pamwrap, service, svc_user.name, ["wrong-" + svc_user.password], op)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and STRERROR["authtok_recovery_err"] in out, out
+    assert "Current Kerberos password: " in out, out
+    assert ("Current Kerberos password incorrect" in out) is not silent, out
+
+
 # ------------------------------------------------------------------ expired passwords
 
 def test_expired_password_authenticates_then_account_requires_a_change(pamwrap, kadmind, ticketd, svc_user):
@@ -151,6 +166,24 @@ def test_expired_password_authenticates_then_account_requires_a_change(pamwrap, 
     expected = (f"auth {svc_user.principal} (uid {svc_user.uid}): "
                 "password expired (the password itself is right)")
     assert expected in ticketd.log()
+
+
+@pytest.mark.parametrize("silent", [False, True], ids=["flags-0", "PAM_SILENT"])
+def test_change_at_login_under_pam_silent_asks_without_the_expiry_notice(pamwrap, kadmind, ticketd,
+                                                                         svc_user, silent):
+    """The change of an expired password at login: its PAM_TEXT_INFO notice is dropped under
+    PAM_SILENT, and the three prompts still come and change the password."""
+    kadmind.modify_principal(svc_user.principal, "+needchange")
+    service = pamwrap.service("pkb-expired-silent", stack(pamwrap, ticketd.socket))
+    flags = "PAM_CHANGE_EXPIRED_AUTHTOK|PAM_SILENT" if silent else "PAM_CHANGE_EXPIRED_AUTHTOK"
+    new = new_password()
+    res = pamtester(pamwrap, service, svc_user.name, [svc_user.password, svc_user.password, new, new],
+                    "authenticate", f"chauthtok({flags})")
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out + ticketd.log()
+    assert "Current Kerberos password: " in out and "Retype new Kerberos password: " in out, out
+    assert ("Password expired.  You must change it now." in out) is not silent, out
+    assert kinit_ok(kadmind, svc_user.principal, new)
 
 
 def test_expired_principal_with_a_wrong_password_is_refused(pamwrap, kadmind, ticketd, svc_user):
@@ -421,3 +454,64 @@ def test_acct_mgmt_of_another_modules_login_with_the_kdc_down_is_not_blocked(pam
         realm.start_kdc()
     assert res.returncode == 0, res.stderr + ticketd.log()  # PAM_IGNORE, then pam_permit
     assert f"account {svc_user.name} (uid {svc_user.uid}): no KDC answered" in ticketd.log()
+
+
+# ------------------------------------------------------------------ principal_name: account and password
+
+#: ticketd.toml's principal_name of the mapped tests: the user's principal is not user@REALM.
+MAPPED = "{user}.mapped"
+
+
+@pytest.fixture
+def mapped_ticketd(realm) -> Iterator[td.TicketD]:  # noqa: ANN001
+    yield from td.serve(realm, **td.TEST_CONFIG, principal_name=MAPPED)
+
+
+@pytest.fixture
+def mapped_user(realm) -> Iterator[conftest.TestUser]:  # noqa: ANN001
+    """A local "pkmap" user whose only principal is <user>.mapped@REALM (no <user>@REALM exists),
+    named by the user's ~/.k5login, so krb5_kuserok lets it in and no other."""
+    user = make_user("pkmap")
+    name = MAPPED.replace("{user}", user.name)
+    try:
+        user.password = secrets.token_urlsafe(12)  # type: ignore[attr-defined]
+        user.principal = realm.add_principal(name, user.password)  # type: ignore[attr-defined]
+        k5login = Path(user.home) / ".k5login"
+        k5login.write_text(f"{user.principal}\n")  # type: ignore[attr-defined]
+        os.chown(k5login, user.uid, user.gid)
+        yield user
+    finally:
+        subprocess.run(["kadmin.local", "-q", f"delprinc -force {name}"], env={**os.environ, **realm.env},
+                       capture_output=True, check=False)
+        td.clear_persistent_caches(user.uid)
+        delete_user(user)
+
+
+def test_account_of_a_publickey_login_asks_about_the_mapped_principal(pamwrap, realm, mapped_ticketd,
+                                                                      mapped_user):
+    """No authenticate through the hook (a public-key login): acct_mgmt's kuserok and KDC probe
+    are about principal_name's principal, not user@default_realm (which does not exist here)."""
+    ask = {"op": "account", "user": mapped_user.name, "uid": mapped_user.uid}
+    reply = mapped_ticketd.request({**ask, "kuserok": True, "kdc": True})
+    assert reply["ok"] and reply["principal"] == mapped_user.principal, reply
+    service = pamwrap.service("pkb-acct-mapped", stack(pamwrap, mapped_ticketd.socket))
+    res = pamtester(pamwrap, service, mapped_user.name, [], "acct_mgmt")
+    assert res.returncode == 0, res.stderr + mapped_ticketd.log()
+    realm.modify_principal(mapped_user.principal, "-allow_tix")
+    res = pamtester(pamwrap, service, mapped_user.name, [], "acct_mgmt")
+    assert res.returncode != 0 and STRERROR["perm_denied"] in res.stderr, res.stderr + mapped_ticketd.log()
+    realm.modify_principal(mapped_user.principal, "+allow_tix", "+needchange")
+    res = pamtester(pamwrap, service, mapped_user.name, [], "acct_mgmt")
+    assert res.returncode != 0 and STRERROR["new_authtok_reqd"] in res.stderr, res.stderr
+
+
+def test_passwd_changes_the_mapped_principals_password(pamwrap, kadmind, mapped_ticketd, mapped_user):
+    """The user's own passwd (no authenticate in the handle): the change is principal_name's."""
+    service = pamwrap.service("pkb-passwd-mapped", stack(pamwrap, mapped_ticketd.socket))
+    new = new_password()
+    res = pamtester(pamwrap, service, mapped_user.name, [mapped_user.password, new, new], "chauthtok")
+    out = res.stdout + res.stderr
+    assert res.returncode == 0 and STRERROR["success"] in out, out + mapped_ticketd.log()
+    assert kinit_ok(kadmind, mapped_user.principal, new)
+    assert not kinit_ok(kadmind, mapped_user.principal, mapped_user.password)
+    assert f"chpass {mapped_user.principal} (uid {mapped_user.uid}): password changed" in mapped_ticketd.log()

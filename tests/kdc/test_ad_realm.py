@@ -8,6 +8,7 @@ AES keys of the host's computer account ``NAME$`` and its ``host/`` SPNs, export
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import socket
 import time
@@ -19,8 +20,9 @@ from pam_keyinit_py import protocol as P
 from pam_keyinit_py.commands import doctor
 from pam_keyinit_py.keyutils import proc
 from pam_keyinit_py.lab.adrealm import AdRealm, AdRealmError
-from pam_keyinit_py.lab.users import settle
+from pam_keyinit_py.lab.users import clear_persistent, settle
 from pam_keyinit_py.tickets import ccache
+from tests.conftest import delete_user, make_user
 from tests.fixtures_ad import (
     AD_LIFE_HOURS,
     AD_RENEW_HOURS,
@@ -29,6 +31,7 @@ from tests.fixtures_ad import (
     make_ad_user,
     remove_ad_user,
 )
+from tests.kdc import test_account_password as ap
 from tests.kdc.ticketd import TEST_CONFIG, TicketD, persistent_caches, public_tmpdir
 
 #: The kernel's default per-uid quota for non-root users (kernel.keys.maxbytes).
@@ -295,6 +298,55 @@ def test_principal_name_maps_the_local_account_to_its_upn(daemons, ad_realm, ad_
     assert reply["ok"], f"{reply}\n{daemon.log()}"
     assert reply["principal"] == ad_user.principal
     assert f"auth {ad_realm.upn(ad_user.name)} (uid {ad_user.uid}): the KDC's name for it is" in daemon.log()
+
+
+#: A UPN suffix other than the domain's DNS name (AD's "alternative UPN suffixes").
+UPN_SUFFIX = "upn.example"
+
+
+@pytest.fixture
+def upn_user(ad_realm) -> Iterator[AdUser]:  # noqa: ANN001
+    """A local user ``L`` whose AD account has another sAMAccountName (``pkz...``) and the UPN
+    ``L@`` :data:`UPN_SUFFIX` (an alternative UPN suffix): L@REALM names no account, only the UPN
+    leads from L to it.  (With the domain's own suffix, Samba's KDC would take L@REALM as the UPN.)"""
+    user = make_user("pku")
+    account = f"pkz{secrets.token_hex(4)}"
+    password = secrets.token_urlsafe(12)
+    try:
+        principal = ad_realm.add_user(account, password, upn=f"{user.name}@{UPN_SUFFIX}")
+    except BaseException:
+        delete_user(user)
+        raise
+    u = AdUser(user, principal, password)
+    try:
+        yield u
+    finally:
+        clear_persistent(u.uid)
+        try:
+            ad_realm.delete_user(account)
+        finally:
+            delete_user(user)
+
+
+def test_account_and_passwd_of_a_upn_mapping_are_the_accounts_it_names(daemons, ad_realm, upn_user, pamwrap):
+    """principal_name = "{user}@upn.example" (a UPN, an enterprise name): the account check of a
+    publickey login and the user's own passwd name no principal, and must reach the account the
+    UPN names, as the login does, not L@REALM (no such account)."""
+    daemon = _ad_daemon(daemons, ad_realm, principal_name="{user}@" + UPN_SUFFIX)
+    assert _auth(daemon, upn_user)["principal"] == upn_user.principal  # the login's mapping, for comparison
+    u = upn_user
+    reply = daemon.request({"op": "account", "user": u.name, "uid": u.uid, "kuserok": False, "kdc": True})
+    assert reply["ok"], f"{reply}\n{daemon.log()}"
+    reply = daemon.request({"op": "chpass", "user": u.name, "uid": u.uid, "old_password": u.password})
+    assert reply["ok"] and reply["principal"] == u.principal, f"{reply}\n{daemon.log()}"
+    # Through the hook: passwd's account probe, the current password's check, the change.
+    service = pamwrap.service("pka-passwd-upn", ap.stack(pamwrap, daemon.socket))
+    new = "N3w-" + secrets.token_urlsafe(12)
+    res = ap.pamtester(pamwrap, service, u.name, [u.password, new, new], "chauthtok")
+    assert res.returncode == 0, res.stdout + res.stderr + daemon.log()
+    assert _auth(daemon, u, password=new)["ok"]
+    assert not _auth(daemon, u)["ok"]
+    assert u.password not in daemon.log() and new not in daemon.log()
 
 
 # ------------------------------------------------------------------ large PACs and the key quota

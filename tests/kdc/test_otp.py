@@ -271,3 +271,17 @@ def test_pam_answer_equal_to_the_password_is_never_sent(pamwrap, otp_realm, otp_
     assert "keyboard-interactive" in out, out  # the hook's message says why and what to use
     assert otp_realm.radius.requests(otp_user.name) == []  # the password never reached the OTP server
     assert persistent_caches(otp_user.uid) == {}
+
+
+@pytest.mark.parametrize("silent", [False, True], ids=["flags-0", "PAM_SILENT"])
+def test_pam_silent_asks_the_token_but_drops_the_message(pamwrap, otp_realm, otp_ticketd, otp_user, silent):
+    """pam_authenticate(PAM_SILENT): the password and the KDC's question are still asked (prompts),
+    the hook's PAM_ERROR_MSG about the unusable answer is not shown (as pam_krb5's pamk5_conv)."""
+    service = _service(pamwrap, otp_ticketd.socket)
+    op = "authenticate(PAM_SILENT)" if silent else "authenticate"
+    res = _pamtester(pamwrap, service, otp_user.name, [otp_user.password, otp_user.password], op)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and STRERROR["auth_err"] in res.stderr, out
+    assert "Password: " in out and f"{OTP_PROMPT}: " in out, out
+    assert ("keyboard-interactive" in out) is not silent, out
+    assert otp_realm.radius.requests(otp_user.name) == []

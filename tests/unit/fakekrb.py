@@ -106,16 +106,22 @@ class FakeKrb:
         self._maybe_fail("import_file")
         return self._new(uid, f"delegated@{self.realm}")
 
-    def kuserok(self, principal: str, user: str, uid: int) -> bool:
+    def kuserok(self, principal: str, user: str, uid: int, *, enterprise: bool = False) -> bool:
         self.calls.append(("kuserok", principal))
         self._maybe_fail("kuserok")
         return self.kuserok_answer
 
-    def account_state(self, principal: str, *, timeout: float) -> None:
+    def account_state(self, principal: str, *, timeout: float, enterprise: bool = False) -> None:
+        self.calls.append(("account_state", principal))
         self._maybe_fail("account_state")
 
-    def verify_changepw(self, principal: str, password: str, *, timeout: float, **fast: Any) -> None:
+    def verify_changepw(self, principal: str, password: str, *, timeout: float, enterprise: bool = False,
+                        **fast: Any) -> str:
+        self.calls.append(("verify_changepw", principal))
         self._maybe_fail("verify_changepw")
+        return principal
 
-    def change_password(self, principal: str, old: str, new: str, *, timeout: float, **fast: Any) -> None:
+    def change_password(self, principal: str, old: str, new: str, *, timeout: float, enterprise: bool = False,
+                        **fast: Any) -> None:
+        self.calls.append(("change_password", principal))
         self._maybe_fail("change_password")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import krb5
-from pam_keyinit_py.tickets import ccache, validation
+from pam_keyinit_py.tickets import ccache, names, validation
 from pam_keyinit_py.tickets import config as cfg
 
 SHIPPED = Path(__file__).resolve().parents[2] / "etc" / "keyinit" / "ticketd.toml"
@@ -46,6 +46,29 @@ def test_principal_name_with_a_upn_suffix_is_accepted(tmp_path) -> None:  # noqa
 ])
 def test_a_lower_case_domain_is_a_upn(name: str, enterprise: bool) -> None:
     assert ccache.is_enterprise_name(name) is enterprise
+
+
+@pytest.mark.parametrize(("template", "expected"), [
+    ("{user}", "alice@DEFAULT.TEST"),
+    ("{user}.mapped", "alice.mapped@DEFAULT.TEST"),
+    ("{user}@OTHER.TEST", "alice@OTHER.TEST"),
+    ("{user}@example.com", "alice@example.com"),
+])
+def test_principal_of_is_the_one_mapping_of_a_local_name(template: str, expected: str) -> None:
+    asked: list[str] = []
+
+    def realm() -> str:
+        asked.append("realm")
+        return "DEFAULT.TEST"
+
+    assert names.principal_of(template, "alice", realm) == expected
+    assert bool(asked) is ("@" not in template)  # libkrb5's default realm only when needed
+
+
+def test_a_upn_is_parsed_as_an_enterprise_name_only_when_canonicalizing() -> None:
+    assert names.parse_as_enterprise("alice@example.com", canonicalize=True)
+    assert not names.parse_as_enterprise("alice@example.com", canonicalize=False)
+    assert not names.parse_as_enterprise("alice@EXAMPLE.COM", canonicalize=True)
 
 
 # ------------------------------------------------------------------ the FAST armor client

@@ -38,6 +38,7 @@ class FakePamh:
 
     PAM_PROMPT_ECHO_OFF, PAM_PROMPT_ECHO_ON = ECHO_OFF, ECHO_ON
     PAM_ERROR_MSG, PAM_TEXT_INFO = ERROR_MSG, TEXT_INFO
+    PAM_SILENT = 0x8000
     Message = _Msg
 
     def __init__(self, answers: list[str | None]) -> None:
@@ -70,10 +71,10 @@ def _prompt(*questions: tuple[str, bool], principal: str = f"{USER}@EXAMPLE.TEST
 
 
 def _relay(monkeypatch: pytest.MonkeyPatch, pamh: FakePamh, service: FakeService, first: dict[str, Any],
-           **opts: object) -> dict[str, Any]:
+           flags: int = 0, **opts: object) -> dict[str, Any]:
     monkeypatch.setattr(client, "request", service)
     pw = type("Pw", (), {"pw_uid": UID, "pw_gid": GID})()
-    return client._relay_prompts(pamh, Options(**opts), USER, pw, PASSWORD, first)  # type: ignore[arg-type]
+    return client._relay_prompts(pamh, flags, Options(**opts), USER, pw, PASSWORD, first)  # type: ignore[arg-type]
 
 
 def test_a_hidden_question_is_asked_echo_off_and_auth_is_sent_again_with_the_answer(monkeypatch):
@@ -84,6 +85,14 @@ def test_a_hidden_question_is_asked_echo_off_and_auth_is_sent_again_with_the_ans
     [again] = service.sent
     assert again["answers"] == ["123456"] and again["password"] == PASSWORD
     assert again["principal"] == "alice@EXAMPLE.TEST" and again["op"] == "auth"
+
+
+def test_under_pam_silent_the_banner_is_dropped_and_the_question_still_asked(monkeypatch):
+    asks = {**_prompt(("Enter OTP Token Value", True)), "banner": "Use your token"}
+    for flags, shown in ((0, [(TEXT_INFO, "Use your token")]), (FakePamh.PAM_SILENT, [])):
+        pamh, service = FakePamh(["123456"]), FakeService([P.reply_ok(principal="alice@EXAMPLE.TEST")])
+        assert _relay(monkeypatch, pamh, service, asks, flags)["ok"]
+        assert pamh.shown == [*shown, (ECHO_OFF, "Enter OTP Token Value: ")]
 
 
 def test_a_visible_question_is_asked_echo_on(monkeypatch):
@@ -143,7 +152,7 @@ def test_search_k5login_tries_the_next_principal_before_relaying_a_question(monk
     pamh = FakePamh(["123456"])
     service = FakeService([P.reply_ok(principal="otp@EXAMPLE.TEST")])
     monkeypatch.setattr(client, "request", service)
-    client._relay_prompts(pamh, opts, USER, pw, PASSWORD, asks)  # type: ignore[arg-type]
+    client._relay_prompts(pamh, 0, opts, USER, pw, PASSWORD, asks)  # type: ignore[arg-type]
     assert (TEXT_INFO, "Kerberos asks for otp@EXAMPLE.TEST:") in pamh.shown
     assert service.sent[0]["principal"] == "otp@EXAMPLE.TEST"
 
