@@ -86,7 +86,7 @@ static krb5_error_code pk_context(const char *profile_path, krb5_context *ctx)
 }
 
 /* This thread's context for `profile_path`, kept for the thread's next call (the service's KDC
- * helper threads are reused) and freed when the thread ends.  Making one costs a profile parse
+ * helper and worker threads are reused) and freed when the thread ends.  Making one costs a profile parse
  * and libkrb5's plugin set-up on every call; pykrb5's callers keep one per thread too
  * (tickets/plumbing.context).  libkrb5 re-reads a profile file whose mtime changed, so a kept
  * context still sees an edited krb5.conf.  Free it with pk_release, never krb5_free_context. */
@@ -383,7 +383,7 @@ int pk_kuserok(const char *profile_path, const char *principal, int enterprise, 
 
     if (errlen)
         err[0] = '\0';
-    ret = pk_context(profile_path, &ctx);
+    ret = pk_thread_context(profile_path, &ctx);
     if (ret) {
         if (errlen)
             snprintf(err, errlen, "cannot initialise krb5 (code %ld)", (long)ret);
@@ -397,12 +397,12 @@ int pk_kuserok(const char *profile_path, const char *principal, int enterprise, 
             snprintf(err, errlen, "%s", msg);
             krb5_free_error_message(ctx, msg);
         }
-        krb5_free_context(ctx);
+        pk_release(ctx);
         return -1;
     }
     ok = krb5_kuserok(ctx, princ, luser) ? 1 : 0;
     krb5_free_principal(ctx, princ);
-    krb5_free_context(ctx);
+    pk_release(ctx);
     return ok;
 }
 
