@@ -140,9 +140,9 @@ class SecretStore:
         description = encode_attributes(attributes)
         now = int(time.time())
         created = now
-        old = self.keys.find(description)
+        old = self.keys.get(description)
         if old is not None:
-            previous = _unpack(old, attributes, self.keys.read(old))
+            previous = _unpack(old[0], attributes, old[1])
             if previous is not None and previous.created:
                 created = previous.created
         payload = json.dumps(
@@ -166,7 +166,15 @@ class SecretStore:
             if not load:
                 matches.append(Item(key, attributes))
                 continue
-            item = _unpack(key, attributes, self.keys.read(key))
+            payload = self.keys.read(key)
+            if payload is None:
+                # Replaced since it was listed (a displaced chunk keyring is no longer
+                # possessed): the item's current version is still in the store.
+                current = self.keys.get(description)
+                if current is None:
+                    continue
+                key, payload = current
+            item = _unpack(key, attributes, payload)
             if item is not None:
                 matches.append(item)
         matches.sort(key=lambda i: (i.attributes != query, -i.modified, encode_attributes(i.attributes)))
@@ -183,19 +191,15 @@ class SecretStore:
         guess = query if likely is None else likely
         if not _storable(query) or not _storable(guess):
             return None  # no item can carry such an attribute (store() refuses it)
-        # An item replaced between finding and reading it reads as None: look again.
-        for _attempt in range(3):
-            exact = self.keys.find(encode_attributes(guess))
-            if exact is not None:
-                item = _unpack(exact, dict(guess), self.keys.read(exact))
-                if item is not None:
-                    return item
-            found = self.search(query)
-            if found:
-                return found[0]
-            if exact is None:
-                return None
-        return None
+        # KeyStore.get cannot miss an item that is being replaced (see .store), so one look
+        # at the likely item and one search are enough.
+        exact = self.keys.get(encode_attributes(guess))
+        if exact is not None:
+            item = _unpack(exact[0], dict(guess), exact[1])
+            if item is not None:
+                return item
+        found = self.search(query)
+        return found[0] if found else None
 
     def lookup(self, query: dict[str, str], likely: dict[str, str] | None = None) -> str | None:
         """The secret of the best item matching ``query``, or None."""

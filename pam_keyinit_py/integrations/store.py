@@ -12,16 +12,32 @@ process keyring: a key in ``@u`` or in the persistent keyring is not possessed
 through its serial number alone (the kernel looks for it from @t/@p/@s), so
 the found keyring is linked into ``@p`` (KEYCTL_SEARCH with a destination, or
 KEYCTL_GET_PERSISTENT into @p), as MIT krb5's KEYRING ccache does.
-The process keyring vanishes with the process; nothing else is touched.
+The process keyring vanishes with the process, as does the thread keyring a
+reader holds a chunk keyring in (below); nothing else is touched.
 
 One ``user`` key holds at most 32,767 bytes and this kernel has no
 ``big_key`` type, so a larger payload is stored as a **chunk keyring**: a
 possessor-only keyring with the item's description whose members are
 ``user`` keys named ``<index>/<count>``.  It is built in ``@p`` first and
 linked into the store last (KEYCTL_LINK displaces an older keyring of the same
-description in one step), so a reader sees the old payload or the new one,
-never a part.  A payload that shrinks back under the cap goes into a plain
-``user`` key again and the chunk keyring is removed after it.
+description in one step), so a chunk keyring in the store is always whole.
+
+Readers never miss an item that is being replaced (:meth:`KeyStore.get`):
+
+- a ``user`` key is replaced in place (add_key updates it), one KEYCTL_READ
+  returns the old payload or the new one;
+- a chunk keyring is found by KEYCTL_SEARCH *with a destination*: the same call
+  links it into the reader's thread keyring, so it stays possessed and alive
+  (with all its chunks) after a newer one displaces it from the store.  Not
+  @p: the process's other threads share it, so another reader's unlink, or a
+  writer building a chunk keyring of the same description there, would drop
+  the hold;
+- an item only ever turns from a ``user`` key into a chunk keyring, never back:
+  a payload that shrinks is written as a one-chunk keyring.  put() links the
+  chunk keyring before it removes the ``user`` key, so a reader that misses the
+  ``user`` key (or loses it before its KEYCTL_READ) is sure to find the chunk
+  keyring.  Were both directions allowed, a writer that changes shape in a loop
+  could slip a change between each two searches of a reader, without bound.
 """
 
 from __future__ import annotations
@@ -150,33 +166,66 @@ class KeyStore:
         except keyutils.KeyutilsError as exc:
             raise explain(exc) from None
 
-    def _search(self, ring: int, type_: str, description: str) -> int | None:
+    def _search(self, ring: int, type_: str, description: str, dest: int = 0) -> int | None:
         try:
-            return keyutils.search(ring, type_, description)
+            return keyutils.search(ring, type_, description, dest)
         except _GONE:
             return None
         except keyutils.KeyutilsError as exc:
             raise explain(exc) from None
 
     def find(self, description: str) -> int | None:
-        """KEYCTL_SEARCH for item ``description`` (a ``user`` key, else a chunk keyring); None if absent."""
+        """KEYCTL_SEARCH for item ``description`` (a ``user`` key, else a chunk keyring); None if absent.
+
+        Only the serial: a chunk keyring may be displaced before it is read; use :meth:`get`.
+        """
+        found = self.get(description)
+        return None if found is None else found[0]
+
+    def get(self, description: str) -> tuple[int, bytes] | None:
+        """Item ``description`` and its payload, or None if there is no such item.
+
+        KEYCTL_SEARCH for its ``user`` key and KEYCTL_READ; failing that,
+        KEYCTL_SEARCH for its chunk keyring with the thread keyring as destination
+        (see the module docstring: the reader holds the version it found), read its
+        chunks, and KEYCTL_UNLINK it from the thread keyring again.
+        """
         ring = self.ring()
         if ring is None:
             return None
-        for _attempt in range(8):
-            key = self._search(ring, "user", description)
-            if key is not None:
-                return key
-            key = self._search(ring, "keyring", description)
+        key = self._search(ring, "user", description)
+        if key is not None:
+            payload = self.read(key)
+            if payload is not None:
+                return key, payload
+            # Removed since the search: put() published the chunk keyring before removing it.
+        return self._get_chunked(ring, description)
+
+    def _get_chunked(self, ring: int, description: str) -> tuple[int, bytes] | None:
+        """KEYCTL_SEARCH item ``description``'s chunk keyring into @t and read it whole."""
+        anchor = keyutils.KEY_SPEC_THREAD_KEYRING
+        held: list[int] = []
+        try:
+            key = self._search(ring, "keyring", description, anchor)
             if key is None:
-                # put() adds an item's new shape before it removes the old one: an item that
-                # turned from a chunk keyring into a user key between the two searches is here.
-                return self._search(ring, "user", description)
-            if key in self._members(ring):
-                return key
-            # Not a member: a look-alike deeper down, or a chunk keyring that a newer one
-            # displaced since the search.  Search again; only a look-alike stays this way.
-        return None
+                return None
+            held.append(key)
+            if key not in self._members(ring):
+                # KEYCTL_SEARCH prefers a direct member, so this one was displaced since the
+                # search (a newer one is there now) or is a look-alike deeper down (found again).
+                again = self._search(ring, "keyring", description, anchor)
+                if again is None or again == key:
+                    return None
+                held.append(again)
+                key = again
+            payload = self.read(key)
+            return None if payload is None else (key, payload)
+        finally:
+            for key in held:
+                try:
+                    keyutils.unlink(key, anchor)
+                except keyutils.KeyutilsError:
+                    pass  # displaced from @t by the second search, or gone
 
     @staticmethod
     def _members(ring: int) -> list[int]:
@@ -194,6 +243,11 @@ class KeyStore:
         readers never see a missing item.  KEYCTL_SETPERM then makes it
         possessor-only (a new key starts with the kernel's default mask, which
         lets the owner *view* the description, never read the payload).
+
+        An item that is a chunk keyring stays one (see the module docstring): a
+        small payload for it is a one-chunk keyring.  The ``user`` key of an item
+        that became a chunk keyring is invalidated only after the chunk keyring is
+        linked into the store.
         """
         if not description or len(description.encode()) > MAX_DESCRIPTION:
             raise StoreError(f"item attributes too long: at most {MAX_DESCRIPTION} bytes once encoded")
@@ -205,14 +259,16 @@ class KeyStore:
             if len(payload) <= MAX_USER_PAYLOAD:
                 key = keyutils.add_key("user", description, payload, ring)
                 keyutils.setperm(key, POSSESSOR_ONLY)
-                stale = self._search(ring, "keyring", description)
-            else:
-                key = self._put_chunks(ring, description, payload)
-                stale = self._search(ring, "user", description)
+                if self._search(ring, "keyring", description) is None:
+                    return key
+                # Chunked already (or by a concurrent writer meanwhile): readers see our user
+                # key until the chunk keyring holds our payload too.
+            key = self._put_chunks(ring, description, payload)
+            stale = self._search(ring, "user", description)
         except keyutils.KeyutilsError as exc:
             raise explain(exc) from None
-        if stale is not None and stale != key and stale in self._members(ring):
-            self.remove(stale)  # the other shape of the same item, now superseded
+        if stale is not None and stale in self._members(ring):
+            self.remove(stale)  # the item's user key, now superseded by the chunk keyring
         return key
 
     def _put_chunks(self, ring: int, description: str, payload: bytes) -> int:

@@ -138,15 +138,21 @@ def test_payload_over_one_user_key_is_a_possessor_only_chunk_keyring(fresh_sessi
     assert all(_perm(k) == POS_ONLY for k in keyutils.keyring_ids(key))
     assert store.read(key) == big and store.find('{"a":"b"}') == key
     assert list(store.entries()) == [(key, '{"a":"b"}')]
-    # Shrinking back: one user key, and the chunk keyring is gone from the store.
+    # Shrinking: still a chunk keyring (of one chunk), which displaced the old one. An item never
+    # turns back into a user key, so a reader that misses its user key always finds the keyring.
     small = store.put('{"a":"b"}', b"small")
-    assert keyutils.describe(small).startswith(b"user;")
+    assert keyutils.describe(small).startswith(b"keyring;") and _chunks(small) == [(b"0/1 user", 5)]
     assert list(store.entries()) == [(small, '{"a":"b"}')] and store.read(small) == b"small"
-    # Growing again: the user key is removed after the chunk keyring is published.
     again = store.put('{"a":"b"}', big[:40000])
     assert list(store.entries()) == [(again, '{"a":"b"}')] and store.read(again) == big[:40000]
     store.remove(again)
     assert list(store.entries()) == [] and store.find('{"a":"b"}') is None
+    # Growing: the user key is removed after the chunk keyring is published.
+    plain = store.put('{"a":"b"}', b"small")
+    assert keyutils.describe(plain).startswith(b"user;")
+    grown = store.put('{"a":"b"}', big[:40000])
+    assert keyutils.describe(grown).startswith(b"keyring;")
+    assert list(store.entries()) == [(grown, '{"a":"b"}')] and store.get('{"a":"b"}') == (grown, big[:40000])
 
 
 def test_an_incomplete_chunk_keyring_reads_as_absent(fresh_session_keyring: int) -> None:
@@ -184,3 +190,120 @@ def test_readers_see_the_old_or_the_new_large_secret_never_a_mix(fresh_session_k
         stop.set()
         thread.join()
     assert len(seen) > 1, seen  # the writer really replaced it while we read
+
+
+def _replace_before_every_read(monkeypatch: pytest.MonkeyPatch, attributes: dict[str, str],
+                               secrets: list[str]) -> list[str]:
+    """Put a writer in the reader's window: before each layer-0 KEYCTL_READ of a key's payload,
+    a writer thread replaces the item with the next of ``secrets`` (on the real keyring) and
+    the reader goes on only when it is done.
+
+    Returns the list of values written, in order.  The writer's own reads go straight through.
+    """
+    import threading
+
+    real_read = keyutils.read
+    written: list[str] = []
+    writer = threading.local()  # a thread of its own: it has its own thread keyring, as any writer
+
+    failed: list[BaseException] = []
+
+    def replace() -> None:
+        writer.busy = True
+        value = secrets[len(written) % len(secrets)]
+        try:
+            SecretStore("session").store(attributes, "L", value)
+        except BaseException as exc:  # noqa: BLE001 - handed to the reader's thread below
+            failed.append(exc)
+            return
+        written.append(value)
+
+    def read(key_id: int) -> bytes:
+        if not getattr(writer, "busy", False):
+            thread = threading.Thread(target=replace)
+            thread.start()
+            thread.join()
+            if failed:
+                raise failed[0]
+        return real_read(key_id)
+
+    monkeypatch.setattr(keyutils, "read", read)
+    return written
+
+
+def test_a_chunked_secret_replaced_between_find_and_every_read_is_still_read_whole(
+    fresh_session_keyring: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each chunk read comes after a newer chunk keyring displaced the one the reader found."""
+    secrets = ["A" * 40000, "B" * 65000, "C" * 33000]
+    store = SecretStore("session")
+    store.store({"k": "v"}, "L", "Z" * 50000)
+    written = _replace_before_every_read(monkeypatch, {"k": "v"}, secrets)
+    for _ in range(6):
+        before = len(written)
+        value = store.lookup({"k": "v"})
+        assert value is not None, "a reader saw no secret while a large one was being replaced"
+        assert value in [*secrets, "Z" * 50000], (len(value), value[:1], value[-1:])
+        assert len(written) > before  # the swap really happened inside the read
+
+
+def test_a_secret_growing_into_chunks_between_find_and_read_is_still_read_whole(
+    fresh_session_keyring: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reader found a plain user key; before its KEYCTL_READ the item became a chunk keyring."""
+    store = SecretStore("session")
+    store.store({"k": "v"}, "L", "small")
+    secrets = ["G" * 40000, "s", "H" * 70000, "t"]
+    _replace_before_every_read(monkeypatch, {"k": "v"}, secrets)
+    for _ in range(8):
+        value = store.lookup({"k": "v"})
+        assert value is not None, "a reader saw no secret while it grew into a chunk keyring"
+        assert value in [*secrets, "small"], (len(value), value[:1], value[-1:])
+
+
+def test_a_partial_query_reads_a_chunked_secret_replaced_under_it(
+    fresh_session_keyring: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No exact item: the listed chunk keyring is displaced before it is read, and still found."""
+    attributes = {"k": "v", "user": "u"}
+    store = SecretStore("session")
+    store.store(attributes, "L", "Z" * 50000)
+    secrets = ["A" * 40000, "B" * 65000]
+    _replace_before_every_read(monkeypatch, attributes, secrets)
+    for _ in range(4):
+        item = store.lookup_item({"k": "v"})
+        assert item is not None, "a partial query found nothing while the item was being replaced"
+        assert item.attributes == attributes and item.secret in [*secrets, "Z" * 50000]
+
+
+def test_a_small_write_racing_a_large_one_leaves_one_chunk_keyring(
+    fresh_session_keyring: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another writer makes the item a chunk keyring just before a small write's add_key.
+
+    The item must stay a chunk keyring (readers rely on it never turning back), and hold the
+    small write's secret: that writer finished last.
+    """
+    import threading
+
+    store = KeyStore("session")
+    store.put('{"a":"b"}', b"first")
+    real_add_key = keyutils.add_key
+    raced: list[bytes] = []
+
+    def large_write() -> None:
+        raced.append(keyutils.describe(store.put('{"a":"b"}', b"L" * 40000)))
+
+    def add_key(type_: str, description: str, payload: bytes | None, ring: int) -> int:
+        if type_ == "user" and description == '{"a":"b"}' and not raced:
+            thread = threading.Thread(target=large_write)
+            thread.start()
+            thread.join()
+        return real_add_key(type_, description, payload, ring)
+
+    monkeypatch.setattr(keyutils, "add_key", add_key)
+    key = store.put('{"a":"b"}', b"small")
+    assert raced and raced[0].startswith(b"keyring;")
+    assert keyutils.describe(key).startswith(b"keyring;")
+    assert list(store.entries()) == [(key, '{"a":"b"}')]
+    assert store.get('{"a":"b"}') == (key, b"small")
