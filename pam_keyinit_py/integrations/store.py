@@ -278,10 +278,15 @@ class KeyStore:
         try:
             if len(payload) <= MAX_USER_PAYLOAD:
                 key = keyutils.add_key("user", description, payload, ring)
-                keyutils.setperm(key, POSSESSOR_ONLY)
-                if self._search(ring, "keyring", description) is None:
-                    return key
-                # Readers see our user key until the item keyring holds our payload too.
+                try:
+                    keyutils.setperm(key, POSSESSOR_ONLY)
+                except _GONE:
+                    pass  # a concurrent writer gave the item an item keyring and removed this key
+                else:
+                    if self._search(ring, "keyring", description) is None:
+                        return key
+                # Readers see our user key (if still there) until the item keyring holds our
+                # payload too.
             key = self._put_large(ring, description, payload)
             stale = self._search(ring, "user", description)
         except keyutils.KeyutilsError as exc:
@@ -302,8 +307,11 @@ class KeyStore:
             ):
                 item = None  # a look-alike deeper down, or an earlier-format chunk keyring
             if item is not None:
-                keyutils.link(version, item)  # displaces the item's previous payload keyring
-                return item
+                try:
+                    keyutils.link(version, item)  # displaces the item's previous payload keyring
+                    return item
+                except _GONE:
+                    pass  # removed (clear) since the search: the item gets a new item keyring
             made = keyutils.add_key("keyring", description, None, HOLD)
             keyutils.setperm(made, POSSESSOR_ONLY)
             keyutils.link(version, made)

@@ -358,3 +358,28 @@ def test_a_partial_query_names_a_chunked_secret_replaced_before_it_is_described(
         assert item.attributes == attributes and item.secret in [*secrets, "Z" * 50000]
     assert written
 
+
+def test_a_small_write_whose_user_key_a_large_one_removes_still_lands(
+    fresh_session_keyring: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Between a small write's add_key and its KEYCTL_SETPERM, another writer gives the item an
+    item keyring and invalidates that user key: the small write is published there instead."""
+    import threading
+
+    store = KeyStore("session")
+    store.put('{"a":"b"}', b"first")
+    real_setperm = keyutils.setperm
+    raced: list[int] = []
+
+    def setperm(key_id: int, perm: int) -> None:
+        if not raced and keyutils.describe(key_id).startswith(b"user;0;0;") and \
+                keyutils.describe(key_id).endswith(b';{"a":"b"}'):
+            thread = threading.Thread(target=lambda: raced.append(store.put('{"a":"b"}', b"L" * 40000)))
+            thread.start()
+            thread.join()
+        real_setperm(key_id, perm)
+
+    monkeypatch.setattr(keyutils, "setperm", setperm)
+    key = store.put('{"a":"b"}', b"small")
+    assert raced == [key] and list(store.entries()) == [(key, '{"a":"b"}')]
+    assert store.get('{"a":"b"}') == (key, b"small")
