@@ -1,7 +1,7 @@
 """A 64 KiB secret's round trip (store, then read back), ours beside keyctl(1) in the same run.
 
-- ours, library: SecretStore.store + lookup (three user keys in a chunk keyring, published by
-  one KEYCTL_LINK), in-process;
+- ours, library: SecretStore.store + lookup (three user keys in a payload keyring, published in
+  the item keyring by one KEYCTL_LINK), in-process;
 - ours, CLI: ``docker-credential-keyctl store`` then ``get`` with the largest line Docker's
   protocol allows (65,535 bytes), two processes as Docker runs them;
 - anchor: keyutils' C ``keyctl``: the same bytes need two ``user`` keys there (32,767 bytes

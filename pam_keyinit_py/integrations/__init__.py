@@ -24,6 +24,6 @@ item is **lost at reboot**; a non-root uid may own at most 200 keys and 20000
 bytes of descriptions and payloads (``/proc/sys/kernel/keys/maxkeys``,
 ``maxbytes``); an item's attributes are limited to 4095 bytes (the key
 description).  Label plus secret larger than one ``user`` key (32,767 bytes)
-go into a chunk keyring of several keys (see :mod:`.store`), up to about 2 MiB.
+go into an item keyring of several keys (see :mod:`.store`), up to about 2 MiB.
 Root and any process that can become the uid can read the items.
 """

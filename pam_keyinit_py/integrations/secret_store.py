@@ -140,9 +140,9 @@ class SecretStore:
         description = encode_attributes(attributes)
         now = int(time.time())
         created = now
-        old = self.keys.find(description)
+        old = self.keys.get(description)
         if old is not None:
-            previous = _unpack(old, attributes, self.keys.read(old))
+            previous = _unpack(old[0], attributes, old[1])
             if previous is not None and previous.created:
                 created = previous.created
         payload = json.dumps(
@@ -157,18 +157,39 @@ class SecretStore:
         return Item(key, dict(attributes), label, secret, created, now)
 
     def search(self, query: dict[str, str], load: bool = True) -> list[Item]:
-        """Every item whose attributes include all of ``query``, best match first."""
+        """Every item whose attributes include all of ``query``, best match first.
+
+        A listing of the store: an item that left it since (replaced by one with
+        other attributes under ``replace``, linked before) sends us to list once
+        more, which finds its successor (see :mod:`.store`).
+        """
         matches: list[Item] = []
-        for key, description in self.keys.entries():
-            attributes = decode_attributes(description)
-            if attributes is None or any(attributes.get(k) != v for k, v in query.items()):
-                continue
-            if not load:
-                matches.append(Item(key, attributes))
-                continue
-            item = _unpack(key, attributes, self.keys.read(key))
-            if item is not None:
-                matches.append(item)
+        listed: set[int] = set()
+        loaded: set[int] = set()
+        for _listing in range(2):
+            lost = False
+            for key, description in self.keys.entries(listed):
+                attributes = decode_attributes(description)
+                if attributes is None or any(attributes.get(k) != v for k, v in query.items()):
+                    continue
+                if not load:
+                    matches.append(Item(key, attributes))
+                    continue
+                payload = self.keys.read(key)
+                if payload is None:
+                    # Gone since it was listed.  A user key that gave way to an item keyring
+                    # is found by its attributes; a removed item's successor by listing again.
+                    current = self.keys.get(description)
+                    if current is None:
+                        lost = True
+                        continue
+                    key, payload = current
+                item = None if key in loaded else _unpack(key, attributes, payload)
+                if item is not None:
+                    loaded.add(key)
+                    matches.append(item)
+            if not lost:
+                break
         matches.sort(key=lambda i: (i.attributes != query, -i.modified, encode_attributes(i.attributes)))
         return matches
 
@@ -183,19 +204,15 @@ class SecretStore:
         guess = query if likely is None else likely
         if not _storable(query) or not _storable(guess):
             return None  # no item can carry such an attribute (store() refuses it)
-        # An item replaced between finding and reading it reads as None: look again.
-        for _attempt in range(3):
-            exact = self.keys.find(encode_attributes(guess))
-            if exact is not None:
-                item = _unpack(exact, dict(guess), self.keys.read(exact))
-                if item is not None:
-                    return item
-            found = self.search(query)
-            if found:
-                return found[0]
-            if exact is None:
-                return None
-        return None
+        # KeyStore.get cannot miss an item that is being replaced (see .store), so one look
+        # at the likely item and one search are enough.
+        exact = self.keys.get(encode_attributes(guess))
+        if exact is not None:
+            item = _unpack(exact[0], dict(guess), exact[1])
+            if item is not None:
+                return item
+        found = self.search(query)
+        return found[0] if found else None
 
     def lookup(self, query: dict[str, str], likely: dict[str, str] | None = None) -> str | None:
         """The secret of the best item matching ``query``, or None."""

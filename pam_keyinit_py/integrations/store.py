@@ -12,16 +12,47 @@ process keyring: a key in ``@u`` or in the persistent keyring is not possessed
 through its serial number alone (the kernel looks for it from @t/@p/@s), so
 the found keyring is linked into ``@p`` (KEYCTL_SEARCH with a destination, or
 KEYCTL_GET_PERSISTENT into @p), as MIT krb5's KEYRING ccache does.
-The process keyring vanishes with the process; nothing else is touched.
+The process keyring vanishes with the process, as does the thread keyring
+where a reader holds what it reads and a writer builds what it publishes
+(below); nothing else is touched.
 
 One ``user`` key holds at most 32,767 bytes and this kernel has no
-``big_key`` type, so a larger payload is stored as a **chunk keyring**: a
-possessor-only keyring with the item's description whose members are
-``user`` keys named ``<index>/<count>``.  It is built in ``@p`` first and
-linked into the store last (KEYCTL_LINK displaces an older keyring of the same
-description in one step), so a reader sees the old payload or the new one,
-never a part.  A payload that shrinks back under the cap goes into a plain
-``user`` key again and the chunk keyring is removed after it.
+``big_key`` type, so a larger payload goes into an **item keyring**: a
+possessor-only keyring with the item's description that holds one **payload
+keyring** ``keyinit:payload`` whose members are ``user`` keys named
+``<index>/<count>``.  A new version's payload keyring is built in the writer's
+thread keyring and linked into the item keyring last (KEYCTL_LINK displaces the
+previous one in one step), so the payload keyring an item holds is always
+whole.  The item keyring itself stays: it is never displaced by a new version.
+
+Readers never miss an item that is being replaced (:meth:`KeyStore.get`):
+
+- a ``user`` key is replaced in place (add_key updates it), one KEYCTL_READ
+  returns the old payload or the new one;
+- a payload keyring is found by KEYCTL_SEARCH *with a destination*: the same
+  call links it into the reader's thread keyring, so it stays possessed and
+  alive (with all its chunks) after a newer one displaces it.  Not @p: the
+  process's other threads share it, so another reader's unlink, or a writer
+  building a keyring of the same description there, would drop the hold;
+- an item only ever turns from a ``user`` key into an item keyring, never back:
+  a payload that shrinks is written as a one-chunk payload keyring.  put()
+  links the item keyring before it removes the ``user`` key, so a reader that
+  misses the ``user`` key (or loses it before its KEYCTL_READ) is sure to find
+  the item keyring.  Were both directions allowed, a writer that changes shape
+  in a loop could slip a change between each two searches of a reader, without
+  bound;
+- a listing of the store (a query that is not an exact attribute set) can lose
+  a member between KEYCTL_READ of the store and KEYCTL_DESCRIBE or KEYCTL_READ
+  of the member.  A member leaves only when it is deleted, when an item keyring
+  linked before it takes over from a ``user`` key, or when ``replace`` removes
+  it after its successor was linked (:mod:`.secret_store`); so one listing more
+  finds what took its place, and an item keyring found there is not displaced.
+  (Only a loop of ``replace`` writes that each change the attributes can outrun
+  a listing; no loop of writes to the same item can.)
+
+A store written before item keyrings may hold a bare chunk keyring (the chunks
+directly inside, no payload keyring): it is read the same way, held in the
+thread keyring, and the next write replaces it with an item keyring.
 """
 
 from __future__ import annotations
@@ -43,6 +74,10 @@ MAX_DESCRIPTION = 4095  # the kernel refuses longer key descriptions (EINVAL)
 MAX_USER_PAYLOAD = 32767  # user_preparse() refuses a larger payload (EINVAL); no big_key here
 MAX_CHUNKS = 64  # ~2 MiB per item: far beyond any quota, but bounds a hostile chunk keyring
 SYSCTL_FILE = "/etc/sysctl.d/60-keyinit-keys.conf"
+PAYLOAD_NAME = "keyinit:payload"  # the one keyring in an item keyring: the current version's chunks
+# Where a reader holds what it reads and a writer builds what it publishes: per thread, so
+# neither meets another thread's keyring of the same description there.
+HOLD = keyutils.KEY_SPEC_THREAD_KEYRING
 
 
 class StoreError(KeyinitError):
@@ -98,6 +133,8 @@ def explain(exc: keyutils.KeyutilsError) -> StoreError:
 
 
 _GONE = (keyutils.NoKeyError, keyutils.KeyExpiredError, keyutils.KeyRevokedError)
+# Also gone for this process: a displaced keyring is no longer possessed (EACCES).
+_UNREACHABLE = (*_GONE, keyutils.KeyPermissionError)
 
 
 class KeyStore:
@@ -150,33 +187,64 @@ class KeyStore:
         except keyutils.KeyutilsError as exc:
             raise explain(exc) from None
 
-    def _search(self, ring: int, type_: str, description: str) -> int | None:
+    def _search(self, ring: int, type_: str, description: str, dest: int = 0) -> int | None:
+        """KEYCTL_SEARCH ``ring``'s tree, linking the hit into ``dest`` if non-zero; None if absent."""
         try:
-            return keyutils.search(ring, type_, description)
-        except _GONE:
+            return keyutils.search(ring, type_, description, dest)
+        except _UNREACHABLE:
             return None
         except keyutils.KeyutilsError as exc:
             raise explain(exc) from None
 
+    @staticmethod
+    def _release(keys: list[int]) -> None:
+        """KEYCTL_UNLINK each of ``keys`` from the thread keyring, where it was held."""
+        for key in keys:
+            try:
+                keyutils.unlink(key, HOLD)
+            except keyutils.KeyutilsError:
+                pass  # displaced there by a later hold of the same description, or gone
+
     def find(self, description: str) -> int | None:
-        """KEYCTL_SEARCH for item ``description`` (a ``user`` key, else a chunk keyring); None if absent."""
+        """The serial of item ``description`` (a ``user`` key or an item keyring); None if absent."""
+        found = self.get(description)
+        return None if found is None else found[0]
+
+    def get(self, description: str) -> tuple[int, bytes] | None:
+        """Item ``description`` (its serial) and its payload, or None if there is no such item.
+
+        KEYCTL_SEARCH for its ``user`` key and KEYCTL_READ; failing that,
+        KEYCTL_SEARCH for its item keyring, held in the thread keyring while
+        :meth:`read` reads it (see the module docstring).
+        """
         ring = self.ring()
         if ring is None:
             return None
-        for _attempt in range(8):
-            key = self._search(ring, "user", description)
-            if key is not None:
-                return key
-            key = self._search(ring, "keyring", description)
+        key = self._search(ring, "user", description)
+        if key is not None:
+            payload = self._read_user(key)
+            if payload is not None:
+                return key, payload
+            # Removed since the search: put() linked the item keyring before removing it.
+        held: list[int] = []
+        try:
+            key = self._search(ring, "keyring", description, HOLD)
             if key is None:
-                # put() adds an item's new shape before it removes the old one: an item that
-                # turned from a chunk keyring into a user key between the two searches is here.
-                return self._search(ring, "user", description)
-            if key in self._members(ring):
-                return key
-            # Not a member: a look-alike deeper down, or a chunk keyring that a newer one
-            # displaced since the search.  Search again; only a look-alike stays this way.
-        return None
+                return None
+            held.append(key)
+            if key not in self._members(ring):
+                # KEYCTL_SEARCH prefers a direct member, so this one was displaced since the
+                # search (an earlier-format chunk keyring replaced) or is a look-alike deeper
+                # down (found again).
+                again = self._search(ring, "keyring", description, HOLD)
+                if again is None or again == key:
+                    return None
+                held.append(again)
+                key = again
+            payload = self.read(key)
+            return None if payload is None else (key, payload)
+        finally:
+            self._release(held)
 
     @staticmethod
     def _members(ring: int) -> list[int]:
@@ -188,12 +256,18 @@ class KeyStore:
             raise explain(exc) from None
 
     def put(self, description: str, payload: bytes) -> int:
-        """Store ``payload`` under ``description``: one ``user`` key, or a chunk keyring if larger.
+        """Store ``payload`` under ``description``: one ``user`` key, or an item keyring if larger.
 
         add_key on an existing (type, description) updates that key in place, so
         readers never see a missing item.  KEYCTL_SETPERM then makes it
         possessor-only (a new key starts with the kernel's default mask, which
         lets the owner *view* the description, never read the payload).
+
+        An item that has an item keyring keeps it (see the module docstring): a
+        small payload for it is a one-chunk payload keyring, also when a
+        concurrent writer made the item keyring just before.  The ``user`` key of
+        an item that got an item keyring is invalidated only after the item
+        keyring is linked into the store.
         """
         if not description or len(description.encode()) > MAX_DESCRIPTION:
             raise StoreError(f"item attributes too long: at most {MAX_DESCRIPTION} bytes once encoded")
@@ -204,59 +278,122 @@ class KeyStore:
         try:
             if len(payload) <= MAX_USER_PAYLOAD:
                 key = keyutils.add_key("user", description, payload, ring)
-                keyutils.setperm(key, POSSESSOR_ONLY)
-                stale = self._search(ring, "keyring", description)
-            else:
-                key = self._put_chunks(ring, description, payload)
-                stale = self._search(ring, "user", description)
+                try:
+                    keyutils.setperm(key, POSSESSOR_ONLY)
+                except _GONE:
+                    pass  # a concurrent writer gave the item an item keyring and removed this key
+                else:
+                    if self._search(ring, "keyring", description) is None:
+                        return key
+                # Readers see our user key (if still there) until the item keyring holds our
+                # payload too.
+            key = self._put_large(ring, description, payload)
+            stale = self._search(ring, "user", description)
         except keyutils.KeyutilsError as exc:
             raise explain(exc) from None
-        if stale is not None and stale != key and stale in self._members(ring):
-            self.remove(stale)  # the other shape of the same item, now superseded
+        if stale is not None and stale in self._members(ring):
+            self.remove(stale)  # the item's user key, now superseded by the item keyring
         return key
 
-    def _put_chunks(self, ring: int, description: str, payload: bytes) -> int:
-        """Build a chunk keyring in @p, then KEYCTL_LINK it into ``ring`` (the publishing step)."""
-        spec = keyutils.KEY_SPEC_PROCESS_KEYRING
-        pieces = [payload[i : i + MAX_USER_PAYLOAD] for i in range(0, len(payload), MAX_USER_PAYLOAD)]
-        # A keyring has no update operation, so add_key always makes a new one here.
-        chunks = keyutils.add_key("keyring", description, None, spec)
+    def _put_large(self, ring: int, description: str, payload: bytes) -> int:
+        """Build a payload keyring in @t, then KEYCTL_LINK it into the item keyring (the publishing
+        step); an item without one gets a new item keyring, linked into ``ring`` with it."""
+        version = self._build_payload(payload)
+        made: int | None = None
         try:
-            keyutils.setperm(chunks, POSSESSOR_ONLY)
-            for index, piece in enumerate(pieces):
-                key = keyutils.add_key("user", f"{index}/{len(pieces)}", piece, chunks)
-                keyutils.setperm(key, POSSESSOR_ONLY)
-            keyutils.link(chunks, ring)  # displaces the previous chunk keyring of this item
+            item = self._search(ring, "keyring", description)
+            if item is not None and (
+                item not in self._members(ring) or self._search(item, "keyring", PAYLOAD_NAME) is None
+            ):
+                item = None  # a look-alike deeper down, or an earlier-format chunk keyring
+            if item is not None:
+                try:
+                    keyutils.link(version, item)  # displaces the item's previous payload keyring
+                    return item
+                except _GONE:
+                    pass  # removed (clear) since the search: the item gets a new item keyring
+            made = keyutils.add_key("keyring", description, None, HOLD)
+            keyutils.setperm(made, POSSESSOR_ONLY)
+            keyutils.link(version, made)
+            keyutils.link(made, ring)  # displaces an earlier-format chunk keyring of this item
+            return made
         except BaseException:
-            self._drop_chunks(chunks)
+            self._drop(version)
+            if made is not None:
+                self._drop(made)
             raise
         finally:
-            try:
-                keyutils.unlink(chunks, spec)
-            except keyutils.KeyutilsError:
-                pass
-        return chunks
+            self._release([version] if made is None else [version, made])
 
-    def _drop_chunks(self, chunks: int) -> None:
-        """Invalidate the chunks first (their quota is freed at once), then the keyring."""
+    def _build_payload(self, payload: bytes) -> int:
+        """A payload keyring in @t holding ``payload`` as ``<index>/<count>`` user keys (add_key)."""
+        pieces = [payload[i : i + MAX_USER_PAYLOAD] for i in range(0, len(payload), MAX_USER_PAYLOAD)]
+        # A keyring has no update operation, so add_key always makes a new one here.
+        version = keyutils.add_key("keyring", PAYLOAD_NAME, None, HOLD)
         try:
-            for key in keyutils.keyring_ids(chunks):
+            keyutils.setperm(version, POSSESSOR_ONLY)
+            for index, piece in enumerate(pieces):
+                key = keyutils.add_key("user", f"{index}/{len(pieces)}", piece, version)
+                keyutils.setperm(key, POSSESSOR_ONLY)
+        except BaseException:
+            self._drop(version)
+            self._release([version])
+            raise
+        return version
+
+    def _drop(self, keyring: int, depth: int = 0) -> None:
+        """KEYCTL_INVALIDATE a keyring's members first (their quota is freed at once; a payload
+        keyring's chunks too), then the keyring."""
+        try:
+            for key in keyutils.keyring_ids(keyring):
                 try:
-                    keyutils.invalidate(key)
-                except keyutils.KeyutilsError:
+                    if depth == 0 and KeyInfo.of(key).is_keyring:
+                        self._drop(key, depth + 1)
+                    else:
+                        keyutils.invalidate(key)
+                except (keyutils.KeyutilsError, ValueError):
                     pass
-            keyutils.invalidate(chunks)
+            keyutils.invalidate(keyring)
         except keyutils.KeyutilsError:
             pass
 
-    def read(self, key: int) -> bytes | None:
-        """KEYCTL_READ an item's payload (joining a chunk keyring); None if gone or incomplete."""
+    @staticmethod
+    def _read_user(key: int) -> bytes | None:
+        """KEYCTL_READ a ``user`` key; None if it is gone."""
         try:
-            if not KeyInfo.of(key).is_keyring:
-                return keyutils.read(key)
+            return keyutils.read(key)
+        except _UNREACHABLE:
+            return None
+        except keyutils.KeyutilsError as exc:
+            raise explain(exc) from None
+
+    def read(self, key: int) -> bytes | None:
+        """An item's payload: KEYCTL_READ of its ``user`` key, or the chunks of its item keyring's
+        payload keyring (held in @t while read); None if gone or incomplete."""
+        try:
+            is_keyring = KeyInfo.of(key).is_keyring
+        except _UNREACHABLE:
+            return None
+        except keyutils.KeyutilsError as exc:
+            raise explain(exc) from None
+        if not is_keyring:
+            return self._read_user(key)
+        version = self._search(key, "keyring", PAYLOAD_NAME, HOLD)
+        if version is None:
+            return self._read_chunks(key)  # an earlier-format chunk keyring (or none left)
+        try:
+            return self._read_chunks(version)
+        finally:
+            self._release([version])
+
+    @staticmethod
+    def _read_chunks(keyring: int) -> bytes | None:
+        """KEYCTL_READ the ``<index>/<count>`` user keys of ``keyring`` and join them; None if any is
+        missing or foreign."""
+        try:
             parts: dict[int, bytes] = {}
             count = None
-            for chunk in keyutils.keyring_ids(key):
+            for chunk in keyutils.keyring_ids(keyring):
                 info = KeyInfo.of(chunk)
                 index, _, total = info.description_bytes.partition(b"/")
                 if info.type_bytes != b"user" or not index.isdigit() or not total.isdigit():
@@ -266,8 +403,7 @@ class KeyStore:
                 if int(total) != count:
                     return None
                 parts[int(index)] = keyutils.read(chunk)
-        except (*_GONE, keyutils.KeyPermissionError):
-            # Replaced meanwhile: a displaced chunk keyring is no longer possessed (EACCES).
+        except _UNREACHABLE:
             return None
         except keyutils.KeyutilsError as exc:
             raise explain(exc) from None
@@ -279,7 +415,7 @@ class KeyStore:
         """KEYCTL_INVALIDATE: drop the item from every keyring and free its payload now."""
         try:
             if KeyInfo.of(key).is_keyring:
-                self._drop_chunks(key)
+                self._drop(key)
                 return
             keyutils.invalidate(key)
         except _GONE:
@@ -287,15 +423,30 @@ class KeyStore:
         except keyutils.KeyutilsError as exc:
             raise explain(exc) from None
 
-    def entries(self) -> Iterator[tuple[int, str]]:
-        """(serial, description) of each item in our keyring: ``user`` keys and chunk keyrings."""
+    def entries(self, seen: set[int] | None = None) -> Iterator[tuple[int, str]]:
+        """(serial, description) of each item in our keyring: ``user`` keys and item keyrings.
+
+        KEYCTL_READ of our keyring, then KEYCTL_DESCRIBE of each member.  A member
+        that cannot be described any more left since the listing; then the keyring
+        is listed once more for what took its place (see the module docstring).
+        Serials in ``seen`` are skipped, and every listed serial is added to it.
+        """
         ring = self.ring()
         if ring is None:
             return
-        for key in self._members(ring):
-            try:
-                info = KeyInfo.of(key)
-            except keyutils.KeyutilsError:
-                continue  # gone meanwhile, or a foreign key we may not view
-            if info.type in ("user", "keyring"):
-                yield key, info.description
+        seen = set() if seen is None else seen
+        for _listing in range(2):
+            lost = False
+            for key in self._members(ring):
+                if key in seen:
+                    continue
+                seen.add(key)
+                try:
+                    info = KeyInfo.of(key)
+                except (keyutils.KeyutilsError, ValueError):
+                    lost = True  # gone meanwhile, or a foreign key we may not view
+                    continue
+                if info.type in ("user", "keyring"):
+                    yield key, info.description
+            if not lost:
+                return

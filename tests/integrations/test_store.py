@@ -9,6 +9,7 @@ from pam_keyinit_py.integrations.secret_store import SecretStore
 from pam_keyinit_py.integrations.store import (
     MAX_CHUNKS,
     MAX_USER_PAYLOAD,
+    PAYLOAD_NAME,
     RING_NAME,
     KeyStore,
     LocationError,
@@ -127,34 +128,68 @@ def _chunks(ring: int) -> list[tuple[bytes, int]]:
     return sorted(out)
 
 
-def test_payload_over_one_user_key_is_a_possessor_only_chunk_keyring(fresh_session_keyring: int) -> None:
+def _payload_ring(item: int) -> int:
+    (version,) = keyutils.keyring_ids(item)
+    assert keyutils.describe(version).endswith(f";{PAYLOAD_NAME}".encode())
+    return version
+
+
+def test_payload_over_one_user_key_is_a_possessor_only_item_keyring(fresh_session_keyring: int) -> None:
     store = KeyStore("session")
     big = bytes(range(256)) * 280  # 71,680 bytes: three user keys
     key = store.put('{"a":"b"}', big)
     ring = store.ring()
     assert key in keyutils.keyring_ids(ring)
     assert keyutils.describe(key).startswith(b"keyring;") and _perm(key) == POS_ONLY
-    assert _chunks(key) == [(b"0/3 user", 32767), (b"1/3 user", 32767), (b"2/3 user", 71680 - 2 * 32767)]
-    assert all(_perm(k) == POS_ONLY for k in keyutils.keyring_ids(key))
+    version = _payload_ring(key)
+    assert _perm(version) == POS_ONLY
+    assert _chunks(version) == [(b"0/3 user", 32767), (b"1/3 user", 32767), (b"2/3 user", 71680 - 2 * 32767)]
+    assert all(_perm(k) == POS_ONLY for k in keyutils.keyring_ids(version))
     assert store.read(key) == big and store.find('{"a":"b"}') == key
     assert list(store.entries()) == [(key, '{"a":"b"}')]
-    # Shrinking back: one user key, and the chunk keyring is gone from the store.
-    small = store.put('{"a":"b"}', b"small")
-    assert keyutils.describe(small).startswith(b"user;")
-    assert list(store.entries()) == [(small, '{"a":"b"}')] and store.read(small) == b"small"
-    # Growing again: the user key is removed after the chunk keyring is published.
+    # Nothing is left held (or half-built) in the thread keyring.
+    assert keyutils.keyring_ids(keyutils.KEY_SPEC_THREAD_KEYRING) == []
+    # A new version: the same item keyring, a new payload keyring in it.
     again = store.put('{"a":"b"}', big[:40000])
-    assert list(store.entries()) == [(again, '{"a":"b"}')] and store.read(again) == big[:40000]
-    store.remove(again)
+    assert again == key and _payload_ring(key) != version
+    assert list(store.entries()) == [(key, '{"a":"b"}')] and store.read(key) == big[:40000]
+    # Shrinking: still an item keyring (a payload of one chunk).  An item never turns back
+    # into a user key, so a reader that misses its user key always finds the keyring.
+    assert store.put('{"a":"b"}', b"small") == key
+    assert _chunks(_payload_ring(key)) == [(b"0/1 user", 5)]
+    assert list(store.entries()) == [(key, '{"a":"b"}')] and store.get('{"a":"b"}') == (key, b"small")
+    store.remove(key)
     assert list(store.entries()) == [] and store.find('{"a":"b"}') is None
+    # Growing: the user key is removed after the item keyring is published.
+    plain = store.put('{"a":"b"}', b"small")
+    assert keyutils.describe(plain).startswith(b"user;")
+    grown = store.put('{"a":"b"}', big[:40000])
+    assert keyutils.describe(grown).startswith(b"keyring;")
+    assert list(store.entries()) == [(grown, '{"a":"b"}')] and store.get('{"a":"b"}') == (grown, big[:40000])
 
 
-def test_an_incomplete_chunk_keyring_reads_as_absent(fresh_session_keyring: int) -> None:
+def test_an_incomplete_payload_keyring_reads_as_absent(fresh_session_keyring: int) -> None:
     store = KeyStore("session")
     key = store.put('{"a":"b"}', b"x" * 70000)
-    keyutils.unlink(keyutils.keyring_ids(key)[0], key)  # one chunk lost: never a partial secret
+    version = _payload_ring(key)
+    keyutils.unlink(keyutils.keyring_ids(version)[0], version)  # one chunk lost: never a partial secret
     assert store.read(key) is None
     assert SecretStore("session").lookup({"a": "b"}) is None
+
+
+def test_an_earlier_format_chunk_keyring_is_read_and_then_replaced(fresh_session_keyring: int) -> None:
+    """Stores written before item keyrings hold the chunks directly in the item's keyring."""
+    store = KeyStore("session")
+    ring = store.ring(create=True)
+    old = keyutils.add_key("keyring", '{"a":"b"}', None, ring)
+    keyutils.setperm(old, POS_ONLY)
+    keyutils.add_key("user", "1/2", b"y" * 7000, old)
+    keyutils.add_key("user", "0/2", b"x" * 32767, old)
+    assert store.get('{"a":"b"}') == (old, b"x" * 32767 + b"y" * 7000)
+    assert SecretStore("session").lookup_item({"a": "b"}) is None  # not an item's JSON payload
+    key = store.put('{"a":"b"}', b"z" * 40000)
+    assert key != old and list(store.entries()) == [(key, '{"a":"b"}')]
+    assert store.get('{"a":"b"}') == (key, b"z" * 40000)
 
 
 def test_readers_see_the_old_or_the_new_large_secret_never_a_mix(fresh_session_keyring: int) -> None:
@@ -184,3 +219,167 @@ def test_readers_see_the_old_or_the_new_large_secret_never_a_mix(fresh_session_k
         stop.set()
         thread.join()
     assert len(seen) > 1, seen  # the writer really replaced it while we read
+
+
+def _replace_before_every(monkeypatch: pytest.MonkeyPatch, call: str, attributes: dict[str, str],
+                          secrets: list[str]) -> list[str]:
+    """Put a writer in the reader's window: before each layer-0 ``call`` (``read``: KEYCTL_READ
+    of a payload, ``describe``: KEYCTL_DESCRIBE), a writer thread replaces the item with the
+    next of ``secrets`` (on the real keyring) and the reader goes on only when it is done.
+
+    Returns the list of values written, in order.  The writer's own calls go straight through.
+    """
+    import threading
+
+    from pam_keyinit_py.keyutils import calls
+
+    # The store reads payloads through the package (keyutils.read); KeyInfo.of describes
+    # through keyutils.calls.
+    module = keyutils if call == "read" else calls
+    real = getattr(module, call)
+    written: list[str] = []
+    writer = threading.local()  # a thread of its own: it has its own thread keyring, as any writer
+    failed: list[BaseException] = []
+
+    def replace() -> None:
+        writer.busy = True
+        value = secrets[len(written) % len(secrets)]
+        try:
+            SecretStore("session").store(attributes, "L", value)
+        except BaseException as exc:  # noqa: BLE001 - handed to the reader's thread below
+            failed.append(exc)
+            return
+        written.append(value)
+
+    def interposed(key_id: int) -> bytes:
+        if not getattr(writer, "busy", False):
+            thread = threading.Thread(target=replace)
+            thread.start()
+            thread.join()
+            if failed:
+                raise failed[0]
+        return real(key_id)
+
+    monkeypatch.setattr(module, call, interposed)
+    return written
+
+
+def test_a_chunked_secret_replaced_between_find_and_every_read_is_still_read_whole(
+    fresh_session_keyring: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each chunk read comes after a newer chunk keyring displaced the one the reader found."""
+    secrets = ["A" * 40000, "B" * 65000, "C" * 33000]
+    store = SecretStore("session")
+    store.store({"k": "v"}, "L", "Z" * 50000)
+    written = _replace_before_every(monkeypatch, "read", {"k": "v"}, secrets)
+    for _ in range(6):
+        before = len(written)
+        value = store.lookup({"k": "v"})
+        assert value is not None, "a reader saw no secret while a large one was being replaced"
+        assert value in [*secrets, "Z" * 50000], (len(value), value[:1], value[-1:])
+        assert len(written) > before  # the swap really happened inside the read
+
+
+def test_a_secret_growing_into_chunks_between_find_and_read_is_still_read_whole(
+    fresh_session_keyring: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reader found a plain user key; before its KEYCTL_READ the item became a chunk keyring."""
+    store = SecretStore("session")
+    store.store({"k": "v"}, "L", "small")
+    secrets = ["G" * 40000, "s", "H" * 70000, "t"]
+    _replace_before_every(monkeypatch, "read", {"k": "v"}, secrets)
+    for _ in range(8):
+        value = store.lookup({"k": "v"})
+        assert value is not None, "a reader saw no secret while it grew into a chunk keyring"
+        assert value in [*secrets, "small"], (len(value), value[:1], value[-1:])
+
+
+def test_a_partial_query_reads_a_chunked_secret_replaced_under_it(
+    fresh_session_keyring: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No exact item: the listed chunk keyring is displaced before it is read, and still found."""
+    attributes = {"k": "v", "user": "u"}
+    store = SecretStore("session")
+    store.store(attributes, "L", "Z" * 50000)
+    secrets = ["A" * 40000, "B" * 65000]
+    _replace_before_every(monkeypatch, "read", attributes, secrets)
+    for _ in range(4):
+        item = store.lookup_item({"k": "v"})
+        assert item is not None, "a partial query found nothing while the item was being replaced"
+        assert item.attributes == attributes and item.secret in [*secrets, "Z" * 50000]
+
+
+def test_a_small_write_racing_a_large_one_leaves_one_item_keyring(
+    fresh_session_keyring: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another writer makes the item a chunk keyring just before a small write's add_key.
+
+    The item must keep its item keyring (readers rely on it never turning back), and hold the
+    small write's secret: that writer finished last.
+    """
+    import threading
+
+    store = KeyStore("session")
+    store.put('{"a":"b"}', b"first")
+    real_add_key = keyutils.add_key
+    raced: list[bytes] = []
+
+    def large_write() -> None:
+        raced.append(keyutils.describe(store.put('{"a":"b"}', b"L" * 40000)))
+
+    def add_key(type_: str, description: str, payload: bytes | None, ring: int) -> int:
+        if type_ == "user" and description == '{"a":"b"}' and not raced:
+            thread = threading.Thread(target=large_write)
+            thread.start()
+            thread.join()
+        return real_add_key(type_, description, payload, ring)
+
+    monkeypatch.setattr(keyutils, "add_key", add_key)
+    key = store.put('{"a":"b"}', b"small")
+    assert raced and raced[0].startswith(b"keyring;")
+    assert keyutils.describe(key).startswith(b"keyring;")
+    assert list(store.entries()) == [(key, '{"a":"b"}')]
+    assert store.get('{"a":"b"}') == (key, b"small")
+
+
+def test_a_partial_query_names_a_chunked_secret_replaced_before_it_is_described(
+    fresh_session_keyring: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Docker helper's get: no exact item, so the store is listed; each listed item is
+    replaced before its KEYCTL_DESCRIBE."""
+    attributes = {"k": "v", "user": "u"}
+    store = SecretStore("session")
+    store.store(attributes, "L", "Z" * 50000)
+    secrets = ["A" * 40000, "B" * 65000, "c"]
+    written = _replace_before_every(monkeypatch, "describe", attributes, secrets)
+    for _ in range(4):
+        item = store.lookup_item({"k": "v"})
+        assert item is not None, "a partial query found nothing while the item was being replaced"
+        assert item.attributes == attributes and item.secret in [*secrets, "Z" * 50000]
+    assert written
+
+
+def test_a_small_write_whose_user_key_a_large_one_removes_still_lands(
+    fresh_session_keyring: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Between a small write's add_key and its KEYCTL_SETPERM, another writer gives the item an
+    item keyring and invalidates that user key: the small write is published there instead."""
+    import threading
+
+    store = KeyStore("session")
+    store.put('{"a":"b"}', b"first")
+    real_setperm = keyutils.setperm
+    raced: list[int] = []
+
+    def setperm(key_id: int, perm: int) -> None:
+        if not raced and keyutils.describe(key_id).startswith(b"user;0;0;") and \
+                keyutils.describe(key_id).endswith(b';{"a":"b"}'):
+            thread = threading.Thread(target=lambda: raced.append(store.put('{"a":"b"}', b"L" * 40000)))
+            thread.start()
+            thread.join()
+        real_setperm(key_id, perm)
+
+    monkeypatch.setattr(keyutils, "setperm", setperm)
+    key = store.put('{"a":"b"}', b"small")
+    assert raced == [key] and list(store.entries()) == [(key, '{"a":"b"}')]
+    assert store.get('{"a":"b"}') == (key, b"small")
