@@ -13,7 +13,12 @@ CODE_LINE, CODE_FUNC; journald adds the trusted _PID, _UID, _SYSTEMD_UNIT.  A re
 
 Under systemd, stderr is a stream to journald too (``$JOURNAL_STREAM`` names its device and inode);
 that is how :func:`under_journald` knows to switch.  A record the socket refuses (too large for one
-datagram, journald restarting) is written to stderr instead, never lost and never raised.
+datagram, journald restarting) is written to stderr instead, never raised.
+
+No log call waits for journald: its event loop logs too, so a stalled journald (its socket's
+queue full) must not stall the service.  Both the datagram and the stderr stream are written
+with MSG_DONTWAIT; a line neither takes at once is dropped and counted, and the next line that
+gets through is preceded by "N log lines dropped".  Memory stays one counter.
 
 On stderr (:class:`LineFormatter`) a record is one line: control characters in its message are
 escaped, and a traceback's lines are indented.  Messages quote what users chose (a principal
@@ -26,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import stat
 import struct
 import sys
 from typing import Any
@@ -101,7 +107,13 @@ def _field(name: str, value: object) -> bytes:
 
 
 class JournalHandler(logging.Handler):
-    """A logging handler that sends each record to journald as one native-protocol datagram."""
+    """A logging handler that sends each record to journald as one native-protocol datagram.
+
+    It never blocks: a record journald's socket does not take at once (its queue is full:
+    journald is stalled or flooded) is counted in :attr:`dropped`, and the count is sent as its
+    own WARNING line ("N log lines dropped", KEYINIT_EVENT=log_dropped) before the next record
+    that gets through.
+    """
 
     def __init__(self, address: str = JOURNAL_SOCKET, identifier: str = IDENTIFIER) -> None:
         super().__init__()
@@ -110,6 +122,9 @@ class JournalHandler(logging.Handler):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self.fallback = logging.StreamHandler(sys.stderr)
         self.fallback.setFormatter(LineFormatter(identifier))
+        self.stream = _socket_of(sys.stderr)  # journald's stream, when stderr is one
+        #: Records neither journald's socket nor stderr took, not yet reported.
+        self.dropped = 0
 
     def encode(self, record: logging.LogRecord) -> bytes:
         """The datagram for ``record``: MESSAGE, PRIORITY, SYSLOG_IDENTIFIER, CODE_*, KEYINIT_*."""
@@ -131,16 +146,69 @@ class JournalHandler(logging.Handler):
         return b"".join(parts)
 
     def emit(self, record: logging.LogRecord) -> None:
+        """Send ``record`` (after the count of dropped ones, if any); drop and count it if it would wait.
+
+        logging.Handler.handle holds the handler's lock around this, so the count is exact.
+        """
         try:
-            self.sock.sendto(self.encode(record), self.address)
-        except OSError:
-            self.fallback.handle(record)
+            if self.dropped and not self._deliver(self._dropped_record(self.dropped)):
+                self.dropped += 1
+                return
+            self.dropped = 0
+            if not self._deliver(record):
+                self.dropped += 1
         except Exception:  # noqa: BLE001 - logging must never take the service down
             self.handleError(record)
 
+    def _dropped_record(self, count: int) -> logging.LogRecord:
+        record = logging.LogRecord(self.name or "keyinit-ticketd", logging.WARNING, __file__, 0,
+                                   "%d log lines dropped: journald did not take them at once", (count,), None,
+                                   "emit")
+        record.keyinit_event = "log_dropped"
+        return record
+
+    def _deliver(self, record: logging.LogRecord) -> bool:
+        """One datagram to journald (sendto, MSG_DONTWAIT), else a line on stderr; False if none was taken."""
+        try:
+            self.sock.sendto(self.encode(record), socket.MSG_DONTWAIT, self.address)
+            return True
+        except BlockingIOError:  # the queue is full: waiting is what must not happen
+            return False
+        except OSError:  # too large for a datagram, or no journald listening (restarting)
+            pass
+        if self.stream is None:  # stderr is no journal stream: a file or terminal does not stall on journald
+            self.fallback.handle(record)
+            return True
+        line = (self.fallback.format(record) + "\n").encode("utf-8", "backslashreplace")
+        try:
+            return self.stream.send(line, socket.MSG_DONTWAIT) == len(line)
+        except OSError:
+            return False
+
     def close(self) -> None:
+        """Report lines still counted as dropped (if journald takes it at once), then close."""
+        self.acquire()
+        try:
+            if self.dropped and self._deliver(self._dropped_record(self.dropped)):
+                self.dropped = 0
+        finally:
+            self.release()
         self.sock.close()
+        if self.stream is not None:
+            self.stream.close()
         super().close()
+
+
+def _socket_of(stream: Any) -> socket.socket | None:
+    """A socket on a duplicate of ``stream``'s descriptor when it is one (journald's stdout/stderr
+    stream under systemd), for send(MSG_DONTWAIT) without making the shared descriptor non-blocking."""
+    try:
+        fd = stream.fileno()
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            return None
+        return socket.socket(fileno=os.dup(fd))
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def setup(level: int) -> None:

@@ -298,17 +298,31 @@ def _frame(body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
+_STATUS_X = b'{"v": 1, "op": "status", "x": '
+
+
 @pytest.mark.parametrize(
-    "body",
-    [b"[" * 100_000 + b"]" * 100_000,
-     b'{"v": 1, "op": "status", "x": ' + b'{"a":' * 5000 + b"1" + b"}" * 5000 + b"}",
-     b'{"v": true, "op": "status"}', b'{"v": 1.0, "op": "status"}'],
-    ids=["nested-arrays", "nested-objects", "version-true", "version-float"],
+    ("body", "error"),
+    [(b"[" * 100_000 + b"]" * 100_000, "nested deeper"),
+     (_STATUS_X + b'{"a":' * 5000 + b"1" + b"}" * 5000 + b"}", "nested deeper"),
+     (b'{"v": true, "op": "status"}', "unsupported protocol version"),
+     (b'{"v": 1.0, "op": "status"}', "unsupported protocol version"),
+     # The depth limit is exact: 32 levels are parsed (and the stray field refused), 33 are not;
+     # brackets in strings, escaped quotes and backslashes included, never count.
+     (_STATUS_X + b"[" * 31 + b"]" * 31 + b"}", "unknown field"),
+     (_STATUS_X + b"[" * 32 + b"]" * 32 + b"}", "nested deeper"),
+     (_STATUS_X + b'["\\\\\\"' + b"[{" * 500 + b'\\\\",' + b"[" * 30 + b"]" * 31 + b"}", "unknown field"),
+     (_STATUS_X + b'["\\\\\\"' + b"[{" * 500 + b'\\\\",' + b"[" * 31 + b"]" * 32 + b"}", "nested deeper"),
+     # Not JSON: a backslash-quote outside any string opens one, so these brackets do not count.
+     (b'{"v": 1, "op": "status"}\\"' + b"[" * 40, "not JSON: ValueError")],
+    ids=["nested-arrays", "nested-objects", "version-true", "version-float", "depth-32", "depth-33",
+         "strings-depth-32", "strings-depth-33", "quote-outside"],
 )
-def test_nested_json_and_inexact_versions_get_an_error_reply(limited, body):
+def test_nested_json_and_inexact_versions_get_an_error_reply(limited, body, error):
     body = body[: P.MAX_MESSAGE]
     reply = _raw(limited.socket, _frame(body))
     assert reply is not None and reply["code"] == P.BAD_REQUEST, reply
+    assert error in reply["error"], reply
     assert limited.alive()
     assert "RecursionError" not in limited.log() and "Traceback" not in limited.log()
 

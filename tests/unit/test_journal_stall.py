@@ -1,0 +1,123 @@
+"""A stalled journald cannot stall the service: its log calls never wait on journald's socket.
+
+The "journald" here is a real unix datagram socket the test binds and does not read, so the
+kernel's queue for it fills (net.unix.max_dgram_qlen datagrams) as a stalled journald's does.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from pam_keyinit_py.tickets import journal
+
+LINES = 2000  # far more than any unix datagram queue holds
+
+
+def _report(count: int) -> str:
+    return f"{count} log lines dropped: journald did not take them at once"
+
+
+def _fields(datagram: bytes) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in datagram.decode().splitlines() if "=" in line)
+
+
+def _drain(sock: socket.socket) -> list[dict[str, str]]:
+    records = []
+    while True:
+        try:
+            records.append(_fields(sock.recv(1 << 20, socket.MSG_DONTWAIT)))
+        except BlockingIOError:
+            return records
+
+
+@pytest.fixture
+def stalled(tmp_path: Path):  # noqa: ANN201
+    """A bound datagram socket nobody reads, and a logger whose JournalHandler sends to it."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "journal.sock"))
+    handler = journal.JournalHandler(address=str(tmp_path / "journal.sock"))
+    log = logging.getLogger(f"test-journal-stall-{id(sock)}")
+    log.handlers[:] = [handler]
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    yield sock, handler, log
+    _drain(sock)  # lets a log call that did block (the bug) return, so its thread ends
+    log.handlers[:] = []
+    handler.close()
+    sock.close()
+
+
+def test_log_calls_return_while_journald_does_not_read_and_the_drops_are_reported(stalled, capfd) -> None:
+    sock, handler, log = stalled
+
+    def flood() -> None:
+        for i in range(LINES):
+            log.info("renewed ticket %d", i, extra=journal.fields(event="renew", uid=1000 + i))
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+    flooder.join(60)  # a hang detector, not a speed limit: a blocking send never returns here
+    assert not flooder.is_alive(), "a log call waited for journald's full socket"
+
+    # What journald's queue held was delivered whole and in order; the rest was counted, and
+    # neither written to stderr (under systemd, the same stalled journald) nor raised.
+    delivered = _drain(sock)
+    assert 0 < len(delivered) < LINES
+    assert [r["MESSAGE"] for r in delivered] == [f"renewed ticket {i}" for i in range(len(delivered))]
+    assert handler.dropped == LINES - len(delivered)
+    assert capfd.readouterr().err == ""
+
+    # journald reads again: the next line is preceded by the count of the lines it missed.
+    log.warning("after the stall", extra=journal.fields(event="ready"))
+    report, after = _drain(sock)
+    assert report["MESSAGE"] == _report(LINES - len(delivered))
+    assert report["PRIORITY"] == "4" and report["KEYINIT_EVENT"] == "log_dropped"
+    assert "KEYINIT_UID" not in report  # only a count: nothing of the dropped lines themselves
+    assert after["MESSAGE"] == "after the stall"
+    assert handler.dropped == 0
+
+
+def test_with_journald_restarting_a_stalled_stderr_stream_does_not_block_either(tmp_path: Path) -> None:
+    # journald's socket is gone (it restarts), so lines go to stderr: under systemd its stream
+    # to the same journald, here a real unix stream socket whose reader never reads.
+    handler = journal.JournalHandler(address=str(tmp_path / "no-journald.sock"))
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    if handler.stream is not None:
+        handler.stream.close()
+    handler.stream = ours
+    log = logging.getLogger(f"test-journal-stall-stream-{id(handler)}")
+    log.handlers[:] = [handler]
+    log.propagate = False
+
+    def flood() -> None:
+        for i in range(20_000):  # ~1.5 MB of lines: more than the stream's buffers hold
+            log.warning("renewal of uid %d failed: KDC unreachable", 1000 + i)
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    try:
+        flooder.start()
+        flooder.join(60)  # a hang detector, not a speed limit
+        assert not flooder.is_alive(), "a log call waited for a full stderr stream"
+        assert handler.dropped > 0
+        received = b""
+        while True:
+            try:
+                received += theirs.recv(1 << 20, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+        lines = received.decode().splitlines()
+        assert len(lines) + handler.dropped == 20_000, (len(lines), handler.dropped)
+        log.warning("after the stall")
+        tail = theirs.recv(1 << 16).decode().splitlines()
+        assert tail[0].endswith("WARNING " + _report(20_000 - len(lines))), tail
+        assert tail[1].endswith("WARNING after the stall") and handler.dropped == 0
+    finally:
+        theirs.close()  # a log call that did block (the bug) fails and returns
+        flooder.join(10)
+        log.handlers[:] = []
+        handler.close()
