@@ -38,9 +38,9 @@ The hook has looked the user up; its never-raise wrapper catches what escapes.  
 import pwd
 
 from .. import protocol as P
+from . import LOG_NOTICE, LOG_WARNING, syslog
 from .client import LoginState, fits, get_item, pam_code, prompt, request, set_item
 from .client import say as _say
-from .log import LOG_NOTICE, LOG_WARNING, syslog
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

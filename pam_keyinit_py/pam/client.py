@@ -23,7 +23,7 @@ an unexpected exception is the caller's to catch.  The password never reaches a 
 import pwd
 
 from .. import protocol as P
-from .log import LOG_DEBUG, LOG_ERR, LOG_NOTICE, LOG_WARNING, syslog
+from . import LOG_DEBUG, LOG_ERR, LOG_NOTICE, LOG_WARNING, syslog
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ users below ``minimum_uid`` get PAM_IGNORE from them.  No exception leaves an en
 (:func:`_never_raises`): an unexpected one is logged (its class and where it was raised, never
 its text or locals, which may hold a password) and becomes that entry point's error code.
 
-Imports at load: stdlib, ``log`` and ``options``; not ``protocol``, which only the ticket
+Imports at load: stdlib, the package's logging and ``options``; not ``protocol``, which only the ticket
 client needs (a ``force revoke`` session line never loads it).  The pam_keyinit logic
 (``keyinit``, layer 0's cffi module) is loaded by the first session or setcred call, the
 ticket client (``client``, ``account``) by the first auth, account or password call, so
@@ -26,7 +26,7 @@ interpreter, so annotations naming TYPE_CHECKING-only names are quoted instead
 
 import pwd
 
-from .log import LOG_DEBUG, LOG_ERR, syslog
+from . import LOG_DEBUG, LOG_ERR, syslog
 from .options import Options, parse_cached
 
 TYPE_CHECKING = False

@@ -15,7 +15,7 @@ import os
 import pwd
 
 from .. import keyutils as ku
-from .log import LOG_DEBUG, LOG_ERR, LOG_WARNING, syslog
+from . import LOG_DEBUG, LOG_ERR, LOG_WARNING, syslog
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
