@@ -6,6 +6,7 @@ libpam is in test_service_pam.py and tests/e2e/).
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 import time
@@ -81,6 +82,38 @@ def test_kdc_down_at_login_is_bounded_and_reported(ticketd, svc_user, realm):
     assert elapsed < bound + 1, f"auth with the KDC down took {elapsed:.2f}s (bound: kdc_timeout {bound:g} s)"
     assert "no KDC answered" in ticketd.log()
     assert persistent_caches(svc_user.uid) == {}
+
+
+def test_an_edited_krb5_conf_reaches_the_next_auth(realm, svc_user, tmp_path):
+    # The service keeps one krb5 context per thread (its C helper as pykrb5's side): an admin's
+    # edit of krb5.conf, here the realm's KDC moved away and back, still reaches the next auth,
+    # because libkrb5 re-reads a profile file whose mtime changed (at most once a second).
+    conf = tmp_path / "krb5.conf"
+    original = realm.krb5_conf.read_text()
+    moved = re.sub(rf"(\bkdc = \S+):{realm.kdc_port}\b", rf"\g<1>:{_closed_port()}", original)
+    assert moved != original, "the realm's krb5.conf names no kdc = <address>:<port>"
+    conf.write_text(original)
+    daemon = TicketD(tmp_path / "d", {**realm.env, "KRB5_CONFIG": str(conf)}, pending_auth_timeout=30.0)
+    daemon.start()
+    try:
+        first = svc_user.auth(daemon)
+        assert first["ok"], first
+        for text, works in ((moved, False), (original, True)):
+            time.sleep(1.1)  # a later second than the profile's last look at the file
+            conf.write_text(text)
+            reply = svc_user.auth(daemon)
+            assert reply["ok"] is works, (text == original, reply)
+            if not works:
+                assert reply["code"] == P.KDC_UNREACHABLE, reply
+    finally:
+        daemon.stop()
+
+
+def _closed_port() -> int:
+    """A loopback UDP/TCP port nothing listens on (bound, then closed)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_two_sessions_closing_one_keeps_the_ticket(ticketd, svc_user, user_krb5):
