@@ -42,10 +42,12 @@ service method that answers it and the codes it may fail with.
 
 ``open``'s ``ccache`` is a delegated TGT that the host wrote to a FILE cache of the user (sshd
 with GSSAPI delegation: ``FILE:/tmp/krb5cc_<uid>_XXXXXXXXXX``, see :data:`DELEGATED_CCACHE_PREFIX`).
-The service moves it into KEYRING:persistent:<uid> as the user, removes the file, tracks the copy
-(origin ``delegated``) and answers with the copy's name in ``ccache`` and the name the session's
+The service copies it into KEYRING:persistent:<uid> as the user, tracks the copy (origin
+``delegated``) and answers with the copy's name in ``ccache`` and the name the session's
 ``KRB5CCNAME`` should hold in ``krb5ccname``; if it could not, the session is still opened and
-``delegation_error`` says why (the file is then left as it was).
+``delegation_error`` says why.  The service never removes the file: only the hook, once it has
+the reply and has pointed KRB5CCNAME at the keyring, does (a hook that stopped waiting keeps the
+file's name, which must still lead to the ticket).
 
 This module is imported by the PAM hook inside sshd, so it uses only the
 standard library and costs little to import: it talks through CPython's C modules

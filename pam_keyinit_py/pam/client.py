@@ -10,8 +10,9 @@ the service's reply codes into PAM return codes.
   asked through the conversation (PAM_PROMPT_ECHO_OFF, or ECHO_ON for a visible one) and the
   ``auth`` is sent again with ``answers`` (:func:`_relay_prompts`).
 * :func:`open_session` registers the session, with a password or without (GSSAPI, publickey),
-  and hands over a delegated FILE cache of the user (sshd's GSSAPI KRB5CCNAME) to be moved into
-  the keyring; :func:`close_session` unregisters it.  The service keeps the TGT of an auth as a
+  and hands over a delegated FILE cache of the user (sshd's GSSAPI KRB5CCNAME) to be copied into
+  the keyring, then removes the file once KRB5CCNAME names the keyring; :func:`close_session`
+  unregisters it.  The service keeps the TGT of an auth as a
   *pending login* keyed by uid, so it does not matter that sshd (KbdInteractiveAuthentication)
   authenticates in a child that is gone by open_session.
 
@@ -372,12 +373,15 @@ def open_session(pamh: "PamHandle", opts: "Options", pw: pwd.struct_passwd, sids
     close on the same handle (sshd's monitor), never shared with other handles.
 
     A login without a password registers too.  If the PAM environment's KRB5CCNAME names a
-    per-login FILE cache of the user (sshd's delegated GSSAPI credentials), the service moves
-    it into KEYRING:persistent:<uid> and the hook points KRB5CCNAME (pam_putenv) at the
-    keyring.  Measured order in Debian 12's sshd (OpenSSH 9.2, sshd.c after authentication,
-    all in the monitor): ssh_gssapi_storecreds() writes FILE:/tmp/krb5cc_<uid>_XXXXXXXXXX as the
-    user and pam_putenv()s KRB5CCNAME, then pam_setcred(ESTABLISH), then pam_open_session (here:
-    file and variable are both there).  The session child's environment gets sshd's own
+    per-login FILE cache of the user (sshd's delegated GSSAPI credentials), the service copies
+    it into KEYRING:persistent:<uid>, and the hook points KRB5CCNAME (pam_putenv) at the
+    keyring and only then removes the file (:func:`_remove_delegated`).  The service never
+    removes it: a reply that comes after SESSION_TIMEOUT finds no one listening, and the
+    session then keeps sshd's name, which must still lead to the ticket.  Measured order in
+    Debian 12's sshd (OpenSSH 9.2, sshd.c after authentication, all in the monitor):
+    ssh_gssapi_storecreds() writes FILE:/tmp/krb5cc_<uid>_XXXXXXXXXX as the user and
+    pam_putenv()s KRB5CCNAME, then pam_setcred(ESTABLISH), then pam_open_session (here: file and
+    variable are both there).  The session child's environment gets sshd's own
     KRB5CCNAME (ssh_gssapi_do_child) *before* the PAM environment (session.c do_setup_env), so
     the PAM value wins; removing the variable from the PAM environment would leave sshd's FILE
     name in place, hence it is set to the keyring, never unset.
@@ -386,23 +390,50 @@ def open_session(pamh: "PamHandle", opts: "Options", pw: pwd.struct_passwd, sids
     delegated = _pam_getenv(pamh, "KRB5CCNAME")
     if delegated is not None and P.is_delegated_ccache(delegated, pw.pw_uid):
         message["ccache"] = delegated
+    else:
+        delegated = None  # not a per-login cache: not sent, never removed
     reply = request(opts, message, SESSION_TIMEOUT)
     if not reply.get("ok"):
         syslog(pamh, LOG_WARNING, f"tickets: session of {pw.pw_name} not registered: {reply.get('error')}")
         return pam_code(pamh, "session", reply)
     sids.append(int(reply["sid"]))
     name = reply.get("krb5ccname")
-    if isinstance(name, str) and name:
+    if isinstance(name, str) and name and delegated is not None:
         try:
             pamh.env["KRB5CCNAME"] = name
-        except Exception as exc:  # noqa: BLE001 - the session goes on with sshd's name
+        except Exception as exc:  # noqa: BLE001 - the session goes on with sshd's name (and file)
             syslog(pamh, LOG_WARNING, f"tickets: cannot set KRB5CCNAME={name}: {exc.__class__.__name__}")
+        else:
+            _remove_delegated(pamh, delegated, pw.pw_uid)
         if opts.debug:
             syslog(pamh, LOG_DEBUG, f"tickets: delegated TGT of {pw.pw_name} now in {reply.get('ccache')}")
-    elif "ccache" in message:
+    elif delegated is not None:
         syslog(pamh, LOG_WARNING, f"tickets: delegated cache of {pw.pw_name} stays in {delegated}: "
                                   f"{reply.get('delegation_error')}")
     return pam_code(pamh, "session", reply)
+
+
+def _remove_delegated(pamh: "PamHandle", source: str, uid: int) -> None:
+    """unlink(2) sshd's delegated FILE cache, now copied into the keyring and no longer named by
+    the session's KRB5CCNAME, as sshd's own cleanup (ssh_gssapi_cleanup_creds, as root in the
+    monitor) would at logout: the forwarded TGT does not wait out the session in /tmp.
+
+    Only a regular file owned by ``uid`` (lstat(2): a symlink is not followed) is removed.  In
+    sticky /tmp nobody but that user (and root) can replace the name between the lstat and the
+    unlink, and unlinking removes a name, never what a link points to.
+    """
+    import os
+    import stat
+
+    path = source.removeprefix("FILE:")
+    try:
+        st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode) and st.st_uid == uid:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass  # gone already (a service that removed it itself): KRB5CCNAME names the keyring anyway
+    except OSError as exc:
+        syslog(pamh, LOG_WARNING, f"tickets: cannot remove {path}: {exc.strerror or exc.__class__.__name__}")
 
 
 def close_session(pamh: "PamHandle", opts: "Options", pw: pwd.struct_passwd, sids: list[int]) -> int:

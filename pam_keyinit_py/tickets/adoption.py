@@ -8,8 +8,9 @@ tickets, ``[[keytab]]`` entries; and the daily touch of the persistent keyring.
   this kernel has no key notifications).  A scan first reads the collection's member names
   from the kernel (a few keyctl calls, :mod:`.collection`) and lists the collection with libkrb5
   only when one of them is not tracked yet: at most scans nothing is new.
-* **Delegation.**  A delegated TGT that sshd wrote to ``FILE:/tmp/krb5cc_<uid>_*`` is moved
-  into ``KEYRING:persistent:<uid>`` at ``open`` (origin ``delegated``).
+* **Delegation.**  A delegated TGT that sshd wrote to ``FILE:/tmp/krb5cc_<uid>_*`` is copied
+  into ``KEYRING:persistent:<uid>`` at ``open`` (origin ``delegated``); the hook removes the file
+  once it has the reply.
 * **Keytab entries.**  Each ``[[keytab]]`` principal's TGT is re-acquired from its keytab at
   ``renew_fraction`` of its life (as k5start -f does), whether or not anyone is logged in.
 * **Touch.**  keyctl_get_persistent resets the kernel's 3-day expiry of the persistent keyring.
@@ -165,11 +166,13 @@ class Adoption(Renewal):
         log.info("keytab %s: TGT in %s until %s", entry.principal, t.ccache, fmt(t.endtime))
 
     def _take_delegated(self, session: Session, source: str) -> dict[str, Any]:
-        """Move a delegated FILE cache into KEYRING:persistent:<uid> and track it (origin DELEGATED).
+        """Copy a delegated FILE cache into KEYRING:persistent:<uid> and track it (origin DELEGATED).
 
         Runs after the session is counted, so a last close of another session cannot clear
         the copy; if this session itself ended meanwhile (its opener died) and no other is
-        open, the copy is destroyed again.  Failures leave the file where it was and the
+        open, the copy is destroyed again.  The file is never removed here: the hook may have
+        stopped waiting for this reply (SESSION_TIMEOUT), and then the session's KRB5CCNAME
+        still names the file; a hook that gets the reply removes it itself.  Failures leave the
         session open: the reply says why in ``delegation_error``.
         """
         uid, gid = session.uid, session.gid
@@ -192,8 +195,8 @@ class Adoption(Renewal):
             t = self._track(info, gid, DELEGATED)
             self.save()
         self._schedule_renewal(t)
-        log.info("session %d of uid %d: delegated TGT of %s moved from %s into %s until %s", session.sid, uid,
-                 t.principal, source, t.ccache, fmt(t.endtime), extra=journal.ticket("delegated", t))
+        log.info("session %d of uid %d: delegated TGT of %s copied from %s into %s until %s", session.sid,
+                 uid, t.principal, source, t.ccache, fmt(t.endtime), extra=journal.ticket("delegated", t))
         return {"ccache": t.ccache, "krb5ccname": collection_name(uid)}
 
     def _start_keywatch(self) -> None:

@@ -16,9 +16,9 @@ API (names are stable; the service, CLI and tests import them):
   into a new cache that replaces the old one (switch primary first, destroy the old one after a
   short grace), so a reader never finds the collection empty.  ``TicketInfo.ccache`` is the NEW name.
 - ``list_caches(uid) -> list[TicketInfo]``: every cache of the persistent collection.
-- ``import_file(source, uid, gid, *, remove=True) -> TicketInfo``: a FILE cache of the user (sshd's
-  delegated ``FILE:/tmp/krb5cc_<uid>_XXXXXX``) copied into a new primary cache of the collection,
-  as the user, then the file removed (:mod:`.delegated`).
+- ``import_file(source, uid, gid) -> TicketInfo``: a FILE cache of the user (sshd's delegated
+  ``FILE:/tmp/krb5cc_<uid>_XXXXXX``) copied into a new primary cache of the collection, as the
+  user; the file stays for the PAM hook to remove (:mod:`.delegated`).
 - ``destroy(ccache_name, uid, gid)``: krb5_cc_destroy.
 - ``is_service_cache(name)``: True for caches this service created (their subsidiary name starts
   with :data:`SERVICE_PREFIX`; the mark survives a restart of the service).

@@ -1,9 +1,11 @@
-"""Delegated credentials: sshd's FILE cache of a GSSAPI login moved into the user's collection.
+"""Delegated credentials: sshd's FILE cache of a GSSAPI login copied into the user's collection.
 
 sshd (``GSSAPIAuthentication yes`` with a delegating client) writes the forwarded TGT to
 ``FILE:/tmp/krb5cc_<uid>_XXXXXX``; :func:`import_file` copies it, as the user, into a new primary
-cache of ``KEYRING:persistent:<uid>`` (krb5_cc_initialize, krb5_cc_store_cred, krb5_cc_switch)
-and removes the file.
+cache of ``KEYRING:persistent:<uid>`` (krb5_cc_initialize, krb5_cc_store_cred, krb5_cc_switch).
+The file is left where it is: the session's KRB5CCNAME names it until the PAM hook has the
+service's reply and points KRB5CCNAME at the keyring, and only then does the hook remove it
+(pam/client.py).  A hook that gave up waiting keeps sshd's name, so the file must still be there.
 """
 
 from __future__ import annotations
@@ -64,12 +66,11 @@ def import_file(
     uid: int,
     gid: int,
     *,
-    remove: bool = True,
     krb5_config: str | None = None,
     context: krb5.Context | None = None,
     reaper: Reaper | None = None,
 ) -> TicketInfo:
-    """Move a FILE ccache of ``uid`` (sshd's delegated ``FILE:/tmp/krb5cc_<uid>_XXXXXX``) into
+    """Copy a FILE ccache of ``uid`` (sshd's delegated ``FILE:/tmp/krb5cc_<uid>_XXXXXX``) into
     ``KEYRING:persistent:<uid>``: a new subsidiary cache, made primary (krb5_cc_switch).
 
     Everything runs as the user (per-thread setresuid), so the service reads only what the
@@ -77,8 +78,8 @@ def import_file(
     once, with O_NOFOLLOW, and checked on its descriptor (regular, owned by ``uid``, not
     group/other-writable, one link); libkrb5 then reads it through ``/proc/self/fd/N``, the
     same open file, so no rename or symlink between the check and the read changes what is
-    read.  Every credential of the file goes into the new cache.  With ``remove`` the file is
-    unlinked afterwards, if its name still leads to the same inode.  ``reaper`` (default the
+    read.  Every credential of the file goes into the new cache; the file is not touched (see
+    the module's docstring for who removes it, and when).  ``reaper`` (default the
     process-wide one) holds the uid's caches in their grace period, freed on EDQUOT.
     Raises CacheNotFound (no file, or no principal in it), TicketError (refused, unreadable),
     QuotaExceeded.
@@ -91,7 +92,6 @@ def import_file(
     with as_user(uid, gid):
         fd = _open_users_file(path, uid)
         try:
-            st = os.fstat(fd)
             try:
                 src = krb5.cc_resolve(ctx, f"FILE:/proc/self/fd/{fd}".encode())
                 princ = krb5.cc_get_principal(ctx, src)
@@ -106,13 +106,6 @@ def import_file(
                     krb5.cc_store_cred(ctx, cc, more)
                 krb5.cc_switch(ctx, cc)
                 info = tgt_info(ctx, cc, uid, primary=True)
-            if remove:
-                try:
-                    now = os.stat(path, follow_symlinks=False)
-                    if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
-                        os.unlink(path)
-                except OSError:
-                    pass  # gone already (sshd's GSSAPICleanupCredentials) or not ours to remove
         finally:
             os.close(fd)
     return info

@@ -105,7 +105,7 @@ class Krb5:
         return self._ccache().sweep_retired(uid)
 
     def import_file(self, source: str, uid: int, gid: int) -> Any:
-        """Move a delegated FILE cache of the uid into its persistent collection, as the user."""
+        """Copy a delegated FILE cache of the uid into its persistent collection, as the user."""
         return self._ccache().import_file(source, uid, gid)
 
     def kuserok(self, principal: str, user: str, uid: int, *, enterprise: bool = False) -> bool:

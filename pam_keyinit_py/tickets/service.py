@@ -288,9 +288,9 @@ class Service(Recovery):
         """Register a session opened by process ``peer.pid`` (SO_PEERCRED of the caller).
 
         ``ccache``: a FILE cache of the uid holding a delegated TGT (sshd's GSSAPI
-        ``KRB5CCNAME``); it is moved into KEYRING:persistent:<uid> once the session is counted
+        ``KRB5CCNAME``); it is copied into KEYRING:persistent:<uid> once the session is counted
         (see :meth:`_take_delegated`), and the reply then carries the new cache and the
-        ``krb5ccname`` the session should use.
+        ``krb5ccname`` the session should use (the hook that gets it removes the file).
         """
         pid = peer.pid
         pid_start = statefile.process_start_time(pid) or 0
