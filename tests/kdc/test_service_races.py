@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import os
+import resource
 import struct
 import subprocess
 import threading
@@ -72,6 +73,60 @@ def test_open_from_an_opener_already_gone_is_ended(ticketd, svc_user):
     assert f"opener {opener} already gone" in ticketd.log()
     assert ticketd.request({"op": "status"})["service"]["sessions"] == 0
     ticketd.wait_for(lambda: persistent_caches(svc_user.uid) == {}, 5, "the gone login's ticket cleared")
+
+
+# A login's process as sshd's monitor with password authentication: auth, then (when told) open,
+# then it stays until killed.  The messages come on stdin: the auth holds the password.
+_LOGIN = r"""
+import json, sys
+from pam_keyinit_py import protocol as P
+path = sys.argv[1]
+for _ in range(2):
+    print(json.dumps(P.request(json.loads(sys.stdin.readline()), path)), flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_session_opened_out_of_descriptors_is_reaped_when_its_process_dies(ticketd, realm):
+    """The daemon's RLIMIT_NOFILE lowered with prlimit(2) so that the open's connection takes its
+    last descriptor: pidfd_open and the read of /proc/<pid>/stat fail with EMFILE.  The login's
+    process then dies without close_session (a crashed sshd); descriptors are free again.  The
+    session must be reaped and its ticket cleared.  It stayed open, unwatched, and its ticket was
+    renewed for ever."""
+    user = td.SvcUser(realm, maxlife="1h")  # the realm's longest: no renewal while descriptors are short
+    login = subprocess.Popen([str(VENV_BIN / "python"), "-c", _LOGIN, ticketd.socket], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert login.stdin is not None and login.stdout is not None
+    assert ticketd.proc is not None
+    pid = ticketd.proc.pid
+    try:
+        login.stdin.write(json.dumps({"op": "auth", "user": user.name, "uid": user.uid, "gid": user.gid,
+                                      "password": user.password}) + "\n")
+        login.stdin.flush()
+        assert json.loads(login.stdout.readline())["ok"]
+        assert persistent_caches(user.uid)
+        limit = len(os.listdir(f"/proc/{pid}/fd")) + 1  # room for the open's connection, no more
+        before = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (limit, before[1]))  # the soft limit: EMFILE
+        try:
+            login.stdin.write(json.dumps({"op": "open", "user": user.name, "uid": user.uid,
+                                          "gid": user.gid}) + "\n")
+            login.stdin.flush()
+            login.stdout.readline()  # ok, or state_not_saved: the state file needs a descriptor too
+            ticketd.wait_for(lambda: f"cannot watch pid {login.pid}" in ticketd.log(), 10,
+                             "the open to find no descriptor for its pidfd")
+        finally:
+            login.kill()
+            login.wait(10)
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, before)
+        ticketd.wait_for(lambda: ticketd.request({"op": "status"})["service"]["sessions"] == 0, 30,
+                         "the dead login's session reaped")
+        ticketd.wait_for(lambda: persistent_caches(user.uid) == {}, 10, "the dead login's ticket cleared")
+    finally:
+        if login.poll() is None:
+            login.kill()
+            login.wait(10)
+        user.cleanup()
 
 
 def test_reaper_ignores_a_stale_event_for_a_live_pidfd():

@@ -44,7 +44,8 @@ def make(tmp_path, krb):  # noqa: ANN001, ANN201
 
     def make(**config: object) -> Service:
         svc = Service(Config(state_file=str(tmp_path / "state.json"), **config), krb=krb)
-        svc.reaper = Reaper(svc._reaped)  # the scheduler and the writer are not started: nothing runs behind
+        # The scheduler and the writer are not started: nothing runs behind.
+        svc.reaper = Reaper(svc._reaped, svc._identified)
         made.append(svc)
         return svc
 
