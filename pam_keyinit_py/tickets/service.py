@@ -165,6 +165,7 @@ class Service(Recovery):
                 # A login still waiting for its session has its TGT in the new primary now.
                 if p is not None:
                     p.rename(replaced, t.ccache)
+                self.tickets[replaced].superseded = True
                 self._untrack(replaced)
             if p is None:
                 p = self.pending[uid] = Pending(gid, 0.0)

@@ -18,10 +18,15 @@ import resource
 import struct
 import subprocess
 import threading
+import time
+from typing import Any
 
 from pam_keyinit_py import protocol as P
+from pam_keyinit_py.tickets import ccache
 from pam_keyinit_py.tickets import state as statefile
 from pam_keyinit_py.tickets.config import Config
+from pam_keyinit_py.tickets.core import Peer
+from pam_keyinit_py.tickets.krb import Krb5
 from pam_keyinit_py.tickets.service import Service
 from pam_keyinit_py.tickets.sessions import Reaper
 from tests.conftest import VENV_BIN
@@ -127,6 +132,63 @@ def test_a_session_opened_out_of_descriptors_is_reaped_when_its_process_dies(tic
             login.kill()
             login.wait(10)
         user.cleanup()
+
+
+class _RealmKrb(Krb5):
+    """The service's real krb side, with the test realm's krb5.conf named in each call."""
+
+    def __init__(self, realm) -> None:  # noqa: ANN001
+        super().__init__()
+        self.conf, self._realm = realm.env["KRB5_CONFIG"], realm.realm
+
+    def acquire_password(self, principal: str, password: str, uid: int, gid: int, **options: Any) -> Any:
+        return ccache.acquire_password(principal, password, uid, gid, krb5_config=self.conf, **options)
+
+    def renew(self, name: str, uid: int, gid: int, *, timeout: float, grace: float) -> Any:
+        return ccache.renew(name, uid, gid, timeout=timeout, grace=grace, krb5_config=self.conf)
+
+    def destroy(self, name: str, uid: int, gid: int) -> None:
+        ccache.destroy(name, uid, gid, krb5_config=self.conf)
+
+
+def test_a_login_during_a_renewals_kdc_exchange_leaves_one_ticket(realm, svc_user, tmp_path, monkeypatch):
+    """A renewal has its renewed TGT from the KDC when a login of the same principal runs whole
+    (its install retires the primary cache being renewed; its bookkeeping stops tracking it); only
+    then does the renewal install its new cache, which install does not make primary since the old
+    one is primary no more.  In the service, with the real krb5 ccache code, the real kernel and
+    KDC, the order forced at ccache.install.  That copy stayed untracked in the collection beside
+    the login's ticket: renewed by nobody until a scan adopted it as a second ticket, and left
+    behind by a last logout before that scan."""
+    svc = Service(Config(state_file=str(tmp_path / "state.json"), kdc_timeout=5.0), krb=_RealmKrb(realm))
+    svc.reaper = Reaper(svc._reaped, svc._identified)  # the scheduler is not started: no job runs behind
+    me, user = Peer(os.getpid(), 0), svc_user
+    try:
+        old = svc.auth(me, user.name, user.uid, user.gid, user.password)["ccache"]
+        assert svc.open(me, user.name, user.uid, user.gid)["ok"]
+        real_install, logins = ccache.install, []
+
+        def install_after_a_login(*args: Any, **kwargs: Any) -> Any:
+            if kwargs.get("replace") == old and not logins:  # the renewal's install, not the login's
+                logins.append(svc.auth(me, user.name, user.uid, user.gid, user.password))
+            return real_install(*args, **kwargs)
+
+        monkeypatch.setattr(ccache, "install", install_after_a_login)
+        svc._renew(old)
+        (login,) = logins
+        assert login["ok"] and set(svc.tickets) == {login["ccache"]}, svc.tickets
+        # klist shows the login's ticket: the renewal's install found the old cache primary no more.
+        listed = ccache.list_caches(user.uid, user.gid, krb5_config=svc.krb.conf)  # type: ignore[attr-defined]
+        assert [i.ccache for i in listed if i.primary] == [login["ccache"]]
+        # The retired old cache goes after its grace: then the collection holds the login's ticket only.
+        deadline = time.monotonic() + 15
+        while set(persistent_caches(user.uid)) != {login["ccache"].rsplit(":", 1)[1]}:
+            assert time.monotonic() < deadline, f"left beside the login's: {persistent_caches(user.uid)}"
+            time.sleep(0.2)
+        assert svc.open(me, user.name, user.uid, user.gid)["ok"]  # the login's session; both log out
+        assert svc.close(me, user.uid)["ok"] and svc.close(me, user.uid)["ok"]
+        assert persistent_caches(user.uid) == {}
+    finally:
+        svc.scheduler.stop()
 
 
 def test_reaper_ignores_a_stale_event_for_a_live_pidfd():
