@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 import subprocess
 import time
@@ -172,3 +173,25 @@ def test_a_later_process_under_the_pid_of_an_unwatched_session_does_not_keep_it(
     fds.set(False)  # descriptors free again: pidfd_open works, /proc shows the later process
     _until(lambda: krb.destroyed == [name], "the session of the reused pid reaped")
     assert svc.sessions.count(UID) == 0
+
+
+def test_a_restart_keeps_a_live_session_whose_start_time_the_open_could_not_read(svc, krb, fds,
+                                                                                opener) -> None:
+    """The state file says pid_start 0 (unknown at the open, and no pidfd since): a restarted
+    service must keep the live session, its opener having run since before the open.  It reaped
+    it (0 is no process's start time) and cleared its ticket."""
+    fds.set(True)
+    _peer, name, sid = _login(svc, opener)
+    with svc.lock:
+        statefile.save(svc.config.state_file, *svc._snapshot())
+    with open(svc.config.state_file) as fh:
+        assert json.load(fh)["sessions"][0]["pid_start"] == 0
+    svc.stop()
+    fds.set(False)
+    restored = Service(Config(state_file=svc.config.state_file), krb=krb)
+    restored.start()
+    try:
+        assert sid in restored.sessions.by_sid and name in restored.tickets and krb.destroyed == []
+        assert restored.sessions.by_sid[sid].pid_start == statefile.process_start_time(opener.pid)
+    finally:
+        restored.stop()
