@@ -72,6 +72,16 @@ class Clearing(Core):
         if session is not None:
             self._end_session(session, f"reaped (process {session.pid} exited without close_session)")
 
+    def _identified(self, sid: int, start: int) -> None:
+        """The reaper read the start time of session ``sid``'s process, which its open could not
+        (out of descriptors): recorded, so a restart tells that process from a later one of its pid."""
+        with self.lock:
+            session = self.sessions.by_sid.get(sid)
+            if session is not None and not session.pid_start:
+                session.pid_start = start
+                session.encoded = ""
+                self.save()
+
     def _end_session(self, session: Session, why: str) -> list[str]:
         with self.lock:
             if self.sessions.remove(session.sid) is None:

@@ -69,6 +69,9 @@ class Tracked:
     # The service destroyed this cache (logout, expired auth, destroy request): a renewal that
     # was in flight meanwhile must destroy what it wrote instead of bringing the ticket back.
     cleared: bool = False
+    # A login's newer TGT of the same principal retired this cache (TicketInfo.replaced): a
+    # renewal that was in flight meanwhile wrote a copy that nothing needs (see Renewal).
+    superseded: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return dict(zip(_JSON_FIELDS, _json_values(self), strict=True))

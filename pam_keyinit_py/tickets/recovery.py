@@ -16,6 +16,7 @@ from . import state as statefile
 from .adoption import Adoption
 from .clearing import Clearing
 from .core import ADOPTED, Pending, Tracked
+from .sessions import boot_ticks
 
 log = logging.getLogger("keyinit-ticketd")
 
@@ -57,7 +58,10 @@ class Recovery(Adoption, Clearing):
                                                 float(raw["opened"]), sid=int(raw["sid"]))
                 except (KeyError, TypeError, ValueError):
                     continue
-                if not self.reaper.watch(session.sid, pid, pid_start):
+                # A start time the open could not read: the session's opener is the process under
+                # its pid that already ran at the open (wall clock taken back to the boot clock).
+                alive_at = 0 if pid_start else boot_ticks(session.opened)
+                if not self.reaper.watch(session.sid, pid, pid_start, alive_at):
                     log.info("session %d of uid %d: process %d died while the service was down; reaped",
                              session.sid, uid, pid)
                     self.sessions.remove(session.sid)

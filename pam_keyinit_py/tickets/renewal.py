@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from functools import partial
+from typing import Any
 
 from .. import protocol as P
 from . import errors, journal, metrics
@@ -74,6 +75,35 @@ class Renewal(Core):
             with self.lock:
                 self._renewing.discard(name)
 
+    def _renewed_untracked(self, name: str, t: Tracked, info: Any) -> str:
+        """The KDC renewed ``name`` into ``info.ccache`` after the service stopped tracking ``name``
+        (caller holds the lock).
+
+        Cleared meanwhile (logout, expired auth, a destroy request): what the renewal wrote must
+        not bring the ticket back.  Superseded meanwhile (a login of the same principal retired
+        ``name``; its TGT is the collection's primary): the renewal's copy, which install did not
+        make primary since ``name`` was primary no more, duplicates the login's ticket.  It was
+        left untracked: renewed by nobody until a scan adopted it as a second ticket (then renewed
+        beside the login's all session long), and left behind by a last logout before that scan.
+        A copy install did switch to (the login's switch came first, between install's look and
+        its switch) is the primary: it is tracked, to be renewed and cleared with the login's.
+        """
+        superseded = t.superseded and info.ccache != name
+        if superseded and getattr(info, "primary", False):
+            copy = self._track(info, t.gid, t.origin)
+            self.save()
+            log.info("renewed %s (uid %d) after a login retired it: its copy %s is the primary, tracked",
+                     name, t.uid, copy.ccache)
+            self._schedule_renewal(copy)
+            return "no longer tracked"
+        stale = superseded or (t.cleared and self.sessions.count(t.uid) == 0)
+        if stale:
+            self._destroy_locked(info.ccache, t.uid, t.gid)
+        log.info("renewed %s (uid %d) after it stopped being tracked%s: %s", name, t.uid,
+                 " (a login retired it)" if superseded else "",
+                 f"destroyed {info.ccache}" if stale else "not tracked again")
+        return "no longer tracked"
+
     def _renew_tracked(self, name: str, t: Tracked) -> str | None:
         cfg = self.config
         try:
@@ -110,14 +140,7 @@ class Renewal(Core):
             return str(exc)
         with self.lock:
             if self.tickets.get(name) is not t:
-                # Untracked while the KDC answered (logout, expired auth, a destroy request):
-                # what the renewal wrote must not bring the ticket back.
-                stale = t.cleared and self.sessions.count(t.uid) == 0
-                if stale:
-                    self._destroy_locked(info.ccache, t.uid, t.gid)
-                log.info("renewed %s (uid %d) after it stopped being tracked: %s", name, t.uid,
-                         f"destroyed {info.ccache}" if stale else "not tracked again")
-                return "no longer tracked"
+                return self._renewed_untracked(name, t, info)
             if info.ccache != name:
                 # The renewal switched the collection to a new cache: follow it.
                 self.tickets.pop(name, None)

@@ -31,7 +31,7 @@ from .core import KEYTAB, LOGIN, Peer, Pending, Tracked
 from .names import parse_as_enterprise, principal_of
 from .recovery import Recovery
 from .renewal import RENEWING
-from .sessions import Reaper
+from .sessions import Reaper, boot_ticks
 from .state import fmt
 
 log = logging.getLogger("keyinit-ticketd")
@@ -47,7 +47,7 @@ class Service(Recovery):
 
     def start(self) -> None:
         """Restore the saved state, start the reaper and the scheduler, and the keytab entries."""
-        self.reaper = Reaper(self._reaped)
+        self.reaper = Reaper(self._reaped, self._identified)
         kdclimit.SLOTS.configure(self.config.max_kdc_calls)
         statefile.remove_leftovers(self.config.state_file)
         self.writer.start()
@@ -165,6 +165,7 @@ class Service(Recovery):
                 # A login still waiting for its session has its TGT in the new primary now.
                 if p is not None:
                     p.rename(replaced, t.ccache)
+                self.tickets[replaced].superseded = True
                 self._untrack(replaced)
             if p is None:
                 p = self.pending[uid] = Pending(gid, 0.0)
@@ -293,6 +294,7 @@ class Service(Recovery):
         ``krb5ccname`` the session should use (the hook that gets it removes the file).
         """
         pid = peer.pid
+        alive_at = boot_ticks()  # the opener is alive now: names it when its start time cannot be read
         pid_start = statefile.process_start_time(pid) or 0
         with self.lock:
             first = self.sessions.count(uid) == 0
@@ -313,7 +315,7 @@ class Service(Recovery):
         if p is not None:
             self.scheduler.cancel(("pending", uid))
         assert self.reaper is not None
-        if not self.reaper.watch(session.sid, pid, pid_start):
+        if not self.reaper.watch(session.sid, pid, pid_start, alive_at):
             # Nothing would ever end this session (no close can come from a dead opener, and the
             # reaper cannot watch it): end it now, which clears as at any logout.
             log.warning("session %d of uid %d: opener %d already gone", session.sid, uid, pid)

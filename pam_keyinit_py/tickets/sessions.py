@@ -5,7 +5,9 @@ SO_PEERCRED: in sshd that is the per-connection monitor, under pamtester pamtest
 itself).  That process lives as long as the login, so its death without a
 close_session means the session is gone: the reaper watches it through a pidfd
 (pidfd_open(2)) in one epoll set, so the service learns of the exit at once without
-polling.  The (pid, start time) pair guards against pid reuse across restarts.
+polling.  The (pid, start time) pair guards against pid reuse across restarts.  A process
+that cannot get a pidfd (the service is out of descriptors) is looked at on a timer instead,
+until it exits or a pidfd can be made.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import logging
 import os
 import select
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .state import process_start_time
+from .state import start_time_of
 
 log = logging.getLogger("keyinit-ticketd")
 
@@ -35,7 +38,7 @@ class Session:
     pid_start: int
     opened: float
 
-    encoded: str = ""  # to_json() as JSON text, made once: a session never changes
+    encoded: str = ""  # to_json() as JSON text, made once (reset when a start time unknown at open is read)
 
     def to_json(self) -> dict[str, object]:
         return {"sid": self.sid, "uid": self.uid, "gid": self.gid, "user": self.user, "pid": self.pid,
@@ -103,20 +106,64 @@ class SessionTable:
         return len(self.by_sid)
 
 
+#: Seconds between looks at the sessions whose process could not be watched (see :class:`Reaper`).
+UNWATCHED_RETRY = 5.0
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def boot_ticks(at: float | None = None) -> int:
+    """CLOCK_BOOTTIME now (or at wall-clock time ``at``) in clock ticks: the clock of the start
+    times in /proc/<pid>/stat.  A process with pid P whose start time is at most this value,
+    taken while the opener with pid P was alive, is that opener (two live processes never share
+    a pid)."""
+    now = time.clock_gettime(time.CLOCK_BOOTTIME)
+    if at is not None:
+        now -= time.time() - at
+    return int(now * _CLK_TCK)
+
+
+def _pid_used(pid: int) -> bool:
+    """Whether some process has ``pid`` (kill(2) with signal 0: needs no descriptor)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 class Reaper:
     """Calls ``on_exit(sid)`` when the process that opened session ``sid`` exits.
 
     One daemon thread waits in epoll on pidfds (a pidfd becomes readable when its
     process exits).  Registration from other threads is safe: epoll_ctl(2) is.
+
+    A process that cannot be watched when its session opens (pidfd_open(2) or the read of
+    /proc/<pid>/stat fails with EMFILE, ENFILE or ENOMEM: the service is out of descriptors or
+    memory) is looked at again every :data:`UNWATCHED_RETRY` seconds by the same thread: it is
+    reaped as soon as kill(pid, 0) (no descriptor needed) says ESRCH or /proc shows another
+    process under its pid, and watched through a pidfd once one can be made.  It used to be left
+    unwatched, so a crashed login's ticket was renewed forever.  A session whose start time the
+    service could not read either (``pid_start`` 0) is named by ``alive_at`` instead (see
+    :func:`boot_ticks`); ``on_start(sid, start)`` reports its start time once read.
     """
 
-    def __init__(self, on_exit: Callable[[int], None]) -> None:
+    def __init__(self, on_exit: Callable[[int], None],
+                 on_start: Callable[[int, int], None] | None = None) -> None:
         self._on_exit = on_exit
+        self._on_start = on_start
         self._epoll = select.epoll()
         self._fds: dict[int, int] = {}  # pidfd -> sid
         self._by_sid: dict[int, int] = {}  # sid -> pidfd
+        self._unwatched: dict[int, tuple[int, int, int]] = {}  # sid -> (pid, pid_start, alive_at)
+        self.looks = 0  # rounds of looks at the unwatched sessions
         self._lock = threading.Lock()
         self._raise_fd_limit()
+        # Wakes the thread when a session joins _unwatched (its poll then gets a timeout).
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._epoll.register(self._wake, select.EPOLLIN)
         self._thread = threading.Thread(target=self._run, name="reaper", daemon=True)
         self._thread.start()
 
@@ -132,29 +179,76 @@ class Reaper:
             except (ValueError, OSError):
                 pass
 
-    def watch(self, sid: int, pid: int, pid_start: int) -> bool:
-        """Start watching; False (and on_exit is not called) if the process is already gone."""
+    def watch(self, sid: int, pid: int, pid_start: int, alive_at: int = 0) -> bool:
+        """Start watching; False (and on_exit is not called) if the process is already gone.
+
+        ``pid_start`` 0 means its start time is unknown: then the process under ``pid`` is the
+        session's if it started no later than ``alive_at`` (:func:`boot_ticks` while it was alive).
+        """
+        try:
+            found = self._attach(pid, pid_start, alive_at)
+        except OSError as exc:
+            log.warning("session %d: cannot watch pid %d now (%s); looking at it every %gs until it can",
+                        sid, pid, exc.strerror, UNWATCHED_RETRY)
+            with self._lock:
+                self._unwatched[sid] = (pid, pid_start, alive_at)
+            os.eventfd_write(self._wake, 1)
+            return True
+        if found is None:
+            return False
+        with self._lock:
+            self._register(found[0], sid)
+        self._started(sid, pid_start, found[1])
+        return True
+
+    def _attach(self, pid: int, pid_start: int, alive_at: int) -> tuple[int, int] | None:
+        """A pidfd of the session's process (pidfd_open(2)) and its start time; None if that
+        process is gone (its pid is empty, or names a process that is not the session's).
+
+        Raises OSError when there is no pidfd to be had now (out of descriptors or memory), or
+        the start time cannot be read to check the pidfd's process.
+        """
         try:
             fd = os.pidfd_open(pid)
         except ProcessLookupError:
-            return False
+            return None
         except OSError as exc:
-            log.warning("session %d: cannot watch pid %d (%s); it is reaped only at close", sid, pid,
-                        exc.strerror)
-            return True
-        # The pidfd pins this pid: if the start time still matches, it is the same process.
-        if process_start_time(pid) != pid_start:
-            os.close(fd)
-            return False
-        with self._lock:
-            self._fds[fd] = sid
-            self._by_sid[sid] = fd
-            self._epoll.register(fd, select.EPOLLIN)
-        return True
+            unwatchable = exc
+            fd = -1
+        try:
+            # A pidfd pins the process: if its start time matches, the pidfd is the session's.
+            start = start_time_of(pid)
+        except OSError:
+            if fd >= 0:
+                os.close(fd)
+            elif not _pid_used(pid):
+                return None
+            raise
+        same = start == pid_start if pid_start else start is not None and start <= alive_at
+        if not same:
+            if fd >= 0:
+                os.close(fd)
+            return None
+        if fd < 0:
+            raise unwatchable
+        assert start is not None
+        return fd, start
+
+    def _started(self, sid: int, pid_start: int, start: int) -> None:
+        """Report the start time of a session that had none (read while its pidfd pinned the pid)."""
+        if not pid_start and self._on_start is not None:
+            self._on_start(sid, start)
+
+    def _register(self, fd: int, sid: int) -> None:
+        # Caller holds self._lock.
+        self._fds[fd] = sid
+        self._by_sid[sid] = fd
+        self._epoll.register(fd, select.EPOLLIN)
 
     def unwatch(self, sid: int) -> None:
         """Stop watching ``sid``; its pidfd is closed under the lock (see :meth:`_exited`)."""
         with self._lock:
+            self._unwatched.pop(sid, None)
             fd = self._by_sid.pop(sid, None)
             if fd is None:
                 return
@@ -189,16 +283,56 @@ class Reaper:
             self._drop(fd)
             return sid
 
-    def _run(self) -> None:
-        while True:
+    def _look_again(self) -> list[int]:
+        """One look at the unwatched sessions: watch those that can be now; return those whose
+        process is gone (taken off the list)."""
+        with self._lock:
+            todo = list(self._unwatched.items())
+        gone: list[int] = []
+        for sid, (pid, pid_start, alive_at) in todo:
             try:
-                events = self._epoll.poll()
+                found = self._attach(pid, pid_start, alive_at)
+            except OSError:
+                continue
+            with self._lock:
+                if self._unwatched.pop(sid, None) is None:  # unwatched meanwhile (closed)
+                    if found is not None:
+                        os.close(found[0])
+                    continue
+                if found is None:
+                    gone.append(sid)
+                    continue
+                self._register(found[0], sid)
+            log.info("session %d: pid %d is watched now", sid, pid)
+            self._started(sid, pid_start, found[1])
+        self.looks += 1
+        return gone
+
+    def _run(self) -> None:
+        look_at = 0.0  # monotonic time of the next look at the unwatched sessions
+        while True:
+            timeout = -1.0
+            if self._unwatched:
+                now = time.monotonic()
+                if not look_at:
+                    look_at = now + UNWATCHED_RETRY
+                timeout = max(0.0, look_at - now)
+            try:
+                events = self._epoll.poll(timeout)
             except InterruptedError:
                 continue
+            exited: list[int] = []
             for fd, _mask in events:
-                sid = self._exited(fd)
-                if sid is None:
+                if fd == self._wake:
+                    os.eventfd_read(self._wake)
                     continue
+                sid = self._exited(fd)
+                if sid is not None:
+                    exited.append(sid)
+            if look_at and time.monotonic() >= look_at:
+                look_at = 0.0
+                exited += self._look_again()
+            for sid in exited:
                 try:
                     self._on_exit(sid)
                 except Exception:  # the reaper must outlive any one bad callback

@@ -195,23 +195,45 @@ def load(path: str) -> dict[str, Any]:
 def process_start_time(pid: int) -> int | None:
     """The start time of ``pid`` in clock ticks since boot (/proc/<pid>/stat field 22), or None.
 
-    Together with the pid it names one process across pid reuse.
+    Together with the pid it names one process across pid reuse.  None also when /proc cannot
+    be read now (EMFILE): a caller that must tell "gone" from "unknown" uses :func:`start_time_of`.
     """
-    return _stat_field(pid, 22)
+    try:
+        return start_time_of(pid)
+    except OSError:
+        return None
+
+
+def start_time_of(pid: int) -> int | None:
+    """:func:`process_start_time`, None only when no process has that pid (ENOENT, ESRCH).
+
+    Raises OSError when the answer is unknown: opening /proc/<pid>/stat needs a descriptor
+    (EMFILE, ENFILE) and memory (ENOMEM), and a service out of them must not take a live
+    process for a dead one.
+    """
+    try:
+        stat = _read_stat(pid)
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return _field(stat, 22)
 
 
 def process_parent(pid: int) -> int:
     """The parent pid of ``pid`` (/proc/<pid>/stat field 4), or 0 when it cannot be read."""
-    return _stat_field(pid, 4) or 0
-
-
-def _stat_field(pid: int, number: int) -> int | None:
-    """Field ``number`` (1-based, as proc(5) counts, from 3 on) of /proc/<pid>/stat, or None."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
+        return _field(_read_stat(pid), 4) or 0
     except OSError:
-        return None
+        return 0
+
+
+def _read_stat(pid: int) -> bytes:
+    """The bytes of /proc/<pid>/stat (open(2) and read(2): OSError as they fail)."""
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        return fh.read()
+
+
+def _field(stat: bytes, number: int) -> int | None:
+    """Field ``number`` (1-based, as proc(5) counts, from 3 on) of a /proc/<pid>/stat text, or None."""
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
     fields = stat[stat.rfind(b")") + 2 :].split()
     try:

@@ -14,13 +14,19 @@ import dataclasses
 import json
 import logging
 import os
+import resource
 import struct
 import subprocess
 import threading
+import time
+from typing import Any
 
 from pam_keyinit_py import protocol as P
+from pam_keyinit_py.tickets import ccache
 from pam_keyinit_py.tickets import state as statefile
 from pam_keyinit_py.tickets.config import Config
+from pam_keyinit_py.tickets.core import Peer
+from pam_keyinit_py.tickets.krb import Krb5
 from pam_keyinit_py.tickets.service import Service
 from pam_keyinit_py.tickets.sessions import Reaper
 from tests.conftest import VENV_BIN
@@ -72,6 +78,117 @@ def test_open_from_an_opener_already_gone_is_ended(ticketd, svc_user):
     assert f"opener {opener} already gone" in ticketd.log()
     assert ticketd.request({"op": "status"})["service"]["sessions"] == 0
     ticketd.wait_for(lambda: persistent_caches(svc_user.uid) == {}, 5, "the gone login's ticket cleared")
+
+
+# A login's process as sshd's monitor with password authentication: auth, then (when told) open,
+# then it stays until killed.  The messages come on stdin: the auth holds the password.
+_LOGIN = r"""
+import json, sys
+from pam_keyinit_py import protocol as P
+path = sys.argv[1]
+for _ in range(2):
+    print(json.dumps(P.request(json.loads(sys.stdin.readline()), path)), flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_session_opened_out_of_descriptors_is_reaped_when_its_process_dies(ticketd, realm):
+    """The daemon's RLIMIT_NOFILE lowered with prlimit(2) so that the open's connection takes its
+    last descriptor: pidfd_open and the read of /proc/<pid>/stat fail with EMFILE.  The login's
+    process then dies without close_session (a crashed sshd); descriptors are free again.  The
+    session must be reaped and its ticket cleared.  It stayed open, unwatched, and its ticket was
+    renewed for ever."""
+    user = td.SvcUser(realm, maxlife="1h")  # the realm's longest: no renewal while descriptors are short
+    login = subprocess.Popen([str(VENV_BIN / "python"), "-c", _LOGIN, ticketd.socket], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert login.stdin is not None and login.stdout is not None
+    assert ticketd.proc is not None
+    pid = ticketd.proc.pid
+    try:
+        login.stdin.write(json.dumps({"op": "auth", "user": user.name, "uid": user.uid, "gid": user.gid,
+                                      "password": user.password}) + "\n")
+        login.stdin.flush()
+        assert json.loads(login.stdout.readline())["ok"]
+        assert persistent_caches(user.uid)
+        limit = len(os.listdir(f"/proc/{pid}/fd")) + 1  # room for the open's connection, no more
+        before = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (limit, before[1]))  # the soft limit: EMFILE
+        try:
+            login.stdin.write(json.dumps({"op": "open", "user": user.name, "uid": user.uid,
+                                          "gid": user.gid}) + "\n")
+            login.stdin.flush()
+            login.stdout.readline()  # ok, or state_not_saved: the state file needs a descriptor too
+            ticketd.wait_for(lambda: f"cannot watch pid {login.pid}" in ticketd.log(), 10,
+                             "the open to find no descriptor for its pidfd")
+        finally:
+            login.kill()
+            login.wait(10)
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, before)
+        ticketd.wait_for(lambda: ticketd.request({"op": "status"})["service"]["sessions"] == 0, 30,
+                         "the dead login's session reaped")
+        ticketd.wait_for(lambda: persistent_caches(user.uid) == {}, 10, "the dead login's ticket cleared")
+    finally:
+        if login.poll() is None:
+            login.kill()
+            login.wait(10)
+        user.cleanup()
+
+
+class _RealmKrb(Krb5):
+    """The service's real krb side, with the test realm's krb5.conf named in each call."""
+
+    def __init__(self, realm) -> None:  # noqa: ANN001
+        super().__init__()
+        self.conf, self._realm = realm.env["KRB5_CONFIG"], realm.realm
+
+    def acquire_password(self, principal: str, password: str, uid: int, gid: int, **options: Any) -> Any:
+        return ccache.acquire_password(principal, password, uid, gid, krb5_config=self.conf, **options)
+
+    def renew(self, name: str, uid: int, gid: int, *, timeout: float, grace: float) -> Any:
+        return ccache.renew(name, uid, gid, timeout=timeout, grace=grace, krb5_config=self.conf)
+
+    def destroy(self, name: str, uid: int, gid: int) -> None:
+        ccache.destroy(name, uid, gid, krb5_config=self.conf)
+
+
+def test_a_login_during_a_renewals_kdc_exchange_leaves_one_ticket(realm, svc_user, tmp_path, monkeypatch):
+    """A renewal has its renewed TGT from the KDC when a login of the same principal runs whole
+    (its install retires the primary cache being renewed; its bookkeeping stops tracking it); only
+    then does the renewal install its new cache, which install does not make primary since the old
+    one is primary no more.  In the service, with the real krb5 ccache code, the real kernel and
+    KDC, the order forced at ccache.install.  That copy stayed untracked in the collection beside
+    the login's ticket: renewed by nobody until a scan adopted it as a second ticket, and left
+    behind by a last logout before that scan."""
+    svc = Service(Config(state_file=str(tmp_path / "state.json"), kdc_timeout=5.0), krb=_RealmKrb(realm))
+    svc.reaper = Reaper(svc._reaped, svc._identified)  # the scheduler is not started: no job runs behind
+    me, user = Peer(os.getpid(), 0), svc_user
+    try:
+        old = svc.auth(me, user.name, user.uid, user.gid, user.password)["ccache"]
+        assert svc.open(me, user.name, user.uid, user.gid)["ok"]
+        real_install, logins = ccache.install, []
+
+        def install_after_a_login(*args: Any, **kwargs: Any) -> Any:
+            if kwargs.get("replace") == old and not logins:  # the renewal's install, not the login's
+                logins.append(svc.auth(me, user.name, user.uid, user.gid, user.password))
+            return real_install(*args, **kwargs)
+
+        monkeypatch.setattr(ccache, "install", install_after_a_login)
+        svc._renew(old)
+        (login,) = logins
+        assert login["ok"] and set(svc.tickets) == {login["ccache"]}, svc.tickets
+        # klist shows the login's ticket: the renewal's install found the old cache primary no more.
+        listed = ccache.list_caches(user.uid, user.gid, krb5_config=svc.krb.conf)  # type: ignore[attr-defined]
+        assert [i.ccache for i in listed if i.primary] == [login["ccache"]]
+        # The retired old cache goes after its grace: then the collection holds the login's ticket only.
+        deadline = time.monotonic() + 15
+        while set(persistent_caches(user.uid)) != {login["ccache"].rsplit(":", 1)[1]}:
+            assert time.monotonic() < deadline, f"left beside the login's: {persistent_caches(user.uid)}"
+            time.sleep(0.2)
+        assert svc.open(me, user.name, user.uid, user.gid)["ok"]  # the login's session; both log out
+        assert svc.close(me, user.uid)["ok"] and svc.close(me, user.uid)["ok"]
+        assert persistent_caches(user.uid) == {}
+    finally:
+        svc.scheduler.stop()
 
 
 def test_reaper_ignores_a_stale_event_for_a_live_pidfd():

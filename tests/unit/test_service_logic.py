@@ -44,7 +44,8 @@ def make(tmp_path, krb):  # noqa: ANN001, ANN201
 
     def make(**config: object) -> Service:
         svc = Service(Config(state_file=str(tmp_path / "state.json"), **config), krb=krb)
-        svc.reaper = Reaper(svc._reaped)  # the scheduler and the writer are not started: nothing runs behind
+        # The scheduler and the writer are not started: nothing runs behind.
+        svc.reaper = Reaper(svc._reaped, svc._identified)
         made.append(svc)
         return svc
 
@@ -342,6 +343,40 @@ def test_a_renewal_answered_after_the_logout_destroys_what_it_wrote(make, krb) -
     assert svc._renew(old) == "no longer tracked"
     (written,) = [c for c in krb.destroyed if c != old]
     assert svc.tickets == {} and written not in krb.caches
+
+
+@pytest.mark.parametrize("switched", [False, True])
+def test_a_login_during_a_renewals_kdc_exchange_leaves_no_untracked_copy_of_the_ticket(make, krb,
+                                                                                      switched) -> None:
+    """The renewal of A is at the KDC when a login of the same principal runs whole: its install
+    retires A (the collection's primary) and its bookkeeping stops tracking A.  Then the renewal
+    writes its new cache, which install no longer makes primary (A is not).  That copy was left
+    untracked: renewed by nobody until a scan adopted it (then renewed beside the login's for the
+    whole session), and never cleared by a last logout that came first.  It is destroyed now;
+    one that install did switch to (``switched``: the login's switch came between install's look
+    and its own) is the primary, and tracked."""
+    krb.retire = True
+    svc = make()
+    old = _auth(svc)["ccache"]
+    assert svc.open(ROOT, "u", UID, UID)["ok"]
+    renew, logins = krb.renew, []
+
+    def renew_after_a_login(*args: object, **kwargs: object) -> object:
+        logins.append(_auth(svc)["ccache"])  # the login's install and bookkeeping come first ...
+        info = renew(*args, **kwargs)  # ... then the renewal's new cache is written
+        info.primary = switched  # type: ignore[attr-defined]  # as ccache.TicketInfo says
+        return info
+
+    krb.renew = renew_after_a_login  # type: ignore[method-assign]
+    assert svc._renew(old) == "no longer tracked"
+    (login,) = logins
+    assert old not in svc.tickets and login in svc.tickets
+    assert (len(svc.tickets) == 2) is switched
+    untracked = {c for c, i in krb.caches.items() if i.uid == UID and c != old} - set(svc.tickets)
+    assert untracked == set(), "the renewal's copy of the ticket was left untracked"
+    assert svc.open(ROOT, "u", UID, UID)["ok"]  # the login's session; then both log out
+    assert svc.close(ROOT, UID)["ok"] and svc.close(ROOT, UID)["ok"]
+    assert {c for c, i in krb.caches.items() if i.uid == UID} <= {old}  # old: retired, the grace's to destroy
 
 
 def test_a_scan_adopts_the_users_own_kinit_while_logged_in(make, krb) -> None:
