@@ -12,6 +12,9 @@ process keyring: a key in ``@u`` or in the persistent keyring is not possessed
 through its serial number alone (the kernel looks for it from @t/@p/@s), so
 the found keyring is linked into ``@p`` (KEYCTL_SEARCH with a destination, or
 KEYCTL_GET_PERSISTENT into @p), as MIT krb5's KEYRING ccache does.
+A missing ``keyinit:secrets`` keyring is made in the thread keyring and
+KEYCTL_MOVE'd into its location with KEYCTL_MOVE_EXCL, so threads or processes
+that create it at once end up sharing one (:meth:`KeyStore.ring`).
 The process keyring vanishes with the process, as does the thread keyring
 where a reader holds what it reads and a writer builds what it publishes
 (below); nothing else is touched.
@@ -75,6 +78,9 @@ MAX_USER_PAYLOAD = 32767  # user_preparse() refuses a larger payload (EINVAL); n
 MAX_CHUNKS = 64  # ~2 MiB per item: far beyond any quota, but bounds a hostile chunk keyring
 SYSCTL_FILE = "/etc/sysctl.d/60-keyinit-keys.conf"
 PAYLOAD_NAME = "keyinit:payload"  # the one keyring in an item keyring: the current version's chunks
+# Bound on the retries of a write when another writer created a keyring first or what it found
+# went away (removed by a clear): more would mean someone deletes it in a loop.
+ATTEMPTS = 4
 # Where a reader holds what it reads and a writer builds what it publishes: per thread, so
 # neither meets another thread's keyring of the same description there.
 HOLD = keyutils.KEY_SPEC_THREAD_KEYRING
@@ -166,26 +172,78 @@ class KeyStore:
         hit that is not a direct member means there is no direct one: such a
         look-alike (e.g. the persistent store seen through @u inside @s) is
         unlinked from @p again and ignored.
+
+        With ``create``, a missing keyring is made in the calling thread's keyring
+        and KEYCTL_MOVE'd into the parent with KEYCTL_MOVE_EXCL, which refuses
+        (EEXIST) if another thread or process put one there first; then that one
+        is used.  (Made in @p, which the process's threads share, a second
+        thread's keyring displaced the first's there; linked into the parent
+        without EXCL, it displaced the first's store keyring with the items just
+        written into it.)
         """
         try:
             parent = self._parent()
-            try:
-                ring = keyutils.search(parent, "keyring", self.name, keyutils.KEY_SPEC_PROCESS_KEYRING)
-            except (keyutils.NoKeyError, keyutils.KeyExpiredError, keyutils.KeyRevokedError):
-                ring = None
-            if ring is not None and ring not in keyutils.keyring_ids(parent):
-                keyutils.unlink(ring, keyutils.KEY_SPEC_PROCESS_KEYRING)
-                ring = None
-            if ring is not None or not create:
-                return ring
-            # Create it in @p first, so its permissions are possessor-only before anyone
-            # else can reach it, then link it into the parent.
-            ring = keyutils.add_key("keyring", self.name, None, keyutils.KEY_SPEC_PROCESS_KEYRING)
-            keyutils.setperm(ring, POSSESSOR_ONLY)
-            keyutils.link(ring, parent)
-            return ring
+            for _attempt in range(ATTEMPTS):
+                ring = self._find_ring(parent)
+                if ring is not None or not create:
+                    return ring
+                self._create_ring(parent)
+            raise StoreError(f"the {self.name} keyring kept changing while it was created; try again")
         except keyutils.KeyutilsError as exc:
             raise explain(exc) from None
+
+    def _find_ring(self, parent: int) -> int | None:
+        """KEYCTL_SEARCH ``parent`` for our keyring, linking it into @p; None if no direct member."""
+        try:
+            ring = keyutils.search(parent, "keyring", self.name, keyutils.KEY_SPEC_PROCESS_KEYRING)
+        except (keyutils.NoKeyError, keyutils.KeyExpiredError, keyutils.KeyRevokedError):
+            return None
+        if ring not in keyutils.keyring_ids(parent):
+            keyutils.unlink(ring, keyutils.KEY_SPEC_PROCESS_KEYRING)
+            return None
+        return ring
+
+    def _create_ring(self, parent: int) -> None:
+        """add_key our keyring in @t, make it possessor-only (before anyone else can reach it), then
+        KEYCTL_MOVE it into ``parent`` with KEYCTL_MOVE_EXCL; if one is there, ours is dropped."""
+        made = keyutils.add_key("keyring", self.name, None, HOLD)
+        try:
+            keyutils.setperm(made, POSSESSOR_ONLY)
+            keyutils.move(made, HOLD, parent, keyutils.KEYCTL_MOVE_EXCL)
+        except keyutils.KeyExistsError:
+            # Another thread's or process's, found by the next search; or a dead (revoked) one
+            # that KEYCTL_SEARCH skips but that still refuses the move until it is unlinked.
+            self._unlink_dead(parent, "keyring", self.name)
+        finally:
+            self._release([made])  # in @t only if it was not moved: then it goes
+
+    @staticmethod
+    def _unlink_dead(keyring: int, type_: str | None = None, description: str | None = None) -> None:
+        """KEYCTL_UNLINK the members of ``keyring`` that are dead (revoked, expired or invalidated
+        and not yet collected): with ``description``, only those /proc/keys shows by that
+        ``type_`` and description."""
+        try:
+            dead = []
+            for key in keyutils.keyring_ids(keyring):
+                try:
+                    keyutils.describe(key)
+                except _GONE:
+                    dead.append(key)
+                except keyutils.KeyutilsError:
+                    pass
+            if dead and description is not None:
+                from pam_keyinit_py.keyutils.proc import read_keys
+
+                named = {k.id for k in read_keys()
+                         if k.type == type_ and k.description.startswith(f"{description}: ")}
+                dead = [key for key in dead if key in named]
+            for key in dead:
+                try:
+                    keyutils.unlink(key, keyring)
+                except keyutils.KeyutilsError:
+                    pass  # collected meanwhile
+        except (keyutils.KeyutilsError, OSError, ValueError):
+            pass
 
     def _search(self, ring: int, type_: str, description: str, dest: int = 0) -> int | None:
         """KEYCTL_SEARCH ``ring``'s tree, linking the hit into ``dest`` if non-zero; None if absent."""

@@ -383,3 +383,58 @@ def test_a_small_write_whose_user_key_a_large_one_removes_still_lands(
     key = store.put('{"a":"b"}', b"small")
     assert raced == [key] and list(store.entries()) == [(key, '{"a":"b"}')]
     assert store.get('{"a":"b"}') == (key, b"small")
+
+
+def _is_keyring_named(key_id: int, description: str) -> bool:
+    try:
+        raw = keyutils.describe(key_id)
+    except keyutils.KeyutilsError:
+        return False
+    return raw.startswith(b"keyring;") and raw.split(b";", 4)[4] == description.encode()
+
+
+@pytest.mark.parametrize("point", ["add_key", "setperm"])
+def test_two_threads_creating_the_store_keyring_at_once_keep_both_items(
+    fresh_session_keyring: int, monkeypatch: pytest.MonkeyPatch, point: str,
+) -> None:
+    """Thread 1 found no store keyring and is creating one (at its add_key, or at its KEYCTL_SETPERM
+    of the new keyring); meanwhile thread 2 creates one and writes an item into it.
+
+    Before, each made its keyring in @p, which threads share: at ``setperm``, thread 2's add_key
+    there had displaced thread 1's new keyring (EACCES: a write that failed); at ``add_key``,
+    thread 1 then linked its own keyring into @s, displacing thread 2's with the item thread 2
+    had reported stored.  There must be one store keyring, holding both items.
+    """
+    import threading
+
+    store = KeyStore("session")
+    real = getattr(keyutils, point)
+    other: list[object] = []
+
+    def write_other() -> None:
+        try:
+            other.append(KeyStore("session").put('{"t":"2"}', b"two"))
+        except BaseException as exc:  # noqa: BLE001 - checked by the test below
+            other.append(exc)
+
+    def is_new_store_ring(args: tuple) -> bool:
+        if point == "add_key":
+            return args[:2] == ("keyring", RING_NAME)
+        return _is_keyring_named(args[0], RING_NAME)
+
+    def interposed(*args: object) -> object:
+        if threading.current_thread() is threading.main_thread() and not other and is_new_store_ring(args):
+            thread = threading.Thread(target=write_other)
+            thread.start()
+            thread.join()
+        return real(*args)
+
+    monkeypatch.setattr(keyutils, point, interposed)
+    key = store.put('{"t":"1"}', b"one")
+    assert other and isinstance(other[0], int), other
+    rings = [k for k in keyutils.keyring_ids(fresh_session_keyring) if _is_keyring_named(k, RING_NAME)]
+    assert rings == [store.ring()]
+    assert store.get('{"t":"2"}') == (other[0], b"two"), "thread 2's item was lost with its keyring"
+    assert store.get('{"t":"1"}') == (key, b"one")
+    assert sorted(d for _k, d in store.entries()) == ['{"t":"1"}', '{"t":"2"}']
+
