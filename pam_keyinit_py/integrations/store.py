@@ -26,7 +26,12 @@ keyring** ``keyinit:payload`` whose members are ``user`` keys named
 ``<index>/<count>``.  A new version's payload keyring is built in the writer's
 thread keyring and linked into the item keyring last (KEYCTL_LINK displaces the
 previous one in one step), so the payload keyring an item holds is always
-whole.  The item keyring itself stays: it is never displaced by a new version.
+whole.  The item keyring itself stays: it is never displaced.  An item's
+first one is built whole in the thread keyring and KEYCTL_MOVE'd into the
+store with KEYCTL_MOVE_EXCL; a writer whose move is refused publishes its
+payload keyring in the one that got there first.  So a write that landed in
+an item keyring stays until a later write lands there, and put() returns the
+item keyring that readers find.
 
 Readers never miss an item that is being replaced (:meth:`KeyStore.get`):
 
@@ -55,7 +60,9 @@ Readers never miss an item that is being replaced (:meth:`KeyStore.get`):
 
 A store written before item keyrings may hold a bare chunk keyring (the chunks
 directly inside, no payload keyring): it is read the same way, held in the
-thread keyring, and the next write replaces it with an item keyring.
+thread keyring, and the next write converts it in place: it links a payload
+keyring into it and only then removes the chunks, so a reader whose chunk went
+missing finds that payload keyring when it looks again (:meth:`KeyStore.read`).
 """
 
 from __future__ import annotations
@@ -291,9 +298,8 @@ class KeyStore:
                 return None
             held.append(key)
             if key not in self._members(ring):
-                # KEYCTL_SEARCH prefers a direct member, so this one was displaced since the
-                # search (an earlier-format chunk keyring replaced) or is a look-alike deeper
-                # down (found again).
+                # KEYCTL_SEARCH prefers a direct member, so this one was removed since the
+                # search or is a look-alike deeper down (found again).
                 again = self._search(ring, "keyring", description, HOLD)
                 if again is None or again == key:
                     return None
@@ -355,33 +361,76 @@ class KeyStore:
 
     def _put_large(self, ring: int, description: str, payload: bytes) -> int:
         """Build a payload keyring in @t, then KEYCTL_LINK it into the item keyring (the publishing
-        step); an item without one gets a new item keyring, linked into ``ring`` with it."""
+        step) and return that item keyring.
+
+        An item without one gets a new item keyring, built in @t with the payload keyring in it
+        and KEYCTL_MOVE'd into ``ring`` with KEYCTL_MOVE_EXCL: if another writer's item keyring
+        got there first, the move is refused (EEXIST) and the payload keyring is published in
+        that one instead.  An item keyring is thus never displaced: a write that landed in it
+        stays until a later one lands there too.  (A plain KEYCTL_LINK of a second new item
+        keyring would drop whatever a third writer had published in the first, and that writer's
+        put() would return a keyring no longer in the store.)
+        """
         version = self._build_payload(payload)
         made: int | None = None
+        published = False
         try:
-            item = self._search(ring, "keyring", description)
-            if item is not None and (
-                item not in self._members(ring) or self._search(item, "keyring", PAYLOAD_NAME) is None
-            ):
-                item = None  # a look-alike deeper down, or an earlier-format chunk keyring
-            if item is not None:
-                try:
-                    keyutils.link(version, item)  # displaces the item's previous payload keyring
+            for attempt in range(ATTEMPTS):
+                item, legacy = self._item_keyring(ring, description)
+                if item is not None:
+                    try:
+                        keyutils.link(version, item)  # displaces the item's previous payload keyring
+                    except _UNREACHABLE as exc:
+                        # Removed (clear) since the search: the item gets a new item keyring.
+                        if attempt == ATTEMPTS - 1:
+                            raise explain(exc) from None
+                        continue
+                    published = True
+                    if legacy:
+                        self._drop_chunks(item)
                     return item
-                except _GONE:
-                    pass  # removed (clear) since the search: the item gets a new item keyring
-            made = keyutils.add_key("keyring", description, None, HOLD)
-            keyutils.setperm(made, POSSESSOR_ONLY)
-            keyutils.link(version, made)
-            keyutils.link(made, ring)  # displaces an earlier-format chunk keyring of this item
-            return made
+                if made is None:
+                    made = keyutils.add_key("keyring", description, None, HOLD)
+                    keyutils.setperm(made, POSSESSOR_ONLY)
+                    keyutils.link(version, made)
+                try:
+                    keyutils.move(made, HOLD, ring, keyutils.KEYCTL_MOVE_EXCL)
+                except keyutils.KeyExistsError:
+                    # Another writer's item keyring is in: publish there.  Or a dead one that
+                    # KEYCTL_SEARCH skips: only our items live in the store, so it can go.
+                    self._unlink_dead(ring)
+                    continue
+                published = True
+                return made
+            raise StoreError("the item kept changing during the write; try again")
         except BaseException:
-            self._drop(version)
-            if made is not None:
-                self._drop(made)
+            if not published:
+                self._drop(version)
             raise
         finally:
+            # An unpublished item keyring of ours goes with its hold (its payload keyring, if
+            # published elsewhere, stays there).
             self._release([version] if made is None else [version, made])
+
+    def _item_keyring(self, ring: int, description: str) -> tuple[int | None, bool]:
+        """KEYCTL_SEARCH ``ring`` for item ``description``'s keyring: (its serial or None, whether
+        it is an earlier-format chunk keyring, i.e. holds no payload keyring)."""
+        item = self._search(ring, "keyring", description)
+        if item is None or item not in self._members(ring):
+            return None, False  # none, or only a look-alike deeper down
+        return item, self._search(item, "keyring", PAYLOAD_NAME) is None
+
+    def _drop_chunks(self, item: int) -> None:
+        """KEYCTL_INVALIDATE and KEYCTL_UNLINK the ``user`` members of an earlier-format chunk
+        keyring, once the payload keyring linked into it took over (see :meth:`read`); unlinked
+        too, so that the item keyring holds only that at once (the kernel collects later)."""
+        for key in self._members(item):
+            try:
+                if not KeyInfo.of(key).is_keyring:
+                    keyutils.invalidate(key)
+                    keyutils.unlink(key, item)
+            except (keyutils.KeyutilsError, ValueError):
+                pass  # gone already (a concurrent writer converting the same item)
 
     def _build_payload(self, payload: bytes) -> int:
         """A payload keyring in @t holding ``payload`` as ``<index>/<count>`` user keys (add_key)."""
@@ -438,7 +487,14 @@ class KeyStore:
             return self._read_user(key)
         version = self._search(key, "keyring", PAYLOAD_NAME, HOLD)
         if version is None:
-            return self._read_chunks(key)  # an earlier-format chunk keyring (or none left)
+            chunks = self._read_chunks(key)  # an earlier-format chunk keyring (or none left)
+            if chunks is not None:
+                return chunks
+            # A writer converts it in place: it links a payload keyring in before it removes the
+            # chunks, so a chunk that went missing means the payload keyring is there now.
+            version = self._search(key, "keyring", PAYLOAD_NAME, HOLD)
+            if version is None:
+                return None
         try:
             return self._read_chunks(version)
         finally:
@@ -470,10 +526,21 @@ class KeyStore:
         return b"".join(parts[i] for i in range(count))
 
     def remove(self, key: int) -> None:
-        """KEYCTL_INVALIDATE: drop the item from every keyring and free its payload now."""
+        """KEYCTL_INVALIDATE: drop the item from every keyring and free its payload now.
+
+        An item keyring is then KEYCTL_UNLINKed from the store too: the kernel collects an
+        invalidated key a moment later, and until then it would refuse the KEYCTL_MOVE_EXCL
+        of the item's next item keyring (see :meth:`_put_large`).
+        """
         try:
             if KeyInfo.of(key).is_keyring:
                 self._drop(key)
+                ring = self.ring()
+                if ring is not None:
+                    try:
+                        keyutils.unlink(key, ring)
+                    except keyutils.KeyutilsError:
+                        pass  # collected already, or not in the store (a look-alike)
                 return
             keyutils.invalidate(key)
         except _GONE:
