@@ -12,6 +12,9 @@ process keyring: a key in ``@u`` or in the persistent keyring is not possessed
 through its serial number alone (the kernel looks for it from @t/@p/@s), so
 the found keyring is linked into ``@p`` (KEYCTL_SEARCH with a destination, or
 KEYCTL_GET_PERSISTENT into @p), as MIT krb5's KEYRING ccache does.
+A missing ``keyinit:secrets`` keyring is made in the thread keyring and
+KEYCTL_MOVE'd into its location with KEYCTL_MOVE_EXCL, so threads or processes
+that create it at once end up sharing one (:meth:`KeyStore.ring`).
 The process keyring vanishes with the process, as does the thread keyring
 where a reader holds what it reads and a writer builds what it publishes
 (below); nothing else is touched.
@@ -23,7 +26,12 @@ keyring** ``keyinit:payload`` whose members are ``user`` keys named
 ``<index>/<count>``.  A new version's payload keyring is built in the writer's
 thread keyring and linked into the item keyring last (KEYCTL_LINK displaces the
 previous one in one step), so the payload keyring an item holds is always
-whole.  The item keyring itself stays: it is never displaced by a new version.
+whole.  The item keyring itself stays: it is never displaced.  An item's
+first one is built whole in the thread keyring and KEYCTL_MOVE'd into the
+store with KEYCTL_MOVE_EXCL; a writer whose move is refused publishes its
+payload keyring in the one that got there first.  So a write that landed in
+an item keyring stays until a later write lands there, and put() returns the
+item keyring that readers find.
 
 Readers never miss an item that is being replaced (:meth:`KeyStore.get`):
 
@@ -52,7 +60,9 @@ Readers never miss an item that is being replaced (:meth:`KeyStore.get`):
 
 A store written before item keyrings may hold a bare chunk keyring (the chunks
 directly inside, no payload keyring): it is read the same way, held in the
-thread keyring, and the next write replaces it with an item keyring.
+thread keyring, and the next write converts it in place: it links a payload
+keyring into it and only then removes the chunks, so a reader whose chunk went
+missing finds that payload keyring when it looks again (:meth:`KeyStore.read`).
 """
 
 from __future__ import annotations
@@ -75,6 +85,9 @@ MAX_USER_PAYLOAD = 32767  # user_preparse() refuses a larger payload (EINVAL); n
 MAX_CHUNKS = 64  # ~2 MiB per item: far beyond any quota, but bounds a hostile chunk keyring
 SYSCTL_FILE = "/etc/sysctl.d/60-keyinit-keys.conf"
 PAYLOAD_NAME = "keyinit:payload"  # the one keyring in an item keyring: the current version's chunks
+# Bound on the retries of a write when another writer created a keyring first or what it found
+# went away (removed by a clear): more would mean someone deletes it in a loop.
+ATTEMPTS = 4
 # Where a reader holds what it reads and a writer builds what it publishes: per thread, so
 # neither meets another thread's keyring of the same description there.
 HOLD = keyutils.KEY_SPEC_THREAD_KEYRING
@@ -166,26 +179,78 @@ class KeyStore:
         hit that is not a direct member means there is no direct one: such a
         look-alike (e.g. the persistent store seen through @u inside @s) is
         unlinked from @p again and ignored.
+
+        With ``create``, a missing keyring is made in the calling thread's keyring
+        and KEYCTL_MOVE'd into the parent with KEYCTL_MOVE_EXCL, which refuses
+        (EEXIST) if another thread or process put one there first; then that one
+        is used.  (Made in @p, which the process's threads share, a second
+        thread's keyring displaced the first's there; linked into the parent
+        without EXCL, it displaced the first's store keyring with the items just
+        written into it.)
         """
         try:
             parent = self._parent()
-            try:
-                ring = keyutils.search(parent, "keyring", self.name, keyutils.KEY_SPEC_PROCESS_KEYRING)
-            except (keyutils.NoKeyError, keyutils.KeyExpiredError, keyutils.KeyRevokedError):
-                ring = None
-            if ring is not None and ring not in keyutils.keyring_ids(parent):
-                keyutils.unlink(ring, keyutils.KEY_SPEC_PROCESS_KEYRING)
-                ring = None
-            if ring is not None or not create:
-                return ring
-            # Create it in @p first, so its permissions are possessor-only before anyone
-            # else can reach it, then link it into the parent.
-            ring = keyutils.add_key("keyring", self.name, None, keyutils.KEY_SPEC_PROCESS_KEYRING)
-            keyutils.setperm(ring, POSSESSOR_ONLY)
-            keyutils.link(ring, parent)
-            return ring
+            for _attempt in range(ATTEMPTS):
+                ring = self._find_ring(parent)
+                if ring is not None or not create:
+                    return ring
+                self._create_ring(parent)
+            raise StoreError(f"the {self.name} keyring kept changing while it was created; try again")
         except keyutils.KeyutilsError as exc:
             raise explain(exc) from None
+
+    def _find_ring(self, parent: int) -> int | None:
+        """KEYCTL_SEARCH ``parent`` for our keyring, linking it into @p; None if no direct member."""
+        try:
+            ring = keyutils.search(parent, "keyring", self.name, keyutils.KEY_SPEC_PROCESS_KEYRING)
+        except (keyutils.NoKeyError, keyutils.KeyExpiredError, keyutils.KeyRevokedError):
+            return None
+        if ring not in keyutils.keyring_ids(parent):
+            keyutils.unlink(ring, keyutils.KEY_SPEC_PROCESS_KEYRING)
+            return None
+        return ring
+
+    def _create_ring(self, parent: int) -> None:
+        """add_key our keyring in @t, make it possessor-only (before anyone else can reach it), then
+        KEYCTL_MOVE it into ``parent`` with KEYCTL_MOVE_EXCL; if one is there, ours is dropped."""
+        made = keyutils.add_key("keyring", self.name, None, HOLD)
+        try:
+            keyutils.setperm(made, POSSESSOR_ONLY)
+            keyutils.move(made, HOLD, parent, keyutils.KEYCTL_MOVE_EXCL)
+        except keyutils.KeyExistsError:
+            # Another thread's or process's, found by the next search; or a dead (revoked) one
+            # that KEYCTL_SEARCH skips but that still refuses the move until it is unlinked.
+            self._unlink_dead(parent, "keyring", self.name)
+        finally:
+            self._release([made])  # in @t only if it was not moved: then it goes
+
+    @staticmethod
+    def _unlink_dead(keyring: int, type_: str | None = None, description: str | None = None) -> None:
+        """KEYCTL_UNLINK the members of ``keyring`` that are dead (revoked, expired or invalidated
+        and not yet collected): with ``description``, only those /proc/keys shows by that
+        ``type_`` and description."""
+        try:
+            dead = []
+            for key in keyutils.keyring_ids(keyring):
+                try:
+                    keyutils.describe(key)
+                except _GONE:
+                    dead.append(key)
+                except keyutils.KeyutilsError:
+                    pass
+            if dead and description is not None:
+                from pam_keyinit_py.keyutils.proc import read_keys
+
+                named = {k.id for k in read_keys()
+                         if k.type == type_ and k.description.startswith(f"{description}: ")}
+                dead = [key for key in dead if key in named]
+            for key in dead:
+                try:
+                    keyutils.unlink(key, keyring)
+                except keyutils.KeyutilsError:
+                    pass  # collected meanwhile
+        except (keyutils.KeyutilsError, OSError, ValueError):
+            pass
 
     def _search(self, ring: int, type_: str, description: str, dest: int = 0) -> int | None:
         """KEYCTL_SEARCH ``ring``'s tree, linking the hit into ``dest`` if non-zero; None if absent."""
@@ -233,9 +298,8 @@ class KeyStore:
                 return None
             held.append(key)
             if key not in self._members(ring):
-                # KEYCTL_SEARCH prefers a direct member, so this one was displaced since the
-                # search (an earlier-format chunk keyring replaced) or is a look-alike deeper
-                # down (found again).
+                # KEYCTL_SEARCH prefers a direct member, so this one was removed since the
+                # search or is a look-alike deeper down (found again).
                 again = self._search(ring, "keyring", description, HOLD)
                 if again is None or again == key:
                     return None
@@ -297,33 +361,76 @@ class KeyStore:
 
     def _put_large(self, ring: int, description: str, payload: bytes) -> int:
         """Build a payload keyring in @t, then KEYCTL_LINK it into the item keyring (the publishing
-        step); an item without one gets a new item keyring, linked into ``ring`` with it."""
+        step) and return that item keyring.
+
+        An item without one gets a new item keyring, built in @t with the payload keyring in it
+        and KEYCTL_MOVE'd into ``ring`` with KEYCTL_MOVE_EXCL: if another writer's item keyring
+        got there first, the move is refused (EEXIST) and the payload keyring is published in
+        that one instead.  An item keyring is thus never displaced: a write that landed in it
+        stays until a later one lands there too.  (A plain KEYCTL_LINK of a second new item
+        keyring would drop whatever a third writer had published in the first, and that writer's
+        put() would return a keyring no longer in the store.)
+        """
         version = self._build_payload(payload)
         made: int | None = None
+        published = False
         try:
-            item = self._search(ring, "keyring", description)
-            if item is not None and (
-                item not in self._members(ring) or self._search(item, "keyring", PAYLOAD_NAME) is None
-            ):
-                item = None  # a look-alike deeper down, or an earlier-format chunk keyring
-            if item is not None:
-                try:
-                    keyutils.link(version, item)  # displaces the item's previous payload keyring
+            for attempt in range(ATTEMPTS):
+                item, legacy = self._item_keyring(ring, description)
+                if item is not None:
+                    try:
+                        keyutils.link(version, item)  # displaces the item's previous payload keyring
+                    except _UNREACHABLE as exc:
+                        # Removed (clear) since the search: the item gets a new item keyring.
+                        if attempt == ATTEMPTS - 1:
+                            raise explain(exc) from None
+                        continue
+                    published = True
+                    if legacy:
+                        self._drop_chunks(item)
                     return item
-                except _GONE:
-                    pass  # removed (clear) since the search: the item gets a new item keyring
-            made = keyutils.add_key("keyring", description, None, HOLD)
-            keyutils.setperm(made, POSSESSOR_ONLY)
-            keyutils.link(version, made)
-            keyutils.link(made, ring)  # displaces an earlier-format chunk keyring of this item
-            return made
+                if made is None:
+                    made = keyutils.add_key("keyring", description, None, HOLD)
+                    keyutils.setperm(made, POSSESSOR_ONLY)
+                    keyutils.link(version, made)
+                try:
+                    keyutils.move(made, HOLD, ring, keyutils.KEYCTL_MOVE_EXCL)
+                except keyutils.KeyExistsError:
+                    # Another writer's item keyring is in: publish there.  Or a dead one that
+                    # KEYCTL_SEARCH skips: only our items live in the store, so it can go.
+                    self._unlink_dead(ring)
+                    continue
+                published = True
+                return made
+            raise StoreError("the item kept changing during the write; try again")
         except BaseException:
-            self._drop(version)
-            if made is not None:
-                self._drop(made)
+            if not published:
+                self._drop(version)
             raise
         finally:
+            # An unpublished item keyring of ours goes with its hold (its payload keyring, if
+            # published elsewhere, stays there).
             self._release([version] if made is None else [version, made])
+
+    def _item_keyring(self, ring: int, description: str) -> tuple[int | None, bool]:
+        """KEYCTL_SEARCH ``ring`` for item ``description``'s keyring: (its serial or None, whether
+        it is an earlier-format chunk keyring, i.e. holds no payload keyring)."""
+        item = self._search(ring, "keyring", description)
+        if item is None or item not in self._members(ring):
+            return None, False  # none, or only a look-alike deeper down
+        return item, self._search(item, "keyring", PAYLOAD_NAME) is None
+
+    def _drop_chunks(self, item: int) -> None:
+        """KEYCTL_INVALIDATE and KEYCTL_UNLINK the ``user`` members of an earlier-format chunk
+        keyring, once the payload keyring linked into it took over (see :meth:`read`); unlinked
+        too, so that the item keyring holds only that at once (the kernel collects later)."""
+        for key in self._members(item):
+            try:
+                if not KeyInfo.of(key).is_keyring:
+                    keyutils.invalidate(key)
+                    keyutils.unlink(key, item)
+            except (keyutils.KeyutilsError, ValueError):
+                pass  # gone already (a concurrent writer converting the same item)
 
     def _build_payload(self, payload: bytes) -> int:
         """A payload keyring in @t holding ``payload`` as ``<index>/<count>`` user keys (add_key)."""
@@ -380,7 +487,14 @@ class KeyStore:
             return self._read_user(key)
         version = self._search(key, "keyring", PAYLOAD_NAME, HOLD)
         if version is None:
-            return self._read_chunks(key)  # an earlier-format chunk keyring (or none left)
+            chunks = self._read_chunks(key)  # an earlier-format chunk keyring (or none left)
+            if chunks is not None:
+                return chunks
+            # A writer converts it in place: it links a payload keyring in before it removes the
+            # chunks, so a chunk that went missing means the payload keyring is there now.
+            version = self._search(key, "keyring", PAYLOAD_NAME, HOLD)
+            if version is None:
+                return None
         try:
             return self._read_chunks(version)
         finally:
@@ -412,10 +526,21 @@ class KeyStore:
         return b"".join(parts[i] for i in range(count))
 
     def remove(self, key: int) -> None:
-        """KEYCTL_INVALIDATE: drop the item from every keyring and free its payload now."""
+        """KEYCTL_INVALIDATE: drop the item from every keyring and free its payload now.
+
+        An item keyring is then KEYCTL_UNLINKed from the store too: the kernel collects an
+        invalidated key a moment later, and until then it would refuse the KEYCTL_MOVE_EXCL
+        of the item's next item keyring (see :meth:`_put_large`).
+        """
         try:
             if KeyInfo.of(key).is_keyring:
                 self._drop(key)
+                ring = self.ring()
+                if ring is not None:
+                    try:
+                        keyutils.unlink(key, ring)
+                    except keyutils.KeyutilsError:
+                        pass  # collected already, or not in the store (a look-alike)
                 return
             keyutils.invalidate(key)
         except _GONE:

@@ -187,9 +187,41 @@ def test_an_earlier_format_chunk_keyring_is_read_and_then_replaced(fresh_session
     keyutils.add_key("user", "0/2", b"x" * 32767, old)
     assert store.get('{"a":"b"}') == (old, b"x" * 32767 + b"y" * 7000)
     assert SecretStore("session").lookup_item({"a": "b"}) is None  # not an item's JSON payload
+    # Converted in place (an item keyring is never displaced): its payload keyring is linked in,
+    # then the old chunks go.
     key = store.put('{"a":"b"}', b"z" * 40000)
-    assert key != old and list(store.entries()) == [(key, '{"a":"b"}')]
+    assert key == old and list(store.entries()) == [(key, '{"a":"b"}')]
+    _payload_ring(key)
     assert store.get('{"a":"b"}') == (key, b"z" * 40000)
+
+
+def test_a_reader_of_an_earlier_format_chunk_keyring_converted_under_it_reads_a_whole_secret(
+    fresh_session_keyring: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Between the reader's KEYCTL_READ of the first chunk and the second, a writer converts the
+    chunk keyring in place: the second chunk is gone, and the reader reads the new payload keyring."""
+    import threading
+
+    store = KeyStore("session")
+    ring = store.ring(create=True)
+    old = keyutils.add_key("keyring", '{"a":"b"}', None, ring)
+    keyutils.setperm(old, POS_ONLY)
+    keyutils.add_key("user", "0/2", b"x" * 32767, old)
+    keyutils.add_key("user", "1/2", b"y" * 7000, old)
+    real_read = keyutils.read
+    reads: list[int] = []
+
+    def read(key_id: int) -> bytes:
+        reads.append(key_id)
+        if len(reads) == 2:
+            thread = threading.Thread(target=store.put, args=('{"a":"b"}', b"z" * 40000))
+            thread.start()
+            thread.join()
+        return real_read(key_id)
+
+    monkeypatch.setattr(keyutils, "read", read)
+    assert store.get('{"a":"b"}') == (old, b"z" * 40000)
+    assert len(reads) > 2  # the conversion really happened inside the read
 
 
 def test_readers_see_the_old_or_the_new_large_secret_never_a_mix(fresh_session_keyring: int) -> None:
@@ -383,3 +415,210 @@ def test_a_small_write_whose_user_key_a_large_one_removes_still_lands(
     key = store.put('{"a":"b"}', b"small")
     assert raced == [key] and list(store.entries()) == [(key, '{"a":"b"}')]
     assert store.get('{"a":"b"}') == (key, b"small")
+
+
+def _is_keyring_named(key_id: int, description: str) -> bool:
+    try:
+        raw = keyutils.describe(key_id)
+    except keyutils.KeyutilsError:
+        return False
+    return raw.startswith(b"keyring;") and raw.split(b";", 4)[4] == description.encode()
+
+
+def test_three_writers_creating_a_large_item_at_once_lose_no_write(
+    fresh_session_keyring: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Writers A, B and C store the same new large item, as the keyring backend does (``replace``).
+
+    B and A both find no item and each build an item keyring; A publishes its own first, C finds
+    A's and publishes its version there; only then does B publish.  Before, B's KEYCTL_LINK
+    displaced A's item keyring (C's write with it) and C's put() returned that dead keyring, so C's
+    ``replace`` pass took B's live item for another matching one and removed it: three writes
+    that reported success, and no item.  A writer's put() must return the item as it stands, and
+    the item must hold the write published last.
+    """
+    import threading
+
+    attributes = {"service": "s", "user": "u"}
+    description = '{"service":"s","user":"u"}'
+    secrets = {name: name * 40000 for name in "ABC"}
+    real_setperm, real_link = keyutils.setperm, keyutils.link
+    b_paused, b_go = threading.Event(), threading.Event()
+    b_thread: list[threading.Thread] = []
+    results: dict[str, object] = {}
+
+    def write(name: str) -> None:
+        try:
+            item = SecretStore("session").store(attributes, "L", secrets[name], replace={"service": "s"})
+            results[name] = item.key
+        except BaseException as exc:  # noqa: BLE001 - checked by the test below
+            results[name] = exc
+
+    def setperm(key_id: int, perm: int) -> None:
+        # B stops right after making its own item keyring, before it publishes it.
+        if threading.current_thread() is b_thread[0] and not b_paused.is_set() and \
+                _is_keyring_named(key_id, description):
+            b_paused.set()
+            b_go.wait()
+        real_setperm(key_id, perm)
+
+    def link(key_id: int, ringid: int) -> None:
+        real_link(key_id, ringid)
+        # C has just published its version in the item keyring that A made: now B goes on.
+        if threading.current_thread() is threading.main_thread() and not b_go.is_set() and \
+                _is_keyring_named(ringid, description):
+            b_go.set()
+            b_thread[0].join()
+
+    monkeypatch.setattr(keyutils, "setperm", setperm)
+    monkeypatch.setattr(keyutils, "link", link)
+    b_thread.append(threading.Thread(target=write, args=("B",)))
+    b_thread[0].start()
+    assert b_paused.wait(30)
+    a_thread = threading.Thread(target=write, args=("A",))
+    a_thread.start()
+    a_thread.join()
+    write("C")
+    b_go.set()
+    b_thread[0].join()
+
+    assert b_go.is_set() and all(isinstance(results[n], int) for n in "ABC"), results
+    store = KeyStore("session")
+    found = store.get(description)
+    assert found is not None, "three writes reported success and the item is gone"
+    key, payload = found
+    assert [(k, d) for k, d in store.entries()] == [(key, description)]
+    # C's put() and B's put() returned the item as it stands (Item.key, used by replace).
+    assert results["C"] == key and results["B"] == key
+    # B published last (after C), so its secret is the item's.
+    assert SecretStore("session").lookup(attributes) == secrets["B"]
+
+
+def test_a_write_whose_item_keyring_is_displaced_under_a_reader_does_not_fail(
+    fresh_session_keyring: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """C found the item keyring A made; before C's KEYCTL_LINK into it, B (which had found no item)
+    publishes an item keyring of its own.  A reader still holds A's keyring in its thread keyring,
+    so the kernel refused C's link with EACCES (no longer possessed by C): a write that failed only
+    because others wrote at the same time.  It must land, and be the item's value (it is last)."""
+    import threading
+
+    description = '{"a":"b"}'
+    store = KeyStore("session")
+    real_setperm, real_link, real_read = keyutils.setperm, keyutils.link, keyutils.read
+    b_paused, b_go, r_paused, r_go = (threading.Event() for _ in range(4))
+    threads: dict[str, threading.Thread] = {}
+    results: dict[str, object] = {}
+
+    def run(name: str, call) -> None:  # noqa: ANN001 - a no-argument callable
+        try:
+            results[name] = call()
+        except BaseException as exc:  # noqa: BLE001 - checked by the test below
+            results[name] = exc
+
+    def setperm(key_id: int, perm: int) -> None:
+        if threading.current_thread() is threads["B"] and not b_paused.is_set() and \
+                _is_keyring_named(key_id, description):
+            b_paused.set()  # B made its item keyring and has not published it
+            b_go.wait()
+        real_setperm(key_id, perm)
+
+    def read(key_id: int) -> bytes:
+        if threading.current_thread() is threads.get("R") and not r_paused.is_set():
+            r_paused.set()  # the reader holds A's item keyring (and its payload keyring) in @t
+            r_go.wait()
+        return real_read(key_id)
+
+    def link(key_id: int, ringid: int) -> None:
+        if threading.current_thread() is threads.get("C") and not b_go.is_set() and \
+                _is_keyring_named(ringid, description):
+            b_go.set()  # C is about to publish in A's item keyring: B publishes its own first
+            threads["B"].join()
+        real_link(key_id, ringid)
+
+    monkeypatch.setattr(keyutils, "setperm", setperm)
+    monkeypatch.setattr(keyutils, "link", link)
+    monkeypatch.setattr(keyutils, "read", read)
+    threads["B"] = threading.Thread(target=run, args=("B", lambda: store.put(description, b"B" * 40000)))
+    threads["B"].start()
+    assert b_paused.wait(30)
+    run("A", lambda: store.put(description, b"A" * 40000))
+    threads["R"] = threading.Thread(target=run, args=("R", lambda: store.get(description)))
+    threads["R"].start()
+    assert r_paused.wait(30)
+    threads["C"] = threading.main_thread()
+    try:
+        run("C", lambda: store.put(description, b"C" * 40000))
+    finally:
+        b_go.set()
+        r_go.set()
+        threads["B"].join()
+        threads["R"].join()
+
+    assert isinstance(results["C"], int), results["C"]
+    assert b_go.is_set() and isinstance(results["B"], int), results["B"]
+    read_value = results["R"]
+    assert isinstance(read_value, tuple) and read_value[1] in (b"A" * 40000, b"B" * 40000), read_value
+    assert store.get(description) == (results["C"], b"C" * 40000)
+    assert list(store.entries()) == [(results["C"], description)]
+
+
+@pytest.mark.parametrize("point", ["add_key", "setperm"])
+def test_two_threads_creating_the_store_keyring_at_once_keep_both_items(
+    fresh_session_keyring: int, monkeypatch: pytest.MonkeyPatch, point: str,
+) -> None:
+    """Thread 1 found no store keyring and is creating one (at its add_key, or at its KEYCTL_SETPERM
+    of the new keyring); meanwhile thread 2 creates one and writes an item into it.
+
+    Before, each made its keyring in @p, which threads share: at ``setperm``, thread 2's add_key
+    there had displaced thread 1's new keyring (EACCES: a write that failed); at ``add_key``,
+    thread 1 then linked its own keyring into @s, displacing thread 2's with the item thread 2
+    had reported stored.  There must be one store keyring, holding both items.
+    """
+    import threading
+
+    store = KeyStore("session")
+    real = getattr(keyutils, point)
+    other: list[object] = []
+
+    def write_other() -> None:
+        try:
+            other.append(KeyStore("session").put('{"t":"2"}', b"two"))
+        except BaseException as exc:  # noqa: BLE001 - checked by the test below
+            other.append(exc)
+
+    def is_new_store_ring(args: tuple) -> bool:
+        if point == "add_key":
+            return args[:2] == ("keyring", RING_NAME)
+        return _is_keyring_named(args[0], RING_NAME)
+
+    def interposed(*args: object) -> object:
+        if threading.current_thread() is threading.main_thread() and not other and is_new_store_ring(args):
+            thread = threading.Thread(target=write_other)
+            thread.start()
+            thread.join()
+        return real(*args)
+
+    monkeypatch.setattr(keyutils, point, interposed)
+    key = store.put('{"t":"1"}', b"one")
+    assert other and isinstance(other[0], int), other
+    rings = [k for k in keyutils.keyring_ids(fresh_session_keyring) if _is_keyring_named(k, RING_NAME)]
+    assert rings == [store.ring()]
+    assert store.get('{"t":"2"}') == (other[0], b"two"), "thread 2's item was lost with its keyring"
+    assert store.get('{"t":"1"}') == (key, b"one")
+    assert sorted(d for _k, d in store.entries()) == ['{"t":"1"}', '{"t":"2"}']
+
+
+def test_a_revoked_store_keyring_or_item_keyring_gives_way_to_a_new_one(fresh_session_keyring: int) -> None:
+    """A revoked key stays linked until the kernel collects it (key_gc_delay, minutes later) and
+    refuses KEYCTL_MOVE_EXCL meanwhile: the store keyring and item keyrings are created with it."""
+    store = KeyStore("session")
+    item = store.put('{"a":"b"}', b"x" * 40000)
+    keyutils.revoke(item)
+    again = store.put('{"a":"b"}', b"y" * 40000)
+    assert again != item and store.get('{"a":"b"}') == (again, b"y" * 40000)
+    ring = store.ring()
+    assert ring is not None
+    keyutils.revoke(ring)
+    key = store.put('{"a":"b"}', b"z" * 40000)
+    assert store.ring() not in (None, ring) and store.get('{"a":"b"}') == (key, b"z" * 40000)
