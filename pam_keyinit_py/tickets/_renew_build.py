@@ -33,6 +33,7 @@ the exchange stops before anything is sent for it (KRB5_LIBOS_CANTREADPWD).
 from cffi import FFI
 
 CDEF = """
+#define PK_KEPT_SECONDS ...
 int pk_renew_marshalled(const char *ccname, const char *profile_path,
                         unsigned char **out, size_t *outlen, char *err, size_t errlen);
 void pk_free(void *p, size_t len);
@@ -57,6 +58,7 @@ SOURCE = r"""
 #include <krb5/krb5.h>
 #include <profile.h>
 #include <pthread.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,11 +88,17 @@ static krb5_error_code pk_context(const char *profile_path, krb5_context *ctx)
 }
 
 /* This thread's context for `profile_path`, kept for the thread's next call (the service's KDC
- * helper and worker threads are reused) and freed when the thread ends.  Making one costs a profile parse
- * and libkrb5's plugin set-up on every call; pykrb5's callers keep one per thread too
- * (tickets/plumbing.context).  libkrb5 re-reads a profile file whose mtime changed, so a kept
- * context still sees an edited krb5.conf.  Free it with pk_release, never krb5_free_context. */
-struct pk_kept { krb5_context ctx; char *path; };
+ * helper and worker threads are reused) for at most PK_KEPT_SECONDS, and freed when the thread
+ * ends.  Making one costs a profile parse and libkrb5's plugin set-up on every call, which a
+ * burst of logins now pays once per thread.  What a kept context sees of an edited krb5.conf:
+ * libkrb5 shares one parsed profile among all the contexts of a process and parses it again
+ * when the top file's mtime changes (looked at most once a second), so an edit there is seen at
+ * once, by kept and fresh contexts alike (an edit of a file it includes is seen only then:
+ * `touch /etc/krb5.conf`).  But a context also caches values itself on first use (the default
+ * realm, which krb5_kuserok's auth_to_local compares with); the age bound puts such an edit
+ * into effect within PK_KEPT_SECONDS.  Free it with pk_release, never krb5_free_context. */
+#define PK_KEPT_SECONDS 5
+struct pk_kept { krb5_context ctx; char *path; struct timespec made; };
 static pthread_key_t pk_kept_key;
 static pthread_once_t pk_kept_once = PTHREAD_ONCE_INIT;
 static int pk_kept_ok;
@@ -127,9 +135,12 @@ static int pk_same_path(const char *a, const char *b)
 static krb5_error_code pk_thread_context(const char *profile_path, krb5_context *ctx)
 {
     struct pk_kept *kept = pk_kept_get();
+    struct timespec now;
     krb5_error_code ret;
 
-    if (kept != NULL && pk_same_path(kept->path, profile_path)) {
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (kept != NULL && pk_same_path(kept->path, profile_path) &&
+        now.tv_sec - kept->made.tv_sec < PK_KEPT_SECONDS) {
         *ctx = kept->ctx;
         krb5_clear_error_message(*ctx);
         return 0;
@@ -146,6 +157,7 @@ static krb5_error_code pk_thread_context(const char *profile_path, krb5_context 
         return 0;  /* not kept: pk_release frees it */
     }
     kept->ctx = *ctx;
+    kept->made = now;
     pk_kept_free(pthread_getspecific(pk_kept_key));
     if (pthread_setspecific(pk_kept_key, kept) != 0) {
         kept->ctx = NULL;

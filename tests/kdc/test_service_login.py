@@ -109,6 +109,34 @@ def test_an_edited_krb5_conf_reaches_the_next_auth(realm, svc_user, tmp_path):
         daemon.stop()
 
 
+def test_a_default_realm_edited_in_krb5_conf_reaches_kuserok(realm, svc_user, tmp_path):
+    # A context caches the default realm on first use, and krb5_kuserok's default auth_to_local
+    # rule compares the principal's realm with it.  The service's kept contexts are at most
+    # PK_KEPT_SECONDS old, so such an edit takes effect within that bound, without a restart.
+    from pam_keyinit_py.tickets._krb5_renew import lib
+
+    conf = tmp_path / "krb5.conf"
+    original = realm.krb5_conf.read_text()
+    other = re.sub(r"(\bdefault_realm = )\S+", r"\g<1>OTHER.TEST", original)
+    assert other != original, "the realm's krb5.conf names no default_realm"
+    conf.write_text(original)
+    daemon = TicketD(tmp_path / "d", {**realm.env, "KRB5_CONFIG": str(conf)})
+    daemon.start()
+    ask = {"op": "account", "user": svc_user.name, "uid": svc_user.uid, "principal": svc_user.principal,
+           "kuserok": True, "kdc": False}
+    try:
+        assert daemon.request(ask)["ok"], daemon.log()
+        for text, allowed in ((other, False), (original, True)):
+            conf.write_text(text)
+            time.sleep(lib.PK_KEPT_SECONDS + 1.1)  # the contexts kept before the edit are too old now
+            reply = daemon.request(ask)
+            assert reply["ok"] is allowed, (text == original, reply)
+            if not allowed:
+                assert reply["code"] == P.DENIED, reply
+    finally:
+        daemon.stop()
+
+
 def _closed_port() -> int:
     """A loopback UDP/TCP port nothing listens on (bound, then closed)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
