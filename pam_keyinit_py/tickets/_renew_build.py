@@ -134,7 +134,7 @@ static int pk_same_path(const char *a, const char *b)
 
 static krb5_error_code pk_thread_context(const char *profile_path, krb5_context *ctx)
 {
-    struct pk_kept *kept = pk_kept_get();
+    struct pk_kept *kept = pk_kept_get(), *old;
     struct timespec now;
     krb5_error_code ret;
 
@@ -158,11 +158,13 @@ static krb5_error_code pk_thread_context(const char *profile_path, krb5_context 
     }
     kept->ctx = *ctx;
     kept->made = now;
-    pk_kept_free(pthread_getspecific(pk_kept_key));
+    old = pthread_getspecific(pk_kept_key);
     if (pthread_setspecific(pk_kept_key, kept) != 0) {
-        kept->ctx = NULL;
+        kept->ctx = NULL;  /* not kept: pk_release frees it; the old one stays kept */
         pk_kept_free(kept);
+        return 0;
     }
+    pk_kept_free(old);  /* only once the key no longer names it */
     return 0;
 }
 
