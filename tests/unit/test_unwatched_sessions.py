@@ -70,6 +70,8 @@ class FailingEpoll:
         self.real = real
         self.fail = 0
         self.failed: list[int] = []  # the fds whose add failed
+        self.poll_fail = 0  # the next waits that raise something no code path expects
+        self.poll_failed = 0
 
     def register(self, fd: int, mask: int) -> None:
         if self.fail:
@@ -77,6 +79,13 @@ class FailingEpoll:
             self.failed.append(fd)
             raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
         self.real.register(fd, mask)
+
+    def poll(self, timeout: float = -1) -> list[tuple[int, int]]:
+        if self.poll_fail:
+            self.poll_fail -= 1
+            self.poll_failed += 1
+            raise RuntimeError("an unexpected fault in the reaper's round")
+        return self.real.poll(timeout)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
@@ -252,3 +261,19 @@ def test_a_failed_epoll_add_neither_loses_the_session_nor_ends_the_reaper(svc, k
     opener.wait()
     _until(lambda: krb.destroyed == [name], "the dead login's ticket cleared")
     assert svc.sessions.count(UID) == 0 and svc.reaper._thread.is_alive()
+
+
+def test_an_unexpected_fault_in_a_reaper_round_does_not_end_its_thread(svc, krb, opener) -> None:
+    """Anything a round of the reaper's thread raises is logged and the next round comes: the
+    thread used to end at the first escaped exception, and no session was reaped again."""
+    assert svc.reaper is not None
+    epoll = svc.reaper._epoll = FailingEpoll(svc.reaper._epoll)
+    _peer, name, sid = _login(svc, opener)
+    assert sid in svc.reaper._by_sid
+    epoll.poll_fail = 1
+    os.eventfd_write(svc.reaper._wake, 1)  # the thread's next wait is the failing one
+    _until(lambda: epoll.poll_failed, "the failed round")
+    opener.kill()
+    opener.wait()
+    _until(lambda: krb.destroyed == [name], "the dead login's ticket cleared")
+    assert svc.reaper._thread.is_alive()
