@@ -87,13 +87,28 @@ class Renewal(Core):
         beside the login's all session long), and left behind by a last logout before that scan.
         A copy install did switch to (the login's switch came first, between install's look and
         its switch) is the primary: it is tracked, to be renewed and cleared with the login's.
+
+        Cleared with the login's means held as the login's is: while the uid has a pending entry
+        (a login between auth and open), the copy is one of its caches, so the entry's expiry
+        destroys it when no session opened (the entry held the login's cache only, and the copy
+        was renewed until its renew_till); a session that opens meanwhile keeps it, as it keeps
+        every held cache, and its last logout clears it.  With neither a session nor a pending
+        entry (the logins ended while the renewal was at the KDC) nothing holds it: destroyed.
         """
         superseded = t.superseded and info.ccache != name
         if superseded and getattr(info, "primary", False):
+            p = self.pending.get(t.uid)
+            if p is None and self.sessions.count(t.uid) == 0:
+                self._destroy_locked(info.ccache, t.uid, t.gid)
+                log.info("renewed %s (uid %d) after a login retired it and the uid's logins ended: "
+                         "destroyed its copy %s", name, t.uid, info.ccache)
+                return "no longer tracked"
             copy = self._track(info, t.gid, t.origin)
+            if p is not None:
+                p.ccaches.add(copy.ccache)
             self.save()
-            log.info("renewed %s (uid %d) after a login retired it: its copy %s is the primary, tracked",
-                     name, t.uid, copy.ccache)
+            log.info("renewed %s (uid %d) after a login retired it: its copy %s is the primary, tracked%s",
+                     name, t.uid, copy.ccache, " and held with the pending login" if p is not None else "")
             self._schedule_renewal(copy)
             return "no longer tracked"
         stale = superseded or (t.cleared and self.sessions.count(t.uid) == 0)

@@ -142,7 +142,8 @@ class Reaper:
 
     A process that cannot be watched when its session opens (pidfd_open(2) or the read of
     /proc/<pid>/stat fails with EMFILE, ENFILE or ENOMEM: the service is out of descriptors or
-    memory) is looked at again every :data:`UNWATCHED_RETRY` seconds by the same thread: it is
+    memory; or epoll_ctl(2) fails with ENOMEM, or ENOSPC at fs.epoll.max_user_watches) is
+    looked at again every :data:`UNWATCHED_RETRY` seconds by the same thread: it is
     reaped as soon as kill(pid, 0) (no descriptor needed) says ESRCH or /proc shows another
     process under its pid, and watched through a pidfd once one can be made.  It used to be left
     unwatched, so a crashed login's ticket was renewed forever.  A session whose start time the
@@ -159,6 +160,8 @@ class Reaper:
         self._by_sid: dict[int, int] = {}  # sid -> pidfd
         self._unwatched: dict[int, tuple[int, int, int]] = {}  # sid -> (pid, pid_start, alive_at)
         self.looks = 0  # rounds of looks at the unwatched sessions
+        # Sessions whose process is gone, taken off the watch lists, to report (thread's own).
+        self._gone: list[int] = []
         self._lock = threading.Lock()
         self._raise_fd_limit()
         # Wakes the thread when a session joins _unwatched (its poll then gets a timeout).
@@ -197,7 +200,9 @@ class Reaper:
         if found is None:
             return False
         with self._lock:
-            self._register(found[0], sid)
+            watched = self._register(found[0], sid, pid, pid_start, alive_at)
+        if not watched:
+            os.eventfd_write(self._wake, 1)
         self._started(sid, pid_start, found[1])
         return True
 
@@ -237,13 +242,31 @@ class Reaper:
     def _started(self, sid: int, pid_start: int, start: int) -> None:
         """Report the start time of a session that had none (read while its pidfd pinned the pid)."""
         if not pid_start and self._on_start is not None:
-            self._on_start(sid, start)
+            try:
+                self._on_start(sid, start)
+            except Exception:  # only the state file misses it; the watch stands
+                log.exception("recording the start time of session %d failed", sid)
 
-    def _register(self, fd: int, sid: int) -> None:
-        # Caller holds self._lock.
+    def _register(self, fd: int, sid: int, pid: int, pid_start: int, alive_at: int) -> bool:
+        """Add the pidfd ``fd`` of session ``sid``'s process to the epoll set (epoll_ctl(2)
+        EPOLL_CTL_ADD); False if that failed (ENOMEM, or ENOSPC at fs.epoll.max_user_watches):
+        then ``fd`` is closed and the session is on the unwatched list, looked at again later.
+        Caller holds self._lock.
+
+        The dicts are filled only after the add: filled first, a failed add left the session
+        off every list (never reaped) and its pidfd open.
+        """
+        try:
+            self._epoll.register(fd, select.EPOLLIN)
+        except OSError as exc:
+            os.close(fd)
+            log.warning("session %d: cannot watch pid %d now (epoll: %s); looking at it every %gs "
+                        "until it can", sid, pid, exc.strerror, UNWATCHED_RETRY)
+            self._unwatched[sid] = (pid, pid_start, alive_at)
+            return False
         self._fds[fd] = sid
         self._by_sid[sid] = fd
-        self._epoll.register(fd, select.EPOLLIN)
+        return True
 
     def unwatch(self, sid: int) -> None:
         """Stop watching ``sid``; its pidfd is closed under the lock (see :meth:`_exited`)."""
@@ -283,12 +306,11 @@ class Reaper:
             self._drop(fd)
             return sid
 
-    def _look_again(self) -> list[int]:
-        """One look at the unwatched sessions: watch those that can be now; return those whose
-        process is gone (taken off the list)."""
+    def _look_again(self) -> None:
+        """One look at the unwatched sessions: watch those that can be now; those whose process
+        is gone are taken off the list and put on ``_gone``."""
         with self._lock:
             todo = list(self._unwatched.items())
-        gone: list[int] = []
         for sid, (pid, pid_start, alive_at) in todo:
             try:
                 found = self._attach(pid, pid_start, alive_at)
@@ -300,40 +322,59 @@ class Reaper:
                         os.close(found[0])
                     continue
                 if found is None:
-                    gone.append(sid)
+                    self._gone.append(sid)
                     continue
-                self._register(found[0], sid)
+                if not self._register(found[0], sid, pid, pid_start, alive_at):
+                    continue  # back on the unwatched list
             log.info("session %d: pid %d is watched now", sid, pid)
             self._started(sid, pid_start, found[1])
         self.looks += 1
-        return gone
 
     def _run(self) -> None:
+        """The thread: rounds of epoll_wait(2) and looks, for ever.  A round that raises is logged
+        and the next one comes after :data:`UNWATCHED_RETRY` seconds (a fault that repeats must not
+        spin): one escaped exception used to end the thread, and no session was reaped again."""
         look_at = 0.0  # monotonic time of the next look at the unwatched sessions
         while True:
-            timeout = -1.0
-            if self._unwatched:
-                now = time.monotonic()
-                if not look_at:
-                    look_at = now + UNWATCHED_RETRY
-                timeout = max(0.0, look_at - now)
             try:
-                events = self._epoll.poll(timeout)
-            except InterruptedError:
-                continue
-            exited: list[int] = []
-            for fd, _mask in events:
-                if fd == self._wake:
-                    os.eventfd_read(self._wake)
-                    continue
-                sid = self._exited(fd)
-                if sid is not None:
-                    exited.append(sid)
-            if look_at and time.monotonic() >= look_at:
+                look_at = self._round(look_at)
+            except Exception:
+                log.exception("reaper: watching sessions failed; trying again in %gs", UNWATCHED_RETRY)
                 look_at = 0.0
-                exited += self._look_again()
-            for sid in exited:
-                try:
-                    self._on_exit(sid)
-                except Exception:  # the reaper must outlive any one bad callback
-                    log.exception("reaping session %d failed", sid)
+                time.sleep(UNWATCHED_RETRY)
+            self._report_gone()
+
+    def _round(self, look_at: float) -> float:
+        """Wait for pidfd events (until the next look, if any session is unwatched); put the
+        sessions whose process exited on ``_gone``; return the time of the next look."""
+        timeout = -1.0
+        if self._unwatched:
+            now = time.monotonic()
+            if not look_at:
+                look_at = now + UNWATCHED_RETRY
+            timeout = max(0.0, look_at - now)
+        try:
+            events = self._epoll.poll(timeout)
+        except InterruptedError:
+            return look_at
+        for fd, _mask in events:
+            if fd == self._wake:
+                os.eventfd_read(self._wake)
+                continue
+            sid = self._exited(fd)
+            if sid is not None:
+                self._gone.append(sid)
+        if look_at and time.monotonic() >= look_at:
+            look_at = 0.0
+            self._look_again()
+        return look_at
+
+    def _report_gone(self) -> None:
+        """Call ``on_exit`` for each session on ``_gone``: kept there across a failed round, so a
+        session taken off the watch lists is reported all the same."""
+        while self._gone:
+            sid = self._gone.pop(0)
+            try:
+                self._on_exit(sid)
+            except Exception:  # the reaper must outlive any one bad callback
+                log.exception("reaping session %d failed", sid)

@@ -379,6 +379,73 @@ def test_a_login_during_a_renewals_kdc_exchange_leaves_no_untracked_copy_of_the_
     assert {c for c, i in krb.caches.items() if i.uid == UID} <= {old}  # old: retired, the grace's to destroy
 
 
+def _expire_pending(svc: Service) -> None:
+    """The uid's pending logins reach their deadline (pending_auth_timeout) with no session open."""
+    with svc.lock:
+        svc.pending[UID].deadline = 0.0
+    svc._pending_expired(UID)
+
+
+@pytest.mark.parametrize("expired", ["after the renewal", "during the renewal"])
+def test_a_renewals_primary_copy_does_not_outlive_a_login_that_never_opens(make, krb, expired) -> None:
+    """No session of the uid is open.  The renewal of A (a login's, between auth and open) is at
+    the KDC when a second auth of the same principal runs whole: its install retires A, its cache
+    is held for its login.  Install makes the renewal's copy the primary (the login's switch came
+    between install's look and its own), so the copy is tracked.  Then neither login opens a
+    session: their pending entry expires (after the renewal, or while it is still at the KDC).
+    The copy was held by no pending entry, so that expiry destroyed only the login's cache, and the
+    copy (or, expiry first, the copy tracked with no login left) was renewed until renew_till."""
+    krb.retire = True
+    svc = make()
+    old = _auth(svc)["ccache"]
+    renew, logins = krb.renew, []
+
+    def renew_after_a_login(*args: object, **kwargs: object) -> object:
+        logins.append(_auth(svc)["ccache"])  # the login's install and bookkeeping come first ...
+        if expired == "during the renewal":
+            _expire_pending(svc)
+        info = renew(*args, **kwargs)  # ... then the renewal's new cache is written, made primary
+        info.primary = True  # type: ignore[attr-defined]  # as ccache.TicketInfo says
+        return info
+
+    krb.renew = renew_after_a_login  # type: ignore[method-assign]
+    assert svc._renew(old) == "no longer tracked"
+    (login,) = logins
+    if expired == "after the renewal":
+        assert len(svc.tickets) == 2 and login in svc.tickets  # the login's and the primary copy
+        _expire_pending(svc)
+    assert svc.sessions.count(UID) == 0 and UID not in svc.pending
+    assert svc.tickets == {}, "a cache of the abandoned logins is still tracked (renewed)"
+    assert {c for c, i in krb.caches.items() if i.uid == UID} <= {old}  # old: retired, the grace's to destroy
+
+
+def test_a_renewals_primary_copy_held_with_a_pending_login_stays_under_an_open_session(make, krb) -> None:
+    """As above, but the first login opens its session after the renewal while the second still
+    waits: the second's expiry must clear nothing under that session (the copy and the login's
+    cache stay tracked), and the session's logout clears them both."""
+    krb.retire = True
+    svc = make()
+    old = _auth(svc)["ccache"]
+    renew, logins = krb.renew, []
+
+    def renew_after_a_login(*args: object, **kwargs: object) -> object:
+        logins.append(_auth(svc)["ccache"])
+        info = renew(*args, **kwargs)
+        info.primary = True  # type: ignore[attr-defined]
+        return info
+
+    krb.renew = renew_after_a_login  # type: ignore[method-assign]
+    assert svc._renew(old) == "no longer tracked"
+    (login,) = logins
+    kept = set(svc.tickets)
+    assert len(kept) == 2 and login in kept
+    assert svc.open(ROOT, "u", UID, UID)["ok"] and svc.pending[UID].logins == 1
+    _expire_pending(svc)
+    assert set(svc.tickets) == kept and krb.destroyed == [] and kept <= set(krb.caches)
+    assert sorted(svc.close(ROOT, UID)["cleared"]) == sorted(kept)
+    assert svc.tickets == {} and {c for c, i in krb.caches.items() if i.uid == UID} <= {old}
+
+
 def test_a_scan_adopts_the_users_own_kinit_while_logged_in(make, krb) -> None:
     svc = make()
     assert svc.open(ROOT, "u", UID, UID)["ok"]

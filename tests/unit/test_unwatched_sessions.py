@@ -61,6 +61,49 @@ class OutOfDescriptors:
         self.pidfd = self.proc = on
 
 
+class FailingEpoll:
+    """The reaper's epoll set, whose next ``fail`` adds (epoll_ctl(2) EPOLL_CTL_ADD) fail with
+    ENOMEM, as out of kernel memory (ENOSPC at fs.epoll.max_user_watches is alike); everything
+    else is the real epoll set."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.fail = 0
+        self.failed: list[int] = []  # the fds whose add failed
+        self.poll_fail = 0  # the next waits that raise something no code path expects
+        self.poll_failed = 0
+
+    def register(self, fd: int, mask: int) -> None:
+        if self.fail:
+            self.fail -= 1
+            self.failed.append(fd)
+            raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+        self.real.register(fd, mask)
+
+    def poll(self, timeout: float = -1) -> list[tuple[int, int]]:
+        if self.poll_fail:
+            self.poll_fail -= 1
+            self.poll_failed += 1
+            raise RuntimeError("an unexpected fault in the reaper's round")
+        return self.real.poll(timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def _pidfds_of(pid: int) -> int:
+    """How many of this process's descriptors are pidfds of ``pid`` (/proc/self/fdinfo's Pid line)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fdinfo"):
+        try:
+            with open(f"/proc/self/fdinfo/{fd}") as fh:
+                text = fh.read()
+        except OSError:
+            continue
+        count += f"\nPid:\t{pid}\n" in text
+    return count
+
+
 @pytest.fixture
 def krb() -> FakeKrb:
     return FakeKrb()
@@ -195,3 +238,42 @@ def test_a_restart_keeps_a_live_session_whose_start_time_the_open_could_not_read
         assert restored.sessions.by_sid[sid].pid_start == statefile.process_start_time(opener.pid)
     finally:
         restored.stop()
+
+
+@pytest.mark.parametrize("at", ["open", "look"])
+def test_a_failed_epoll_add_neither_loses_the_session_nor_ends_the_reaper(svc, krb, fds, opener, at) -> None:
+    """epoll_ctl(2) fails once (ENOMEM) to add the session's pidfd, at the open (``open``) or at a
+    later look at an unwatched session (``look``): the pidfd is closed, the session is looked at
+    again and watched, and its process's death is still noticed.  The failed add used to escape:
+    at a look it ended the reaper's thread (no session was reaped again until a restart), and
+    both ways it left the session on no list, its pidfd open."""
+    assert svc.reaper is not None
+    epoll = svc.reaper._epoll = FailingEpoll(svc.reaper._epoll)
+    fds.set(at == "look")
+    epoll.fail = 1
+    _peer, name, sid = _login(svc, opener)
+    fds.set(False)
+    _until(lambda: epoll.failed, "the failed add")
+    _until(lambda: sid in svc.reaper._by_sid and not svc.reaper._unwatched, "a pidfd watch of the session")
+    assert _pidfds_of(opener.pid) == 1, "the pidfd of the failed add was left open"
+    assert svc.reaper._thread.is_alive() and krb.destroyed == []
+    opener.kill()
+    opener.wait()
+    _until(lambda: krb.destroyed == [name], "the dead login's ticket cleared")
+    assert svc.sessions.count(UID) == 0 and svc.reaper._thread.is_alive()
+
+
+def test_an_unexpected_fault_in_a_reaper_round_does_not_end_its_thread(svc, krb, opener) -> None:
+    """Anything a round of the reaper's thread raises is logged and the next round comes: the
+    thread used to end at the first escaped exception, and no session was reaped again."""
+    assert svc.reaper is not None
+    epoll = svc.reaper._epoll = FailingEpoll(svc.reaper._epoll)
+    _peer, name, sid = _login(svc, opener)
+    assert sid in svc.reaper._by_sid
+    epoll.poll_fail = 1
+    os.eventfd_write(svc.reaper._wake, 1)  # the thread's next wait is the failing one
+    _until(lambda: epoll.poll_failed, "the failed round")
+    opener.kill()
+    opener.wait()
+    _until(lambda: krb.destroyed == [name], "the dead login's ticket cleared")
+    assert svc.reaper._thread.is_alive()
