@@ -339,8 +339,12 @@ class KeyStore:
             raise StoreError(f"item too large: at most {MAX_USER_PAYLOAD * MAX_CHUNKS} bytes")
         ring = self.ring(create=True)
         assert ring is not None
+        written: int | None = None  # a user key holding this write's payload
         try:
-            if len(payload) <= MAX_USER_PAYLOAD:
+            # An item that has an item keyring goes straight to it: a user key written first
+            # would outlive a failed _put_large (EDQUOT, likely: it needs a second copy of the
+            # value) and get(), which looks at user keys first, would return the failed write.
+            if len(payload) <= MAX_USER_PAYLOAD and self._search(ring, "keyring", description) is None:
                 key = keyutils.add_key("user", description, payload, ring)
                 try:
                     keyutils.setperm(key, POSSESSOR_ONLY)
@@ -349,15 +353,30 @@ class KeyStore:
                 else:
                     if self._search(ring, "keyring", description) is None:
                         return key
-                # Readers see our user key (if still there) until the item keyring holds our
-                # payload too.
-            key = self._put_large(ring, description, payload)
+                    written = key
+                # A concurrent writer made the item keyring meanwhile.  Readers see our user key
+                # (if still there) until the item keyring holds our payload too.
+            try:
+                key = self._put_large(ring, description, payload)
+            except BaseException:
+                if written is not None:
+                    self._forget(written)
+                raise
             stale = self._search(ring, "user", description)
         except keyutils.KeyutilsError as exc:
             raise explain(exc) from None
         if stale is not None and stale in self._members(ring):
             self.remove(stale)  # the item's user key, now superseded by the item keyring
         return key
+
+    @staticmethod
+    def _forget(key: int) -> None:
+        """KEYCTL_INVALIDATE the user key of a write that failed after its add_key: the item keyring
+        (linked already, by the writer that made it) holds the value readers find instead."""
+        try:
+            keyutils.invalidate(key)
+        except keyutils.KeyutilsError:
+            pass  # removed already, by the writer that made the item keyring
 
     def _put_large(self, ring: int, description: str, payload: bytes) -> int:
         """Build a payload keyring in @t, then KEYCTL_LINK it into the item keyring (the publishing

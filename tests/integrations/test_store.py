@@ -622,3 +622,25 @@ def test_a_revoked_store_keyring_or_item_keyring_gives_way_to_a_new_one(fresh_se
     keyutils.revoke(ring)
     key = store.put('{"a":"b"}', b"z" * 40000)
     assert store.ring() not in (None, ring) and store.get('{"a":"b"}') == (key, b"z" * 40000)
+
+
+def test_a_small_write_to_an_item_keyring_that_fails_leaves_the_old_value(
+    fresh_session_keyring: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A small payload for an item that has an item keyring goes into a payload keyring there; if
+    publishing it fails (EDQUOT), readers still get the old value, not the failed write's."""
+    import errno
+
+    store = KeyStore("session")
+    big = b"B" * 40000
+    item = store.put('{"a":"b"}', big)
+
+    def link(key_id: int, keyring: int) -> None:
+        raise keyutils.QuotaExceededError(errno.EDQUOT, "keyctl_link")
+
+    monkeypatch.setattr(keyutils, "link", link)
+    with pytest.raises(StoreError):
+        store.put('{"a":"b"}', b"failed write")
+    monkeypatch.undo()
+    assert store.get('{"a":"b"}') == (item, big)
+    assert list(store.entries()) == [(item, '{"a":"b"}')]
