@@ -644,3 +644,36 @@ def test_a_small_write_to_an_item_keyring_that_fails_leaves_the_old_value(
     monkeypatch.undo()
     assert store.get('{"a":"b"}') == (item, big)
     assert list(store.entries()) == [(item, '{"a":"b"}')]
+
+
+def test_a_foreign_member_the_store_cannot_view_does_not_make_a_search_list_it_again(
+    fresh_session_keyring: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A member this process may not view (EACCES at KEYCTL_DESCRIBE) stays where it is: listing
+    the store again finds it again, so a search lists the store once (one KEYCTL_READ of it)."""
+    secrets = SecretStore("session")
+    secrets.store({"k": "v"}, "label", "secret")
+    ring = secrets.keys.ring()
+    assert ring is not None
+    foreign = keyutils.add_key("user", "not-ours", b"x", ring)
+    keyutils.setperm(foreign, 0)  # nobody may view it, possessor included
+    with pytest.raises(keyutils.KeyPermissionError):
+        keyutils.describe(foreign)
+    real_ids = keyutils.keyring_ids
+    listings: list[int] = []
+
+    def keyring_ids(keyring: int) -> list[int]:
+        if keyring == ring:
+            listings.append(keyring)
+        return real_ids(keyring)
+
+    monkeypatch.setattr(keyutils, "keyring_ids", keyring_ids)
+    try:
+        assert [i.secret for i in secrets.search({"k": "v"})] == ["secret"]
+        assert len(listings) == 1
+        listings.clear()
+        assert [i.attributes for i in secrets.search({}, load=False)] == [{"k": "v"}]
+        assert len(listings) == 1
+    finally:
+        monkeypatch.undo()
+        keyutils.unlink(foreign, ring)
