@@ -159,37 +159,23 @@ class SecretStore:
     def search(self, query: dict[str, str], load: bool = True) -> list[Item]:
         """Every item whose attributes include all of ``query``, best match first.
 
-        A listing of the store: an item that left it since (replaced by one with
-        other attributes under ``replace``, linked before) sends us to list once
-        more, which finds its successor (see :mod:`.store`).
+        One listing of the store (:meth:`.KeyStore.items`, which lists once more only when an
+        item left it meanwhile and finds its successor, see :mod:`.store`).
         """
+        def wanted(description: str) -> bool:
+            attributes = decode_attributes(description)
+            return attributes is not None and all(attributes.get(k) == v for k, v in query.items())
+
         matches: list[Item] = []
-        listed: set[int] = set()
-        loaded: set[int] = set()
-        for _listing in range(2):
-            lost = False
-            for key, description in self.keys.entries(listed):
-                attributes = decode_attributes(description)
-                if attributes is None or any(attributes.get(k) != v for k, v in query.items()):
-                    continue
-                if not load:
-                    matches.append(Item(key, attributes))
-                    continue
-                payload = self.keys.read(key)
-                if payload is None:
-                    # Gone since it was listed.  A user key that gave way to an item keyring
-                    # is found by its attributes; a removed item's successor by listing again.
-                    current = self.keys.get(description)
-                    if current is None:
-                        lost = True
-                        continue
-                    key, payload = current
-                item = None if key in loaded else _unpack(key, attributes, payload)
+        if not load:
+            for key, description in self.keys.entries():
+                if wanted(description):
+                    matches.append(Item(key, decode_attributes(description) or {}))
+        else:
+            for key, description, payload in self.keys.items(wanted):
+                item = _unpack(key, decode_attributes(description) or {}, payload)
                 if item is not None:
-                    loaded.add(key)
                     matches.append(item)
-            if not lost:
-                break
         matches.sort(key=lambda i: (i.attributes != query, -i.modified, encode_attributes(i.attributes)))
         return matches
 

@@ -68,7 +68,7 @@ missing finds that payload keyring when it looks again (:meth:`KeyStore.read`).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from pam_keyinit_py import keyutils
 from pam_keyinit_py.errors import KeyinitError
@@ -339,8 +339,12 @@ class KeyStore:
             raise StoreError(f"item too large: at most {MAX_USER_PAYLOAD * MAX_CHUNKS} bytes")
         ring = self.ring(create=True)
         assert ring is not None
+        written: int | None = None  # a user key holding this write's payload
         try:
-            if len(payload) <= MAX_USER_PAYLOAD:
+            # An item that has an item keyring goes straight to it: a user key written first
+            # would outlive a failed _put_large (EDQUOT, likely: it needs a second copy of the
+            # value) and get(), which looks at user keys first, would return the failed write.
+            if len(payload) <= MAX_USER_PAYLOAD and self._search(ring, "keyring", description) is None:
                 key = keyutils.add_key("user", description, payload, ring)
                 try:
                     keyutils.setperm(key, POSSESSOR_ONLY)
@@ -349,15 +353,30 @@ class KeyStore:
                 else:
                     if self._search(ring, "keyring", description) is None:
                         return key
-                # Readers see our user key (if still there) until the item keyring holds our
-                # payload too.
-            key = self._put_large(ring, description, payload)
+                    written = key
+                # A concurrent writer made the item keyring meanwhile.  Readers see our user key
+                # (if still there) until the item keyring holds our payload too.
+            try:
+                key = self._put_large(ring, description, payload)
+            except BaseException:
+                if written is not None:
+                    self._forget(written)
+                raise
             stale = self._search(ring, "user", description)
         except keyutils.KeyutilsError as exc:
             raise explain(exc) from None
         if stale is not None and stale in self._members(ring):
             self.remove(stale)  # the item's user key, now superseded by the item keyring
         return key
+
+    @staticmethod
+    def _forget(key: int) -> None:
+        """KEYCTL_INVALIDATE the user key of a write that failed after its add_key: the item keyring
+        (linked already, by the writer that made it) holds the value readers find instead."""
+        try:
+            keyutils.invalidate(key)
+        except keyutils.KeyutilsError:
+            pass  # removed already, by the writer that made the item keyring
 
     def _put_large(self, ring: int, description: str, payload: bytes) -> int:
         """Build a payload keyring in @t, then KEYCTL_LINK it into the item keyring (the publishing
@@ -551,15 +570,39 @@ class KeyStore:
     def entries(self, seen: set[int] | None = None) -> Iterator[tuple[int, str]]:
         """(serial, description) of each item in our keyring: ``user`` keys and item keyrings.
 
-        KEYCTL_READ of our keyring, then KEYCTL_DESCRIBE of each member.  A member
-        that cannot be described any more left since the listing; then the keyring
-        is listed once more for what took its place (see the module docstring).
+        KEYCTL_READ of our keyring, then KEYCTL_DESCRIBE of each member (see :meth:`items`).
         Serials in ``seen`` are skipped, and every listed serial is added to it.
+        """
+        for key, description, _payload in self._listing(seen, None, load=False):
+            yield key, description
+
+    def items(self, wanted: Callable[[str], bool], seen: set[int] | None = None,
+              ) -> Iterator[tuple[int, str, bytes]]:
+        """(serial, description, payload) of each item whose description ``wanted`` accepts.
+
+        As :meth:`entries`, then :meth:`read` of each wanted item.  An item gone since the
+        listing is looked up by its description (:meth:`get`: a ``user`` key that gave way to an
+        item keyring is found there); one that is not found sends us to list once more.
+        """
+        for key, description, payload in self._listing(seen, wanted, load=True):
+            assert payload is not None
+            yield key, description, payload
+
+    def _listing(self, seen: set[int] | None, wanted: Callable[[str], bool] | None, load: bool,
+                 ) -> Iterator[tuple[int, str, bytes | None]]:
+        """The one listing loop: KEYCTL_READ of our keyring, KEYCTL_DESCRIBE of each member, and
+        KEYCTL_READ of each wanted one if ``load``.
+
+        A member that left since the listing (ENOKEY, EKEYREVOKED, EKEYEXPIRED at its describe,
+        or its read and its item gone by description too) makes one listing more, which finds
+        what took its place (see the module docstring).  A member we may not view (EACCES: not
+        ours) is only skipped: it does not go away by listing again.
         """
         ring = self.ring()
         if ring is None:
             return
         seen = set() if seen is None else seen
+        given: set[int] = set()  # serials yielded: a get() may return a member listed later
         for _listing in range(2):
             lost = False
             for key in self._members(ring):
@@ -568,10 +611,28 @@ class KeyStore:
                 seen.add(key)
                 try:
                     info = KeyInfo.of(key)
-                except (keyutils.KeyutilsError, ValueError):
-                    lost = True  # gone meanwhile, or a foreign key we may not view
+                except _GONE:
+                    lost = True  # removed since the listing
                     continue
-                if info.type in ("user", "keyring"):
-                    yield key, info.description
+                except (keyutils.KeyutilsError, ValueError):
+                    continue  # a foreign key we may not view
+                if info.type not in ("user", "keyring"):
+                    continue
+                if wanted is not None and not wanted(info.description):
+                    continue
+                payload = None
+                if load:
+                    payload = self.read(key)
+                    if payload is None:
+                        current = self.get(info.description)
+                        if current is None:
+                            lost = True
+                            continue
+                        key, payload = current
+                        seen.add(key)
+                if key in given:
+                    continue
+                given.add(key)
+                yield key, info.description, payload
             if not lost:
                 return

@@ -12,13 +12,23 @@ CODE_LINE, CODE_FUNC; journald adds the trusted _PID, _UID, _SYSTEMD_UNIT.  A re
 ``KEYINIT_*`` fields, so ``journalctl KEYINIT_UID=1001`` finds a user's lines.
 
 Under systemd, stderr is a stream to journald too (``$JOURNAL_STREAM`` names its device and inode);
-that is how :func:`under_journald` knows to switch.  A record the socket refuses (too large for one
-datagram, journald restarting) is written to stderr instead, never raised.
+that is how :func:`under_journald` knows to switch.  A record too large for one datagram (EMSGSIZE)
+is sent again with each field cut to :data:`MAX_FIELD` bytes and a marker saying how many were
+cut; a record the socket still refuses (journald restarting) is written to stderr instead, never
+raised.
 
-No log call waits for journald: its event loop logs too, so a stalled journald (its socket's
-queue full) must not stall the service.  Both the datagram and the stderr stream are written
-with MSG_DONTWAIT; a line neither takes at once is dropped and counted, and the next line that
-gets through is preceded by "N log lines dropped".  Memory stays one counter.
+No log call waits for journald (but for the bounded :data:`FINISH_WAIT` below): its event loop
+logs too, so a stalled journald (its socket's queue full) must not stall the service.  Both the
+datagram and the stderr stream are written with MSG_DONTWAIT; a line neither takes at once is
+dropped and counted, and the next line that gets through is preceded by "N log lines dropped".
+Memory stays one counter.
+
+A stderr line is never left unterminated, which would glue the next line onto it and make
+journald merge two records: a line is cut to :data:`MAX_LINE` bytes (with a marker), so one
+send(2) takes it whole on an idle stream; a send that takes only part of it (a nearly full
+stream) is finished within :data:`FINISH_WAIT` seconds, polling for POLLOUT, or else cut short
+and ended with "\\n" as soon as the stream takes one byte (before any other line).  Lines cut
+short are counted like dropped ones and reported as "N log lines cut short".
 
 On stderr (:class:`LineFormatter`) a record is one line: control characters in its message are
 escaped, and a traceback's lines are indented.  Messages quote what users chose (a principal
@@ -28,12 +38,15 @@ reads as the service's own.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import select
 import socket
 import stat
 import struct
 import sys
+import time
 from typing import Any
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
@@ -42,6 +55,14 @@ IDENTIFIER = "keyinit-ticketd"
 _PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
 #: The structured fields the service's log calls may pass (see :func:`fields`).
 FIELDS = ("event", "uid", "user", "principal", "ccache", "code", "sid")
+#: A field's value in the datagram sent again after EMSGSIZE (the default datagram limit is the
+#: socket's send buffer, ~208 KiB): MESSAGE is the one that grows (a traceback, a quoted input).
+MAX_FIELD = 64 * 1024
+#: A line on journald's stderr stream, newline included: journald's own LineMax is 48K, and a
+#: unix stream takes this much in one send(2) on an idle socket (one skb of at most ~36 KiB).
+MAX_LINE = 32 * 1024
+#: How long a partly sent stderr line may wait for the rest (POLLOUT), per record.
+FINISH_WAIT = 0.1
 
 
 def fields(**values: Any) -> dict[str, Any]:
@@ -98,8 +119,21 @@ class LineFormatter(logging.Formatter):
         return "\n".join("  " + line.translate(_ESCAPES) for line in super().formatException(ei).splitlines())
 
 
-def _field(name: str, value: object) -> bytes:
+def _cut(data: bytes, limit: int) -> bytes:
+    """``data`` cut to at most ``limit`` bytes, at a UTF-8 character boundary, ending in a marker
+    saying how many bytes were cut; ``data`` itself if it fits."""
+    if len(data) <= limit:
+        return data
+    end = max(limit - 40, 0)  # room for the marker
+    while 0 < end < len(data) and data[end] & 0xC0 == 0x80:  # not inside a UTF-8 sequence
+        end -= 1
+    return data[:end] + f" [... {len(data) - end} bytes cut]".encode()
+
+
+def _field(name: str, value: object, limit: int | None = None) -> bytes:
     data = str(value).encode("utf-8", "replace")
+    if limit is not None:
+        data = _cut(data, limit)
     key = name.encode()
     if b"\n" in data:
         return key + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
@@ -125,14 +159,19 @@ class JournalHandler(logging.Handler):
         self.stream = _socket_of(sys.stderr)  # journald's stream, when stderr is one
         #: Records neither journald's socket nor stderr took, not yet reported.
         self.dropped = 0
+        #: stderr lines cut short (only part of them was taken in time), not yet reported.
+        self.truncated = 0
+        #: A line on the stderr stream was cut short and still lacks its "\n".
+        self.unterminated = False
 
-    def encode(self, record: logging.LogRecord) -> bytes:
-        """The datagram for ``record``: MESSAGE, PRIORITY, SYSLOG_IDENTIFIER, CODE_*, KEYINIT_*."""
+    def encode(self, record: logging.LogRecord, limit: int | None = None) -> bytes:
+        """The datagram for ``record``: MESSAGE, PRIORITY, SYSLOG_IDENTIFIER, CODE_*, KEYINIT_*;
+        with ``limit``, each value cut to that many bytes (see :func:`_cut`)."""
         message = record.getMessage()
         if record.exc_info:
             message += "\n" + logging.Formatter().formatException(record.exc_info)
         parts = [
-            _field("MESSAGE", message),
+            _field("MESSAGE", message, limit),
             _field("PRIORITY", _PRIORITY.get(record.levelno, 6 if record.levelno < logging.WARNING else 3)),
             _field("SYSLOG_IDENTIFIER", self.identifier),
             _field("CODE_FILE", record.pathname),
@@ -142,7 +181,7 @@ class JournalHandler(logging.Handler):
         ]
         for name, value in vars(record).items():
             if name.startswith("keyinit_") and value is not None:
-                parts.append(_field(name.upper(), value))
+                parts.append(_field(name.upper(), value, limit))
         return b"".join(parts)
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -151,46 +190,113 @@ class JournalHandler(logging.Handler):
         logging.Handler.handle holds the handler's lock around this, so the count is exact.
         """
         try:
-            if self.dropped and not self._deliver(self._dropped_record(self.dropped)):
-                self.dropped += 1
-                return
-            self.dropped = 0
-            if not self._deliver(record):
+            if self._report() and not self._deliver(record):
                 self.dropped += 1
         except Exception:  # noqa: BLE001 - logging must never take the service down
             self.handleError(record)
 
-    def _dropped_record(self, count: int) -> logging.LogRecord:
+    def _report(self) -> bool:
+        """Deliver the counts of dropped and cut-short lines, if any; False (and the report
+        counted as dropped) if one was not taken."""
+        if self.dropped:
+            if not self._deliver(self._count_record(
+                    "%d log lines dropped: journald did not take them at once", self.dropped, "log_dropped")):
+                self.dropped += 1
+                return False
+            self.dropped = 0
+        if self.truncated:
+            count, self.truncated = self.truncated, 0
+            if not self._deliver(self._count_record(
+                    "%d log lines cut short: journald did not take them whole", count, "log_truncated")):
+                self.truncated += count
+                self.dropped += 1
+                return False
+        return True
+
+    def _count_record(self, msg: str, count: int, event: str) -> logging.LogRecord:
         record = logging.LogRecord(self.name or "keyinit-ticketd", logging.WARNING, __file__, 0,
-                                   "%d log lines dropped: journald did not take them at once", (count,), None,
-                                   "emit")
-        record.keyinit_event = "log_dropped"
+                                   msg, (count,), None, "emit")
+        record.keyinit_event = event
         return record
 
     def _deliver(self, record: logging.LogRecord) -> bool:
-        """One datagram to journald (sendto, MSG_DONTWAIT), else a line on stderr; False if none was taken."""
-        try:
-            self.sock.sendto(self.encode(record), socket.MSG_DONTWAIT, self.address)
-            return True
-        except BlockingIOError:  # the queue is full: waiting is what must not happen
-            return False
-        except OSError:  # too large for a datagram, or no journald listening (restarting)
-            pass
+        """One datagram to journald (sendto, MSG_DONTWAIT; cut down after EMSGSIZE), else a line on
+        stderr; False if none was taken."""
+        data = self.encode(record)
+        for _attempt in range(2):
+            try:
+                self.sock.sendto(data, socket.MSG_DONTWAIT, self.address)
+                return True
+            except BlockingIOError:  # the queue is full: waiting is what must not happen
+                return False
+            except OSError as exc:  # too large for a datagram, or no journald listening (restarting)
+                if exc.errno != errno.EMSGSIZE or len(data) <= MAX_FIELD:
+                    break
+                data = self.encode(record, MAX_FIELD)
         if self.stream is None:  # stderr is no journal stream: a file or terminal does not stall on journald
             self.fallback.handle(record)
             return True
-        line = (self.fallback.format(record) + "\n").encode("utf-8", "backslashreplace")
-        try:
-            return self.stream.send(line, socket.MSG_DONTWAIT) == len(line)
-        except OSError:
+        line = _cut(self.fallback.format(record).encode("utf-8", "backslashreplace"), MAX_LINE - 1) + b"\n"
+        return self._send_line(self.stream, line)
+
+    def _send_line(self, stream: socket.socket, line: bytes) -> bool:
+        """send(2) ``line`` to the stderr stream with MSG_DONTWAIT; False if none of it was taken.
+
+        A line cut short before is first ended with "\\n" (else this one is not sent).  A line
+        taken only in part is finished within :data:`FINISH_WAIT` seconds or cut short: counted
+        in :attr:`truncated`, and ended with "\\n" as soon as the stream takes a byte.
+        """
+        if self.unterminated and not self._terminate(stream):
             return False
+        try:
+            sent = stream.send(line, socket.MSG_DONTWAIT)
+        except OSError:  # BlockingIOError: nothing of it was written
+            return False
+        if sent < len(line):
+            sent += self._finish(stream, memoryview(line)[sent:])
+        if sent < len(line):
+            self.truncated += 1
+            self.unterminated = True
+            self._terminate(stream)
+        return True
+
+    @staticmethod
+    def _finish(stream: socket.socket, rest: memoryview) -> int:
+        """send(2) what is left of a line, polling for POLLOUT for at most :data:`FINISH_WAIT`
+        seconds in all; how many bytes of ``rest`` were sent."""
+        done = 0
+        deadline = time.monotonic() + FINISH_WAIT
+        poller = select.poll()
+        poller.register(stream.fileno(), select.POLLOUT)
+        while done < len(rest):
+            left = deadline - time.monotonic()
+            if left <= 0 or not poller.poll(left * 1000):
+                break
+            try:
+                done += stream.send(rest[done:], socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
+            except OSError:  # journald went away
+                break
+        return done
+
+    def _terminate(self, stream: socket.socket) -> bool:
+        """send(2) the "\\n" a cut-short line lacks (MSG_DONTWAIT); True once it is sent."""
+        try:
+            if stream.send(b"\n", socket.MSG_DONTWAIT) == 1:
+                self.unterminated = False
+        except OSError:
+            pass
+        return not self.unterminated
 
     def close(self) -> None:
-        """Report lines still counted as dropped (if journald takes it at once), then close."""
+        """Report lines still counted as dropped or cut short (if journald takes it at once), end a
+        line cut short (waiting at most :data:`FINISH_WAIT`), then close."""
         self.acquire()
         try:
-            if self.dropped and self._deliver(self._dropped_record(self.dropped)):
-                self.dropped = 0
+            self._report()
+            if self.unterminated and self.stream is not None:
+                self.unterminated = self._finish(self.stream, memoryview(b"\n")) != 1
         finally:
             self.release()
         self.sock.close()

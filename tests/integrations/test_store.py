@@ -622,3 +622,58 @@ def test_a_revoked_store_keyring_or_item_keyring_gives_way_to_a_new_one(fresh_se
     keyutils.revoke(ring)
     key = store.put('{"a":"b"}', b"z" * 40000)
     assert store.ring() not in (None, ring) and store.get('{"a":"b"}') == (key, b"z" * 40000)
+
+
+def test_a_small_write_to_an_item_keyring_that_fails_leaves_the_old_value(
+    fresh_session_keyring: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A small payload for an item that has an item keyring goes into a payload keyring there; if
+    publishing it fails (EDQUOT), readers still get the old value, not the failed write's."""
+    import errno
+
+    store = KeyStore("session")
+    big = b"B" * 40000
+    item = store.put('{"a":"b"}', big)
+
+    def link(key_id: int, keyring: int) -> None:
+        raise keyutils.QuotaExceededError(errno.EDQUOT, "keyctl_link")
+
+    monkeypatch.setattr(keyutils, "link", link)
+    with pytest.raises(StoreError):
+        store.put('{"a":"b"}', b"failed write")
+    monkeypatch.undo()
+    assert store.get('{"a":"b"}') == (item, big)
+    assert list(store.entries()) == [(item, '{"a":"b"}')]
+
+
+def test_a_foreign_member_the_store_cannot_view_does_not_make_a_search_list_it_again(
+    fresh_session_keyring: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A member this process may not view (EACCES at KEYCTL_DESCRIBE) stays where it is: listing
+    the store again finds it again, so a search lists the store once (one KEYCTL_READ of it)."""
+    secrets = SecretStore("session")
+    secrets.store({"k": "v"}, "label", "secret")
+    ring = secrets.keys.ring()
+    assert ring is not None
+    foreign = keyutils.add_key("user", "not-ours", b"x", ring)
+    keyutils.setperm(foreign, 0)  # nobody may view it, possessor included
+    with pytest.raises(keyutils.KeyPermissionError):
+        keyutils.describe(foreign)
+    real_ids = keyutils.keyring_ids
+    listings: list[int] = []
+
+    def keyring_ids(keyring: int) -> list[int]:
+        if keyring == ring:
+            listings.append(keyring)
+        return real_ids(keyring)
+
+    monkeypatch.setattr(keyutils, "keyring_ids", keyring_ids)
+    try:
+        assert [i.secret for i in secrets.search({"k": "v"})] == ["secret"]
+        assert len(listings) == 1
+        listings.clear()
+        assert [i.attributes for i in secrets.search({}, load=False)] == [{"k": "v"}]
+        assert len(listings) == 1
+    finally:
+        monkeypatch.undo()
+        keyutils.unlink(foreign, ring)

@@ -121,3 +121,83 @@ def test_with_journald_restarting_a_stalled_stderr_stream_does_not_block_either(
         flooder.join(10)
         log.handlers[:] = []
         handler.close()
+
+
+def _stderr_handler(tmp_path: Path, name: str) -> tuple[journal.JournalHandler, logging.Logger, socket.socket,
+                                                        socket.socket]:
+    """A handler whose journald socket is gone (restarting) and whose stderr is a real unix stream
+    socket (journald's stream under systemd); the test reads the other end (or does not)."""
+    handler = journal.JournalHandler(address=str(tmp_path / "no-journald.sock"))
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    if handler.stream is not None:
+        handler.stream.close()
+    handler.stream = ours
+    log = logging.getLogger(f"test-journal-{name}-{id(handler)}")
+    log.handlers[:] = [handler]
+    log.propagate = False
+    return handler, log, ours, theirs
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    received = b""
+    while True:
+        try:
+            received += sock.recv(1 << 20, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return received
+
+
+def test_a_record_larger_than_the_stream_takes_at_once_is_one_whole_line(tmp_path: Path) -> None:
+    handler, log, _ours, theirs = _stderr_handler(tmp_path, "huge-line")
+    try:
+        log.warning("quoted input: %s", "x" * 300_000)
+        received = _read_all(theirs)
+        assert received.count(b"\n") == 1 and received.endswith(b"\n")
+        assert received.startswith(b"keyinit-ticketd[") and b"WARNING quoted input: xxx" in received
+        assert received.rstrip(b"\n").endswith(b" bytes cut]")
+        assert handler.dropped == 0 and handler.truncated == 0
+    finally:
+        log.handlers[:] = []
+        handler.close()
+        theirs.close()
+
+
+def test_a_line_the_stalled_stream_takes_only_part_of_is_ended_before_the_next(tmp_path: Path) -> None:
+    handler, log, ours, theirs = _stderr_handler(tmp_path, "part-line")
+    # A stream buffer smaller than one record: send(2) takes only its first part.
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    try:
+        log.warning("big: %s", "y" * 20_000)
+        assert handler.truncated == 1 and handler.dropped == 0
+        for i in range(5):  # journald still stalled: these are dropped, not glued on
+            log.warning("while stalled %d", i)
+        assert handler.dropped == 5
+        received = b""
+        for i in range(20):  # journald reads again, between our lines
+            received += _read_all(theirs)
+            log.warning("after the stall %d", i)
+        received += _read_all(theirs)
+        assert received.endswith(b"\n")
+        lines = received.decode().splitlines()
+        # Every line is one record: none was written onto the end of a line left unfinished.
+        assert all(line.startswith("keyinit-ticketd[") and line.count("keyinit-ticketd[") == 1
+                   for line in lines), [line[:80] + " ... " + line[-80:] for line in lines]
+        assert lines[0].split(": ", 1)[1].startswith("WARNING big: yyy")
+        assert lines[1].endswith("WARNING " + _report(5))
+        assert lines[2].endswith("WARNING 1 log lines cut short: journald did not take them whole")
+        assert lines[3].endswith("WARNING after the stall 0") and lines[-1].endswith("after the stall 19")
+        assert handler.dropped == 0 and handler.truncated == 0
+    finally:
+        log.handlers[:] = []
+        handler.close()
+        theirs.close()
+
+
+def test_a_record_too_large_for_one_datagram_is_sent_cut_down_to_journald(stalled, capfd) -> None:
+    sock, handler, log = stalled
+    log.error("quoted input: %s", "z" * 300_000, extra=journal.fields(event="auth"))
+    (record,) = _drain(sock)
+    assert record["MESSAGE"].startswith("quoted input: zzz") and record["MESSAGE"].endswith(" bytes cut]")
+    assert len(record["MESSAGE"]) <= journal.MAX_FIELD
+    assert record["PRIORITY"] == "3" and record["KEYINIT_EVENT"] == "auth"
+    assert handler.dropped == 0 and capfd.readouterr().err == ""
