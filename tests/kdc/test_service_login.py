@@ -88,25 +88,11 @@ def test_an_edited_krb5_conf_reaches_the_next_auth(realm, svc_user, tmp_path):
     # The service keeps one krb5 context per thread (its C helper as pykrb5's side): an admin's
     # edit of krb5.conf, here the realm's KDC moved away and back, still reaches the next auth,
     # because libkrb5 re-reads a profile file whose mtime changed (at most once a second).
-    conf = tmp_path / "krb5.conf"
     original = realm.krb5_conf.read_text()
     moved = re.sub(rf"(\bkdc = \S+):{realm.kdc_port}\b", rf"\g<1>:{_closed_port()}", original)
     assert moved != original, "the realm's krb5.conf names no kdc = <address>:<port>"
-    conf.write_text(original)
-    daemon = TicketD(tmp_path / "d", {**realm.env, "KRB5_CONFIG": str(conf)}, pending_auth_timeout=30.0)
-    daemon.start()
-    try:
-        first = svc_user.auth(daemon)
-        assert first["ok"], first
-        for text, works in ((moved, False), (original, True)):
-            time.sleep(1.1)  # a later second than the profile's last look at the file
-            conf.write_text(text)
-            reply = svc_user.auth(daemon)
-            assert reply["ok"] is works, (text == original, reply)
-            if not works:
-                assert reply["code"] == P.KDC_UNREACHABLE, reply
-    finally:
-        daemon.stop()
+    _each_edit_reaches_the_service(realm, tmp_path, lambda daemon: svc_user.auth(daemon),
+                                   ((moved, P.KDC_UNREACHABLE), (original, None)), wait=1.1)
 
 
 def test_a_default_realm_edited_in_krb5_conf_reaches_kuserok(realm, svc_user, tmp_path):
@@ -115,24 +101,32 @@ def test_a_default_realm_edited_in_krb5_conf_reaches_kuserok(realm, svc_user, tm
     # PK_KEPT_SECONDS old, so such an edit takes effect within that bound, without a restart.
     from pam_keyinit_py.tickets._krb5_renew import lib
 
-    conf = tmp_path / "krb5.conf"
     original = realm.krb5_conf.read_text()
     other = re.sub(r"(\bdefault_realm = )\S+", r"\g<1>OTHER.TEST", original)
     assert other != original, "the realm's krb5.conf names no default_realm"
-    conf.write_text(original)
-    daemon = TicketD(tmp_path / "d", {**realm.env, "KRB5_CONFIG": str(conf)})
-    daemon.start()
     ask = {"op": "account", "user": svc_user.name, "uid": svc_user.uid, "principal": svc_user.principal,
            "kuserok": True, "kdc": False}
+    _each_edit_reaches_the_service(realm, tmp_path, lambda daemon: daemon.request(ask),
+                                   ((other, P.DENIED), (original, None)), wait=lib.PK_KEPT_SECONDS + 1.1)
+
+
+def _each_edit_reaches_the_service(realm, tmp_path, ask, edits, wait: float) -> None:  # noqa: ANN001
+    """A service whose KRB5_CONFIG is a copy of the realm's krb5.conf answers ``ask(daemon)`` with
+    ok; then, for each (text, code) of ``edits``, the file is rewritten with ``text`` and after
+    ``wait`` seconds (longer than the service keeps what it read before the edit) the answer is
+    ``code`` (None: ok)."""
+    conf = tmp_path / "krb5.conf"
+    conf.write_text(realm.krb5_conf.read_text())
+    daemon = TicketD(tmp_path / "d", {**realm.env, "KRB5_CONFIG": str(conf)})
+    daemon.start()
     try:
-        assert daemon.request(ask)["ok"], daemon.log()
-        for text, allowed in ((other, False), (original, True)):
+        first = ask(daemon)
+        assert first["ok"], (first, daemon.log())
+        for text, code in edits:
             conf.write_text(text)
-            time.sleep(lib.PK_KEPT_SECONDS + 1.1)  # the contexts kept before the edit are too old now
-            reply = daemon.request(ask)
-            assert reply["ok"] is allowed, (text == original, reply)
-            if not allowed:
-                assert reply["code"] == P.DENIED, reply
+            time.sleep(wait)
+            reply = ask(daemon)
+            assert reply["ok"] is (code is None) and reply.get("code") == code, (code, reply)
     finally:
         daemon.stop()
 
