@@ -177,14 +177,21 @@ def test_an_incomplete_payload_keyring_reads_as_absent(fresh_session_keyring: in
     assert SecretStore("session").lookup({"a": "b"}) is None
 
 
+def _earlier_format_item(store: KeyStore, reverse: bool = False) -> int:
+    """Item {"a": "b"} as stores written before item keyrings hold it: a chunk keyring with the
+    chunks ``0/2`` (32,767 x) and ``1/2`` (7,000 y) directly inside (added last first with ``reverse``)."""
+    old = keyutils.add_key("keyring", '{"a":"b"}', None, store.ring(create=True))
+    keyutils.setperm(old, POS_ONLY)
+    chunks = [("0/2", b"x" * 32767), ("1/2", b"y" * 7000)]
+    for name, data in reversed(chunks) if reverse else chunks:
+        keyutils.add_key("user", name, data, old)
+    return old
+
+
 def test_an_earlier_format_chunk_keyring_is_read_and_then_replaced(fresh_session_keyring: int) -> None:
     """Stores written before item keyrings hold the chunks directly in the item's keyring."""
     store = KeyStore("session")
-    ring = store.ring(create=True)
-    old = keyutils.add_key("keyring", '{"a":"b"}', None, ring)
-    keyutils.setperm(old, POS_ONLY)
-    keyutils.add_key("user", "1/2", b"y" * 7000, old)
-    keyutils.add_key("user", "0/2", b"x" * 32767, old)
+    old = _earlier_format_item(store, reverse=True)
     assert store.get('{"a":"b"}') == (old, b"x" * 32767 + b"y" * 7000)
     assert SecretStore("session").lookup_item({"a": "b"}) is None  # not an item's JSON payload
     # Converted in place (an item keyring is never displaced): its payload keyring is linked in,
@@ -203,11 +210,7 @@ def test_a_reader_of_an_earlier_format_chunk_keyring_converted_under_it_reads_a_
     import threading
 
     store = KeyStore("session")
-    ring = store.ring(create=True)
-    old = keyutils.add_key("keyring", '{"a":"b"}', None, ring)
-    keyutils.setperm(old, POS_ONLY)
-    keyutils.add_key("user", "0/2", b"x" * 32767, old)
-    keyutils.add_key("user", "1/2", b"y" * 7000, old)
+    old = _earlier_format_item(store)
     real_read = keyutils.read
     reads: list[int] = []
 

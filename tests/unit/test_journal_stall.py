@@ -85,14 +85,7 @@ def test_log_calls_return_while_journald_does_not_read_and_the_drops_are_reporte
 def test_with_journald_restarting_a_stalled_stderr_stream_does_not_block_either(tmp_path: Path) -> None:
     # journald's socket is gone (it restarts), so lines go to stderr: under systemd its stream
     # to the same journald, here a real unix stream socket whose reader never reads.
-    handler = journal.JournalHandler(address=str(tmp_path / "no-journald.sock"))
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    if handler.stream is not None:
-        handler.stream.close()
-    handler.stream = ours
-    log = logging.getLogger(f"test-journal-stall-stream-{id(handler)}")
-    log.handlers[:] = [handler]
-    log.propagate = False
+    handler, log, ours, theirs = _stderr_handler(tmp_path, "stall-stream")
 
     def flood() -> None:
         for i in range(20_000):  # ~1.5 MB of lines: more than the stream's buffers hold
