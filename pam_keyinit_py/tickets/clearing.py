@@ -15,7 +15,7 @@ import time
 
 from . import journal
 from .accounts import primary_gid
-from .core import KEYTAB, LOGIN_ORIGINS, Core
+from .core import KEYTAB, Core
 from .sessions import Session
 
 log = logging.getLogger("keyinit-ticketd")
@@ -111,12 +111,7 @@ class Clearing(Core):
                     and not self._held(uid, t.ccache)]
             for t in mine:
                 self.tickets.pop(t.ccache, None)
-            if policy == "own":
-                names = [t.ccache for t in mine if t.origin in LOGIN_ORIGINS]
-            elif policy == "all":
-                names = [t.ccache for t in mine]
-            else:
-                names = []
+            names = [t.ccache for t in mine if self._cleared_at_logout(t.origin)]
             for t in mine:
                 t.cleared = t.ccache in names
             self.save()

@@ -243,6 +243,12 @@ class Core:
                 self.save()
         self.scheduler.cancel(("renew", name))
 
+    def _cleared_at_logout(self, origin: str) -> bool:
+        """Whether ``clear_on_logout`` destroys a tracked cache of ``origin`` at its uid's last
+        logout: "all" every one, "own" a login's (and a delegated one's), "none" none."""
+        policy = self.config.clear_on_logout
+        return policy == "all" or (policy == "own" and origin in LOGIN_ORIGINS)
+
     def _held(self, uid: int, name: str) -> bool:
         """Whether ``name`` is a login's cache waiting for its session (caller holds the lock)."""
         p = self.pending.get(uid)

@@ -93,15 +93,22 @@ class Renewal(Core):
         destroys it when no session opened (the entry held the login's cache only, and the copy
         was renewed until its renew_till); a session that opens meanwhile keeps it, as it keeps
         every held cache, and its last logout clears it.  With neither a session nor a pending
-        entry (the logins ended while the renewal was at the KDC) nothing holds it: destroyed.
+        entry (the logins ended while the renewal was at the KDC) nothing holds it: destroyed if
+        clear_on_logout would have destroyed it at that logout, else left untracked as the
+        logout left the uid's other tickets (destroying the primary would leave
+        krb_ccache:primary naming no cache while a ticket the policy kept is there).
         """
         superseded = t.superseded and info.ccache != name
         if superseded and getattr(info, "primary", False):
             p = self.pending.get(t.uid)
             if p is None and self.sessions.count(t.uid) == 0:
-                self._destroy_locked(info.ccache, t.uid, t.gid)
+                # As the uid's last logout treats its tickets (clear_on_logout): a copy it would
+                # have kept is left, untracked, for the primary not to name a destroyed cache.
+                cleared = self._cleared_at_logout(t.origin)
+                if cleared:
+                    self._destroy_locked(info.ccache, t.uid, t.gid)
                 log.info("renewed %s (uid %d) after a login retired it and the uid's logins ended: "
-                         "destroyed its copy %s", name, t.uid, info.ccache)
+                         "%s its copy %s", name, t.uid, "destroyed" if cleared else "left", info.ccache)
                 return "no longer tracked"
             copy = self._track(info, t.gid, t.origin)
             if p is not None:

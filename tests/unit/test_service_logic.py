@@ -419,6 +419,33 @@ def test_a_renewals_primary_copy_does_not_outlive_a_login_that_never_opens(make,
     assert {c for c, i in krb.caches.items() if i.uid == UID} <= {old}  # old: retired, the grace's to destroy
 
 
+def test_a_renewals_primary_copy_is_kept_when_clear_on_logout_keeps_the_tickets(make, krb) -> None:
+    """clear_on_logout = "none".  The renewal of A is at the KDC while a second login of the same
+    principal authenticates and both sessions end: the last logout keeps every cache.  Then the
+    renewal writes its copy, made primary.  Destroying it, as a stray copy, left
+    krb_ccache:primary naming no cache while the logins' tickets the policy kept were there."""
+    krb.retire = True
+    svc = make(clear_on_logout="none")
+    old = _auth(svc)["ccache"]
+    assert svc.open(ROOT, "u", UID, UID)["ok"]
+    renew, copies = krb.renew, []
+
+    def renew_after_the_logins_ended(*args: object, **kwargs: object) -> object:
+        _auth(svc)  # the second login retires A ...
+        assert svc.open(ROOT, "u", UID, UID)["ok"]
+        assert svc.close(ROOT, UID)["ok"] and svc.close(ROOT, UID)["ok"]  # ... and both log out
+        info = renew(*args, **kwargs)
+        info.primary = True  # type: ignore[attr-defined]  # install's switch landed
+        copies.append(info.ccache)
+        return info
+
+    krb.renew = renew_after_the_logins_ended  # type: ignore[method-assign]
+    assert svc._renew(old) == "no longer tracked"
+    (copy,) = copies
+    assert svc.sessions.count(UID) == 0 and UID not in svc.pending and svc.tickets == {}
+    assert copy in krb.caches and copy not in krb.destroyed, "the primary copy was destroyed"
+
+
 def test_a_renewals_primary_copy_held_with_a_pending_login_stays_under_an_open_session(make, krb) -> None:
     """As above, but the first login opens its session after the renewal while the second still
     waits: the second's expiry must clear nothing under that session (the copy and the login's
