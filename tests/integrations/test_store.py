@@ -706,6 +706,31 @@ def test_a_write_that_replaces_an_item_keyring_being_removed_is_kept(
     assert store.get('{"a":"b"}') == (written[0], b"n" * 40000), "the write after the removal was lost"
 
 
+def test_a_replacing_store_keeps_its_item_turned_into_an_item_keyring_meanwhile(
+    fresh_session_keyring: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """store(replace=...) writes a small secret (a user key U); before its replace pass, a concurrent
+    large store of the same attributes turns the item into an item keyring K and removes U.  Before,
+    the replace pass removed K (its serial is not U): two stores succeeded and no item was left."""
+    attributes = {"service": "s", "username": "u"}
+    secrets = SecretStore("session")
+    secrets.store(attributes, "label", "old")
+    real_put = secrets.keys.put
+    large = "L" * 40000
+
+    def put(description: str, payload: bytes) -> int:
+        key = real_put(description, payload)
+        SecretStore("session").store(attributes, "label", large, replace=dict(attributes))
+        return key
+
+    monkeypatch.setattr(secrets.keys, "put", put)
+    secrets.store(attributes, "label", "small", replace=dict(attributes))
+    monkeypatch.undo()
+    item = secrets.lookup_item(attributes)
+    assert item is not None, "both stores succeeded but the item is gone"
+    assert item.secret in ("small", large)
+
+
 def test_a_small_write_to_an_item_keyring_that_fails_leaves_the_old_value(
     fresh_session_keyring: int, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
