@@ -127,7 +127,8 @@ class SecretStore:
     ) -> Item:
         """Store (or replace) the item with exactly ``attributes``.
 
-        ``replace``, if given, is a query: every *other* item matching it is
+        ``replace``, if given, is a query: every *other* item matching it (other
+        attribute sets; never this one, in whichever form it is by then) is
         removed after the new one is in place (a ``keyring`` backend or Docker
         helper keeps one secret per service/user or server, whatever extra
         attributes an older item had).
@@ -152,7 +153,10 @@ class SecretStore:
         key = self.keys.put(description, payload)
         if replace is not None:
             for item in self.search(replace, load=False):
-                if item.key != key:
+                # Not the item itself, whatever its serial: a concurrent write of the same
+                # attributes may have turned our user key into an item keyring (or made a new
+                # one after a clear), and removing that would drop both writes.
+                if encode_attributes(item.attributes) != description:
                     self.keys.remove(item.key)
         return Item(key, dict(attributes), label, secret, created, now)
 

@@ -58,6 +58,16 @@ Readers never miss an item that is being replaced (:meth:`KeyStore.get`):
   (Only a loop of ``replace`` writes that each change the attributes can outrun
   a listing; no loop of writes to the same item can.)
 
+Nothing here KEYCTL_UNLINKs a member of the store (or the store from its
+location) by a serial read earlier: KEYCTL_UNLINK removes whichever key has
+that one's type and description (the keyring's index key), which by then may
+be the live keyring another writer put in place of a dead one.  So removing an
+item only invalidates it (the kernel's garbage collector unlinks it a moment
+later), and a KEYCTL_MOVE_EXCL refused while no live keyring of the name is
+found waits for that collection (:data:`RETRY_DELAYS`).  A *revoked* keyring
+stays linked for key_gc_delay (5 minutes): a write that needs its place fails
+with a message naming it and the ``keyctl unlink`` that removes it.
+
 A store written before item keyrings may hold a bare chunk keyring (the chunks
 directly inside, no payload keyring): it is read the same way, held in the
 thread keyring, and the next write converts it in place: it links a payload
@@ -68,6 +78,7 @@ missing finds that payload keyring when it looks again (:meth:`KeyStore.read`).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 
 from pam_keyinit_py import keyutils
@@ -85,9 +96,12 @@ MAX_USER_PAYLOAD = 32767  # user_preparse() refuses a larger payload (EINVAL); n
 MAX_CHUNKS = 64  # ~2 MiB per item: far beyond any quota, but bounds a hostile chunk keyring
 SYSCTL_FILE = "/etc/sysctl.d/60-keyinit-keys.conf"
 PAYLOAD_NAME = "keyinit:payload"  # the one keyring in an item keyring: the current version's chunks
-# Bound on the retries of a write when another writer created a keyring first or what it found
-# went away (removed by a clear): more would mean someone deletes it in a loop.
-ATTEMPTS = 4
+# The waits between the attempts of a write when KEYCTL_MOVE_EXCL was refused but no live keyring
+# of that description is there (or what it found went away): the first retry is at once (another
+# writer's keyring is found by the next search), later ones wait for the kernel's garbage collector,
+# which removes an invalidated key from its keyrings a moment after KEYCTL_INVALIDATE.  About 1.3 s
+# in all; a revoked key stays linked for key_gc_delay (300 s) and ends the write with an error.
+RETRY_DELAYS = (0.0, 0.0, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64)
 # Where a reader holds what it reads and a writer builds what it publishes: per thread, so
 # neither meets another thread's keyring of the same description there.
 HOLD = keyutils.KEY_SPEC_THREAD_KEYRING
@@ -150,6 +164,49 @@ _GONE = (keyutils.NoKeyError, keyutils.KeyExpiredError, keyutils.KeyRevokedError
 _UNREACHABLE = (*_GONE, keyutils.KeyPermissionError)
 
 
+def dead_members(keyring: int, type_: str, description: str) -> list[int]:
+    """The members of ``keyring`` that are dead (KEYCTL_DESCRIBE says revoked, expired or gone):
+    only those /proc/keys shows as ``type_`` ``description`` if it shows any (it lists only keys
+    the caller may view), else all of them.  Best effort, for an error message: [] on failure."""
+    try:
+        dead = []
+        for key in keyutils.keyring_ids(keyring):
+            try:
+                keyutils.describe(key)
+            except _GONE:
+                dead.append(key)
+            except keyutils.KeyutilsError:
+                pass
+        if len(dead) > 1:
+            from pam_keyinit_py.keyutils.proc import read_keys
+
+            named = {k.id for k in read_keys()
+                     if k.type == type_ and k.description.startswith(f"{description}: ")}
+            dead = [key for key in dead if key in named] or dead
+        return dead
+    except (keyutils.KeyutilsError, OSError, ValueError):
+        return []
+
+
+def blocked(keyring: int, type_: str, description: str, what: str) -> StoreError:
+    """The StoreError for a write whose KEYCTL_MOVE_EXCL into ``keyring`` stayed refused: a dead
+    (revoked) key of that description is still linked there, named with how to remove it."""
+    try:
+        parent = keyring if keyring > 0 else keyutils.get_keyring_id(keyring)
+    except keyutils.KeyutilsError:
+        parent = keyring
+    dead = dead_members(parent, type_, description)
+    if not dead:
+        return StoreError(f"{what} kept changing during the write; try again")
+    serial = str(dead[0]) if len(dead) == 1 else "<serial>"
+    which = "" if len(dead) == 1 else f" (one of {', '.join(map(str, dead))})"
+    return StoreError(
+        f"{what} is revoked (or expired) but still linked in keyring {parent}{which}, which "
+        f"refuses a new one until the kernel drops it (key_gc_delay, 5 minutes later); "
+        f"remove it now with: keyctl unlink {serial} {parent}"
+    )
+
+
 class KeyStore:
     """The ``keyinit:secrets`` keyring in one location, and its ``user`` keys.
 
@@ -187,15 +244,24 @@ class KeyStore:
         thread's keyring displaced the first's there; linked into the parent
         without EXCL, it displaced the first's store keyring with the items just
         written into it.)
+
+        A refused move with no live keyring found means a dead one (invalidated and not yet
+        collected, or revoked) still holds the place: we wait for the kernel to collect it
+        (:data:`RETRY_DELAYS`) and never KEYCTL_UNLINK it ourselves, since KEYCTL_UNLINK removes
+        whichever key has that type and description, which may by then be another writer's
+        live keyring with the items it reported stored.  A revoked one stays for minutes: then
+        the error names it and how to remove it.
         """
         try:
             parent = self._parent()
-            for _attempt in range(ATTEMPTS):
+            for delay in RETRY_DELAYS:
+                if delay:
+                    time.sleep(delay)
                 ring = self._find_ring(parent)
                 if ring is not None or not create:
                     return ring
                 self._create_ring(parent)
-            raise StoreError(f"the {self.name} keyring kept changing while it was created; try again")
+            raise blocked(parent, "keyring", self.name, f"the {self.name} keyring")
         except keyutils.KeyutilsError as exc:
             raise explain(exc) from None
 
@@ -218,39 +284,11 @@ class KeyStore:
             keyutils.setperm(made, POSSESSOR_ONLY)
             keyutils.move(made, HOLD, parent, keyutils.KEYCTL_MOVE_EXCL)
         except keyutils.KeyExistsError:
-            # Another thread's or process's, found by the next search; or a dead (revoked) one
-            # that KEYCTL_SEARCH skips but that still refuses the move until it is unlinked.
-            self._unlink_dead(parent, "keyring", self.name)
+            # Another thread's or process's, found by the next search; or a dead one that
+            # KEYCTL_SEARCH skips but that refuses the move until the kernel collects it.
+            pass
         finally:
             self._release([made])  # in @t only if it was not moved: then it goes
-
-    @staticmethod
-    def _unlink_dead(keyring: int, type_: str | None = None, description: str | None = None) -> None:
-        """KEYCTL_UNLINK the members of ``keyring`` that are dead (revoked, expired or invalidated
-        and not yet collected): with ``description``, only those /proc/keys shows by that
-        ``type_`` and description."""
-        try:
-            dead = []
-            for key in keyutils.keyring_ids(keyring):
-                try:
-                    keyutils.describe(key)
-                except _GONE:
-                    dead.append(key)
-                except keyutils.KeyutilsError:
-                    pass
-            if dead and description is not None:
-                from pam_keyinit_py.keyutils.proc import read_keys
-
-                named = {k.id for k in read_keys()
-                         if k.type == type_ and k.description.startswith(f"{description}: ")}
-                dead = [key for key in dead if key in named]
-            for key in dead:
-                try:
-                    keyutils.unlink(key, keyring)
-                except keyutils.KeyutilsError:
-                    pass  # collected meanwhile
-        except (keyutils.KeyutilsError, OSError, ValueError):
-            pass
 
     def _search(self, ring: int, type_: str, description: str, dest: int = 0) -> int | None:
         """KEYCTL_SEARCH ``ring``'s tree, linking the hit into ``dest`` if non-zero; None if absent."""
@@ -394,15 +432,16 @@ class KeyStore:
         made: int | None = None
         published = False
         try:
-            for attempt in range(ATTEMPTS):
+            for delay in RETRY_DELAYS:
+                if delay:
+                    time.sleep(delay)
                 item, legacy = self._item_keyring(ring, description)
                 if item is not None:
                     try:
                         keyutils.link(version, item)  # displaces the item's previous payload keyring
-                    except _UNREACHABLE as exc:
-                        # Removed (clear) since the search: the item gets a new item keyring.
-                        if attempt == ATTEMPTS - 1:
-                            raise explain(exc) from None
+                    except _UNREACHABLE:
+                        # Removed (clear) since the search: the item gets a new item keyring once
+                        # the kernel has collected the invalidated one.
                         continue
                     published = True
                     if legacy:
@@ -416,12 +455,12 @@ class KeyStore:
                     keyutils.move(made, HOLD, ring, keyutils.KEYCTL_MOVE_EXCL)
                 except keyutils.KeyExistsError:
                     # Another writer's item keyring is in: publish there.  Or a dead one that
-                    # KEYCTL_SEARCH skips: only our items live in the store, so it can go.
-                    self._unlink_dead(ring)
+                    # KEYCTL_SEARCH skips: wait for the kernel to collect it (never KEYCTL_UNLINK
+                    # it: that would remove whatever item keyring has this description by then).
                     continue
                 published = True
                 return made
-            raise StoreError("the item kept changing during the write; try again")
+            raise blocked(ring, "keyring", description, "the item's keyring")
         except BaseException:
             if not published:
                 self._drop(version)
@@ -547,19 +586,14 @@ class KeyStore:
     def remove(self, key: int) -> None:
         """KEYCTL_INVALIDATE: drop the item from every keyring and free its payload now.
 
-        An item keyring is then KEYCTL_UNLINKed from the store too: the kernel collects an
-        invalidated key a moment later, and until then it would refuse the KEYCTL_MOVE_EXCL
-        of the item's next item keyring (see :meth:`_put_large`).
+        Only invalidated, never KEYCTL_UNLINKed from the store: KEYCTL_UNLINK removes whichever
+        key has this one's type and description, which may by then be the live item keyring a
+        writer put in after this one died.  The kernel collects an invalidated key a moment
+        later; until then a new item keyring's KEYCTL_MOVE_EXCL waits (see :meth:`_put_large`).
         """
         try:
             if KeyInfo.of(key).is_keyring:
                 self._drop(key)
-                ring = self.ring()
-                if ring is not None:
-                    try:
-                        keyutils.unlink(key, ring)
-                    except keyutils.KeyutilsError:
-                        pass  # collected already, or not in the store (a look-alike)
                 return
             keyutils.invalidate(key)
         except _GONE:

@@ -612,19 +612,123 @@ def test_two_threads_creating_the_store_keyring_at_once_keep_both_items(
     assert sorted(d for _k, d in store.entries()) == ['{"t":"1"}', '{"t":"2"}']
 
 
-def test_a_revoked_store_keyring_or_item_keyring_gives_way_to_a_new_one(fresh_session_keyring: int) -> None:
-    """A revoked key stays linked until the kernel collects it (key_gc_delay, minutes later) and
-    refuses KEYCTL_MOVE_EXCL meanwhile: the store keyring and item keyrings are created with it."""
+def test_a_revoked_store_keyring_or_item_keyring_gives_an_error_saying_how_to_remove_it(
+    fresh_session_keyring: int,
+) -> None:
+    """A revoked key stays linked until the kernel collects it (key_gc_delay, 5 minutes) and refuses
+    KEYCTL_MOVE_EXCL meanwhile.  The store must not KEYCTL_UNLINK it itself (that removes whichever
+    key has its description, perhaps another writer's live one): a write that needs a new one fails
+    with a message naming the dead key and the ``keyctl unlink`` that removes it, other items keep
+    working, and once it is unlinked writes work again."""
     store = KeyStore("session")
     item = store.put('{"a":"b"}', b"x" * 40000)
-    keyutils.revoke(item)
-    again = store.put('{"a":"b"}', b"y" * 40000)
-    assert again != item and store.get('{"a":"b"}') == (again, b"y" * 40000)
     ring = store.ring()
     assert ring is not None
+    keyutils.revoke(item)
+    with pytest.raises(StoreError, match=f"keyctl unlink {item} {ring}$"):
+        store.put('{"a":"b"}', b"y" * 40000)
+    other = store.put('{"c":"d"}', b"o" * 40000)
+    assert store.get('{"c":"d"}') == (other, b"o" * 40000)
+    keyutils.unlink(item, ring)
+    again = store.put('{"a":"b"}', b"y" * 40000)
+    assert again != item and store.get('{"a":"b"}') == (again, b"y" * 40000)
+
     keyutils.revoke(ring)
+    with pytest.raises(StoreError, match=f"keyctl unlink {ring} {fresh_session_keyring}$"):
+        store.put('{"a":"b"}', b"z" * 40000)
+    keyutils.unlink(ring, fresh_session_keyring)
     key = store.put('{"a":"b"}', b"z" * 40000)
     assert store.ring() not in (None, ring) and store.get('{"a":"b"}') == (key, b"z" * 40000)
+
+
+def test_two_writers_meeting_a_revoked_store_keyring_lose_no_reported_write(
+    fresh_session_keyring: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The store keyring is revoked but still linked; two writers find none and both get EEXIST from
+    KEYCTL_MOVE_EXCL.  Before, each then KEYCTL_UNLINKed the dead one by its serial: writer 2 did so
+    first, moved its new keyring in and wrote its item; writer 1's unlink then removed writer 2's live
+    keyring (same description), item included.  A write that reports success must be found."""
+    import threading
+
+    dead = KeyStore("session").ring(create=True)
+    assert dead is not None
+    keyutils.revoke(dead)
+    real_unlink = keyutils.unlink
+    results: dict[str, object] = {}
+
+    def write(name: str) -> None:
+        try:
+            results[name] = KeyStore("session").put(f'{{"t":"{name}"}}', name.encode())
+        except StoreError as exc:
+            results[name] = exc
+
+    def unlink(key_id: int, keyring: int) -> None:
+        if threading.current_thread() is threading.main_thread() and key_id == dead and "2" not in results:
+            thread = threading.Thread(target=write, args=("2",))
+            thread.start()
+            thread.join()
+        real_unlink(key_id, keyring)
+
+    monkeypatch.setattr(keyutils, "unlink", unlink)
+    write("1")
+    if "2" not in results:
+        write("2")
+    monkeypatch.undo()
+    for name in ("1", "2"):
+        if isinstance(results[name], int):
+            assert KeyStore("session").get(f'{{"t":"{name}"}}') == (results[name], name.encode()), \
+                f"writer {name}'s reported write was lost"
+        else:
+            assert f"keyctl unlink {dead} {fresh_session_keyring}" in str(results[name])
+
+
+def test_a_write_that_replaces_an_item_keyring_being_removed_is_kept(
+    fresh_session_keyring: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """remove() invalidates an item keyring; right then a writer of the same item finds none, gets
+    EEXIST (the invalidated one is not collected yet) and puts a new item keyring in.  Before,
+    remove() then KEYCTL_UNLINKed its serial from the store, which removed the writer's new item
+    keyring (same description): a write that reported success was gone."""
+    store = KeyStore("session")
+    old = store.put('{"a":"b"}', b"o" * 40000)
+    real_invalidate = keyutils.invalidate
+    written: list[int] = []
+
+    def invalidate(key_id: int) -> None:
+        real_invalidate(key_id)
+        if key_id == old and not written:
+            written.append(KeyStore("session").put('{"a":"b"}', b"n" * 40000))
+
+    monkeypatch.setattr(keyutils, "invalidate", invalidate)
+    store.remove(old)
+    monkeypatch.undo()
+    assert written and written[0] != old
+    assert store.get('{"a":"b"}') == (written[0], b"n" * 40000), "the write after the removal was lost"
+
+
+def test_a_replacing_store_keeps_its_item_turned_into_an_item_keyring_meanwhile(
+    fresh_session_keyring: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """store(replace=...) writes a small secret (a user key U); before its replace pass, a concurrent
+    large store of the same attributes turns the item into an item keyring K and removes U.  Before,
+    the replace pass removed K (its serial is not U): two stores succeeded and no item was left."""
+    attributes = {"service": "s", "username": "u"}
+    secrets = SecretStore("session")
+    secrets.store(attributes, "label", "old")
+    real_put = secrets.keys.put
+    large = "L" * 40000
+
+    def put(description: str, payload: bytes) -> int:
+        key = real_put(description, payload)
+        SecretStore("session").store(attributes, "label", large, replace=dict(attributes))
+        return key
+
+    monkeypatch.setattr(secrets.keys, "put", put)
+    secrets.store(attributes, "label", "small", replace=dict(attributes))
+    monkeypatch.undo()
+    item = secrets.lookup_item(attributes)
+    assert item is not None, "both stores succeeded but the item is gone"
+    assert item.secret in ("small", large)
 
 
 def test_a_small_write_to_an_item_keyring_that_fails_leaves_the_old_value(
